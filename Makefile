@@ -1,0 +1,50 @@
+# One-command set-up: every target installs what it needs (venv, pinned requirements, PostgreSQL).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Local wheel directory of these machines (CPU torch); ignored where it does not exist.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP := $(VENV)/.installed
+
+.PHONY: help install postgres demo test test-slow lint bench clean
+
+help:
+	@echo "make demo       run the nightly flywheel end to end on the embedded default"
+	@echo "make test       lint + the default test suite (installs everything first)"
+	@echo "make test-slow  the slow tier too (long benchmarks, real-model runs)"
+	@echo "make bench      extraction benchmark at 200,000 records (prints JSON)"
+	@echo "make clean      remove the venv and local state (.flywheel/)"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS) -r requirements.txt -r requirements-dev.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# PostgreSQL binaries for the metadata-database tests (the tests start their own server).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+demo: $(STAMP)
+	$(BIN)/flywheel demo run
+
+test: $(STAMP) postgres lint
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP) postgres
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/flywheel bench etl --records 200000 --json
+
+clean:
+	rm -rf $(VENV) .flywheel

@@ -1,0 +1,130 @@
+"""The nightly data flywheel: one DAG per workload in ``include/config/flywheel.yaml``.
+
+Each DAG ``flywheel_<workload_id>`` runs daily on a ``CronDataIntervalTimetable``: the run that fires
+at 02:00 UTC owns the 24 hours that ended then, and every output is keyed by that data interval, so
+re-running or backfilling a day replaces that day's outputs. Task bodies live in ``flywheel.tasks``;
+this file only wires them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+from airflow.sdk import (
+    DAG,
+    CronDataIntervalTimetable,
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    task,
+)
+
+from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
+
+DOC_MD = """
+### Data flywheel: `{workload_id}`
+
+{description}
+
+**Schedule** `{schedule}` (UTC) on a data-interval timetable: each run processes the logs of its
+data interval `[data_interval_start, data_interval_end)`, the 24 hours before it fired.
+
+| stage | task | output |
+|---|---|---|
+| extract | `extract` | `raw/{workload_id}/<day>/` Parquet partition; a `raw_partitions` row |
+
+**Log source**: index `{index}` on connection `{conn_id}`{clients}.
+**Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
+(`runs`, `run_stages`).
+
+**Manual runs** accept `page_size` and `client_ids` (see the trigger form). **Backfill** a range of
+days (each one replaces that day's partition):
+
+```
+airflow backfill create --dag-id {dag_id} --from-date 2026-11-01 --to-date 2026-11-07 \\
+    --reprocess-behavior completed
+```
+"""
+
+# Retrying cannot fix a bad configuration or connection extra: fail at once instead.
+RETRY_POLICY = ExceptionRetryPolicy(
+    rules=[RetryRule(exception=ConfigError, action=RetryAction.FAIL, reason="configuration error")]
+)
+
+
+def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
+    """The flywheel DAG of one workload."""
+    workload_id = workload.workload_id
+    source = workload.log_source
+    defaults = config.airflow
+    with DAG(
+        dag_id=workload.dag_id,
+        description=f"Nightly data flywheel for workload {workload_id}",
+        schedule=CronDataIntervalTimetable(workload.schedule, timezone="UTC"),
+        start_date=datetime.combine(workload.start_date, time(), tzinfo=UTC),
+        catchup=workload.catchup,
+        max_active_runs=workload.max_active_runs,
+        tags=sorted({*defaults.tags, *workload.tags, f"workload:{workload_id}"}),
+        doc_md=DOC_MD.format(
+            workload_id=workload_id,
+            dag_id=workload.dag_id,
+            description=workload.description.strip() or "(no description)",
+            schedule=workload.schedule,
+            index=source.index,
+            conn_id=source.conn_id,
+            clients=f", clients {', '.join(workload.client_ids)}" if workload.client_ids else ", all clients",
+            artifact_root=config.artifact_store.root,
+        ),
+        default_args={
+            "owner": defaults.owner,
+            "retries": defaults.retries,
+            "retry_delay": timedelta(minutes=defaults.retry_delay_minutes),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=defaults.max_retry_delay_minutes),
+            "retry_policy": RETRY_POLICY,
+        },
+        params={
+            "page_size": Param(
+                source.page_size,
+                type="integer",
+                minimum=10,
+                maximum=10_000,
+                description="Hits per Elasticsearch page for this run.",
+            ),
+            "client_ids": Param(
+                workload.client_ids,
+                type=["null", "array"],
+                items={"type": "string", "minLength": 1},
+                uniqueItems=True,
+                minItems=1,
+                description="Extract only these client_id values (null: the workload's configured filter).",
+            ),
+        },
+        render_template_as_native_obj=True,
+    ) as dag:
+
+        @task(task_id="extract", doc_md="Stream the data interval's logs from Elasticsearch into Parquet.")
+        def extract(
+            params: dict, data_interval_start=None, data_interval_end=None, run_id=None, ti=None
+        ) -> dict:
+            from flywheel import tasks
+
+            return tasks.extract(
+                load_config(),
+                workload_id,
+                interval_start=data_interval_start,
+                interval_end=data_interval_end,
+                dag_run_id=run_id,
+                try_number=ti.try_number,
+                page_size=params["page_size"],
+                client_ids=params["client_ids"],
+            )
+
+        extract()
+    return dag
+
+
+_config = load_config()
+for _workload in _config.workloads:
+    globals()[_workload.dag_id] = build_dag(_config, _workload)

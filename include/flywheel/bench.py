@@ -1,0 +1,81 @@
+"""Benchmarks that print JSON (``flywheel bench ...``): speed and memory targets are checked here."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flywheel.config import load_config
+from flywheel.intervals import latest_intervals
+
+BENCH_WORKLOAD = "customer_support_router"
+BENCH_NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bench_etl(records: int, page_size: int = 1000, quiet: bool = False) -> dict[str, Any]:
+    """Seed ``records`` demo records of one day into a fresh local log store and time their extraction.
+
+    Seeding runs in a child process, so this process's peak RSS is the extractor's own (plus the
+    imported libraries, reported separately as ``baseline_rss_mb``).
+    """
+    from flywheel.embedded import LocalLogStore
+    from flywheel.extract import extract_interval
+    from flywheel.logstore import connect
+    from flywheel.storage import ArtifactStore
+
+    config = load_config()
+    workload = config.workload(BENCH_WORKLOAD)
+    start, end = latest_intervals(workload.schedule, 1, BENCH_NOW)[0]
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp, LocalLogStore.start() as logs:
+        bench_config = Path(tmp) / "flywheel.yaml"
+        raw = config.model_dump(mode="json")
+        raw["artifact_store"] = {"root": f"{tmp}/artifacts", "storage_options": {}}
+        raw["metadata"] = {"conn_id": None, "url": f"sqlite:///{tmp}/flywheel.db"}
+        raw["workloads"] = [w for w in raw["workloads"] if w["workload_id"] == BENCH_WORKLOAD]
+        bench_config.write_text(yaml.safe_dump(raw))
+        os.environ.update(logs.connection_env(workload.log_source.conn_id))
+        seed_cmd = [sys.executable, "-m", "flywheel.cli", "--config", str(bench_config), "demo", "seed"]
+        seed_cmd += ["--days", "1", "--records-per-day", str(records), "--now", BENCH_NOW.isoformat()]
+        seeded = subprocess.run(seed_cmd, check=True, capture_output=True, text=True)
+        seeded_docs = json.loads(seeded.stdout)["documents"]
+        baseline = peak_rss_mb()
+        if not quiet:
+            print(f"seeded {seeded_docs} records; extracting...", file=sys.stderr)
+        result = extract_interval(
+            connect(workload.log_source.conn_id, workload.log_source.request_timeout_s, raw_hits=True),
+            ArtifactStore(f"{tmp}/artifacts"),
+            workload_id=BENCH_WORKLOAD,
+            source=workload.log_source,
+            start=start,
+            end=end,
+            page_size=page_size,
+        )
+        return {
+            "benchmark": "etl",
+            "seeded": seeded_docs,
+            "records": result.records,
+            "seconds": result.seconds,
+            "records_per_s": round(result.records / result.seconds, 1) if result.seconds else None,
+            "peak_rss_mb": peak_rss_mb(),
+            "baseline_rss_mb": baseline,
+            "page_size": page_size,
+            "pages": result.pages,
+            "parts": result.parts,
+            "parquet_mb": round(result.bytes / 2**20, 2),
+            "read_method": result.read_method,
+            "cpus": os.cpu_count(),
+        }

@@ -1,0 +1,167 @@
+"""The ``flywheel`` command line: config checks, migrations, extraction, demo and benchmarks.
+
+It is also the entrypoint of the job image, so every stage a pod runs is a sub-command here.
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from flywheel.config import ConfigError, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The Elasticsearch client logs every HTTP request at INFO; Alembic and Airflow narrate every step.
+    for noisy in ("elastic_transport", "alembic", "airflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="configuration file (default: $FLYWHEEL_CONFIG or the project's)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="configuration file").add_subparsers(required=True)
+    check = config.add_parser("check", help="validate a configuration file and list its workloads")
+    check.add_argument("file", nargs="?", help="file to check (default: the active configuration)")
+    check.set_defaults(handler=_config_check)
+
+    db = commands.add_parser("db", help="metadata database").add_subparsers(required=True)
+    db.add_parser("upgrade", help="apply the migrations to the metadata database").set_defaults(
+        handler=_db_upgrade
+    )
+
+    extract = commands.add_parser("extract", help="extract one workload's logs of one interval into Parquet")
+    extract.add_argument("workload_id")
+    extract.add_argument("--start", required=True, type=_aware_datetime, help="interval start, ISO 8601")
+    extract.add_argument(
+        "--end", required=True, type=_aware_datetime, help="interval end (excluded), ISO 8601"
+    )
+    extract.add_argument("--page-size", type=int)
+    extract.add_argument(
+        "--client-id", action="append", dest="client_ids", help="repeatable; default: config"
+    )
+    extract.set_defaults(handler=_extract)
+
+    demo = commands.add_parser("demo", help="the embedded default: demo traffic and the one-command demo")
+    demo_commands = demo.add_subparsers(required=True)
+    seed = demo_commands.add_parser("seed", help="write demo traffic into the log store")
+    seed.add_argument("--days", type=int, default=7)
+    seed.add_argument("--records-per-day", type=int, default=2000)
+    seed.add_argument("--seed", type=int, default=0)
+    seed.add_argument("--now", type=_aware_datetime, help="pretend it is this moment (default: now)")
+    seed.add_argument(
+        "--workload", action="append", dest="workloads", help="repeatable; default: all demo ones"
+    )
+    seed.set_defaults(handler=_demo_seed)
+    run = demo_commands.add_parser("run", help="start local services, seed, run the nightly DAGs, summarise")
+    run.add_argument("--days", type=int, default=7)
+    run.add_argument("--records-per-day", type=int, default=2000)
+    run.add_argument("--now", type=_aware_datetime, help="pretend it is this moment (default: now)")
+    run.set_defaults(handler=_demo_run)
+
+    bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(required=True)
+    etl = bench.add_parser("etl", help="seed N records into a fresh local log store and time extraction")
+    etl.add_argument("--records", type=int, required=True)
+    etl.add_argument("--page-size", type=int, default=1000)
+    etl.add_argument("--json", action="store_true", help="print only the JSON result")
+    etl.set_defaults(handler=_bench_etl)
+    return parser
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    config = load_config(path)
+    for workload in config.workloads:
+        clients = ",".join(workload.client_ids) if workload.client_ids else "all clients"
+        print(f"  {workload.dag_id}: {workload.log_source.index} ({clients}), schedule {workload.schedule!r}")
+    print(f"OK: {len(config.workloads)} workload(s)")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from flywheel.db.engine import get_engine
+    from flywheel.db.migrate import upgrade
+
+    engine = get_engine(load_config(args.config).metadata)
+    revision = upgrade(engine)
+    print(f"metadata database {engine.url.render_as_string(hide_password=True)} at revision {revision}")
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from flywheel import tasks
+
+    summary = tasks.extract(
+        load_config(args.config),
+        args.workload_id,
+        interval_start=args.start,
+        interval_end=args.end,
+        dag_run_id=f"cli__{args.start.isoformat()}__{datetime.now(UTC):%Y%m%dT%H%M%S}",
+        page_size=args.page_size,
+        client_ids=args.client_ids,
+    )
+    _print_json(summary)
+    return 0
+
+
+def _demo_seed(args: argparse.Namespace) -> int:
+    from flywheel.demo.seed import seed_logs
+
+    report = seed_logs(
+        load_config(args.config),
+        days=args.days,
+        records_per_day=args.records_per_day,
+        now=args.now,
+        seed=args.seed,
+        workloads=args.workloads,
+    )
+    _print_json(report.to_dict())
+    return 0
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from flywheel.demo.runner import run_demo
+
+    return run_demo(args.config, days=args.days, records_per_day=args.records_per_day, now=args.now)
+
+
+def _bench_etl(args: argparse.Namespace) -> int:
+    from flywheel.bench import bench_etl
+
+    result = bench_etl(records=args.records, page_size=args.page_size, quiet=args.json)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

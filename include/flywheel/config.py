@@ -1,0 +1,236 @@
+"""Typed configuration of the flywheel: one YAML file describes every workload.
+
+The file is data, not code: adding a workload means adding a block under ``workloads``, and the DAG
+factory in ``dags/`` turns each block into its own DAG. Values may reference environment variables
+as ``${NAME}`` or ``${NAME:-default}``; ``FLYWHEEL_HOME`` defaults to ``<project root>/.flywheel``.
+
+Loading never raises a raw pydantic or YAML traceback: :func:`load_config` raises
+:class:`ConfigError` whose message names the file, the offending key and the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The repository root (``include/flywheel/config.py`` -> ``.``); the package is installed editable."""
+
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "flywheel.yaml"
+
+WORKLOAD_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+"""Workload ids become DAG ids and path segments: lower-case letters, digits and underscores."""
+
+# A reference whose default holds no further reference; nested ones expand innermost first.
+_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:[^${}]|\$(?!\{))*))?\}")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    """Base for config blocks: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogSourceConfig(_Strict):
+    """Where a workload's production logs live in Elasticsearch and how to page through them."""
+
+    conn_id: str = Field("flywheel_logs", description="Airflow connection id of the Elasticsearch cluster.")
+    index: str = Field(..., min_length=1, description="Index, alias or pattern, e.g. 'llm-logs-*'.")
+    timestamp_field: str = "timestamp"
+    workload_field: str = "workload_id"
+    client_field: str = "client_id"
+    page_size: int = Field(1000, ge=10, le=10_000, description="Hits per page (PIT/search_after or scroll).")
+    keep_alive: str = Field(
+        "5m", pattern=r"^\d+[smh]$", description="PIT / scroll context lifetime per page."
+    )
+    request_timeout_s: float = Field(120.0, gt=0)
+
+
+class AirflowDefaults(_Strict):
+    """Organisation defaults applied to every workload DAG."""
+
+    owner: str = "flywheel"
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_minutes: float = Field(5.0, gt=0)
+    max_retry_delay_minutes: float = Field(60.0, gt=0)
+    tags: list[str] = Field(default_factory=lambda: ["flywheel"])
+
+
+class WorkloadConfig(_Strict):
+    """One agent workload (an agent node, route or task) whose traffic trains its own student models."""
+
+    workload_id: Annotated[str, Field(pattern=WORKLOAD_ID_PATTERN)]
+    description: str = ""
+    client_ids: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, description="Only these client_id values; null or absent means every client."
+    )
+    log_source: LogSourceConfig
+    schedule: str = Field("0 2 * * *", description="Daily cron (UTC); each run owns the previous day.")
+    start_date: date = Field(..., description="First data interval a backfill or catchup may reach.")
+    catchup: bool = False
+    max_active_runs: int = Field(1, ge=1, le=16)
+    training_window_days: int = Field(7, ge=1, le=365)
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("client_ids")
+    @classmethod
+    def _client_ids_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must list at least one client_id, or be omitted to take every client")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a client_id twice")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_is_daily(cls, value: str) -> str:
+        # Raw partitions are keyed by the day the data interval starts on: two runs on one day would
+        # overwrite each other's partition, so only schedules that fire once every 24 hours are valid.
+        from croniter import CroniterBadCronError, croniter
+
+        try:
+            it = croniter(value, datetime(2026, 1, 1, tzinfo=UTC))
+        except (CroniterBadCronError, ValueError, KeyError) as exc:
+            raise ValueError(f"{value!r} is not a cron expression ({exc})") from None
+        fires = [it.get_next(datetime) for _ in range(8)]
+        if any(b - a != timedelta(days=1) for a, b in itertools.pairwise(fires)):
+            raise ValueError(f"{value!r} does not fire exactly once a day (e.g. '0 2 * * *')")
+        return value
+
+    @property
+    def dag_id(self) -> str:
+        return f"flywheel_{self.workload_id}"
+
+
+class ArtifactStoreConfig(_Strict):
+    """Root URL of the artifact store (any fsspec URL) and its filesystem options."""
+
+    root: str = Field(..., min_length=1, description="Local directory or fsspec URL (s3://bucket/prefix).")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetadataConfig(_Strict):
+    """The flywheel's own metadata database (runs, partitions, datasets, models, decisions)."""
+
+    conn_id: str | None = Field(None, description="Airflow connection (postgres or sqlite); wins over url.")
+    url: str = Field(..., min_length=1, description="SQLAlchemy URL used when conn_id is not set.")
+
+    @field_validator("conn_id")
+    @classmethod
+    def _empty_conn_id_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class FlywheelConfig(_Strict):
+    """The whole configuration file."""
+
+    artifact_store: ArtifactStoreConfig
+    metadata: MetadataConfig
+    airflow: AirflowDefaults = Field(default_factory=AirflowDefaults)
+    workloads: list[WorkloadConfig] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _workload_ids_unique(self) -> FlywheelConfig:
+        seen: set[str] = set()
+        for i, workload in enumerate(self.workloads):
+            if workload.workload_id in seen:
+                raise ValueError(f"workloads[{i}].workload_id: {workload.workload_id!r} is defined twice")
+            seen.add(workload.workload_id)
+        return self
+
+    def workload(self, workload_id: str) -> WorkloadConfig:
+        """The workload with this id; ConfigError naming the known ids otherwise."""
+        for workload in self.workloads:
+            if workload.workload_id == workload_id:
+                return workload
+        known = ", ".join(w.workload_id for w in self.workloads)
+        raise ConfigError(f"unknown workload_id {workload_id!r}; configured: {known}")
+
+
+def default_config_path() -> Path:
+    """``$FLYWHEEL_CONFIG`` when set, else ``include/config/flywheel.yaml`` of this project."""
+    return Path(os.environ.get("FLYWHEEL_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def flywheel_home() -> Path:
+    """Local state directory of the embedded default: ``$FLYWHEEL_HOME`` or ``<project>/.flywheel``."""
+    return Path(os.environ.get("FLYWHEEL_HOME") or PROJECT_ROOT / ".flywheel")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> FlywheelConfig:
+    """Read, expand and validate the configuration file; raise ConfigError naming the bad key."""
+    config_path = Path(path) if path is not None else default_config_path()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read configuration file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{config_path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        expanded = _expand_env(raw, ())
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+    try:
+        return FlywheelConfig.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(f"{config_path}: invalid configuration\n{format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``  - workloads[0].log_source.page_size: <reason> (got <value>)``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = _dotted(error["loc"]) or "(top level)"
+        reason = error["msg"].removeprefix("Value error, ")
+        got = "" if error["type"] in ("missing", "value_error") else f" (got {error['input']!r})"
+        lines.append(f"  - {key}: {reason}{got}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _expand_env(value: Any, loc: tuple[int | str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*loc, i)) for i, v in enumerate(value)]
+    while isinstance(value, str) and "${" in value:
+        expanded = _ENV_REF.sub(lambda m: _lookup_env(m, loc), value)
+        if expanded == value:
+            raise ConfigError(f"{_dotted(loc)}: malformed environment reference in {value!r}")
+        value = expanded
+    return value
+
+
+def _lookup_env(match: re.Match[str], loc: tuple[int | str, ...]) -> str:
+    name, default = match.group("name"), match.group("default")
+    if name in os.environ:
+        return os.environ[name]
+    if name == "FLYWHEEL_HOME":
+        return str(flywheel_home())
+    if default is not None:
+        return default
+    raise ConfigError(f"{_dotted(loc)}: environment variable {name} is not set and has no default")

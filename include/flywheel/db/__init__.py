@@ -1,0 +1,1 @@
+"""The flywheel's own metadata database: SQLAlchemy models, engine resolution and Alembic migrations."""

@@ -1,0 +1,176 @@
+"""Seeding the log store with demo traffic, the way an LLM gateway would have logged it.
+
+Documents go into daily indices (``flywheel-logs-2026.11.20`` for the pattern ``flywheel-logs-*``)
+under an index template whose mapping indexes the routing fields and keeps ``request`` / ``response``
+unindexed, as a production log index for arbitrary tool schemas would.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flywheel.config import FlywheelConfig, LogSourceConfig, WorkloadConfig
+from flywheel.demo.traffic import DemoRecord, generate_traffic
+from flywheel.intervals import Interval, latest_intervals
+
+DEMO_WORKLOAD_KINDS = {"customer_support_router": "support_router", "bfcl_live_assistant": "bfcl_live"}
+"""Which traffic generator feeds which configured workload in the demo."""
+
+DEFAULT_CLIENT_IDS = ("web-shop", "mobile-app", "partner-api")
+"""client_id values for workloads whose config does not restrict clients."""
+
+TEMPLATE_NAME = "flywheel-demo-logs"
+
+
+class SeedError(RuntimeError):
+    """The log store rejected documents, or no configured workload has demo traffic."""
+
+
+@dataclass
+class SeedReport:
+    """What was written: documents per workload and interval, and the noise injected."""
+
+    documents: int = 0
+    by_workload: dict[str, int] = field(default_factory=dict)
+    noise: dict[str, dict[str, int]] = field(default_factory=dict)
+    intervals: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "documents": self.documents,
+            "by_workload": self.by_workload,
+            "noise": self.noise,
+            "intervals": self.intervals,
+        }
+
+
+def log_index_template(source: LogSourceConfig) -> dict[str, Any]:
+    """Index template body for the log indices matched by ``source.index``."""
+    return {
+        "index_patterns": [source.index],
+        "template": {
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+            "mappings": {
+                "dynamic": False,
+                "properties": {
+                    source.timestamp_field: {"type": "date"},
+                    source.workload_field: {"type": "keyword"},
+                    source.client_field: {"type": "keyword"},
+                    "request": {"type": "object", "enabled": False},
+                    "response": {"type": "object", "enabled": False},
+                },
+            },
+        },
+    }
+
+
+def daily_index(source: LogSourceConfig, timestamp: Any, fallback: datetime) -> str:
+    """The daily index a document is written to: the pattern's prefix plus its UTC date."""
+    if not source.index.endswith("*"):
+        return source.index
+    day = (
+        timestamp[:10] if isinstance(timestamp, str) and len(timestamp) >= 10 else fallback.date().isoformat()
+    )
+    return source.index[:-1] + day.replace("-", ".")
+
+
+def demo_workloads(config: FlywheelConfig, only: list[str] | None = None) -> list[tuple[WorkloadConfig, str]]:
+    """Configured workloads that have a demo traffic generator, with the generator's kind."""
+    chosen = [
+        (w, DEMO_WORKLOAD_KINDS[w.workload_id])
+        for w in config.workloads
+        if w.workload_id in DEMO_WORKLOAD_KINDS and (not only or w.workload_id in only)
+    ]
+    if not chosen:
+        raise SeedError(
+            f"no configured workload has demo traffic; demo workloads: {', '.join(DEMO_WORKLOAD_KINDS)}"
+        )
+    return chosen
+
+
+def seed_logs(
+    config: FlywheelConfig,
+    *,
+    days: int,
+    records_per_day: int,
+    now: datetime | None = None,
+    seed: int = 0,
+    workloads: list[str] | None = None,
+    noise_rate: float = 0.08,
+) -> SeedReport:
+    """Write ``days`` data intervals of demo traffic for each demo workload into its log source.
+
+    Each workload's documents go through its own Airflow connection (``log_source.conn_id``).
+    """
+    from elasticsearch.helpers import streaming_bulk
+
+    from flywheel.logstore import connect
+
+    report = SeedReport()
+    for workload, kind in demo_workloads(config, workloads):
+        source = workload.log_source
+        client = connect(source.conn_id, source.request_timeout_s)
+        # One template per index pattern: workloads sharing a pattern share (and re-put) the template.
+        template_name = TEMPLATE_NAME + "-" + re.sub(r"[^a-z0-9_-]+", "-", source.index.lower()).strip("-")
+        client.indices.put_index_template(name=template_name, **log_index_template(source))
+        intervals = latest_intervals(workload.schedule, days, now)
+        noise: Counter[str] = Counter()
+        records = _records(workload, kind, intervals, records_per_day, seed, noise_rate)
+        written = 0
+        failures: list[Any] = []
+        for ok, item in streaming_bulk(
+            client,
+            _actions(records, source, noise),
+            chunk_size=2000,
+            raise_on_error=False,
+            max_retries=2,
+        ):
+            if ok:
+                written += 1
+            elif len(failures) < 5:
+                failures.append(item)
+        if failures:
+            raise SeedError(f"log store rejected documents of {workload.workload_id}: {failures}")
+        report.documents += written
+        report.by_workload[workload.workload_id] = written
+        report.noise[workload.workload_id] = dict(sorted(noise.items()))
+        report.intervals[workload.workload_id] = [(s.isoformat(), e.isoformat()) for s, e in intervals]
+        client.indices.refresh(index=source.index)
+    return report
+
+
+def _records(
+    workload: WorkloadConfig,
+    kind: str,
+    intervals: list[Interval],
+    records_per_day: int,
+    seed: int,
+    noise_rate: float,
+) -> Iterator[tuple[DemoRecord, datetime]]:
+    clients = workload.client_ids or list(DEFAULT_CLIENT_IDS)
+    for start, end in intervals:
+        for record in generate_traffic(
+            kind=kind,
+            workload_id=workload.workload_id,
+            start=start,
+            end=end,
+            count=records_per_day,
+            seed=seed,
+            client_ids=clients,
+            noise_rate=noise_rate,
+        ):
+            yield record, start
+
+
+def _actions(
+    records: Iterator[tuple[DemoRecord, datetime]], source: LogSourceConfig, noise: Counter[str]
+) -> Iterator[dict[str, Any]]:
+    for record, interval_start in records:
+        noise[record.noise.value if record.noise else "clean"] += 1
+        index = daily_index(source, record.source.get(source.timestamp_field), interval_start)
+        yield {"_op_type": "index", "_index": index, "_source": record.source}

@@ -1,0 +1,23 @@
+"""Data intervals of a workload's daily schedule, computed the way CronDataIntervalTimetable does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+Interval = tuple[datetime, datetime]
+
+
+def latest_intervals(schedule: str, count: int, now: datetime | None = None) -> list[Interval]:
+    """The ``count`` most recent complete data intervals ``[start, end)`` before ``now``, oldest first.
+
+    The newest one is the interval a scheduled run at the last cron fire at or before ``now`` owns.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    latest_end = now if croniter.match(schedule, now) else croniter(schedule, now).get_prev(datetime)
+    it = croniter(schedule, latest_end)
+    ends = [latest_end.astimezone(UTC)] + [it.get_prev(datetime).astimezone(UTC) for _ in range(count)]
+    return [(ends[i + 1], ends[i]) for i in reversed(range(count))]

@@ -1,0 +1,144 @@
+"""The artifact store: one fsspec URL root holding every file the flywheel produces.
+
+Layout under the root (``docs/artifact-store.md`` explains each part)::
+
+    raw/<workload_id>/<YYYY-MM-DD>/_partition.json            commit record of the day's partition
+    raw/<workload_id>/<YYYY-MM-DD>/v-<version>/part-00000.parquet
+    datasets/<workload_id>/<dataset_id>/...
+    runs/<workload_id>/<run_key>/...
+    reports/<workload_id>/<run_key>/...
+
+A raw partition is written as a new version directory whose name starts with ``_tmp-`` (readers such
+as pyarrow and Spark skip ``_``-prefixed paths), renamed to ``v-<version>`` when complete and made
+visible by replacing ``_partition.json``, the single commit point. Older versions are then deleted.
+A failed attempt therefore leaves the previous partition untouched, and a re-run replaces the day
+instead of appending to it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+PARTITION_MARKER = "_partition.json"
+_TMP_PREFIX = "_tmp-"
+_VERSION_PREFIX = "v-"
+
+
+class PartitionNotFound(FileNotFoundError):
+    """No committed raw partition exists for this workload and day."""
+
+
+@dataclass(frozen=True)
+class StagedPartition:
+    """A raw partition being written: parts go under ``path`` until :meth:`ArtifactStore.commit`."""
+
+    workload_id: str
+    day: date
+    version: str
+    path: str
+
+    def part_path(self, index: int) -> str:
+        return posixpath.join(self.path, f"part-{index:05d}.parquet")
+
+
+class ArtifactStore:
+    """Paths and atomic commits in the artifact store rooted at an fsspec URL."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.fs: AbstractFileSystem
+        self.fs, self.root = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.url = root.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        """Filesystem path (without protocol) of ``parts`` under the root."""
+        return posixpath.join(self.root, *parts)
+
+    def uri(self, path: str) -> str:
+        """Full URL of a filesystem path returned by this store (for logs, the UI and the database)."""
+        return self.fs.unstrip_protocol(path)
+
+    def raw_day_path(self, workload_id: str, day: date) -> str:
+        return self.path("raw", workload_id, day.isoformat())
+
+    @contextmanager
+    def stage_partition(self, workload_id: str, day: date) -> Iterator[StagedPartition]:
+        """Yield a staging directory for a new version of a raw partition.
+
+        If the body raises, the staging directory is deleted and the committed partition (if any)
+        is left exactly as it was. Commit with :meth:`commit_partition` inside the body.
+        """
+        version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        staged = StagedPartition(
+            workload_id,
+            day,
+            version,
+            posixpath.join(self.raw_day_path(workload_id, day), _TMP_PREFIX + version),
+        )
+        self.fs.makedirs(staged.path, exist_ok=True)
+        try:
+            yield staged
+        except BaseException:
+            self._remove(staged.path)
+            raise
+
+    def commit_partition(self, staged: StagedPartition, record: dict[str, Any]) -> dict[str, Any]:
+        """Publish a staged partition as the day's partition and delete every other version.
+
+        ``record`` (counts, interval, query, ...) is stored in the commit record together with the
+        version and the part files; the complete commit record is returned.
+        """
+        day_path = self.raw_day_path(staged.workload_id, staged.day)
+        final = posixpath.join(day_path, _VERSION_PREFIX + staged.version)
+        self.fs.mv(staged.path, final, recursive=True)
+        parts = sorted(p for p in self.fs.ls(final, detail=False) if p.endswith(".parquet"))
+        commit = {
+            **record,
+            "workload_id": staged.workload_id,
+            "day": staged.day.isoformat(),
+            "version": staged.version,
+            "path": self.uri(final),
+            "parts": [posixpath.basename(p) for p in parts],
+            "committed_at": datetime.now(UTC).isoformat(),
+        }
+        self.write_json_atomic(posixpath.join(day_path, PARTITION_MARKER), commit)
+        for entry in self.fs.ls(day_path, detail=False):
+            name = posixpath.basename(entry.rstrip("/"))
+            if name.startswith((_VERSION_PREFIX, _TMP_PREFIX)) and name != _VERSION_PREFIX + staged.version:
+                self._remove(entry)
+        return commit
+
+    def read_partition_record(self, workload_id: str, day: date) -> dict[str, Any]:
+        """The commit record of the day's raw partition; PartitionNotFound if none was committed."""
+        marker = posixpath.join(self.raw_day_path(workload_id, day), PARTITION_MARKER)
+        try:
+            with self.fs.open(marker, "rb") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            raise PartitionNotFound(f"no raw partition for workload {workload_id!r} on {day}") from None
+
+    def partition_files(self, workload_id: str, day: date) -> list[str]:
+        """Paths of the committed Parquet parts of the day's raw partition, in order."""
+        record = self.read_partition_record(workload_id, day)
+        base = posixpath.join(self.raw_day_path(workload_id, day), _VERSION_PREFIX + record["version"])
+        return [posixpath.join(base, name) for name in record["parts"]]
+
+    def write_json_atomic(self, path: str, payload: dict[str, Any]) -> None:
+        """Write JSON so readers see the old or the new file, never a partial one."""
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        self.fs.pipe_file(tmp, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+        self.fs.mv(tmp, path)
+
+    def _remove(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
