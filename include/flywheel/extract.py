@@ -206,8 +206,10 @@ class _SourceFields:
                 response[i] = bytes(raw).decode()
                 tool[i] = _first_tool_name(_decode(raw))
             if len(src) > len(self.known & src.keys()):
-                fields_json = (
-                    f"{_json_text(k).decode()}:{bytes(v).decode()}" for k, v in src.items() if k not in self.known
+                fields_json = (  # the other top-level fields, re-assembled from their raw JSON
+                    f"{_json_text(k).decode()}:{bytes(v).decode()}"
+                    for k, v in src.items()
+                    if k not in self.known
                 )
                 extra[i] = "{" + ",".join(fields_json) + "}"
         return pa.RecordBatch.from_arrays(

@@ -1,0 +1,97 @@
+"""Shared fixtures: an isolated Airflow/flywheel home, a real local log store, a test config, one DagBag.
+
+Airflow reads its configuration at import time, so the environment is set here, before any test
+module imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="flywheel-tests-"))
+os.environ.update(
+    {
+        "FLYWHEEL_HOME": str(_SESSION_HOME),
+        "AIRFLOW_HOME": str(_SESSION_HOME / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    }
+)
+os.environ.pop("FLYWHEEL_CONFIG", None)
+
+DAG_PARSE_SECONDS: dict[str, float] = {}
+"""Parse time per DAG file, filled by the DAG integrity tests and printed in the terminal summary."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if DAG_PARSE_SECONDS:
+        terminalreporter.section("DAG file parse times")
+        for path, seconds in sorted(DAG_PARSE_SECONDS.items()):
+            terminalreporter.write_line(f"{seconds:.3f} s  {path}")
+
+
+@pytest.fixture(scope="session")
+def log_store() -> Iterator[object]:
+    """A real osmem-server for the session, reachable through the `flywheel_logs` Airflow connection."""
+    from flywheel.embedded import LocalLogStore
+
+    with LocalLogStore.start() as store:
+        os.environ.update(store.connection_env("flywheel_logs"))
+        yield store
+
+
+def write_config(directory: Path, **workload_overrides: object) -> Path:
+    """A config file like the project's, with its artifact store and metadata DB inside ``directory``."""
+    raw = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "flywheel.yaml").read_text())
+    raw["artifact_store"] = {"root": str(directory / "artifacts")}
+    raw["metadata"] = {"url": f"sqlite:///{directory / 'flywheel.db'}"}
+    for workload in raw["workloads"]:
+        workload.update(workload_overrides)
+    path = directory / "flywheel.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def flywheel_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A migrated test configuration (``FLYWHEEL_CONFIG`` points at it) with a fresh store and database."""
+    from flywheel.config import load_config
+    from flywheel.db.engine import get_engine
+    from flywheel.db.migrate import upgrade
+
+    path = write_config(tmp_path)
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
+    config = load_config(path)
+    upgrade(get_engine(config.metadata))
+    return config
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's own metadata database (SQLite in the session home), migrated once."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    """Every DAG file in dags/, parsed once per session, with the parse time of each file recorded."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    started = time.perf_counter()
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    for stat in bag.dagbag_stats:
+        DAG_PARSE_SECONDS[stat.file] = stat.duration.total_seconds()
+    assert bag.dagbag_stats, f"no DAG file parsed in {time.perf_counter() - started:.1f} s"
+    return bag
