@@ -227,8 +227,10 @@ def _expand_env(value: Any, loc: tuple[int | str, ...]) -> Any:
 
 def _lookup_env(match: re.Match[str], loc: tuple[int | str, ...]) -> str:
     name, default = match.group("name"), match.group("default")
-    if name in os.environ:
-        return os.environ[name]
+    value = os.environ.get(name)
+    # As in the shell: ${NAME:-default} takes the default when NAME is unset or empty.
+    if value or (value is not None and default is None):
+        return value
     if name == "FLYWHEEL_HOME":
         return str(flywheel_home())
     if default is not None:

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -34,39 +36,67 @@ def airflow_environment(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "FLYWHEEL_HOME": str(home),
+        # `airflow dags test` waits out retry delays; a demo run should report a failure at once.
+        "FLYWHEEL_TASK_RETRIES": "0",
     }
 
 
 def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: datetime | None) -> int:
-    """Run the demo; return 0 when every DAG run succeeded."""
+    """Run the demo; return 0 when every DAG run succeeded. The process environment is restored after."""
     home = flywheel_home()
     logs_dir = home / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.update(airflow_environment(home))
+    env = airflow_environment(home)
+    if config_path is not None:
+        # The DAG's tasks (in `airflow dags test` subprocesses) must read the same file.
+        env["FLYWHEEL_CONFIG"] = str(Path(config_path).resolve())
     config = load_config(config_path)
     workloads = [w for w, _ in demo_workloads(config)]
     started = time.monotonic()
     with LocalLogStore.start() as log_store:
         for conn_id in {w.log_source.conn_id for w in workloads}:
-            os.environ.update(log_store.connection_env(conn_id))
-        _step(f"log store (osmem-server) at {log_store.url}")
-        revision = upgrade(get_engine(config.metadata))
-        _step(f"metadata database at revision {revision}: {config.metadata.conn_id or config.metadata.url}")
-        report = seed_logs(config, days=days, records_per_day=records_per_day, now=now)
-        _step(f"seeded {report.documents} log records over {days} day(s): {report.by_workload}")
-        _airflow(["db", "migrate"], logs_dir / "airflow-db-migrate.log")
-        _step(f"Airflow database migrated ({os.environ['AIRFLOW_HOME']})")
-        failures = 0
-        for workload in workloads:
-            start, end = latest_intervals(workload.schedule, 1, now)[0]
-            log_file = logs_dir / f"{workload.dag_id}.log"
-            # A manual run (which `dags test` makes) owns the data interval that ends at its logical date.
-            ok = _airflow(["dags", "test", workload.dag_id, end.isoformat()], log_file)
-            failures += not ok
-            _step(f"{workload.dag_id} {start:%Y-%m-%d}: {'succeeded' if ok else 'FAILED'} (log: {log_file})")
+            env.update(log_store.connection_env(conn_id))
+        with _environment(env):
+            _step(f"log store (osmem-server) at {log_store.url}")
+            revision = upgrade(get_engine(config.metadata))
+            _step(
+                f"metadata database at revision {revision}: {config.metadata.conn_id or config.metadata.url}"
+            )
+            report = seed_logs(config, days=days, records_per_day=records_per_day, now=now)
+            _step(f"seeded {report.documents} log records over {days} day(s): {report.by_workload}")
+            migrate_log = logs_dir / "airflow-db-migrate.log"
+            if not _airflow(["db", "migrate"], migrate_log):
+                _step(f"Airflow database migration FAILED (log: {migrate_log})")
+                return 1
+            _step(f"Airflow database migrated ({env['AIRFLOW_HOME']})")
+            failures = 0
+            for workload in workloads:
+                start, end = latest_intervals(workload.schedule, 1, now)[0]
+                log_file = logs_dir / f"{workload.dag_id}.log"
+                # A manual run (which `dags test` makes) owns the data interval ending at its logical date.
+                ok = _airflow(["dags", "test", workload.dag_id, end.isoformat()], log_file)
+                failures += not ok
+                _step(
+                    f"{workload.dag_id} {start:%Y-%m-%d}: {'succeeded' if ok else 'FAILED'} (log: {log_file})"
+                )
     _print_summary(config, workloads, now)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; log store stopped.")
     return 1 if failures else 0
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (and its subprocesses), then restore the old ones."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 def _step(message: str) -> None:

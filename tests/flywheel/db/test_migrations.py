@@ -1,0 +1,403 @@
+"""Tests of the metadata database: migrations on SQLite and a real PostgreSQL server, URL resolution from an
+Airflow connection, and run/stage tracking.
+
+The PostgreSQL server is started once per session from the local binaries (``make test`` installs them).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from flywheel.config import ConfigError, MetadataConfig
+from flywheel.db.engine import get_engine, resolve_url, session_scope
+from flywheel.db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
+from flywheel.db.models import Base, Run, RunStage
+from flywheel.tracking import StageRecord, ensure_run, record_stage
+
+TABLES = {"runs", "run_stages", "raw_partitions"}
+START = datetime(2026, 11, 20, 2, tzinfo=UTC)
+END = datetime(2026, 11, 21, 2, tzinfo=UTC)
+
+
+# --- a real PostgreSQL server -------------------------------------------------------------------
+
+
+def _pg_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
+    if candidates:
+        return max(candidates, key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    pytest.fail(
+        f"PostgreSQL binary {name!r} not found (not on PATH, not in /usr/lib/postgresql/*/bin). "
+        "Run `make test`, which installs PostgreSQL (`make postgres`) before running the tests.",
+        pytrace=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database; return its name."""
+        name = f"flywheel_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return name
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL cluster with trust auth on a free local port, stopped after the session."""
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    data_dir = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        # initdb refuses to run as root: the cluster belongs to the postgres user.
+        shutil.chown(data_dir, user="postgres", group="postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    log_file = data_dir / "server.log"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*as_owner, *args], capture_output=True, text=True, timeout=60)
+
+    done = run(initdb, "-D", str(data_dir), "--auth=trust", "-U", "postgres", "--no-sync")
+    if done.returncode != 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        pytest.fail(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
+    options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    done = run(pg_ctl, "-D", str(data_dir), "-o", options, "-l", str(log_file), "-w", "start")
+    if done.returncode != 0:
+        server_log = log_file.read_text() if log_file.exists() else ""
+        shutil.rmtree(data_dir, ignore_errors=True)
+        pytest.fail(f"pg_ctl start failed:\n{done.stdout}\n{done.stderr}\n{server_log}", pytrace=False)
+    try:
+        yield PostgresServer("127.0.0.1", port)
+    finally:
+        run(pg_ctl, "-D", str(data_dir), "stop", "-m", "fast")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def airflow_connection_env(server: PostgresServer, database: str, **extra: object) -> str:
+    payload: dict[str, object] = {
+        "conn_type": "postgres",
+        "host": server.host,
+        "port": server.port,
+        "login": "postgres",
+        "schema": database,
+    }
+    if extra:
+        payload["extra"] = extra
+    return json.dumps(payload)
+
+
+# --- engines on both backends -------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The engine of an empty metadata database: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state' / 'metadata.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.url(server.create_database())
+    engine = get_engine(MetadataConfig(url=url))
+    yield engine
+    engine.dispose()
+
+
+def schema_differences(engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(context, Base.metadata)
+
+
+def test_single_head_revision() -> None:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    heads = ScriptDirectory.from_config(cfg).get_heads()
+
+    assert heads == [head_revision()]
+    assert head_revision() is not None
+
+
+def test_upgrade_fresh_database_reaches_head(fresh_engine: Engine) -> None:
+    assert current_revision(fresh_engine) is None
+    assert TABLES.isdisjoint(inspect(fresh_engine).get_table_names())
+
+    revision = upgrade(fresh_engine)
+
+    assert revision == head_revision()
+    assert current_revision(fresh_engine) == head_revision()
+    assert {*TABLES, "alembic_version"} <= set(inspect(fresh_engine).get_table_names())
+    if fresh_engine.dialect.name == "sqlite":
+        assert Path(fresh_engine.url.database or "").is_file()
+
+
+def test_upgrade_twice_is_a_no_op(fresh_engine: Engine) -> None:
+    upgrade(fresh_engine)
+    with Session(fresh_engine) as session, session.begin():
+        session.add(
+            Run(workload_id="w", dag_id="flywheel_w", dag_run_id="r1", interval_start=START, interval_end=END)
+        )
+    tables_before = sorted(inspect(fresh_engine).get_table_names())
+
+    assert upgrade(fresh_engine) == head_revision()
+
+    assert sorted(inspect(fresh_engine).get_table_names()) == tables_before
+    with fresh_engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+            head_revision()
+        ]
+        assert conn.execute(select(Run.dag_run_id)).scalars().all() == ["r1"]
+
+
+def test_migrated_schema_matches_models(fresh_engine: Engine) -> None:
+    upgrade(fresh_engine)
+
+    assert schema_differences(fresh_engine) == []
+
+
+def test_empty_database_differs_from_models(fresh_engine: Engine) -> None:
+    # The comparison above is meaningful: without the migrations every table is reported missing.
+    added = {diff[1].name for diff in schema_differences(fresh_engine) if diff[0] == "add_table"}
+
+    assert added == TABLES
+
+
+def test_migrations_downgrade_to_base_and_back(fresh_engine: Engine) -> None:
+    from alembic import command
+
+    from flywheel.db.migrate import _alembic_config
+
+    upgrade(fresh_engine)
+    command.downgrade(_alembic_config(fresh_engine), "base")
+
+    assert current_revision(fresh_engine) is None
+    assert TABLES.isdisjoint(inspect(fresh_engine).get_table_names())
+    assert upgrade(fresh_engine) == head_revision()
+    assert schema_differences(fresh_engine) == []
+
+
+def test_foreign_keys_are_enforced(fresh_engine: Engine) -> None:
+    upgrade(fresh_engine)
+
+    with pytest.raises(IntegrityError), Session(fresh_engine) as session, session.begin():
+        session.add(RunStage(run_id=424242, stage="extract", try_number=1, status="running"))
+
+
+# --- resolve_url from an Airflow connection ------------------------------------------------------
+
+
+def test_resolve_url_without_conn_id_uses_url() -> None:
+    url = resolve_url(MetadataConfig(url="sqlite:////srv/flywheel/flywheel.db"))
+
+    assert url.drivername == "sqlite"
+    assert url.database == "/srv/flywheel/flywheel.db"
+
+
+def test_resolve_url_from_airflow_postgres_connection(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_METADATA", airflow_connection_env(postgres_server, "postgres"))
+    metadata = MetadataConfig(conn_id="flywheel_metadata", url="sqlite:///never-used.db")
+
+    url = resolve_url(metadata)
+
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.username, url.host, url.port, url.database) == (
+        "postgres",
+        "127.0.0.1",
+        postgres_server.port,
+        "postgres",
+    )
+    assert url.password is None
+    assert url.render_as_string(hide_password=False) == postgres_server.url()
+    with get_engine(metadata).connect() as conn:
+        assert conn.execute(text("SELECT current_database()")).scalar_one() == "postgres"
+
+
+def test_resolve_url_keeps_only_ssl_and_options_extras(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FLYWHEEL_METADATA_SSL",
+        airflow_connection_env(postgres_server, "flywheel", sslmode="disable", cursor="dict"),
+    )
+
+    url = resolve_url(MetadataConfig(conn_id="flywheel_metadata_ssl", url="sqlite://"))
+
+    assert dict(url.query) == {"sslmode": "disable"}
+    assert url.database == "flywheel"
+
+
+def test_resolve_url_from_airflow_sqlite_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "meta.db"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FLYWHEEL_METADATA_LITE", json.dumps({"conn_type": "sqlite", "host": str(path)})
+    )
+
+    url = resolve_url(MetadataConfig(conn_id="flywheel_metadata_lite", url="sqlite://"))
+
+    assert url.drivername == "sqlite"
+    assert url.database == str(path)
+
+
+def test_resolve_url_rejects_other_connection_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FLYWHEEL_METADATA_MYSQL", json.dumps({"conn_type": "mysql", "host": "db"})
+    )
+
+    with pytest.raises(ConfigError) as info:
+        resolve_url(MetadataConfig(conn_id="flywheel_metadata_mysql", url="sqlite://"))
+
+    assert str(info.value).startswith(
+        "metadata.conn_id: connection 'flywheel_metadata_mysql' has conn_type 'mysql'"
+    )
+
+
+# --- tracking on PostgreSQL ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_metadata(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> MetadataConfig:
+    """A migrated PostgreSQL metadata database reached through the Airflow connection, like production."""
+    database = postgres_server.create_database()
+    monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_METADATA", airflow_connection_env(postgres_server, database))
+    metadata = MetadataConfig(conn_id="flywheel_metadata", url="sqlite:///never-used.db")
+    engine = get_engine(metadata)
+    assert engine.dialect.name == "postgresql"
+    assert engine.url.database == database
+    upgrade(engine)
+    return metadata
+
+
+def new_run(metadata: MetadataConfig, dag_run_id: str = "scheduled__2026-11-20T02:00:00+00:00") -> int:
+    return ensure_run(
+        metadata,
+        workload_id="customer_support_router",
+        dag_id="flywheel_customer_support_router",
+        dag_run_id=dag_run_id,
+        interval_start=START,
+        interval_end=END,
+    )
+
+
+def fail_in_stage(
+    metadata: MetadataConfig, run_id: int, error: BaseException, handles: list[StageRecord]
+) -> None:
+    """Record an ``extract`` stage that sets a summary and then fails with ``error``."""
+    with record_stage(metadata, run_id, "extract") as handle:
+        handles.append(handle)
+        handle.summary = {"pages": 2}
+        raise error
+
+
+def test_ensure_run_twice_returns_the_same_id(pg_metadata: MetadataConfig) -> None:
+    first = new_run(pg_metadata)
+    again = new_run(pg_metadata)
+    other = new_run(pg_metadata, dag_run_id="backfill__2026-11-19T02:00:00+00:00")
+
+    assert again == first
+    assert other != first
+    with session_scope(pg_metadata) as session:
+        runs = session.scalars(select(Run).order_by(Run.id)).all()
+        assert [r.id for r in runs] == [first, other]
+        assert runs[0].interval_start == START
+        assert runs[0].interval_end == END
+        assert runs[0].created_at.tzinfo is not None
+
+
+def test_record_stage_success_stores_summary(pg_metadata: MetadataConfig) -> None:
+    run_id = new_run(pg_metadata)
+
+    with record_stage(pg_metadata, run_id, "extract", try_number=2) as handle:
+        with session_scope(pg_metadata) as session:
+            assert session.get_one(RunStage, handle.id).status == "running"
+        handle.summary = {"records": 1234, "read_method": "pit"}
+
+    with session_scope(pg_metadata) as session:
+        row = session.get_one(RunStage, handle.id)
+        assert (row.run_id, row.stage, row.try_number, row.status) == (run_id, "extract", 2, "succeeded")
+        assert row.summary == {"records": 1234, "read_method": "pit"}
+        assert row.error is None
+        assert row.finished_at is not None
+        assert row.finished_at >= row.started_at
+
+
+def test_record_stage_failure_stores_error_and_reraises(pg_metadata: MetadataConfig) -> None:
+    run_id = new_run(pg_metadata)
+
+    handles: list[StageRecord] = []
+    with pytest.raises(ValueError, match="page 3 had no sort values"):
+        fail_in_stage(pg_metadata, run_id, ValueError("page 3 had no sort values"), handles)
+    [handle] = handles
+
+    with session_scope(pg_metadata) as session:
+        row = session.get_one(RunStage, handle.id)
+        assert row.status == "failed"
+        assert row.error == "ValueError: page 3 had no sort values"
+        assert row.summary == {"pages": 2}
+        assert row.finished_at is not None
+
+
+def test_record_stage_truncates_long_errors(pg_metadata: MetadataConfig) -> None:
+    run_id = new_run(pg_metadata)
+
+    handles: list[StageRecord] = []
+    with pytest.raises(RuntimeError):
+        fail_in_stage(pg_metadata, run_id, RuntimeError("x" * 10_000), handles)
+    [handle] = handles
+
+    with session_scope(pg_metadata) as session:
+        error = session.get_one(RunStage, handle.id).error
+        assert error is not None
+        assert len(error) == 4000
+        assert error.startswith("RuntimeError: xxx")
+
+
+def test_missing_postgres_binaries_fail_with_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.setattr(glob, "glob", lambda _pattern: [])
+
+    with pytest.raises(pytest.fail.Exception, match=r"Run `make test`, which installs PostgreSQL"):
+        _pg_binary("initdb")

@@ -1,0 +1,37 @@
+"""`make demo` in miniature: the real runner, its Airflow subprocesses and its summary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from conftest import write_config
+from flywheel.config import load_config
+from flywheel.db.engine import session_scope
+from flywheel.db.models import RawPartition
+from flywheel.demo.runner import run_demo
+
+NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+
+
+def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    config_path = write_config(tmp_path)
+
+    exit_code = run_demo(str(config_path), days=2, records_per_day=120, now=NOW)
+
+    out = capsys.readouterr().out
+    assert exit_code == 0, out
+    assert "flywheel_customer_support_router 2026-11-20: succeeded" in out
+    assert "flywheel_bfcl_live_assistant 2026-11-20: succeeded" in out
+    assert "stage extract    succeeded" in out
+    assert "log store stopped" in out
+    config = load_config(config_path)
+    with session_scope(config.metadata) as session:
+        days = session.execute(select(RawPartition.workload_id, RawPartition.day)).all()
+    assert sorted(days) == [
+        ("bfcl_live_assistant", datetime(2026, 11, 20).date()),
+        ("customer_support_router", datetime(2026, 11, 20).date()),
+    ]
+    assert (tmp_path / "home" / "logs" / "flywheel_customer_support_router.log").exists()

@@ -1,0 +1,141 @@
+"""Tests of the ``flywheel`` command line: exit codes, messages and the ``db upgrade`` sub-command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, inspect
+
+from conftest import write_config
+from flywheel.cli import main
+from flywheel.config import DEFAULT_CONFIG_PATH
+from flywheel.db.migrate import current_revision, head_revision
+
+DAG_IDS = ("flywheel_customer_support_router", "flywheel_bfcl_live_assistant")
+
+
+def broken_config(tmp_path: Path) -> Path:
+    path = write_config(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["workloads"][1]["log_source"]["page_size"] = 5
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_config_check_lists_both_dags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(DEFAULT_CONFIG_PATH)]) == 0
+
+    out = capsys.readouterr().out
+    for dag_id in DAG_IDS:
+        assert f"  {dag_id}: flywheel-logs-* (" in out
+    assert "flywheel_customer_support_router: flywheel-logs-* (web-shop,mobile-app,email-gateway)" in out
+    assert "flywheel_bfcl_live_assistant: flywheel-logs-* (all clients), schedule '0 2 * * *'" in out
+    assert out.rstrip().endswith("OK: 2 workload(s)")
+
+
+def test_config_check_uses_global_config_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path)
+
+    assert main(["--config", str(path), "config", "check"]) == 0
+
+    assert "OK: 2 workload(s)" in capsys.readouterr().out
+
+
+def test_config_check_broken_file_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = broken_config(tmp_path)
+
+    assert main(["config", "check", str(path)]) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: {path}: invalid configuration")
+    assert "workloads[1].log_source.page_size: Input should be greater than or equal to 10 (got 5)" in (
+        captured.err
+    )
+
+
+def test_config_check_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nowhere.yaml"
+
+    assert main(["config", "check", str(path)]) == 2
+
+    assert f"error: {path}: cannot read configuration file" in capsys.readouterr().err
+
+
+def test_config_check_as_a_subprocess(tmp_path: Path) -> None:
+    executable = Path(sys.executable).parent / "flywheel"
+    assert executable.is_file(), f"{executable} missing: is the package installed (make install)?"
+
+    ok = subprocess.run(
+        [str(executable), "config", "check", str(DEFAULT_CONFIG_PATH)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert all(dag_id in ok.stdout for dag_id in DAG_IDS)
+
+    broken = subprocess.run(
+        [str(executable), "config", "check", str(broken_config(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert broken.returncode == 2
+    assert "workloads[1].log_source.page_size" in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+
+def test_db_upgrade_creates_sqlite_database_at_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path)
+    database = tmp_path / "flywheel.db"
+    assert not database.exists()
+
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+
+    assert database.is_file()
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        assert current_revision(engine) == head_revision()
+        assert {"runs", "run_stages", "raw_partitions"} <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    out = capsys.readouterr().out
+    assert f"metadata database sqlite:///{database} at revision {head_revision()}" in out
+
+    # A second upgrade is harmless and reports the same revision.
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    assert f"at revision {head_revision()}" in capsys.readouterr().out
+
+
+def test_db_upgrade_with_broken_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(broken_config(tmp_path)), "db", "upgrade"]) == 2
+
+    assert "workloads[1].log_source.page_size" in capsys.readouterr().err
+    assert not (tmp_path / "flywheel.db").exists()
+
+
+def test_extract_bad_iso_date_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["extract", "customer_support_router", "--start", "21/11/2026", "--end", "2026-11-21T02:00Z"])
+
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --start: not an ISO 8601 date-time: '21/11/2026'" in err
+    assert err.startswith("usage: flywheel extract")
+
+
+def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+
+    assert info.value.code == 2
+    assert "usage: flywheel" in capsys.readouterr().err

@@ -1,0 +1,376 @@
+"""Tests of the configuration loader: the project file loads, and every error names the key and the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import write_config
+from flywheel.config import DEFAULT_CONFIG_PATH, ConfigError, FlywheelConfig, load_config
+
+Raw = dict[str, Any]
+
+
+@pytest.fixture
+def edited_config(tmp_path: Path) -> Callable[[Callable[[Raw], None]], Path]:
+    """Write a valid test config, apply ``edit`` to its parsed YAML and write it back."""
+
+    def make(edit: Callable[[Raw], None]) -> Path:
+        path = write_config(tmp_path)
+        raw = yaml.safe_load(path.read_text())
+        edit(raw)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return make
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+MINIMAL = """\
+artifact_store:
+  root: {root}
+metadata:
+  url: {url}
+workloads:
+  - workload_id: alpha
+    log_source:
+      index: logs-*
+    start_date: 2026-10-01
+"""
+
+
+def write_minimal(tmp_path: Path, root: str = "/tmp/artifacts", url: str = "sqlite://") -> Path:
+    path = tmp_path / "minimal.yaml"
+    path.write_text(MINIMAL.format(root=root, url=url))
+    return path
+
+
+# --- the project's own file ---------------------------------------------------------------------
+
+
+def test_project_config_loads_both_workloads() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH)
+
+    assert isinstance(config, FlywheelConfig)
+    assert [w.workload_id for w in config.workloads] == ["customer_support_router", "bfcl_live_assistant"]
+    assert [w.dag_id for w in config.workloads] == [
+        "flywheel_customer_support_router",
+        "flywheel_bfcl_live_assistant",
+    ]
+    router = config.workload("customer_support_router")
+    assert router.client_ids == ["web-shop", "mobile-app", "email-gateway"]
+    assert router.start_date == date(2026, 10, 1)
+    assert router.schedule == "0 2 * * *"
+    assert config.workload("bfcl_live_assistant").client_ids is None
+    assert config.airflow.owner == "ml-platform"
+
+
+def test_project_config_defaults_live_under_flywheel_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLYWHEEL_ARTIFACT_ROOT", "FLYWHEEL_METADATA_URL", "FLYWHEEL_METADATA_CONN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FLYWHEEL_HOME", "/srv/fw-home")
+
+    config = load_config(DEFAULT_CONFIG_PATH)
+
+    assert config.artifact_store.root == "/srv/fw-home/artifacts"
+    assert config.metadata.url == "sqlite:////srv/fw-home/flywheel.db"
+    assert config.metadata.conn_id is None
+
+
+def test_default_config_path_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path)
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
+
+    assert load_config().artifact_store.root == str(tmp_path / "artifacts")
+
+
+def test_write_config_helper_gives_a_valid_file(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, training_window_days=3))
+
+    assert config.metadata.url == f"sqlite:///{tmp_path / 'flywheel.db'}"
+    assert {w.training_window_days for w in config.workloads} == {3}
+
+
+# --- errors name the key and the reason ---------------------------------------------------------
+
+
+def test_yaml_syntax_error_reports_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("artifact_store:\n  root: /tmp/a\nworkloads: [one, two\nmetadata: {}\n")
+
+    message = load_error(path)
+
+    assert "invalid YAML at line 4, column 9" in message
+    assert "expected ',' or ']'" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+
+    assert "top level must be a mapping, got list" in load_error(path)
+
+
+def test_page_size_out_of_range(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["log_source"]["page_size"] = 50_000
+
+    message = load_error(edited_config(edit))
+
+    assert "invalid configuration" in message
+    assert (
+        "  - workloads[0].log_source.page_size: Input should be less than or equal to 10000 (got 50000)"
+        in message.splitlines()
+    )
+
+
+def test_page_size_below_minimum(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][1]["log_source"]["page_size"] = 1
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[1].log_source.page_size: Input should be greater than or equal to 10 (got 1)" in message
+
+
+def test_unknown_key_is_rejected_by_name(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["log_sorce"] = raw["workloads"][0].pop("log_source")
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].log_sorce: Extra inputs are not permitted" in message
+    # The real key is now missing, and that is reported too.
+    assert "workloads[0].log_source: Field required" in message
+
+
+def test_unknown_top_level_key(edited_config: Callable[..., Path]) -> None:
+    message = load_error(edited_config(lambda raw: raw.update(artefact_store={"root": "/x"})))
+
+    assert "artefact_store: Extra inputs are not permitted" in message
+
+
+def test_missing_required_start_date(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        del raw["workloads"][1]["start_date"]
+
+    message = load_error(edited_config(edit))
+
+    assert "  - workloads[1].start_date: Field required" in message.splitlines()
+
+
+def test_bad_start_date_value(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["start_date"] = "yesterday"
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].start_date:" in message
+    assert "(got 'yesterday')" in message
+
+
+def test_duplicate_workload_id(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][1]["workload_id"] = raw["workloads"][0]["workload_id"]
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[1].workload_id: 'customer_support_router' is defined twice" in message
+
+
+def test_invalid_workload_id_pattern(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["workload_id"] = "Support-Router"
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].workload_id: String should match pattern" in message
+    assert "(got 'Support-Router')" in message
+
+
+def test_empty_client_ids_list(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["client_ids"] = []
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].client_ids: must list at least one client_id" in message
+
+
+def test_duplicate_client_id(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["client_ids"] = ["web-shop", "web-shop"]
+
+    assert "workloads[0].client_ids: lists a client_id twice" in load_error(edited_config(edit))
+
+
+def test_empty_workloads_list(edited_config: Callable[..., Path]) -> None:
+    message = load_error(edited_config(lambda raw: raw.update(workloads=[])))
+
+    assert "workloads: List should have at least 1 item" in message
+
+
+def test_hourly_schedule_is_rejected(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][1]["schedule"] = "0 * * * *"
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[1].schedule: '0 * * * *' does not fire exactly once a day" in message
+
+
+def test_weekly_schedule_is_rejected(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["schedule"] = "0 2 * * 1"
+
+    assert "workloads[0].schedule: '0 2 * * 1' does not fire exactly once a day" in load_error(
+        edited_config(edit)
+    )
+
+
+def test_non_cron_schedule_is_rejected(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["schedule"] = "every night"
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].schedule: 'every night' is not a cron expression" in message
+
+
+def test_other_daily_schedule_is_accepted(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["schedule"] = "30 23 * * *"
+
+    assert load_config(edited_config(edit)).workloads[0].schedule == "30 23 * * *"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+
+    message = load_error(path)
+
+    assert "cannot read configuration file (No such file or directory)" in message
+
+
+# --- environment references ---------------------------------------------------------------------
+
+
+def test_env_var_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FW_TEST_ROOT", "s3://bucket/flywheel")
+    path = write_minimal(tmp_path, root="${FW_TEST_ROOT}/artifacts")
+
+    assert load_config(path).artifact_store.root == "s3://bucket/flywheel/artifacts"
+
+
+def test_env_default_used_when_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FW_TEST_ROOT", raising=False)
+    path = write_minimal(tmp_path, root="${FW_TEST_ROOT:-/data/default}")
+
+    assert load_config(path).artifact_store.root == "/data/default"
+
+
+def test_env_value_wins_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FW_TEST_ROOT", "/data/from-env")
+    path = write_minimal(tmp_path, root="${FW_TEST_ROOT:-/data/default}")
+
+    assert load_config(path).artifact_store.root == "/data/from-env"
+
+
+def test_env_default_used_when_set_but_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `${NAME:-default}` means "unset or empty" in the shell and in docker compose, which is what
+    # operators expect from this syntax (a Kubernetes env entry with an empty value, for instance).
+    monkeypatch.setenv("FW_TEST_ROOT", "")
+    path = write_minimal(tmp_path, root="${FW_TEST_ROOT:-/data/default}")
+
+    assert load_config(path).artifact_store.root == "/data/default"
+
+
+def test_nested_default_expands_flywheel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FW_TEST_ROOT", raising=False)
+    monkeypatch.setenv("FLYWHEEL_HOME", "/srv/home")
+    path = write_minimal(tmp_path, root="${FW_TEST_ROOT:-${FLYWHEEL_HOME}/x}")
+
+    assert load_config(path).artifact_store.root == "/srv/home/x"
+
+
+def test_flywheel_home_has_a_builtin_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flywheel.config import PROJECT_ROOT
+
+    monkeypatch.delenv("FLYWHEEL_HOME", raising=False)
+    path = write_minimal(tmp_path, root="${FLYWHEEL_HOME}/artifacts")
+
+    assert load_config(path).artifact_store.root == f"{PROJECT_ROOT / '.flywheel'}/artifacts"
+
+
+def test_unset_env_without_default_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FW_TEST_INDEX", raising=False)
+    path = tmp_path / "env.yaml"
+    path.write_text(MINIMAL.format(root="/a", url="sqlite://").replace("logs-*", "${FW_TEST_INDEX}"))
+
+    message = load_error(path)
+
+    assert message == (
+        f"{path}: workloads[0].log_source.index: "
+        "environment variable FW_TEST_INDEX is not set and has no default"
+    )
+
+
+def test_malformed_env_reference_names_the_key(tmp_path: Path) -> None:
+    path = write_minimal(tmp_path, root="${not a name}")
+
+    assert "artifact_store.root: malformed environment reference in '${not a name}'" in load_error(path)
+
+
+def test_empty_metadata_conn_id_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FW_TEST_CONN", raising=False)
+    path = tmp_path / "conn.yaml"
+    text = MINIMAL.format(root="/a", url="sqlite://")
+    path.write_text(text.replace("metadata:\n", 'metadata:\n  conn_id: ""\n'))
+    assert load_config(path).metadata.conn_id is None
+
+    path.write_text(text.replace("metadata:\n", "metadata:\n  conn_id: ${FW_TEST_CONN:-}\n"))
+    assert load_config(path).metadata.conn_id is None
+
+    monkeypatch.setenv("FW_TEST_CONN", "flywheel_metadata")
+    assert load_config(path).metadata.conn_id == "flywheel_metadata"
+
+
+# --- lookups ------------------------------------------------------------------------------------
+
+
+def test_workload_lookup_by_id() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH)
+
+    assert config.workload("bfcl_live_assistant").dag_id == "flywheel_bfcl_live_assistant"
+
+
+def test_unknown_workload_lists_configured_ids() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH)
+
+    with pytest.raises(ConfigError) as info:
+        config.workload("nope")
+
+    assert str(info.value) == (
+        "unknown workload_id 'nope'; configured: customer_support_router, bfcl_live_assistant"
+    )
+
+
+def test_config_is_frozen() -> None:
+    from pydantic import ValidationError
+
+    config = load_config(DEFAULT_CONFIG_PATH)
+
+    with pytest.raises(ValidationError, match="frozen"):
+        config.workloads[0].catchup = True  # type: ignore[misc]
