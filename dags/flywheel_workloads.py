@@ -21,6 +21,7 @@ from airflow.sdk import (
 )
 
 from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
+from flywheel.intervals import run_interval
 
 DOC_MD = """
 ### Data flywheel: `{workload_id}`
@@ -42,9 +43,13 @@ data interval `[data_interval_start, data_interval_end)`, the 24 hours before it
 days (each one replaces that day's partition):
 
 ```
-airflow backfill create --dag-id {dag_id} --from-date 2026-11-01 --to-date 2026-11-07 \\
-    --reprocess-behavior completed
+airflow backfill create --dag-id {dag_id} --from-date 2026-11-01 --to-date 2026-11-08 \\
+    --reprocess-behavior completed --dry-run
 ```
+
+The dates select interval *starts* (02:00 UTC): this range covers the days 11-01 to 11-07.
+Drop `--dry-run` once the listed logical dates are the ones you want. A manual run owns the
+interval that ends at its logical date (or, without one, the latest complete interval).
 """
 
 # Retrying cannot fix a bad configuration or connection extra: fail at once instead.
@@ -56,6 +61,7 @@ RETRY_POLICY = ExceptionRetryPolicy(
 def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
     """The flywheel DAG of one workload."""
     workload_id = workload.workload_id
+    schedule = workload.schedule
     source = workload.log_source
     defaults = config.airflow
     with DAG(
@@ -106,15 +112,16 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
         @task(task_id="extract", doc_md="Stream the data interval's logs from Elasticsearch into Parquet.")
         def extract(
-            params: dict, data_interval_start=None, data_interval_end=None, run_id=None, ti=None
+            params: dict, data_interval_start=None, data_interval_end=None, dag_run=None, run_id=None, ti=None
         ) -> dict:
             from flywheel import tasks
 
+            start, end = run_interval(data_interval_start, data_interval_end, dag_run.run_after, schedule)
             return tasks.extract(
                 load_config(),
                 workload_id,
-                interval_start=data_interval_start,
-                interval_end=data_interval_end,
+                interval_start=start,
+                interval_end=end,
                 dag_run_id=run_id,
                 try_number=ti.try_number,
                 page_size=params["page_size"],

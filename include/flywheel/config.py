@@ -77,7 +77,9 @@ class WorkloadConfig(_Strict):
     )
     log_source: LogSourceConfig
     schedule: str = Field("0 2 * * *", description="Daily cron (UTC); each run owns the previous day.")
-    start_date: date = Field(..., description="First data interval a backfill or catchup may reach.")
+    start_date: date = Field(
+        ..., description="Start of the first data interval the scheduler creates (catchup)."
+    )
     catchup: bool = False
     max_active_runs: int = Field(1, ge=1, le=16)
     training_window_days: int = Field(7, ge=1, le=365)

@@ -132,6 +132,7 @@ def extract_interval(
                     on_page(page_count, records)
         finally:
             writer.close()
+        assert pages.method is not None  # set as soon as iteration began
         commit = store.commit_partition(
             staged,
             {
@@ -158,7 +159,7 @@ def extract_interval(
         bytes=writer.bytes_written,
         uri=commit["path"],
         version=commit["version"],
-        read_method=pages.method or "scroll",
+        read_method=pages.method,
         seconds=round(time.perf_counter() - started, 3),
         client_counts=dict(clients),
     )

@@ -21,3 +21,20 @@ def latest_intervals(schedule: str, count: int, now: datetime | None = None) -> 
     it = croniter(schedule, latest_end)
     ends = [latest_end.astimezone(UTC)] + [it.get_prev(datetime).astimezone(UTC) for _ in range(count)]
     return [(ends[i + 1], ends[i]) for i in reversed(range(count))]
+
+
+def run_interval(
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    run_after: datetime,
+    schedule: str,
+) -> Interval:
+    """The data interval a DAG run owns.
+
+    Scheduled runs, backfills and manual runs with a logical date carry their interval. A manual run
+    triggered without a logical date has none: it owns the latest complete interval before it was
+    triggered (``run_after``), as a manual run with logical date "now" would.
+    """
+    if data_interval_start is not None and data_interval_end is not None:
+        return data_interval_start, data_interval_end
+    return latest_intervals(schedule, 1, run_after)[0]

@@ -11,12 +11,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from flywheel.config import FlywheelConfig
-from flywheel.db.engine import session_scope
-from flywheel.db.models import RawPartition, utcnow
-from flywheel.tracking import ensure_run, record_stage
+from flywheel.tracking import ensure_run, record_partition, record_stage
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +68,9 @@ def extract(
             end=interval_end,
             client_ids=clients,
             page_size=page_size,
-            on_page=lambda pages, records: (
-                pages % 50 == 0 and log.info("%d pages, %d records", pages, records)
-            ),
+            on_page=_log_progress,
         )
-        with session_scope(config.metadata) as session:
-            row = session.scalar(
-                select(RawPartition).where(
-                    RawPartition.workload_id == workload_id, RawPartition.day == result.day
-                )
-            ) or RawPartition(workload_id=workload_id, day=result.day)
-            row.interval_start = interval_start
-            row.interval_end = interval_end
-            row.record_count = result.records
-            row.part_count = result.parts
-            row.byte_count = result.bytes
-            row.uri = result.uri
-            row.version = result.version
-            row.read_method = result.read_method
-            row.run_id = run_id
-            row.extracted_at = utcnow()
-            session.add(row)
+        record_partition(config.metadata, result, run_id)
         stage.summary = result.to_dict()
     log.info(
         "extracted %d records into %s (%s, %.1f s)",
@@ -102,3 +80,8 @@ def extract(
         result.seconds,
     )
     return stage.summary
+
+
+def _log_progress(pages: int, records: int) -> None:
+    if pages % 50 == 0:
+        log.info("%d pages, %d records", pages, records)

@@ -1,17 +1,20 @@
-"""Recording runs and their stages in the metadata database, so every outcome leaves a queryable trace."""
+"""Recording runs, their stages and their outputs in the metadata database: every outcome leaves a trace."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
-from flywheel.db.models import Run, RunStage, utcnow
+from flywheel.db.models import RawPartition, Run, RunStage, utcnow
+
+if TYPE_CHECKING:
+    from flywheel.extract import ExtractionResult
 
 
 def ensure_run(
@@ -72,3 +75,24 @@ def _finish(metadata: MetadataConfig, handle: StageRecord, status: str, error: s
         row.finished_at = utcnow()
         row.summary = handle.summary
         row.error = error[:4000] if error else None
+
+
+def record_partition(metadata: MetadataConfig, result: ExtractionResult, run_id: int) -> None:
+    """Insert or replace the ``raw_partitions`` row of the extracted workload and day."""
+    with session_scope(metadata) as session:
+        row = session.scalar(
+            select(RawPartition).where(
+                RawPartition.workload_id == result.workload_id, RawPartition.day == result.day
+            )
+        ) or RawPartition(workload_id=result.workload_id, day=result.day)
+        row.interval_start = result.interval_start
+        row.interval_end = result.interval_end
+        row.record_count = result.records
+        row.part_count = result.parts
+        row.byte_count = result.bytes
+        row.uri = result.uri
+        row.version = result.version
+        row.read_method = result.read_method
+        row.run_id = run_id
+        row.extracted_at = utcnow()
+        session.add(row)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from flywheel.intervals import latest_intervals
+from flywheel.intervals import latest_intervals, run_interval
 
 DAILY = "0 2 * * *"
 
@@ -69,3 +69,17 @@ def test_default_now_is_the_current_time() -> None:
 def test_count_below_one_raises(count: int) -> None:
     with pytest.raises(ValueError, match="count must be at least 1"):
         latest_intervals(DAILY, count, now=utc(11, 21, 8))
+
+
+def test_run_interval_keeps_the_runs_own_interval():
+    start = datetime(2026, 11, 19, 2, tzinfo=UTC)
+    end = datetime(2026, 11, 20, 2, tzinfo=UTC)
+    assert run_interval(start, end, datetime(2026, 11, 21, 9, tzinfo=UTC), "0 2 * * *") == (start, end)
+
+
+def test_manual_run_without_logical_date_owns_the_latest_complete_interval():
+    run_after = datetime(2026, 11, 21, 10, 30, tzinfo=UTC)
+    assert run_interval(None, None, run_after, "0 2 * * *") == (
+        datetime(2026, 11, 20, 2, tzinfo=UTC),
+        datetime(2026, 11, 21, 2, tzinfo=UTC),
+    )
