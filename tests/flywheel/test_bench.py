@@ -1,0 +1,44 @@
+"""The extraction benchmark command: its JSON and, in the slow tier, memory flat in the record count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
+KEYS = {"records", "seconds", "records_per_s", "peak_rss_mb", "baseline_rss_mb", "read_method"}
+
+
+def bench(records: int) -> dict:
+    out = subprocess.run(
+        [FLYWHEEL, "bench", "etl", "--records", str(records), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_bench_etl_prints_its_figures_as_json(log_store):
+    result = bench(400)
+
+    assert set(result) >= KEYS
+    assert result["seeded"] == 400
+    assert 360 <= result["records"] <= 400  # the demo noise puts a few records outside the day
+    assert result["records_per_s"] > 0
+    assert result["peak_rss_mb"] >= result["baseline_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_extraction_memory_does_not_grow_with_the_day():
+    small, large = bench(20_000), bench(100_000)
+
+    assert large["records"] > 4.5 * small["records"]
+    growth = (large["peak_rss_mb"] - large["baseline_rss_mb"]) - (
+        small["peak_rss_mb"] - small["baseline_rss_mb"]
+    )
+    assert growth < 64, (small, large)
