@@ -15,7 +15,7 @@ import os
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -67,6 +67,53 @@ class AirflowDefaults(_Strict):
     tags: list[str] = Field(default_factory=lambda: ["flywheel"])
 
 
+class PiiConfig(_Strict):
+    """PII scrubbing of clean records before they leave the ETL (on by default)."""
+
+    enabled: bool = True
+    kinds: list[Literal["email", "phone", "card", "ip"]] = Field(
+        default_factory=lambda: ["email", "phone", "card", "ip"], min_length=1
+    )
+
+
+class SplitsConfig(_Strict):
+    """How de-duplicated records are split into train / validation / evaluation.
+
+    A record's split is a function of ``salt`` and its conversation key alone: changing the salt or
+    the fractions reshuffles every record, so treat them as fixed once a workload has datasets.
+    """
+
+    salt: str = Field("flywheel-v1", min_length=1)
+    evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    evaluation_target: int = Field(500, ge=1, description="Records in the fresh evaluation set at most.")
+    min_evaluation_per_label: int = Field(5, ge=0, description="Per tool (and no-tool) when available.")
+    min_label_examples: int = Field(20, ge=1, description="A label with fewer records is not stratified.")
+    max_train_records: int | None = Field(20_000, ge=1, description="Newest records kept; null: no limit.")
+    golden_size: int = Field(0, ge=0, description="Frozen golden evaluation set size; 0 disables it.")
+
+
+class DataQualityConfig(_Strict):
+    """Record rules, batch expectations and dataset building for one workload."""
+
+    max_record_bytes: int = Field(256_000, ge=1_000, description="Larger records are quarantined.")
+    min_clean_records: int = Field(50, ge=0, description="Fewer clean records in a day fail the batch.")
+    max_quarantine_rate: float = Field(0.2, ge=0, le=1)
+    max_duplicate_rate: float = Field(0.3, ge=0, le=1)
+    max_tool_shift: float = Field(
+        0.5, gt=0, description="KL divergence of today's tool distribution from the previous days'."
+    )
+    shift_baseline_days: int = Field(7, ge=1, le=90)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+
+    @model_validator(mode="after")
+    def _fractions_leave_room_for_training(self) -> DataQualityConfig:
+        if self.splits.evaluation_fraction + self.splits.validation_fraction >= 0.9:
+            raise ValueError("splits: evaluation_fraction + validation_fraction must stay below 0.9")
+        return self
+
+
 class WorkloadConfig(_Strict):
     """One agent workload (an agent node, route or task) whose traffic trains its own student models."""
 
@@ -83,6 +130,7 @@ class WorkloadConfig(_Strict):
     catchup: bool = False
     max_active_runs: int = Field(1, ge=1, le=16)
     training_window_days: int = Field(7, ge=1, le=365)
+    data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("client_ids")

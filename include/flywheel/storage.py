@@ -4,15 +4,17 @@ Layout under the root (``docs/artifact-store.md`` explains each part)::
 
     raw/<workload_id>/<YYYY-MM-DD>/_partition.json            commit record of the day's partition
     raw/<workload_id>/<YYYY-MM-DD>/v-<version>/part-00000.parquet
+    clean/<workload_id>/<YYYY-MM-DD>/...                        validated, PII-scrubbed records (same layout)
+    quarantine/<workload_id>/<YYYY-MM-DD>/...                   records that broke a rule, with the reason
     datasets/<workload_id>/<dataset_id>/...
     runs/<workload_id>/<run_key>/...
     reports/<workload_id>/<run_key>/...
 
-A raw partition is written as a new version directory whose name starts with ``_tmp-`` (readers such
-as pyarrow and Spark skip ``_``-prefixed paths), renamed to ``v-<version>`` when complete and made
-visible by replacing ``_partition.json``, the single commit point. Older versions are then deleted.
-A failed attempt therefore leaves the previous partition untouched, and a re-run replaces the day
-instead of appending to it.
+A day partition (of any layer) is written as a new version directory whose name starts with
+``_tmp-`` (readers such as pyarrow and Spark skip ``_``-prefixed paths), renamed to ``v-<version>``
+when complete and made visible by replacing ``_partition.json``, the single commit point. Older
+versions are then deleted. A failed attempt therefore leaves the previous partition untouched, and a
+re-run replaces the day instead of appending to it.
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ from fsspec import AbstractFileSystem
 PARTITION_MARKER = "_partition.json"
 _TMP_PREFIX = "_tmp-"
 _VERSION_PREFIX = "v-"
+LAYERS = ("raw", "clean", "quarantine")
+"""Day-partitioned layers: extracted records, validated records, rejected records."""
 
 
 class PartitionNotFound(FileNotFoundError):
-    """No committed raw partition exists for this workload and day."""
+    """No committed partition exists for this layer, workload and day."""
 
 
 @dataclass(frozen=True)
 class StagedPartition:
     """A raw partition being written: parts go under ``path`` until :meth:`ArtifactStore.commit`."""
 
+    layer: str
     workload_id: str
     day: date
     version: str
@@ -68,22 +73,28 @@ class ArtifactStore:
         """Full URL of a filesystem path returned by this store (for logs, the UI and the database)."""
         return self.fs.unstrip_protocol(path)
 
+    def day_path(self, workload_id: str, day: date, layer: str = "raw") -> str:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(LAYERS)}")
+        return self.path(layer, workload_id, day.isoformat())
+
     def raw_day_path(self, workload_id: str, day: date) -> str:
-        return self.path("raw", workload_id, day.isoformat())
+        return self.day_path(workload_id, day, "raw")
 
     @contextmanager
-    def stage_partition(self, workload_id: str, day: date) -> Iterator[StagedPartition]:
-        """Yield a staging directory for a new version of a raw partition.
+    def stage_partition(self, workload_id: str, day: date, layer: str = "raw") -> Iterator[StagedPartition]:
+        """Yield a staging directory for a new version of a day partition of ``layer``.
 
         If the body raises, the staging directory is deleted and the committed partition (if any)
         is left exactly as it was. Commit with :meth:`commit_partition` inside the body.
         """
         version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         staged = StagedPartition(
+            layer,
             workload_id,
             day,
             version,
-            posixpath.join(self.raw_day_path(workload_id, day), _TMP_PREFIX + version),
+            posixpath.join(self.day_path(workload_id, day, layer), _TMP_PREFIX + version),
         )
         self.fs.makedirs(staged.path, exist_ok=True)
         try:
@@ -98,12 +109,13 @@ class ArtifactStore:
         ``record`` (counts, interval, query, ...) is stored in the commit record together with the
         version and the part files; the complete commit record is returned.
         """
-        day_path = self.raw_day_path(staged.workload_id, staged.day)
+        day_path = self.day_path(staged.workload_id, staged.day, staged.layer)
         final = posixpath.join(day_path, _VERSION_PREFIX + staged.version)
         self.fs.mv(staged.path, final, recursive=True)
         parts = sorted(p for p in self.fs.ls(final, detail=False) if p.endswith(".parquet"))
         commit = {
             **record,
+            "layer": staged.layer,
             "workload_id": staged.workload_id,
             "day": staged.day.isoformat(),
             "version": staged.version,
@@ -118,19 +130,19 @@ class ArtifactStore:
                 self._remove(entry)
         return commit
 
-    def read_partition_record(self, workload_id: str, day: date) -> dict[str, Any]:
-        """The commit record of the day's raw partition; PartitionNotFound if none was committed."""
-        marker = posixpath.join(self.raw_day_path(workload_id, day), PARTITION_MARKER)
+    def read_partition_record(self, workload_id: str, day: date, layer: str = "raw") -> dict[str, Any]:
+        """The commit record of the day's partition; PartitionNotFound if none was committed."""
+        marker = posixpath.join(self.day_path(workload_id, day, layer), PARTITION_MARKER)
         try:
             with self.fs.open(marker, "rb") as fh:
                 return json.load(fh)
         except FileNotFoundError:
-            raise PartitionNotFound(f"no raw partition for workload {workload_id!r} on {day}") from None
+            raise PartitionNotFound(f"no {layer} partition for workload {workload_id!r} on {day}") from None
 
-    def partition_files(self, workload_id: str, day: date) -> list[str]:
-        """Paths of the committed Parquet parts of the day's raw partition, in order."""
-        record = self.read_partition_record(workload_id, day)
-        base = posixpath.join(self.raw_day_path(workload_id, day), _VERSION_PREFIX + record["version"])
+    def partition_files(self, workload_id: str, day: date, layer: str = "raw") -> list[str]:
+        """Paths of the committed Parquet parts of the day's partition, in order."""
+        record = self.read_partition_record(workload_id, day, layer)
+        base = posixpath.join(self.day_path(workload_id, day, layer), _VERSION_PREFIX + record["version"])
         return [posixpath.join(base, name) for name in record["parts"]]
 
     def write_json_atomic(self, path: str, payload: dict[str, Any]) -> None:
