@@ -31,9 +31,15 @@ DOC_MD = """
 **Schedule** `{schedule}` (UTC) on a data-interval timetable: each run processes the logs of its
 data interval `[data_interval_start, data_interval_end)`, the 24 hours before it fired.
 
-| stage | task | output |
-|---|---|---|
-| extract | `extract` | `raw/{workload_id}/<day>/` Parquet partition; a `raw_partitions` row |
+Tasks, in order:
+
+1. `extract`: the interval's logs into the `raw/{workload_id}/<day>/` Parquet partition
+   (`raw_partitions` row).
+2. `validate`: record rules, PII scrubbing and batch expectations; the day's `clean/` and
+   `quarantine/` partitions, the GX result and Data Docs under `reports/{workload_id}/<day>/`
+   (`validated_partitions` row). Fails when a batch expectation fails.
+3. `build_dataset`: the last {window} validated days de-duplicated and split into train, validation
+   and evaluation files with a manifest under `datasets/{workload_id}/<dataset_id>/` (`datasets` row).
 
 **Log source**: index `{index}` on connection `{conn_id}`{clients}.
 **Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
@@ -52,9 +58,16 @@ Drop `--dry-run` once the listed logical dates are the ones you want. A manual r
 interval that ends at its logical date (or, without one, the latest complete interval).
 """
 
-# Retrying cannot fix a bad configuration or connection extra: fail at once instead.
+# Retrying cannot fix a bad configuration or a batch that failed its expectations: fail at once.
 RETRY_POLICY = ExceptionRetryPolicy(
-    rules=[RetryRule(exception=ConfigError, action=RetryAction.FAIL, reason="configuration error")]
+    rules=[
+        RetryRule(exception=ConfigError, action=RetryAction.FAIL, reason="configuration error"),
+        RetryRule(
+            exception="flywheel.validate.DataQualityError",
+            action=RetryAction.FAIL,
+            reason="data quality failed",
+        ),
+    ]
 )
 
 
@@ -81,6 +94,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             conn_id=source.conn_id,
             clients=f", clients {', '.join(workload.client_ids)}" if workload.client_ids else ", all clients",
             artifact_root=config.artifact_store.root,
+            window=workload.training_window_days,
         ),
         default_args={
             "owner": defaults.owner,
@@ -128,7 +142,33 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 client_ids=params["client_ids"],
             )
 
-        extract()
+        @task(task_id="validate", doc_md="Record rules, PII scrubbing and batch expectations of the day.")
+        def validate(extracted: dict, run_id=None, ti=None) -> dict:
+            from flywheel import tasks
+
+            return tasks.validate(
+                load_config(),
+                workload_id,
+                interval_start=datetime.fromisoformat(extracted["interval_start"]),
+                interval_end=datetime.fromisoformat(extracted["interval_end"]),
+                dag_run_id=run_id,
+                try_number=ti.try_number,
+            )
+
+        @task(task_id="build_dataset", doc_md="De-duplicate the training window and split it.")
+        def build_dataset(validated: dict, run_id=None, ti=None) -> dict:
+            from flywheel import tasks
+
+            return tasks.build_dataset(
+                load_config(),
+                workload_id,
+                interval_start=datetime.fromisoformat(validated["interval_start"]),
+                interval_end=datetime.fromisoformat(validated["interval_end"]),
+                dag_run_id=run_id,
+                try_number=ti.try_number,
+            )
+
+        build_dataset(validate(extract()))
     return dag
 
 

@@ -114,11 +114,11 @@ def extract_interval(
     query = interval_query(source, workload_id, start, end, client_ids)
     pages = HitPages(client, source.index, query, page_size or source.page_size, source.keep_alive)
     day = partition_day(start)
-    fields = _SourceFields(source)
+    fields = SourceFields(source)
     clients: Counter[str] = Counter()
     records = page_count = 0
     with _cyclic_gc_paused(), store.stage_partition(workload_id, day) as staged:
-        writer = _PartWriter(store, staged.part_path)
+        writer = PartWriter(store, staged.part_path)
         try:
             for hits in _prefetch(pages):
                 batch = fields.to_batch(hits)
@@ -165,7 +165,7 @@ def extract_interval(
     )
 
 
-class _SourceFields:
+class SourceFields:
     """Turns a page of hits into an Arrow batch in RAW_SCHEMA, tolerating any shape of ``_source``.
 
     ``request`` and ``response`` are copied as the raw JSON text the cluster returned; only the
@@ -266,14 +266,18 @@ def _first_tool_name(response: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-class _PartWriter:
+class PartWriter:
     """Writes batches into numbered Parquet parts of a staged partition, a new part every ROWS_PER_PART."""
 
-    def __init__(self, store: ArtifactStore, part_path: Callable[[int], str]) -> None:
+    def __init__(
+        self, store: ArtifactStore, part_path: Callable[[int], str], schema: pa.Schema = RAW_SCHEMA
+    ) -> None:
         self.store = store
         self.part_path = part_path
+        self.schema = schema
         self.part_index = 0
         self.rows_in_part = 0
+        self.rows = 0
         self.bytes_written = 0
         self._file: Any = None
         self._writer: pq.ParquetWriter | None = None
@@ -281,9 +285,10 @@ class _PartWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self._file = self.store.fs.open(self.part_path(self.part_index), "wb")
-            self._writer = pq.ParquetWriter(self._file, RAW_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
         self._writer.write_batch(batch)
         self.rows_in_part += batch.num_rows
+        self.rows += batch.num_rows
         if self.rows_in_part >= ROWS_PER_PART:
             self._finish_part()
 

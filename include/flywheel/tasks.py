@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.config import FlywheelConfig
-from flywheel.tracking import ensure_run, record_partition, record_stage
+from flywheel.tracking import (
+    ensure_run,
+    record_dataset,
+    record_partition,
+    record_stage,
+    record_validation,
+)
+
+if TYPE_CHECKING:
+    from flywheel.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +44,12 @@ def extract(
     """
     from flywheel.extract import extract_interval
     from flywheel.logstore import connect
-    from flywheel.storage import ArtifactStore
 
     workload = config.workload(workload_id)
     source = workload.log_source
     clients = client_ids if client_ids is not None else workload.client_ids
-    run_id = ensure_run(
-        config.metadata,
-        workload_id=workload_id,
-        dag_id=workload.dag_id,
-        dag_run_id=dag_run_id,
-        interval_start=interval_start,
-        interval_end=interval_end,
-    )
-    store = ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options)
+    run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
+    store = _store(config)
     with record_stage(config.metadata, run_id, "extract", try_number) as stage:
         client = connect(source.conn_id, source.request_timeout_s, raw_hits=True)
         log.info(
@@ -80,6 +81,102 @@ def extract(
         result.seconds,
     )
     return stage.summary
+
+
+def validate(
+    config: FlywheelConfig,
+    workload_id: str,
+    *,
+    interval_start: datetime,
+    interval_end: datetime,
+    dag_run_id: str,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Validate the interval's raw partition into clean and quarantine partitions and record the verdict.
+
+    Raises DataQualityError when a batch expectation fails, after committing the partitions and the
+    evidence (validation result, Data Docs) so an operator can inspect them.
+    """
+    from flywheel.validate import DataQualityError, validate_day
+
+    workload = config.workload(workload_id)
+    run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
+    with record_stage(config.metadata, run_id, "validate", try_number) as stage:
+        result = validate_day(
+            _store(config),
+            workload_id=workload_id,
+            start=interval_start,
+            end=interval_end,
+            rules=workload.data_quality,
+        )
+        record_validation(config.metadata, result, run_id)
+        stage.summary = result.to_dict()
+        log.info(
+            "validated %s %s: %d extracted = %d clean + %d quarantined (%s); %d duplicates in the day; "
+            "data docs: %s",
+            workload_id,
+            result.day,
+            result.extracted,
+            result.clean,
+            result.quarantined,
+            result.reasons or "no quarantine",
+            result.duplicates_in_day,
+            result.data_docs_uri,
+        )
+        if not result.success:
+            raise DataQualityError(
+                f"batch of {workload_id} {result.day} failed: {', '.join(result.failed_expectations)}; "
+                f"evidence: {result.data_docs_uri or result.validation_uri}"
+            )
+    return stage.summary
+
+
+def build_dataset(
+    config: FlywheelConfig,
+    workload_id: str,
+    *,
+    interval_start: datetime,
+    interval_end: datetime,
+    dag_run_id: str,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Build the dataset of the training window that ends with the interval's day, and record it."""
+    from flywheel.datasets import build_dataset as build
+    from flywheel.extract import partition_day
+
+    workload = config.workload(workload_id)
+    run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
+    with record_stage(config.metadata, run_id, "build_dataset", try_number) as stage:
+        result = build(_store(config), workload, partition_day(interval_start))
+        record_dataset(config.metadata, result, run_id)
+        stage.summary = result.to_dict()
+    log.info(
+        "dataset %s: %s, %d duplicates removed", result.dataset_id, result.counts, result.duplicates_removed
+    )
+    return stage.summary
+
+
+def _run_id(
+    config: FlywheelConfig,
+    workload_id: str,
+    dag_run_id: str,
+    interval_start: datetime,
+    interval_end: datetime,
+) -> int:
+    return ensure_run(
+        config.metadata,
+        workload_id=workload_id,
+        dag_id=config.workload(workload_id).dag_id,
+        dag_run_id=dag_run_id,
+        interval_start=interval_start,
+        interval_end=interval_end,
+    )
+
+
+def _store(config: FlywheelConfig) -> ArtifactStore:
+    from flywheel.storage import ArtifactStore
+
+    return ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options)
 
 
 def _log_progress(pages: int, records: int) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
-from flywheel.db.models import RawPartition, Run, RunStage, utcnow
+from flywheel.db.models import Dataset, RawPartition, Run, RunStage, ValidatedPartition, utcnow
 
 if TYPE_CHECKING:
+    from flywheel.datasets import DatasetResult
     from flywheel.extract import ExtractionResult
+    from flywheel.validate import DayValidation
 
 
 def ensure_run(
@@ -95,4 +97,49 @@ def record_partition(metadata: MetadataConfig, result: ExtractionResult, run_id:
         row.read_method = result.read_method
         row.run_id = run_id
         row.extracted_at = utcnow()
+        session.add(row)
+
+
+def record_validation(metadata: MetadataConfig, result: DayValidation, run_id: int | None) -> None:
+    """Insert or replace the ``validated_partitions`` row of the validated workload and day."""
+    with session_scope(metadata) as session:
+        row = session.scalar(
+            select(ValidatedPartition).where(
+                ValidatedPartition.workload_id == result.workload_id, ValidatedPartition.day == result.day
+            )
+        ) or ValidatedPartition(workload_id=result.workload_id, day=result.day)
+        row.extracted = result.extracted
+        row.clean = result.clean
+        row.quarantined = result.quarantined
+        row.duplicates_in_day = result.duplicates_in_day
+        row.success = result.success
+        row.failed_expectations = result.failed_expectations
+        row.reasons = result.reasons
+        row.tool_shift = result.tool_shift
+        row.clean_uri = result.clean_uri
+        row.quarantine_uri = result.quarantine_uri
+        row.validation_uri = result.validation_uri
+        row.data_docs_uri = result.data_docs_uri
+        row.run_id = run_id
+        row.validated_at = utcnow()
+        session.add(row)
+
+
+def record_dataset(metadata: MetadataConfig, result: DatasetResult, run_id: int | None) -> None:
+    """Insert (or, for an identical rebuild, refresh) the ``datasets`` row."""
+    with session_scope(metadata) as session:
+        row = session.get(Dataset, result.dataset_id) or Dataset(dataset_id=result.dataset_id)
+        row.workload_id = result.workload_id
+        row.uri = result.uri
+        row.manifest_uri = result.manifest_uri
+        row.train_records = result.counts["train"]
+        row.validation_records = result.counts["validation"]
+        row.evaluation_records = result.counts["evaluation"]
+        row.duplicates_removed = result.duplicates_removed
+        row.first_day = date.fromisoformat(result.first_day)
+        row.last_day = date.fromisoformat(result.last_day)
+        row.content_hash = result.content_hash
+        row.config_hash = result.config_hash
+        row.run_id = run_id
+        row.created_at = utcnow()
         session.add(row)

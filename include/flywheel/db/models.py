@@ -8,8 +8,10 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -91,3 +93,49 @@ class RawPartition(Base):
     read_method: Mapped[str] = mapped_column(String(16))  # pit | scroll
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     extracted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ValidatedPartition(Base):
+    """The validation verdict of one workload's day: accounting, batch success and the evidence."""
+
+    __tablename__ = "validated_partitions"
+    __table_args__ = (UniqueConstraint("workload_id", "day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(String(64))
+    day: Mapped[date] = mapped_column(Date)
+    extracted: Mapped[int] = mapped_column(Integer)
+    clean: Mapped[int] = mapped_column(Integer)
+    quarantined: Mapped[int] = mapped_column(Integer)
+    duplicates_in_day: Mapped[int] = mapped_column(Integer)
+    success: Mapped[bool] = mapped_column(Boolean)
+    failed_expectations: Mapped[list[str]] = mapped_column(JSON)
+    reasons: Mapped[dict[str, int]] = mapped_column(JSON)
+    tool_shift: Mapped[float | None] = mapped_column(Float)
+    clean_uri: Mapped[str] = mapped_column(Text)
+    quarantine_uri: Mapped[str] = mapped_column(Text)
+    validation_uri: Mapped[str] = mapped_column(Text)
+    data_docs_uri: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    validated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Dataset(Base):
+    """A built dataset (train / validation / evaluation files and their manifest)."""
+
+    __tablename__ = "datasets"
+
+    dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workload_id: Mapped[str] = mapped_column(String(64), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+    manifest_uri: Mapped[str] = mapped_column(Text)
+    train_records: Mapped[int] = mapped_column(Integer)
+    validation_records: Mapped[int] = mapped_column(Integer)
+    evaluation_records: Mapped[int] = mapped_column(Integer)
+    duplicates_removed: Mapped[int] = mapped_column(Integer)
+    first_day: Mapped[date] = mapped_column(Date)
+    last_day: Mapped[date] = mapped_column(Date)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    config_hash: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

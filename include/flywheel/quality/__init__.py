@@ -1,0 +1,1 @@
+"""Data quality: record rules, PII scrubbing, de-duplication keys, splits, batch expectations."""

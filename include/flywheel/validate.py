@@ -1,0 +1,421 @@
+"""Validation: one day's raw partition into clean and quarantine partitions, judged by batch expectations.
+
+Every raw record goes through the record-level rules (:mod:`flywheel.quality.records`). A record that
+breaks one goes to the day's quarantine partition with its reason code, field and detail; a clean
+record is PII-scrubbed, keyed for de-duplication and written to the clean partition. Records stream
+through in chunks, so memory is bounded by the chunk size plus one small summary row per record,
+which the batch expectations (:mod:`flywheel.quality.expectations`) then judge. The accounting
+invariant ``extracted = clean + quarantined`` is checked before anything is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel.config import DataQualityConfig
+from flywheel.extract import RAW_SCHEMA, PartWriter, partition_day
+from flywheel.quality.keys import conversation_key
+from flywheel.quality.pii import PiiScrubber
+from flywheel.quality.records import Conversation, Violation, check_record
+from flywheel.storage import ArtifactStore, PartitionNotFound
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 5_000
+
+CLEAN_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("workload_id", pa.string(), nullable=False),
+        pa.field("client_id", pa.string()),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("conversation_key", pa.string(), nullable=False),
+        pa.field("messages_json", pa.string(), nullable=False),
+        pa.field("tools_json", pa.string(), nullable=False),
+        pa.field("tool_calls_json", pa.string(), nullable=False),
+        pa.field("content", pa.string()),
+        pa.field("pii_json", pa.string()),
+    ],
+    metadata={"flywheel.schema": "clean/v1"},
+)
+"""A validated record. ``label`` is the first tool called or ``<no_tool>``; ``tool_calls_json`` the
+teacher's calls with parsed arguments (``[{"name", "arguments"}]``); text fields are PII-scrubbed;
+``pii_json`` counts what scrubbing replaced in this record (null when nothing)."""
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        *RAW_SCHEMA,
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("field", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ],
+    metadata={"flywheel.schema": "quarantine/v1"},
+)
+"""A rejected record exactly as extracted, with the rule it broke."""
+
+
+class DataQualityError(RuntimeError):
+    """The day's batch failed its expectations; its partitions are committed for inspection."""
+
+
+class AccountingError(RuntimeError):
+    """Records were lost or invented between extraction and validation; nothing was committed."""
+
+
+@dataclass
+class DayValidation:
+    """What validating one day produced and concluded."""
+
+    workload_id: str
+    day: date
+    interval_start: str
+    interval_end: str
+    extracted: int
+    clean: int
+    quarantined: int
+    duplicates_in_day: int
+    reasons: dict[str, int]
+    labels: dict[str, int]
+    pii: dict[str, int]
+    success: bool
+    failed_expectations: list[str]
+    tool_shift: float | None
+    expectations: list[dict[str, Any]]
+    clean_uri: str
+    quarantine_uri: str
+    validation_uri: str
+    data_docs_uri: str | None
+    seconds: float
+    gx_seconds: float
+    source_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["day"] = self.day.isoformat()
+        return out
+
+
+def validate_day(
+    store: ArtifactStore,
+    *,
+    workload_id: str,
+    start: datetime,
+    end: datetime,
+    rules: DataQualityConfig,
+    build_docs: bool = True,
+) -> DayValidation:
+    """Validate the day's committed raw partition; commit its clean and quarantine partitions.
+
+    Raises DataQualityError (after committing, so the evidence is inspectable) when a batch
+    expectation fails, and AccountingError (before committing) if a record went missing.
+    """
+    day = partition_day(start)
+    raw_record = store.read_partition_record(workload_id, day)
+    files = store.partition_files(workload_id, day)
+    parquet = pq.ParquetDataset(files, filesystem=store.fs)
+    raw_columns = list(parquet.schema.names)
+    batches = (b for f in files for b in pq.ParquetFile(f, filesystem=store.fs).iter_batches(CHUNK_ROWS))
+    result = validate_batches(
+        store,
+        batches,
+        workload_id=workload_id,
+        day=day,
+        start=start,
+        end=end,
+        rules=rules,
+        raw_columns=raw_columns,
+        expected_records=raw_record["records"],
+        baseline_labels=baseline_labels(store, workload_id, day, rules.shift_baseline_days),
+        build_docs=build_docs,
+    )
+    result.source_version = raw_record["version"]
+    return result
+
+
+def baseline_labels(store: ArtifactStore, workload_id: str, day: date, days: int) -> dict[str, int]:
+    """Clean label counts of the ``days`` days before ``day`` whose batches passed (the shift baseline)."""
+    totals: Counter[str] = Counter()
+    for offset in range(1, days + 1):
+        try:
+            record = store.read_partition_record(workload_id, day - timedelta(days=offset), "clean")
+        except PartitionNotFound:
+            continue
+        if record.get("success"):
+            totals.update(record["labels"])
+    return dict(totals)
+
+
+def validate_batches(
+    store: ArtifactStore,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    workload_id: str,
+    day: date,
+    start: datetime,
+    end: datetime,
+    rules: DataQualityConfig,
+    raw_columns: list[str],
+    expected_records: int | None,
+    baseline_labels: dict[str, int],
+    build_docs: bool = True,
+) -> DayValidation:
+    """Validate raw record batches of one day and commit the day's clean and quarantine partitions."""
+    import pandas as pd
+
+    from flywheel.quality.expectations import validate_batch
+
+    started = time.perf_counter()
+    scrubber = PiiScrubber(rules.pii.kinds) if rules.pii.enabled else None
+    summary = _Summary()
+    with (
+        store.stage_partition(workload_id, day, "clean") as clean_stage,
+        store.stage_partition(workload_id, day, "quarantine") as quarantine_stage,
+    ):
+        clean_writer = PartWriter(store, clean_stage.part_path, CLEAN_SCHEMA)
+        quarantine_writer = PartWriter(store, quarantine_stage.part_path, QUARANTINE_SCHEMA)
+        try:
+            for batch in batches:
+                clean_rows, quarantine_rows = _split_batch(
+                    batch,
+                    workload_id=workload_id,
+                    start=start,
+                    end=end,
+                    rules=rules,
+                    scrubber=scrubber,
+                    summary=summary,
+                )
+                if clean_rows:
+                    clean_writer.write(pa.RecordBatch.from_pylist(clean_rows, schema=CLEAN_SCHEMA))
+                if quarantine_rows:
+                    quarantine_writer.write(
+                        pa.RecordBatch.from_pylist(quarantine_rows, schema=QUARANTINE_SCHEMA)
+                    )
+        finally:
+            clean_writer.close()
+            quarantine_writer.close()
+
+        extracted = summary.rows
+        if expected_records is not None and extracted != expected_records:
+            raise AccountingError(f"raw partition holds {expected_records} records but {extracted} were read")
+        clean, quarantined = summary.clean, extracted - summary.clean
+        if (
+            clean + quarantined != extracted
+            or quarantine_writer.rows != quarantined
+            or clean_writer.rows != clean
+        ):
+            raise AccountingError(
+                f"extracted {extracted} != clean {clean_writer.rows} + quarantined {quarantine_writer.rows}"
+            )
+        frame = pd.DataFrame(summary.columns())
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+        reports = f"reports/{workload_id}/{day.isoformat()}"
+        verdict = validate_batch(
+            frame,
+            raw_columns,
+            expected_raw_columns=RAW_SCHEMA.names,
+            rules=rules,
+            interval=(start, end),
+            baseline_labels=baseline_labels,
+            docs_target=(store, store.path(reports, "data_docs")) if build_docs else None,
+        )
+        validation_path = store.path(reports, "validation.json")
+        store.write_json_atomic(validation_path, verdict.result_json)
+        accounting = {
+            "extracted": extracted,
+            "clean": clean,
+            "quarantined": quarantined,
+            "duplicates_in_day": summary.duplicates,
+        }
+        common = {
+            "interval_start": start.isoformat(),
+            "interval_end": end.isoformat(),
+            "accounting": accounting,
+            "success": verdict.success,
+            "validation": store.uri(validation_path),
+        }
+        quarantine_commit = store.commit_partition(
+            quarantine_stage, {**common, "records": quarantined, "reasons": dict(summary.reasons)}
+        )
+        clean_commit = store.commit_partition(
+            clean_stage,
+            {
+                **common,
+                "records": clean,
+                "labels": dict(summary.labels),
+                "pii": dict(summary.pii),
+                "failed_expectations": verdict.failed,
+                "tool_shift": verdict.tool_shift,
+                "data_docs": verdict.data_docs_uri,
+            },
+        )
+    return DayValidation(
+        workload_id=workload_id,
+        day=day,
+        interval_start=start.isoformat(),
+        interval_end=end.isoformat(),
+        extracted=extracted,
+        clean=clean,
+        quarantined=quarantined,
+        duplicates_in_day=summary.duplicates,
+        reasons=dict(summary.reasons),
+        labels=dict(summary.labels),
+        pii=dict(summary.pii),
+        success=verdict.success,
+        failed_expectations=verdict.failed,
+        tool_shift=verdict.tool_shift,
+        expectations=[asdict(o) for o in verdict.outcomes],
+        clean_uri=clean_commit["path"],
+        quarantine_uri=quarantine_commit["path"],
+        validation_uri=store.uri(validation_path),
+        data_docs_uri=verdict.data_docs_uri,
+        seconds=round(time.perf_counter() - started, 3),
+        gx_seconds=verdict.seconds,
+    )
+
+
+class _Summary:
+    """One small row per record for the batch expectations, plus the day's counters."""
+
+    def __init__(self) -> None:
+        self.record_id: list[str] = []
+        self.timestamp: list[datetime | None] = []
+        self.label: list[str | None] = []
+        self.reason: list[str | None] = []
+        self.is_duplicate: list[bool] = []
+        self.keys: set[str] = set()
+        self.rows = self.clean = self.duplicates = 0
+        self.reasons: Counter[str] = Counter()
+        self.labels: Counter[str] = Counter()
+        self.pii: Counter[str] = Counter()
+
+    def add(self, row: dict[str, Any], label: str | None, reason: str | None, key: str | None) -> None:
+        duplicate = key is not None and key in self.keys
+        if key is not None:
+            self.keys.add(key)
+        self.record_id.append(row["record_id"])
+        self.timestamp.append(row["timestamp"])
+        self.label.append(label)
+        self.reason.append(reason)
+        self.is_duplicate.append(duplicate)
+        self.rows += 1
+        self.duplicates += duplicate
+        if reason is None:
+            self.clean += 1
+            self.labels[label or ""] += 1
+        else:
+            self.reasons[reason] += 1
+
+    def columns(self) -> dict[str, list[Any]]:
+        return {
+            "record_id": self.record_id,
+            "timestamp": self.timestamp,
+            "label": self.label,
+            "reason": self.reason,
+            "is_clean": [r is None for r in self.reason],
+            "is_duplicate": self.is_duplicate,
+        }
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _split_batch(
+    batch: pa.RecordBatch,
+    *,
+    workload_id: str,
+    start: datetime,
+    end: datetime,
+    rules: DataQualityConfig,
+    scrubber: PiiScrubber | None,
+    summary: _Summary,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    clean_rows: list[dict[str, Any]] = []
+    quarantine_rows: list[dict[str, Any]] = []
+    for row in batch.to_pylist():
+        checked = check_record(
+            row, workload_id=workload_id, start=start, end=end, max_record_bytes=rules.max_record_bytes
+        )
+        if isinstance(checked, Violation):
+            quarantine_rows.append(
+                {**row, "reason": checked.reason.value, "field": checked.field, "detail": checked.detail}
+            )
+            summary.add(row, None, checked.reason.value, None)
+            continue
+        clean = _clean_row(row, checked, scrubber)
+        summary.pii.update(clean.pop("_pii"))
+        clean_rows.append(clean)
+        summary.add(row, checked.label, None, clean["conversation_key"])
+    return clean_rows, quarantine_rows
+
+
+def _clean_row(
+    row: dict[str, Any], conversation: Conversation, scrubber: PiiScrubber | None
+) -> dict[str, Any]:
+    messages = conversation.messages
+    arguments = [call.arguments for call in conversation.tool_calls]
+    content = conversation.content
+    pii: Counter[str] = Counter()
+    if scrubber is not None:
+        messages, arguments, content, pii = scrubber.scrub_conversation(messages, arguments, content)
+    calls = [
+        {"name": call.name, "arguments": args}
+        for call, args in zip(conversation.tool_calls, arguments, strict=True)
+    ]
+    return {
+        "record_id": row["record_id"],
+        "timestamp": row["timestamp"],
+        "workload_id": row["workload_id"],
+        "client_id": row["client_id"],
+        "label": conversation.label,
+        "conversation_key": conversation_key(messages, conversation.tools),
+        "messages_json": _encode(messages).decode(),
+        "tools_json": _encode(conversation.tools).decode(),
+        "tool_calls_json": _encode(calls).decode(),
+        "content": content,
+        "pii_json": _encode(dict(pii)).decode() if pii else None,
+        "_pii": pii,
+    }
+
+
+def iter_jsonl_batches(
+    lines: Iterable[bytes], *, source_name: str, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Raw record batches from JSONL lines of Elasticsearch ``_source`` documents (``flywheel validate``).
+
+    Each line goes through the extractor's own conversion, so a file validates exactly as the same
+    documents would after extraction. A line that is not a JSON object becomes a record with no
+    fields (quarantined by the rules), never an exception.
+    """
+    from flywheel.config import LogSourceConfig
+    from flywheel.extract import SourceFields
+    from flywheel.logstore import Hit
+
+    fields = SourceFields(LogSourceConfig(index=source_name))
+    decode = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+    page: list[Hit] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            source = decode(line)
+        except msgspec.DecodeError:
+            # Kept (as an extra field) so the quarantine record shows what the line held.
+            source = {"unparseable_line": msgspec.Raw(_encode(line.decode("utf-8", errors="replace")))}
+        page.append(Hit(index=source_name, id=f"line-{number}", source=source))
+        if len(page) == chunk_rows:
+            yield fields.to_batch(page)
+            page = []
+    if page:
+        yield fields.to_batch(page)
