@@ -7,11 +7,13 @@ import os
 import resource
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from flywheel.config import load_config
@@ -86,3 +88,76 @@ def _seed_one_day(config_path: str, records: int) -> int:
 
     report = seed_logs(load_config(config_path), days=1, records_per_day=records, now=BENCH_NOW)
     return report.documents
+
+
+def bench_data(records: int, quiet: bool = False) -> dict[str, Any]:
+    """Time the data stage (validation, PII scrubbing, de-duplication, splits) on ``records`` demo records.
+
+    The raw partition is generated first (not timed); then one day is validated (Great Expectations
+    and Data Docs included) and its dataset built, as the nightly DAG does.
+    """
+    from flywheel.datasets import build_dataset
+    from flywheel.demo.seed import DEMO_WORKLOADS
+    from flywheel.demo.traffic import generate_traffic
+    from flywheel.extract import PartWriter, SourceFields
+    from flywheel.logstore import Hit
+    from flywheel.storage import ArtifactStore
+    from flywheel.validate import CHUNK_ROWS, validate_day
+
+    config = load_config()
+    workload = config.workload(BENCH_WORKLOAD)
+    start, end = latest_intervals(workload.schedule, 1, BENCH_NOW)[0]
+    raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+    encode = msgspec.json.Encoder().encode
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
+        store = ArtifactStore(f"{tmp}/artifacts")
+        fields = SourceFields(workload.log_source)
+        traffic = generate_traffic(
+            kind=DEMO_WORKLOADS[BENCH_WORKLOAD].kind,
+            workload_id=BENCH_WORKLOAD,
+            start=start,
+            end=end,
+            count=records,
+            seed=0,
+            client_ids=workload.client_ids or ["bench"],
+        )
+        with store.stage_partition(BENCH_WORKLOAD, start.date()) as staged:
+            writer = PartWriter(store, staged.part_path)
+            page: list[Hit] = []
+            for number, record in enumerate(traffic):
+                page.append(Hit(index="bench", id=str(number), source=raw_source(encode(record.source))))
+                if len(page) == CHUNK_ROWS:
+                    writer.write(fields.to_batch(page))
+                    page = []
+            if page:
+                writer.write(fields.to_batch(page))
+            writer.close()
+            store.commit_partition(staged, {"records": writer.rows})
+        if not quiet:
+            print(f"generated {records} raw records; validating...", file=sys.stderr)
+        baseline = peak_rss_mb()
+        started = time.perf_counter()
+        day = validate_day(
+            store, workload_id=BENCH_WORKLOAD, start=start, end=end, rules=workload.data_quality
+        )
+        validated = time.perf_counter()
+        dataset = build_dataset(store, workload, start.date())
+        finished = time.perf_counter()
+    seconds = finished - started
+    return {
+        "benchmark": "data",
+        "records": records,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(records / seconds, 1),
+        "validate_seconds": round(validated - started, 3),
+        "dataset_seconds": round(finished - validated, 3),
+        "gx_seconds": day.gx_seconds,
+        "gx_share": round(day.gx_seconds / seconds, 3),
+        "clean": day.clean,
+        "quarantined": day.quarantined,
+        "duplicates_removed": dataset.duplicates_removed,
+        "splits": dataset.counts,
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+        "cpus": os.cpu_count(),
+    }

@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     extract.set_defaults(handler=_extract)
 
+    validate = commands.add_parser(
+        "validate",
+        help="validate and scrub a JSONL file of log records (one _source per line) without Airflow",
+    )
+    validate.add_argument("--input", required=True, help="JSONL file, one Elasticsearch _source per line")
+    validate.add_argument("--start", required=True, type=_aware_datetime, help="interval start, ISO 8601")
+    validate.add_argument("--end", required=True, type=_aware_datetime, help="interval end (excluded)")
+    validate.add_argument("--out", required=True, help="output directory (clean, quarantine, manifest.json)")
+    validate.add_argument("--workload", help="workload whose rules apply (default: the first configured)")
+    validate.add_argument("--no-docs", action="store_true", help="skip building Data Docs")
+    validate.set_defaults(handler=_validate)
+
     demo = commands.add_parser("demo", help="the embedded default: demo traffic and the one-command demo")
     demo_commands = demo.add_subparsers(required=True)
     seed = demo_commands.add_parser("seed", help="write demo traffic into the log store")
@@ -83,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     etl.add_argument("--page-size", type=int, default=1000)
     etl.add_argument("--json", action="store_true", help="print only the JSON result")
     etl.set_defaults(handler=_bench_etl)
+    data = bench.add_parser("data", help="time validation, scrubbing, de-duplication and splits on N records")
+    data.add_argument("--records", type=int, required=True)
+    data.add_argument("--json", action="store_true", help="print only the JSON result")
+    data.set_defaults(handler=_bench_data)
     return parser
 
 
@@ -134,6 +150,32 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flywheel.storage import ArtifactStore
+    from flywheel.validate import validate_jsonl
+
+    config = load_config(args.config)
+    workload = config.workload(args.workload) if args.workload else config.workloads[0]
+    out = Path(args.out).resolve()
+    result = validate_jsonl(
+        Path(args.input),
+        ArtifactStore(str(out)),
+        workload_id=workload.workload_id,
+        start=args.start,
+        end=args.end,
+        rules=workload.data_quality,
+        build_docs=not args.no_docs,
+    )
+    summary = result.to_dict()
+    (out / "manifest.json").write_text(json.dumps(summary, indent=2, default=str))
+    _print_json(summary)
+    if not result.success:
+        print(f"batch failed: {', '.join(result.failed_expectations)}", file=sys.stderr)
+    return 0 if result.success else 1
+
+
 def _demo_seed(args: argparse.Namespace) -> int:
     from flywheel.demo.seed import seed_logs
 
@@ -160,6 +202,13 @@ def _bench_etl(args: argparse.Namespace) -> int:
 
     result = bench_etl(records=args.records, page_size=args.page_size, quiet=args.json)
     print(json.dumps(result))
+    return 0
+
+
+def _bench_data(args: argparse.Namespace) -> int:
+    from flywheel.bench import bench_data
+
+    print(json.dumps(bench_data(records=args.records, quiet=args.json)))
     return 0
 
 

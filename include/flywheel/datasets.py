@@ -26,6 +26,7 @@ import json
 import posixpath
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -90,11 +91,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
     newest: dict[str, tuple[datetime, str, str]] = {}
     seen = 0
     for source in sources:
-        for row in (
-            pq.ParquetDataset(source["files"], filesystem=store.fs)
-            .read(columns=_DECIDING_COLUMNS)
-            .to_pylist()
-        ):
+        for row in _read_rows(store, source["files"], _DECIDING_COLUMNS):
             seen += 1
             current = newest.get(row["conversation_key"])
             candidate = (row["timestamp"], row["record_id"], row["label"])
@@ -127,17 +124,16 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         per_label: dict[str, Counter[str]] = defaultdict(Counter)
         try:
             for source in sources:
-                for batch in pq.ParquetDataset(source["files"], filesystem=store.fs).to_batches():
-                    for row in batch.to_pylist():
-                        if golden_is_new and row["record_id"] in golden_ids:
-                            golden_lines.append(_encode(_example(row, Split.EVALUATION)) + b"\n")
-                        split = plan.assignments.get(row["record_id"])
-                        if split is None:
-                            continue
-                        line = _encode(_example(row, split)) + b"\n"
-                        files[split].write(line)
-                        digests[split].update(line)
-                        per_label[split.value][row["label"]] += 1
+                for row in _read_rows(store, source["files"], None):
+                    if golden_is_new and row["record_id"] in golden_ids:
+                        golden_lines.append(_encode(_example(row, Split.EVALUATION)) + b"\n")
+                    split = plan.assignments.get(row["record_id"])
+                    if split is None:
+                        continue
+                    line = _encode(_example(row, split)) + b"\n"
+                    files[split].write(line)
+                    digests[split].update(line)
+                    per_label[split.value][row["label"]] += 1
         finally:
             for handle in files.values():
                 handle.close()
@@ -280,3 +276,12 @@ def _write_lines_atomic(store: ArtifactStore, path: str, lines: list[bytes]) -> 
     store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
     store.fs.pipe_file(tmp, b"".join(lines))
     store.fs.mv(tmp, path)
+
+
+def _read_rows(store: ArtifactStore, parts: list[str], columns: list[str] | None) -> Iterator[dict[str, Any]]:
+    """Rows of Parquet parts, one record batch in memory at a time."""
+    for part in parts:
+        for batch in pq.ParquetFile(part, filesystem=store.fs).iter_batches(
+            batch_size=5_000, columns=columns
+        ):
+            yield from batch.to_pylist()

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -387,6 +388,47 @@ def _clean_row(
         "pii_json": _encode(dict(pii)).decode() if pii else None,
         "_pii": pii,
     }
+
+
+def validate_jsonl(
+    path: Path,
+    store: ArtifactStore,
+    *,
+    workload_id: str,
+    start: datetime,
+    end: datetime,
+    rules: DataQualityConfig,
+    build_docs: bool = True,
+) -> DayValidation:
+    """Validate a JSONL file of log documents into ``store`` exactly as the nightly stage would.
+
+    Writes the day's clean and quarantine partitions, the GX result and Data Docs, plus
+    ``quarantine.jsonl`` (record id, reason, field, detail per rejected line) at the store's root for
+    reading without Parquet tools. Returns the verdict instead of raising when the batch fails.
+    """
+    day = partition_day(start)
+    with path.open("rb") as lines:
+        result = validate_batches(
+            store,
+            iter_jsonl_batches(lines, source_name=path.name),
+            workload_id=workload_id,
+            day=day,
+            start=start,
+            end=end,
+            rules=rules,
+            raw_columns=RAW_SCHEMA.names,
+            expected_records=None,
+            baseline_labels={},
+            build_docs=build_docs,
+        )
+    columns = ["es_id", "record_id", "reason", "field", "detail"]
+    rows = [
+        row
+        for part in store.partition_files(workload_id, day, "quarantine")
+        for row in pq.read_table(part, columns=columns, filesystem=store.fs).to_pylist()
+    ]
+    store.fs.pipe_file(store.path("quarantine.jsonl"), b"".join(_encode(row) + b"\n" for row in rows))
+    return result
 
 
 def iter_jsonl_batches(

@@ -18,8 +18,20 @@ from flywheel.config import FlywheelConfig, LogSourceConfig, WorkloadConfig
 from flywheel.demo.traffic import DemoRecord, generate_traffic
 from flywheel.intervals import Interval, latest_intervals
 
-DEMO_WORKLOAD_KINDS = {"customer_support_router": "support_router", "bfcl_live_assistant": "bfcl_live"}
-"""Which traffic generator feeds which configured workload in the demo."""
+
+@dataclass(frozen=True)
+class DemoWorkload:
+    """Which traffic generator feeds a configured workload, and its share of the daily volume."""
+
+    kind: str
+    volume_share: float
+
+
+DEMO_WORKLOADS = {
+    "customer_support_router": DemoWorkload("support_router", 1.0),
+    # A quieter workload: it replays 408 distinct BFCL requests, so full volume would be mostly repeats.
+    "bfcl_live_assistant": DemoWorkload("bfcl_live", 0.25),
+}
 
 DEFAULT_CLIENT_IDS = ("web-shop", "mobile-app", "partner-api")
 """client_id values for workloads whose config does not restrict clients."""
@@ -79,16 +91,18 @@ def daily_index(source: LogSourceConfig, timestamp: Any, fallback: datetime) -> 
     return source.index[:-1] + day.replace("-", ".")
 
 
-def demo_workloads(config: FlywheelConfig, only: list[str] | None = None) -> list[tuple[WorkloadConfig, str]]:
-    """Configured workloads that have a demo traffic generator, with the generator's kind."""
+def demo_workloads(
+    config: FlywheelConfig, only: list[str] | None = None
+) -> list[tuple[WorkloadConfig, DemoWorkload]]:
+    """Configured workloads that have a demo traffic generator, with that generator."""
     chosen = [
-        (w, DEMO_WORKLOAD_KINDS[w.workload_id])
+        (w, DEMO_WORKLOADS[w.workload_id])
         for w in config.workloads
-        if w.workload_id in DEMO_WORKLOAD_KINDS and (not only or w.workload_id in only)
+        if w.workload_id in DEMO_WORKLOADS and (not only or w.workload_id in only)
     ]
     if not chosen:
         raise SeedError(
-            f"no configured workload has demo traffic; demo workloads: {', '.join(DEMO_WORKLOAD_KINDS)}"
+            f"no configured workload has demo traffic; demo workloads: {', '.join(DEMO_WORKLOADS)}"
         )
     return chosen
 
@@ -105,6 +119,8 @@ def seed_logs(
 ) -> SeedReport:
     """Write ``days`` data intervals of demo traffic for each demo workload into its log source.
 
+    ``records_per_day`` is the full-volume workload's count; quieter ones get their share of it.
+
     Each workload's documents go through its own Airflow connection (``log_source.conn_id``).
     """
     from elasticsearch.helpers import streaming_bulk
@@ -112,7 +128,7 @@ def seed_logs(
     from flywheel.logstore import connect
 
     report = SeedReport()
-    for workload, kind in demo_workloads(config, workloads):
+    for workload, demo in demo_workloads(config, workloads):
         source = workload.log_source
         client = connect(source.conn_id, source.request_timeout_s)
         # One template per index pattern: workloads sharing a pattern share (and re-put) the template.
@@ -120,7 +136,8 @@ def seed_logs(
         client.indices.put_index_template(name=template_name, **log_index_template(source))
         intervals = latest_intervals(workload.schedule, days, now)
         noise: Counter[str] = Counter()
-        records = _records(workload, kind, intervals, records_per_day, seed, noise_rate)
+        per_day = max(1, round(records_per_day * demo.volume_share))
+        records = _records(workload, demo.kind, intervals, per_day, seed, noise_rate)
         written = 0
         failures: list[Any] = []
         for ok, item in streaming_bulk(
