@@ -35,11 +35,13 @@ import msgspec
 import pyarrow.parquet as pq
 
 from flywheel.config import WorkloadConfig
+from flywheel.quality.keys import KEY_VERSION
 from flywheel.quality.splits import Candidate, Split, golden_selection, plan_splits
 from flywheel.storage import ArtifactStore, PartitionNotFound
 
 DATASET_SCHEMA = "dataset/v1"
 _encode = msgspec.json.Encoder(order="sorted").encode
+_decode = msgspec.json.Decoder().decode
 _DECIDING_COLUMNS = ["record_id", "timestamp", "label", "conversation_key"]
 
 
@@ -74,6 +76,7 @@ def config_hash(workload: WorkloadConfig) -> str:
     settings = {
         "data_quality": workload.data_quality.model_dump(mode="json"),
         "window": workload.training_window_days,
+        "key_version": KEY_VERSION,  # a new key rule re-deals every split, like a new salt
     }
     return hashlib.sha256(_encode(settings)).hexdigest()[:16]
 
@@ -124,7 +127,8 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         per_label: dict[str, Counter[str]] = defaultdict(Counter)
         try:
             for source in sources:
-                for row in _read_rows(store, source["files"], None):
+                wanted = set(plan.assignments) | (golden_ids if golden_is_new else set())
+                for row in _read_rows(store, source["files"], None, only=wanted):
                     if golden_is_new and row["record_id"] in golden_ids:
                         golden_lines.append(_encode(_example(row, Split.EVALUATION)) + b"\n")
                     split = plan.assignments.get(row["record_id"])
@@ -221,9 +225,10 @@ def _window_sources(
 
 
 def _example(row: dict[str, Any], split: Split) -> dict[str, Any]:
-    messages = json.loads(row["messages_json"])
-    tools = json.loads(row["tools_json"])
-    calls = json.loads(row["tool_calls_json"])
+    """One line of a split file. Stored JSON is spliced in as raw text, never decoded and re-encoded."""
+    messages = msgspec.Raw(row["messages_json"].encode())
+    tools = msgspec.Raw(row["tools_json"].encode())
+    calls = msgspec.Raw(row["tool_calls_json"].encode())
     if split is Split.EVALUATION:
         return {
             "record_id": row["record_id"],
@@ -233,16 +238,22 @@ def _example(row: dict[str, Any], split: Split) -> dict[str, Any]:
             "reference": {"tool_calls": calls, "content": row["content"]},
         }
     answer: dict[str, Any] = {"role": "assistant", "content": row["content"]}
-    if calls:
+    parsed_calls = _decode(row["tool_calls_json"])
+    if parsed_calls:
         answer["tool_calls"] = [
             {
                 "id": f"call_{row['record_id'][:8]}_{i}",
                 "type": "function",
-                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)},
+                "function": {"name": c["name"], "arguments": _encode(c["arguments"]).decode()},
             }
-            for i, c in enumerate(calls)
+            for i, c in enumerate(parsed_calls)
         ]
-    return {"record_id": row["record_id"], "messages": [*messages, answer], "tools": tools}
+    conversation = row["messages_json"][:-1] + ("," if row["messages_json"] != "[]" else "")
+    return {
+        "record_id": row["record_id"],
+        "messages": msgspec.Raw((conversation + _encode(answer).decode() + "]").encode()),
+        "tools": tools,
+    }
 
 
 def _golden_path(store: ArtifactStore, workload: WorkloadConfig) -> str:
@@ -278,10 +289,18 @@ def _write_lines_atomic(store: ArtifactStore, path: str, lines: list[bytes]) -> 
     store.fs.mv(tmp, path)
 
 
-def _read_rows(store: ArtifactStore, parts: list[str], columns: list[str] | None) -> Iterator[dict[str, Any]]:
-    """Rows of Parquet parts, one record batch in memory at a time."""
+def _read_rows(
+    store: ArtifactStore, parts: list[str], columns: list[str] | None, only: set[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Rows of Parquet parts, one record batch in memory at a time; with ``only``, just those record ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(only), pa.string()) if only is not None else None
     for part in parts:
         for batch in pq.ParquetFile(part, filesystem=store.fs).iter_batches(
             batch_size=5_000, columns=columns
         ):
+            if wanted is not None:
+                batch = batch.filter(pc.is_in(batch.column("record_id"), value_set=wanted))
             yield from batch.to_pylist()

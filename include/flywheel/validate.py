@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.config import DataQualityConfig
-from flywheel.extract import RAW_SCHEMA, PartWriter, partition_day
+from flywheel.extract import RAW_SCHEMA, PartWriter, cyclic_gc_paused, partition_day
 from flywheel.quality.keys import conversation_key
 from flywheel.quality.pii import PiiScrubber
 from flywheel.quality.records import Conversation, Violation, check_record
@@ -181,6 +181,7 @@ def validate_batches(
     scrubber = PiiScrubber(rules.pii.kinds) if rules.pii.enabled else None
     summary = _Summary()
     with (
+        cyclic_gc_paused(),
         store.stage_partition(workload_id, day, "clean") as clean_stage,
         store.stage_partition(workload_id, day, "quarantine") as quarantine_stage,
     ):
@@ -188,7 +189,7 @@ def validate_batches(
         quarantine_writer = PartWriter(store, quarantine_stage.part_path, QUARANTINE_SCHEMA)
         try:
             for batch in batches:
-                clean_rows, quarantine_rows = _split_batch(
+                clean_batch, quarantine_batch = _split_batch(
                     batch,
                     workload_id=workload_id,
                     start=start,
@@ -197,12 +198,10 @@ def validate_batches(
                     scrubber=scrubber,
                     summary=summary,
                 )
-                if clean_rows:
-                    clean_writer.write(pa.RecordBatch.from_pylist(clean_rows, schema=CLEAN_SCHEMA))
-                if quarantine_rows:
-                    quarantine_writer.write(
-                        pa.RecordBatch.from_pylist(quarantine_rows, schema=QUARANTINE_SCHEMA)
-                    )
+                if clean_batch is not None:
+                    clean_writer.write(clean_batch)
+                if quarantine_batch is not None:
+                    quarantine_writer.write(quarantine_batch)
         finally:
             clean_writer.close()
             quarantine_writer.close()
@@ -341,53 +340,75 @@ def _split_batch(
     rules: DataQualityConfig,
     scrubber: PiiScrubber | None,
     summary: _Summary,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    clean_rows: list[dict[str, Any]] = []
-    quarantine_rows: list[dict[str, Any]] = []
+) -> tuple[pa.RecordBatch | None, pa.RecordBatch | None]:
+    """Check every row of a raw batch; return its clean and quarantine batches (None when empty)."""
+    clean: dict[str, list[Any]] = {name: [] for name in CLEAN_SCHEMA.names}
+    rejected: list[dict[str, Any]] = []
     for row in batch.to_pylist():
         checked = check_record(
             row, workload_id=workload_id, start=start, end=end, max_record_bytes=rules.max_record_bytes
         )
         if isinstance(checked, Violation):
-            quarantine_rows.append(
+            rejected.append(
                 {**row, "reason": checked.reason.value, "field": checked.field, "detail": checked.detail}
             )
             summary.add(row, None, checked.reason.value, None)
             continue
-        clean = _clean_row(row, checked, scrubber)
-        summary.pii.update(clean.pop("_pii"))
-        clean_rows.append(clean)
-        summary.add(row, checked.label, None, clean["conversation_key"])
-    return clean_rows, quarantine_rows
+        key = _append_clean(clean, row, checked, scrubber, summary.pii)
+        summary.add(row, checked.label, None, key)
+    return (
+        pa.RecordBatch.from_pydict(clean, schema=CLEAN_SCHEMA) if clean["record_id"] else None,
+        pa.RecordBatch.from_pylist(rejected, schema=QUARANTINE_SCHEMA) if rejected else None,
+    )
 
 
-def _clean_row(
-    row: dict[str, Any], conversation: Conversation, scrubber: PiiScrubber | None
-) -> dict[str, Any]:
+def _append_clean(
+    columns: dict[str, list[Any]],
+    row: dict[str, Any],
+    conversation: Conversation,
+    scrubber: PiiScrubber | None,
+    pii_totals: Counter[str],
+) -> str:
+    """Append one clean record to the column lists; return its conversation key."""
     messages = conversation.messages
     arguments = [call.arguments for call in conversation.tool_calls]
     content = conversation.content
     pii: Counter[str] = Counter()
     if scrubber is not None:
         messages, arguments, content, pii = scrubber.scrub_conversation(messages, arguments, content)
+        pii_totals.update(pii)
     calls = [
-        {"name": call.name, "arguments": args}
-        for call, args in zip(conversation.tool_calls, arguments, strict=True)
+        {"name": c.name, "arguments": a} for c, a in zip(conversation.tool_calls, arguments, strict=True)
     ]
-    return {
-        "record_id": row["record_id"],
-        "timestamp": row["timestamp"],
-        "workload_id": row["workload_id"],
-        "client_id": row["client_id"],
-        "label": conversation.label,
-        "conversation_key": conversation_key(messages, conversation.tools),
-        "messages_json": _encode(messages).decode(),
-        "tools_json": _encode(conversation.tools).decode(),
-        "tool_calls_json": _encode(calls).decode(),
-        "content": content,
-        "pii_json": _encode(dict(pii)).decode() if pii else None,
-        "_pii": pii,
-    }
+    key = conversation_key(messages, conversation.tools)
+    columns["record_id"].append(row["record_id"])
+    columns["timestamp"].append(row["timestamp"])
+    columns["workload_id"].append(row["workload_id"])
+    columns["client_id"].append(row["client_id"])
+    columns["label"].append(conversation.label)
+    columns["conversation_key"].append(key)
+    columns["messages_json"].append(_encode(messages).decode())
+    columns["tools_json"].append(_tools_json(conversation.tools))
+    columns["tool_calls_json"].append(_encode(calls).decode())
+    columns["content"].append(content)
+    columns["pii_json"].append(_encode(dict(pii)).decode() if pii else None)
+    return key
+
+
+_TOOLS_JSON: dict[int, tuple[list[Any], str]] = {}
+
+
+def _tools_json(tools: list[Any]) -> str:
+    """JSON of a tool list, encoded once per list object: records of a workload share their tools list
+    (the record checker caches it), and a router's tool schemas are most of a record's bytes."""
+    cached = _TOOLS_JSON.get(id(tools))
+    if cached is not None and cached[0] is tools:
+        return cached[1]
+    text = _encode(tools).decode()
+    if len(_TOOLS_JSON) > 256:
+        _TOOLS_JSON.clear()
+    _TOOLS_JSON[id(tools)] = (tools, text)  # holding the list keeps its id from being reused
+    return text
 
 
 def validate_jsonl(

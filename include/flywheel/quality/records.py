@@ -11,8 +11,12 @@ arguments), and last a scan of all conversation text for control characters and 
 Only ``choices[0]`` is the teacher's answer; further choices are ignored. A plain-text answer is clean
 even when tools were offered: its label is :data:`NO_TOOL`. Duplicates are not a record-level defect.
 
-The hot path decodes each JSON document once with msgspec and checks types with ``type(x) is ...``
-comparisons; paths and messages are only formatted for a failing record.
+The hot path decodes with msgspec and checks types with ``type(x) is ...`` comparisons; paths and
+messages are only formatted for a failing record. The request's tool definitions (most of its bytes,
+identical across a workload's records) are decoded and checked once per distinct JSON text and cached:
+the ``tools`` list of a :class:`Conversation` is shared between records and must be treated as
+read-only (copy it before editing). The tools' ``parameters`` schemas are not validated.
+About 60,000 demo router records (5.5 KB) per second on one core.
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ class Reason(StrEnum):
     invalid_text = "invalid_text"
     """Conversation text (message contents and text parts, tool-call arguments, the answer's text) holds a
     C0 control character other than tab, newline and carriage return, DEL, U+FFFD (the trace of a broken
-    encoding), or a lone surrogate (also found anywhere in the request or response JSON)."""
+    encoding), or a lone surrogate (also found anywhere in the request or response JSON). The answer's
+    arguments are checked both as JSON text and as the strings they decode to; history arguments only
+    as text. Bytes that are not UTF-8 in ``request_json``/``response_json`` count too."""
     check_error = "check_error"
     """The checker itself failed on this row (a bug to report); the row is quarantined, not lost."""
 
@@ -108,7 +114,11 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
-    """A clean record: the prompt side and the teacher's answer, parsed and checked."""
+    """A clean record: the prompt side and the teacher's answer, parsed and checked.
+
+    ``messages`` is this record's own decoded list; ``tools`` is shared with every record logged with
+    the same tool definitions (decoded once): never mutate it in place.
+    """
 
     messages: list[dict[str, Any]]  # request.messages as logged (OpenAI shape)
     tools: list[dict[str, Any]]  # request.tools ([] when absent)
@@ -201,6 +211,10 @@ def _check(
     # ---- request
     if request_text is None:
         return _violation(Reason.missing_request, "request", "no request logged")
+    if type(request_text) is not str:
+        request_text = _as_text(request_text, "request")
+        if type(request_text) is Violation:
+            return request_text
     request = _split_request(request_text)
     if type(request) is Violation:
         return request
@@ -259,6 +273,10 @@ def _check(
         return _violation(
             Reason.missing_response, "response", "no response logged (upstream timeout or error)"
         )
+    if type(response_text) is not str:
+        response_text = _as_text(response_text, "response")
+        if type(response_text) is Violation:
+            return response_text
     response = _load(response_text, "response", Reason.unreadable_json)
     if type(response) is Violation:
         return response
@@ -307,7 +325,10 @@ def _check(
             if type(checked) is Violation:
                 return checked
             tool_calls.append(checked)
-            texts.append(call["function"]["arguments"])
+            arguments = call["function"]["arguments"]
+            texts.append(arguments)
+            if "\\" in arguments:  # escapes: the parsed strings may hold what the JSON text hides
+                texts.extend(_strings(checked.arguments))
     if text:
         texts.append(text)
 
@@ -488,12 +509,20 @@ def _load(text: Any, field: str, reason: Reason) -> Any:
         return _load_slow(text, field, reason, exc)
 
 
-def _load_slow(text: Any, field: str, reason: Reason, error: Exception) -> Any:
-    if isinstance(text, bytes | bytearray | memoryview):
+def _as_text(value: Any, field: str) -> Any:
+    """A JSON column as ``str``: UTF-8 bytes decoded (a Violation when they are not UTF-8)."""
+    if isinstance(value, bytes | bytearray | memoryview | msgspec.Raw):
         try:
-            text = bytes(text).decode("utf-8")
+            return bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
             return _violation(Reason.invalid_text, field, f"not UTF-8 text: {exc}")
+    return value  # not text: the decoder's error says so
+
+
+def _load_slow(text: Any, field: str, reason: Reason, error: Exception) -> Any:
+    text = _as_text(text, field)
+    if type(text) is Violation:
+        return text
     if not isinstance(text, str):
         return _violation(reason, field, f"expected JSON text, found {type(text).__name__}")
     if not text:
@@ -579,7 +608,11 @@ def _text_fields(messages: list[dict[str, Any]], answer: dict[str, Any]) -> Iter
         for k, call in enumerate(message.get("tool_calls") or ()):
             yield f"request.messages[{i}].tool_calls[{k}].function.arguments", call["function"]["arguments"]
     for k, call in enumerate(answer.get("tool_calls") or ()):
-        yield f"{_ANSWER}.tool_calls[{k}].function.arguments", call["function"]["arguments"]
+        arguments = call["function"]["arguments"]
+        yield f"{_ANSWER}.tool_calls[{k}].function.arguments", arguments
+        if "\\" in arguments:
+            for text in _strings(_decode(arguments)):
+                yield f"{_ANSWER}.tool_calls[{k}].function.arguments", text
     text = answer.get("content")
     if text:
         yield f"{_ANSWER}.content", text
@@ -587,6 +620,23 @@ def _text_fields(messages: list[dict[str, Any]], answer: dict[str, Any]) -> Iter
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string (keys included) in a decoded JSON value."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            out.append(item)
+        elif type(item) is dict:
+            out.extend(item)
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return out
+
 
 _KINDS = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
 
