@@ -21,6 +21,7 @@ from airflow.sdk import (
 )
 
 from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
+from flywheel.errors import DataQualityError
 from flywheel.intervals import run_interval
 
 DOC_MD = """
@@ -62,11 +63,7 @@ interval that ends at its logical date (or, without one, the latest complete int
 RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
         RetryRule(exception=ConfigError, action=RetryAction.FAIL, reason="configuration error"),
-        RetryRule(
-            exception="flywheel.validate.DataQualityError",
-            action=RetryAction.FAIL,
-            reason="data quality failed",
-        ),
+        RetryRule(exception=DataQualityError, action=RetryAction.FAIL, reason="data quality failed"),
     ]
 )
 

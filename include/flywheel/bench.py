@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import yaml
 
 from flywheel.config import load_config
@@ -97,42 +96,16 @@ def bench_data(records: int, quiet: bool = False) -> dict[str, Any]:
     and Data Docs included) and its dataset built, as the nightly DAG does.
     """
     from flywheel.datasets import build_dataset
-    from flywheel.demo.seed import DEMO_WORKLOADS
-    from flywheel.demo.traffic import generate_traffic
-    from flywheel.extract import PartWriter, SourceFields
-    from flywheel.logstore import Hit
+    from flywheel.demo.seed import write_raw_partition
     from flywheel.storage import ArtifactStore
-    from flywheel.validate import CHUNK_ROWS, validate_day
+    from flywheel.validate import validate_day
 
     config = load_config()
     workload = config.workload(BENCH_WORKLOAD)
     start, end = latest_intervals(workload.schedule, 1, BENCH_NOW)[0]
-    raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-    encode = msgspec.json.Encoder().encode
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
         store = ArtifactStore(f"{tmp}/artifacts")
-        fields = SourceFields(workload.log_source)
-        traffic = generate_traffic(
-            kind=DEMO_WORKLOADS[BENCH_WORKLOAD].kind,
-            workload_id=BENCH_WORKLOAD,
-            start=start,
-            end=end,
-            count=records,
-            seed=0,
-            client_ids=workload.client_ids or ["bench"],
-        )
-        with store.stage_partition(BENCH_WORKLOAD, start.date()) as staged:
-            writer = PartWriter(store, staged.part_path)
-            page: list[Hit] = []
-            for number, record in enumerate(traffic):
-                page.append(Hit(index="bench", id=str(number), source=raw_source(encode(record.source))))
-                if len(page) == CHUNK_ROWS:
-                    writer.write(fields.to_batch(page))
-                    page = []
-            if page:
-                writer.write(fields.to_batch(page))
-            writer.close()
-            store.commit_partition(staged, {"records": writer.rows})
+        write_raw_partition(store, workload, start=start, end=end, count=records, seed=0)
         if not quiet:
             print(f"generated {records} raw records; validating...", file=sys.stderr)
         # A once-per-task cost, reported apart from the per-record work.

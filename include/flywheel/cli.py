@@ -22,8 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Elasticsearch client logs every HTTP request at INFO; Alembic and Airflow narrate every step.
-    for noisy in ("elastic_transport", "alembic", "airflow"):
+    # The Elasticsearch client logs every HTTP request at INFO; Alembic, Airflow and GX narrate every step.
+    for noisy in ("elastic_transport", "alembic", "airflow", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

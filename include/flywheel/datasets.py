@@ -142,7 +142,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             for handle in files.values():
                 handle.close()
         if golden_is_new:
-            _write_lines_atomic(store, _golden_path(store, workload), sorted(golden_lines))
+            store.write_bytes_atomic(_golden_path(store, workload), b"".join(sorted(golden_lines)))
         content_hash = hashlib.sha256(b"".join(d.digest() for d in digests.values())).hexdigest()
         dataset_id = f"{end_day.isoformat()}-{content_hash[:10]}"
         counts = {split.value: sum(per_label[split.value].values()) for split in Split}
@@ -280,13 +280,6 @@ def _golden(
         candidates, salt=splits.salt, size=size, evaluation_fraction=splits.evaluation_fraction
     )
     return set(chosen), True
-
-
-def _write_lines_atomic(store: ArtifactStore, path: str, lines: list[bytes]) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    store.fs.pipe_file(tmp, b"".join(lines))
-    store.fs.mv(tmp, path)
 
 
 def _read_rows(

@@ -147,8 +147,13 @@ class ArtifactStore:
 
     def write_json_atomic(self, path: str, payload: dict[str, Any]) -> None:
         """Write JSON so readers see the old or the new file, never a partial one."""
+        self.write_bytes_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+    def write_bytes_atomic(self, path: str, data: bytes) -> None:
+        """Write a file so readers see the old or the new content, never a partial one."""
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        self.fs.pipe_file(tmp, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
 
     def _remove(self, path: str) -> None:

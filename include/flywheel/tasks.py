@@ -97,7 +97,8 @@ def validate(
     Raises DataQualityError when a batch expectation fails, after committing the partitions and the
     evidence (validation result, Data Docs) so an operator can inspect them.
     """
-    from flywheel.validate import DataQualityError, validate_day
+    from flywheel.errors import DataQualityError
+    from flywheel.validate import validate_day
 
     workload = config.workload(workload_id)
     run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)

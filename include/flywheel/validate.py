@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.config import DataQualityConfig
+from flywheel.errors import AccountingError
 from flywheel.extract import RAW_SCHEMA, PartWriter, cyclic_gc_paused, partition_day
 from flywheel.quality.keys import conversation_key
 from flywheel.quality.pii import PiiScrubber
@@ -64,14 +65,6 @@ QUARANTINE_SCHEMA = pa.schema(
     metadata={"flywheel.schema": "quarantine/v1"},
 )
 """A rejected record exactly as extracted, with the rule it broke."""
-
-
-class DataQualityError(RuntimeError):
-    """The day's batch failed its expectations; its partitions are committed for inspection."""
-
-
-class AccountingError(RuntimeError):
-    """Records were lost or invented between extraction and validation; nothing was committed."""
 
 
 @dataclass
@@ -448,7 +441,7 @@ def validate_jsonl(
         for part in store.partition_files(workload_id, day, "quarantine")
         for row in pq.read_table(part, columns=columns, filesystem=store.fs).to_pylist()
     ]
-    store.fs.pipe_file(store.path("quarantine.jsonl"), b"".join(_encode(row) + b"\n" for row in rows))
+    store.write_bytes_atomic(store.path("quarantine.jsonl"), b"".join(_encode(row) + b"\n" for row in rows))
     return result
 
 

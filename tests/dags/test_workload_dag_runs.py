@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from flywheel.db.engine import session_scope
-from flywheel.db.models import RawPartition, Run, RunStage
+from flywheel.db.models import Dataset, RawPartition, Run, RunStage, ValidatedPartition
 from flywheel.demo.seed import seed_logs
 from flywheel.intervals import latest_intervals
 from flywheel.logstore import connect, interval_query
@@ -44,8 +44,20 @@ def test_two_consecutive_days_make_two_partitions(dagbag, airflow_db, log_store,
         runs = session.scalars(select(Run).where(Run.dag_id == DAG_ID)).all()
         assert len(runs) == 2
         stages = session.scalars(select(RunStage).order_by(RunStage.id)).all()
-        assert [(s.stage, s.status) for s in stages] == [("extract", "succeeded")] * 2
+        assert [(s.stage, s.status) for s in stages] == [
+            ("extract", "succeeded"),
+            ("validate", "succeeded"),
+            ("build_dataset", "succeeded"),
+        ] * 2
         assert stages[0].summary["records"] == partitions[0].record_count
+        validated = session.scalars(select(ValidatedPartition).order_by(ValidatedPartition.day)).all()
+        assert [v.day for v in validated] == [p.day for p in partitions]
+        assert all(v.extracted == v.clean + v.quarantined for v in validated)
+        assert [v.extracted for v in validated] == [p.record_count for p in partitions]
+        datasets = session.scalars(select(Dataset).order_by(Dataset.created_at)).all()
+        assert len(datasets) == 2
+        assert datasets[-1].last_day == partitions[-1].day
+        assert datasets[-1].train_records > datasets[0].train_records
 
 
 def test_rerunning_a_day_replaces_its_partition(dagbag, airflow_db, log_store, flywheel_config):

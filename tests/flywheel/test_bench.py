@@ -42,3 +42,16 @@ def test_extraction_memory_does_not_grow_with_the_day():
         small["peak_rss_mb"] - small["baseline_rss_mb"]
     )
     assert growth < 64, (small, large)
+
+
+def test_bench_data_prints_its_figures_as_json():
+    out = subprocess.run(
+        [FLYWHEEL, "bench", "data", "--records", "1500", "--json"], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert result["records"] == 1500
+    assert result["clean"] + result["quarantined"] == 1500
+    assert result["records_per_s"] > 0
+    assert 0 < result["gx_share"] < 1
+    assert sum(result["splits"].values()) > 0

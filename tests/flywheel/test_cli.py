@@ -139,3 +139,48 @@ def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
     assert info.value.code == 2
     assert "usage: flywheel" in capsys.readouterr().err
+
+
+def test_validate_command_writes_clean_quarantine_and_manifest(tmp_path):
+    import json as _json
+    from datetime import UTC, datetime, timedelta
+
+    from flywheel.demo.traffic import generate_traffic
+
+    start = datetime(2026, 11, 20, 2, tzinfo=UTC)
+    records = generate_traffic(
+        kind="support_router",
+        workload_id="customer_support_router",
+        start=start,
+        end=start + timedelta(days=1),
+        count=250,
+        seed=2,
+        client_ids=["web-shop"],
+    )
+    source = tmp_path / "batch.jsonl"
+    source.write_text("".join(_json.dumps(r.source) + "\n" for r in records))
+    out = tmp_path / "out"
+
+    code = main(
+        [
+            "validate",
+            "--input",
+            str(source),
+            "--start",
+            start.isoformat(),
+            "--end",
+            (start + timedelta(days=1)).isoformat(),
+            "--out",
+            str(out),
+            "--workload",
+            "customer_support_router",
+        ]
+    )
+
+    manifest = _json.loads((out / "manifest.json").read_text())
+    assert code == 0
+    assert manifest["extracted"] == 250 == manifest["clean"] + manifest["quarantined"]
+    assert manifest["success"] is True
+    assert (out / "quarantine.jsonl").read_text().count("\n") == manifest["quarantined"]
+    assert list((out / "clean" / "customer_support_router").iterdir())
+    assert (out / "reports" / "customer_support_router" / "2026-11-20" / "data_docs" / "index.html").exists()

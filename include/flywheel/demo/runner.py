@@ -22,7 +22,7 @@ from sqlalchemy import select
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
-from flywheel.db.models import RawPartition, Run, RunStage
+from flywheel.db.models import Dataset, RawPartition, Run, RunStage, ValidatedPartition
 from flywheel.demo.seed import demo_workloads, seed_logs
 from flywheel.embedded import LocalLogStore
 from flywheel.intervals import latest_intervals
@@ -137,6 +137,30 @@ def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None
                     f"    extracted {partition.record_count} records in {partition.part_count} part(s), "
                     f"{partition.byte_count / 1024:.0f} KiB, via {partition.read_method}\n"
                     f"    raw partition: {partition.uri}"
+                )
+            verdict = session.scalar(
+                select(ValidatedPartition).where(
+                    ValidatedPartition.workload_id == workload.workload_id,
+                    ValidatedPartition.day == start.date(),
+                )
+            )
+            if verdict is not None:
+                print(
+                    f"    validated: {verdict.clean} clean + {verdict.quarantined} quarantined "
+                    f"({', '.join(f'{k} {v}' for k, v in sorted(verdict.reasons.items())) or 'none'}); "
+                    f"batch {'passed' if verdict.success else 'FAILED: ' + ', '.join(verdict.failed_expectations)}\n"
+                    f"    data docs: {verdict.data_docs_uri}"
+                )
+            dataset = session.scalar(
+                select(Dataset)
+                .where(Dataset.workload_id == workload.workload_id)
+                .order_by(Dataset.created_at.desc())
+            )
+            if dataset is not None:
+                print(
+                    f"    dataset {dataset.dataset_id}: {dataset.train_records} train, "
+                    f"{dataset.validation_records} validation, {dataset.evaluation_records} evaluation "
+                    f"({dataset.duplicates_removed} duplicates removed)\n    {dataset.uri}"
                 )
     print(f"\n  artifact store: {config.artifact_store.root}")
     print(f"  metadata db:    {config.metadata.conn_id or config.metadata.url}")

@@ -17,6 +17,7 @@ from typing import Any
 from flywheel.config import FlywheelConfig, LogSourceConfig, WorkloadConfig
 from flywheel.demo.traffic import DemoRecord, generate_traffic
 from flywheel.intervals import Interval, latest_intervals
+from flywheel.storage import ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -191,3 +192,50 @@ def _actions(
         noise[record.noise.value if record.noise else "clean"] += 1
         index = daily_index(source, record.source.get(source.timestamp_field), interval_start)
         yield {"_op_type": "index", "_index": index, "_source": record.source}
+
+
+def write_raw_partition(
+    store: ArtifactStore,
+    workload: WorkloadConfig,
+    *,
+    start: datetime,
+    end: datetime,
+    count: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Commit a raw partition of demo traffic for one interval without a log store (tests, benchmarks).
+
+    Documents go through the extractor's own conversion, as if read from Elasticsearch, so everything
+    downstream sees exactly what an extraction would have written (outside-window records included).
+    """
+    import msgspec
+
+    from flywheel.extract import PartWriter, SourceFields, partition_day
+    from flywheel.logstore import Hit
+
+    raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+    encode = msgspec.json.Encoder().encode
+    fields = SourceFields(workload.log_source)
+    traffic = generate_traffic(
+        kind=DEMO_WORKLOADS[workload.workload_id].kind,
+        workload_id=workload.workload_id,
+        start=start,
+        end=end,
+        count=count,
+        seed=seed,
+        client_ids=workload.client_ids or list(DEFAULT_CLIENT_IDS),
+    )
+    with store.stage_partition(workload.workload_id, partition_day(start)) as staged:
+        writer = PartWriter(store, staged.part_path)
+        page: list[Hit] = []
+        for number, record in enumerate(traffic):
+            page.append(
+                Hit(index="demo", id=f"{start:%Y%m%d}-{number}", source=raw_source(encode(record.source)))
+            )
+            if len(page) == 5_000:
+                writer.write(fields.to_batch(page))
+                page = []
+        if page:
+            writer.write(fields.to_batch(page))
+        writer.close()
+        return store.commit_partition(staged, {"records": writer.rows, "interval_start": start.isoformat()})

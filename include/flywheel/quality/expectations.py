@@ -92,6 +92,9 @@ def validate_batch(
     import great_expectations as gx
     import great_expectations.expectations as gxe
     import pandas as pd
+    from great_expectations.expectations.row_conditions import Column
+
+    clean_only = Column("is_clean") == True  # noqa: E712 - builds a GX condition, not a comparison
 
     started = time.perf_counter()
     clean_labels = summary.loc[summary["is_clean"], "label"].value_counts().to_dict()
@@ -125,8 +128,7 @@ def validate_batch(
             min_value=pd.Timestamp(start),
             max_value=pd.Timestamp(end),
             strict_max=True,
-            row_condition="is_clean == True",
-            condition_parser="pandas",
+            row_condition=clean_only,
         ),
     ):
         batch_suite.add_expectation(expectation)
@@ -136,8 +138,7 @@ def validate_batch(
                 column="label",
                 partition_object={"values": list(weights), "weights": list(weights.values())},
                 threshold=rules.max_tool_shift,
-                row_condition="is_clean == True",
-                condition_parser="pandas",
+                row_condition=clean_only,
             )
         )
 
