@@ -145,11 +145,11 @@ def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None
                 )
             )
             if verdict is not None:
+                reasons = ", ".join(f"{k} {v}" for k, v in sorted(verdict.reasons.items())) or "none"
+                outcome = "passed" if verdict.success else "FAILED: " + ", ".join(verdict.failed_expectations)
                 print(
-                    f"    validated: {verdict.clean} clean + {verdict.quarantined} quarantined "
-                    f"({', '.join(f'{k} {v}' for k, v in sorted(verdict.reasons.items())) or 'none'}); "
-                    f"batch {'passed' if verdict.success else 'FAILED: ' + ', '.join(verdict.failed_expectations)}\n"
-                    f"    data docs: {verdict.data_docs_uri}"
+                    f"    validated: {verdict.clean} clean + {verdict.quarantined} quarantined ({reasons}); "
+                    f"batch {outcome}\n    data docs: {verdict.data_docs_uri}"
                 )
             dataset = session.scalar(
                 select(Dataset)

@@ -33,7 +33,7 @@ from flywheel.db.migrate import MIGRATIONS_DIR, current_revision, head_revision,
 from flywheel.db.models import Base, Run, RunStage
 from flywheel.tracking import StageRecord, ensure_run, record_stage
 
-TABLES = {"runs", "run_stages", "raw_partitions"}
+TABLES = {"runs", "run_stages", "raw_partitions", "validated_partitions", "datasets"}
 START = datetime(2026, 11, 20, 2, tzinfo=UTC)
 END = datetime(2026, 11, 21, 2, tzinfo=UTC)
 
