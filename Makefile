@@ -13,7 +13,7 @@ help:
 	@echo "make demo       run the nightly flywheel end to end on the embedded default"
 	@echo "make test       lint + the default test suite (installs everything first)"
 	@echo "make test-slow  the slow tier too (long benchmarks, real-model runs)"
-	@echo "make bench      extraction benchmark at 200,000 records (prints JSON)"
+	@echo "make bench      extraction and data-stage benchmarks at 200,000 records (print JSON)"
 	@echo "make clean      remove the venv and local state (.flywheel/)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -45,6 +45,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/flywheel bench etl --records 200000 --json
+	$(BIN)/flywheel bench data --records 200000 --json
 
 clean:
 	rm -rf $(VENV) .flywheel
