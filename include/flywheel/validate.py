@@ -166,7 +166,6 @@ def validate_batches(
     build_docs: bool = True,
 ) -> DayValidation:
     """Validate raw record batches of one day and commit the day's clean and quarantine partitions."""
-    import pandas as pd
 
     from flywheel.quality.expectations import validate_batch
 
@@ -211,8 +210,7 @@ def validate_batches(
             raise AccountingError(
                 f"extracted {extracted} != clean {clean_writer.rows} + quarantined {quarantine_writer.rows}"
             )
-        frame = pd.DataFrame(summary.columns())
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+        frame = summary.frame()
         reports = f"reports/{workload_id}/{day.isoformat()}"
         verdict = validate_batch(
             frame,
@@ -278,30 +276,47 @@ def validate_batches(
     )
 
 
+SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string()),
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
+        pa.field("label", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("is_clean", pa.bool_()),
+        pa.field("is_duplicate", pa.bool_()),
+    ]
+)
+
+
 class _Summary:
-    """One small row per record for the batch expectations, plus the day's counters."""
+    """One small row per record for the batch expectations, plus the day's counters.
+
+    Rows are gathered per chunk and kept as Arrow batches (about 60 bytes a record), not Python
+    objects; the conversation keys seen are kept as 16-byte digests to flag duplicates within the day.
+    """
 
     def __init__(self) -> None:
-        self.record_id: list[str] = []
-        self.timestamp: list[datetime | None] = []
-        self.label: list[str | None] = []
-        self.reason: list[str | None] = []
-        self.is_duplicate: list[bool] = []
-        self.keys: set[str] = set()
+        self.batches: list[pa.RecordBatch] = []
+        self._chunk: dict[str, list[Any]] = {name: [] for name in SUMMARY_SCHEMA.names}
+        self.keys: set[bytes] = set()
         self.rows = self.clean = self.duplicates = 0
         self.reasons: Counter[str] = Counter()
         self.labels: Counter[str] = Counter()
         self.pii: Counter[str] = Counter()
 
     def add(self, row: dict[str, Any], label: str | None, reason: str | None, key: str | None) -> None:
-        duplicate = key is not None and key in self.keys
+        duplicate = False
         if key is not None:
-            self.keys.add(key)
-        self.record_id.append(row["record_id"])
-        self.timestamp.append(row["timestamp"])
-        self.label.append(label)
-        self.reason.append(reason)
-        self.is_duplicate.append(duplicate)
+            digest = bytes.fromhex(key)
+            duplicate = digest in self.keys
+            self.keys.add(digest)
+        chunk = self._chunk
+        chunk["record_id"].append(row["record_id"])
+        chunk["timestamp"].append(row["timestamp"])
+        chunk["label"].append(label)
+        chunk["reason"].append(reason)
+        chunk["is_clean"].append(reason is None)
+        chunk["is_duplicate"].append(duplicate)
         self.rows += 1
         self.duplicates += duplicate
         if reason is None:
@@ -310,15 +325,15 @@ class _Summary:
         else:
             self.reasons[reason] += 1
 
-    def columns(self) -> dict[str, list[Any]]:
-        return {
-            "record_id": self.record_id,
-            "timestamp": self.timestamp,
-            "label": self.label,
-            "reason": self.reason,
-            "is_clean": [r is None for r in self.reason],
-            "is_duplicate": self.is_duplicate,
-        }
+    def end_chunk(self) -> None:
+        if self._chunk["record_id"]:
+            self.batches.append(pa.RecordBatch.from_pydict(self._chunk, schema=SUMMARY_SCHEMA))
+            self._chunk = {name: [] for name in SUMMARY_SCHEMA.names}
+
+    def frame(self) -> Any:
+        """The summary as a pandas DataFrame (Arrow-backed strings) for Great Expectations."""
+        self.end_chunk()
+        return pa.Table.from_batches(self.batches, schema=SUMMARY_SCHEMA).to_pandas()
 
 
 _encode = msgspec.json.Encoder().encode
@@ -349,6 +364,7 @@ def _split_batch(
             continue
         key = _append_clean(clean, row, checked, scrubber, summary.pii)
         summary.add(row, checked.label, None, key)
+    summary.end_chunk()
     return (
         pa.RecordBatch.from_pydict(clean, schema=CLEAN_SCHEMA) if clean["record_id"] else None,
         pa.RecordBatch.from_pylist(rejected, schema=QUARANTINE_SCHEMA) if rejected else None,
