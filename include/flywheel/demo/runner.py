@@ -126,7 +126,7 @@ def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None
                 continue
             stages = session.scalars(select(RunStage).where(RunStage.run_id == run.id).order_by(RunStage.id))
             for stage in stages:
-                print(f"    stage {stage.stage:<10} {stage.status}")
+                print(f"    stage {stage.stage:<14} {stage.status}")
             partition = session.scalar(
                 select(RawPartition).where(
                     RawPartition.workload_id == workload.workload_id, RawPartition.day == start.date()

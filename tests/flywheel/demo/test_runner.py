@@ -25,7 +25,9 @@ def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, 
     assert exit_code == 0, out
     assert "flywheel_customer_support_router 2026-11-20: succeeded" in out
     assert "flywheel_bfcl_live_assistant 2026-11-20: succeeded" in out
-    assert "stage extract    succeeded" in out
+    assert "stage extract        succeeded" in out
+    assert "stage validate       succeeded" in out
+    assert "stage build_dataset  succeeded" in out
     assert "log store stopped" in out
     config = load_config(config_path)
     with session_scope(config.metadata) as session:
