@@ -166,6 +166,7 @@ def _validate(args: argparse.Namespace) -> int:
         start=args.start,
         end=args.end,
         rules=workload.data_quality,
+        source=workload.log_source,
         build_docs=not args.no_docs,
     )
     summary = result.to_dict()

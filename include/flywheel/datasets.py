@@ -13,7 +13,7 @@ Layout under ``datasets/<workload_id>/``::
     <dataset_id>/evaluation.jsonl   {"record_id", "label", "messages", "tools", "reference": {...}}
     <dataset_id>/manifest.json      counts per split and label, sources, accounting, hashes
     golden/evaluation.jsonl         the frozen golden evaluation set (when configured), written once
-    latest.json                     pointer to the newest dataset
+    latest.json                     pointer to the dataset of the latest window built
 
 Two passes over the window keep memory small: the first reads four narrow columns to decide, the
 second streams records into the split files.
@@ -178,8 +178,8 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         if store.fs.exists(staging):
             store.fs.rm(staging, recursive=True)
         raise
-    store.write_json_atomic(
-        posixpath.join(base, "latest.json"), {"dataset_id": dataset_id, "uri": store.uri(final)}
+    _point_latest(
+        store, base, {"dataset_id": dataset_id, "uri": store.uri(final), "last_day": window[-1].isoformat()}
     )
     return DatasetResult(
         dataset_id=dataset_id,
@@ -297,3 +297,15 @@ def _read_rows(
             if wanted is not None:
                 batch = batch.filter(pc.is_in(batch.column("record_id"), value_set=wanted))
             yield from batch.to_pylist()
+
+
+def _point_latest(store: ArtifactStore, base: str, pointer: dict[str, str]) -> None:
+    """Point ``latest.json`` at this dataset unless one of a later window is already there
+    (re-running an old day must not make training fall back to older data)."""
+    path = posixpath.join(base, "latest.json")
+    if store.fs.exists(path):
+        with store.fs.open(path, "rb") as handle:
+            current = json.load(handle)
+        if current.get("last_day", "") > pointer["last_day"]:
+            return
+    store.write_json_atomic(path, pointer)

@@ -23,7 +23,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.config import DataQualityConfig
+from flywheel.config import DataQualityConfig, LogSourceConfig
 from flywheel.errors import AccountingError
 from flywheel.extract import RAW_SCHEMA, PartWriter, cyclic_gc_paused, partition_day
 from flywheel.quality.keys import conversation_key
@@ -112,8 +112,9 @@ def validate_day(
 ) -> DayValidation:
     """Validate the day's committed raw partition; commit its clean and quarantine partitions.
 
-    Raises DataQualityError (after committing, so the evidence is inspectable) when a batch
-    expectation fails, and AccountingError (before committing) if a record went missing.
+    A batch that fails its expectations is still committed (``success`` false, so the evidence can be
+    inspected and dataset builds skip the day); the caller decides to fail. Raises AccountingError,
+    before committing anything, if a record went missing or was counted twice.
     """
     day = partition_day(start)
     raw_record = store.read_partition_record(workload_id, day)
@@ -166,7 +167,6 @@ def validate_batches(
     build_docs: bool = True,
 ) -> DayValidation:
     """Validate raw record batches of one day and commit the day's clean and quarantine partitions."""
-
     from flywheel.quality.expectations import validate_batch
 
     started = time.perf_counter()
@@ -201,7 +201,8 @@ def validate_batches(
         extracted = summary.rows
         if expected_records is not None and extracted != expected_records:
             raise AccountingError(f"raw partition holds {expected_records} records but {extracted} were read")
-        clean, quarantined = summary.clean, extracted - summary.clean
+        # Every record read was counted once, as clean or under its reason, and written once.
+        clean, quarantined = summary.clean, sum(summary.reasons.values())
         if (
             clean + quarantined != extracted
             or quarantine_writer.rows != quarantined
@@ -428,19 +429,21 @@ def validate_jsonl(
     start: datetime,
     end: datetime,
     rules: DataQualityConfig,
+    source: LogSourceConfig,
     build_docs: bool = True,
 ) -> DayValidation:
     """Validate a JSONL file of log documents into ``store`` exactly as the nightly stage would.
 
     Writes the day's clean and quarantine partitions, the GX result and Data Docs, plus
     ``quarantine.jsonl`` (record id, reason, field, detail per rejected line) at the store's root for
-    reading without Parquet tools. Returns the verdict instead of raising when the batch fails.
+    reading without Parquet tools. Field names (timestamp, workload, client) are those of ``source``.
+    Returns the verdict instead of raising when the batch fails.
     """
     day = partition_day(start)
     with path.open("rb") as lines:
         result = validate_batches(
             store,
-            iter_jsonl_batches(lines, source_name=path.name),
+            iter_jsonl_batches(lines, source=source, source_name=path.name),
             workload_id=workload_id,
             day=day,
             start=start,
@@ -462,7 +465,7 @@ def validate_jsonl(
 
 
 def iter_jsonl_batches(
-    lines: Iterable[bytes], *, source_name: str, chunk_rows: int = CHUNK_ROWS
+    lines: Iterable[bytes], *, source: LogSourceConfig, source_name: str, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[pa.RecordBatch]:
     """Raw record batches from JSONL lines of Elasticsearch ``_source`` documents (``flywheel validate``).
 
@@ -470,11 +473,10 @@ def iter_jsonl_batches(
     documents would after extraction. A line that is not a JSON object becomes a record with no
     fields (quarantined by the rules), never an exception.
     """
-    from flywheel.config import LogSourceConfig
     from flywheel.extract import SourceFields
     from flywheel.logstore import Hit
 
-    fields = SourceFields(LogSourceConfig(index=source_name))
+    fields = SourceFields(source)
     decode = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
     page: list[Hit] = []
     for number, line in enumerate(lines, start=1):

@@ -161,3 +161,18 @@ def _keys_by_record(store: ArtifactStore, workload, days) -> dict[str, str]:
                 )
             )
     return keys
+
+
+def test_rebuilding_an_older_window_keeps_latest_on_the_newest(router):
+    workload, store = router
+    (d1, _), (d2, _) = latest_intervals(workload.schedule, 2, NOW)
+    add_day(store, workload, d1)
+    add_day(store, workload, d2)
+    newest = build_dataset(store, workload, d2.date())
+
+    older = build_dataset(store, workload, d1.date())
+
+    latest = json.loads(store.fs.cat(store.path("datasets", workload.workload_id, "latest.json")))
+    assert older.dataset_id != newest.dataset_id
+    assert latest["dataset_id"] == newest.dataset_id
+    assert latest["last_day"] == d2.date().isoformat()

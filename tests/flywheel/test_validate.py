@@ -216,6 +216,7 @@ def test_validate_jsonl_debugs_a_batch_without_airflow(tmp_path: Path):
         start=start,
         end=end,
         rules=workload.data_quality,
+        source=workload.log_source,
         build_docs=False,
     )
 
