@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
-from flywheel.db.models import Dataset, RawPartition, Run, RunStage, ValidatedPartition, utcnow
+from flywheel.db.models import Base, Dataset, RawPartition, Run, RunStage, ValidatedPartition, utcnow
 
 if TYPE_CHECKING:
     from flywheel.datasets import DatasetResult
@@ -81,65 +81,73 @@ def _finish(metadata: MetadataConfig, handle: StageRecord, status: str, error: s
 
 def record_partition(metadata: MetadataConfig, result: ExtractionResult, run_id: int) -> None:
     """Insert or replace the ``raw_partitions`` row of the extracted workload and day."""
-    with session_scope(metadata) as session:
-        row = session.scalar(
-            select(RawPartition).where(
-                RawPartition.workload_id == result.workload_id, RawPartition.day == result.day
-            )
-        ) or RawPartition(workload_id=result.workload_id, day=result.day)
-        row.interval_start = result.interval_start
-        row.interval_end = result.interval_end
-        row.record_count = result.records
-        row.part_count = result.parts
-        row.byte_count = result.bytes
-        row.uri = result.uri
-        row.version = result.version
-        row.read_method = result.read_method
-        row.run_id = run_id
-        row.extracted_at = utcnow()
-        session.add(row)
+    _upsert(
+        metadata,
+        RawPartition,
+        {"workload_id": result.workload_id, "day": result.day},
+        interval_start=result.interval_start,
+        interval_end=result.interval_end,
+        record_count=result.records,
+        part_count=result.parts,
+        byte_count=result.bytes,
+        uri=result.uri,
+        version=result.version,
+        read_method=result.read_method,
+        run_id=run_id,
+        extracted_at=utcnow(),
+    )
 
 
 def record_validation(metadata: MetadataConfig, result: DayValidation, run_id: int | None) -> None:
     """Insert or replace the ``validated_partitions`` row of the validated workload and day."""
-    with session_scope(metadata) as session:
-        row = session.scalar(
-            select(ValidatedPartition).where(
-                ValidatedPartition.workload_id == result.workload_id, ValidatedPartition.day == result.day
-            )
-        ) or ValidatedPartition(workload_id=result.workload_id, day=result.day)
-        row.extracted = result.extracted
-        row.clean = result.clean
-        row.quarantined = result.quarantined
-        row.duplicates_in_day = result.duplicates_in_day
-        row.success = result.success
-        row.failed_expectations = result.failed_expectations
-        row.reasons = result.reasons
-        row.tool_shift = result.tool_shift
-        row.clean_uri = result.clean_uri
-        row.quarantine_uri = result.quarantine_uri
-        row.validation_uri = result.validation_uri
-        row.data_docs_uri = result.data_docs_uri
-        row.run_id = run_id
-        row.validated_at = utcnow()
-        session.add(row)
+    _upsert(
+        metadata,
+        ValidatedPartition,
+        {"workload_id": result.workload_id, "day": result.day},
+        extracted=result.extracted,
+        clean=result.clean,
+        quarantined=result.quarantined,
+        duplicates_in_day=result.duplicates_in_day,
+        success=result.success,
+        failed_expectations=result.failed_expectations,
+        reasons=result.reasons,
+        tool_shift=result.tool_shift,
+        clean_uri=result.clean_uri,
+        quarantine_uri=result.quarantine_uri,
+        validation_uri=result.validation_uri,
+        data_docs_uri=result.data_docs_uri,
+        run_id=run_id,
+        validated_at=utcnow(),
+    )
 
 
 def record_dataset(metadata: MetadataConfig, result: DatasetResult, run_id: int | None) -> None:
     """Insert (or, for an identical rebuild, refresh) the ``datasets`` row."""
+    _upsert(
+        metadata,
+        Dataset,
+        {"dataset_id": result.dataset_id},
+        workload_id=result.workload_id,
+        uri=result.uri,
+        manifest_uri=result.manifest_uri,
+        train_records=result.counts["train"],
+        validation_records=result.counts["validation"],
+        evaluation_records=result.counts["evaluation"],
+        duplicates_removed=result.duplicates_removed,
+        first_day=date.fromisoformat(result.first_day),
+        last_day=date.fromisoformat(result.last_day),
+        content_hash=result.content_hash,
+        config_hash=result.config_hash,
+        run_id=run_id,
+        created_at=utcnow(),
+    )
+
+
+def _upsert(metadata: MetadataConfig, model: type[Base], key: dict[str, Any], **values: Any) -> None:
+    """Update the row of ``model`` identified by ``key`` with ``values``, creating it if absent."""
     with session_scope(metadata) as session:
-        row = session.get(Dataset, result.dataset_id) or Dataset(dataset_id=result.dataset_id)
-        row.workload_id = result.workload_id
-        row.uri = result.uri
-        row.manifest_uri = result.manifest_uri
-        row.train_records = result.counts["train"]
-        row.validation_records = result.counts["validation"]
-        row.evaluation_records = result.counts["evaluation"]
-        row.duplicates_removed = result.duplicates_removed
-        row.first_day = date.fromisoformat(result.first_day)
-        row.last_day = date.fromisoformat(result.last_day)
-        row.content_hash = result.content_hash
-        row.config_hash = result.config_hash
-        row.run_id = run_id
-        row.created_at = utcnow()
+        conditions = [getattr(model, column) == value for column, value in key.items()]
+        row = session.scalar(select(model).where(*conditions)) or model(**key)
+        for column, value in values.items():
+            setattr(row, column, value)
         session.add(row)
