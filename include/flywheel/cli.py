@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from flywheel.config import ConfigError, load_config
+from flywheel.config import ConfigError, TrainingConfig, format_validation_error, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +71,22 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--workload", help="workload whose rules apply (default: the first configured)")
     validate.add_argument("--no-docs", action="store_true", help="skip building Data Docs")
     validate.set_defaults(handler=_validate)
+
+    train = commands.add_parser(
+        "train", help="fine-tune a LoRA adapter on a dataset (the job image's entrypoint)"
+    )
+    train.add_argument(
+        "--dataset", required=True, help="dataset URI (directory with train.jsonl, validation.jsonl)"
+    )
+    train.add_argument("--base-model", required=True, help="local dir, fsspec URL or 'smollm2-135m-instruct'")
+    train.add_argument(
+        "--output", required=True, help="output URI for the adapter, result.json, loss_curve.json"
+    )
+    train.add_argument(
+        "--training-config", help="YAML/JSON file with the training settings (default: defaults)"
+    )
+    train.add_argument("--max-steps", type=int, help="override max_steps")
+    train.set_defaults(handler=_train)
 
     demo = commands.add_parser("demo", help="the embedded default: demo traffic and the one-command demo")
     demo_commands = demo.add_subparsers(required=True)
@@ -175,6 +191,35 @@ def _validate(args: argparse.Namespace) -> int:
     if not result.success:
         print(f"batch failed: {', '.join(result.failed_expectations)}", file=sys.stderr)
     return 0 if result.success else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flywheel.training.trainer import run_training_job
+
+    settings = load_training_config(args.training_config)
+    if args.max_steps is not None:
+        settings = settings.model_copy(update={"max_steps": args.max_steps})
+    return run_training_job(args.dataset, args.base_model, settings, args.output)
+
+
+def load_training_config(path: str | None) -> TrainingConfig:
+    """Training settings from a YAML/JSON file (errors name the key), or the defaults."""
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    if path is None:
+        return TrainingConfig()
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return TrainingConfig.model_validate(raw or {})
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read training config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid training config\n{format_validation_error(exc)}") from None
 
 
 def _demo_seed(args: argparse.Namespace) -> int:

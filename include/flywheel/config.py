@@ -114,6 +114,39 @@ class DataQualityConfig(_Strict):
         return self
 
 
+class LoraSettings(_Strict):
+    """The LoRA adapter trained on top of a frozen base model."""
+
+    r: int = Field(16, ge=1, le=512)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt; 'all-linear' adapts every linear layer."
+    )
+
+
+class TrainingConfig(_Strict):
+    """Hyper-parameters of one fine-tuning job (``flywheel train --config``)."""
+
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; null: run `epochs` epochs.")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    lr_schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_seq_length: int = Field(2048, ge=32)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    seed: int = 0
+    eval_every_steps: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after N evaluations without a better validation loss; null: never."
+    )
+    gradient_checkpointing: bool = False
+    log_every_steps: int = Field(10, ge=1)
+
+
 class WorkloadConfig(_Strict):
     """One agent workload (an agent node, route or task) whose traffic trains its own student models."""
 

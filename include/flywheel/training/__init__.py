@@ -1,0 +1,1 @@
+"""Fine-tuning student models with LoRA: formatting, model store, trainer."""

@@ -1,0 +1,398 @@
+"""LoRA fine-tuning of a student model on a dataset's train / validation split (``flywheel train``).
+
+One job: read the dataset's chat-form JSONL, encode it with :mod:`flywheel.training.formatting` (loss
+on the assistant answer only), train a LoRA adapter with length-grouped batches (sequences of similar
+length share a batch, so almost no compute goes to padding), evaluate the validation loss
+periodically, stop early when it stops improving, and write the best adapter with its tokenizer,
+``result.json`` and ``loss_curve.json`` to the output URI. A failure writes ``error.json`` there
+instead, with an exit code that tells the orchestrator whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import posixpath
+import random
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import ConfigError, TrainingConfig
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+"""Bad configuration or inputs: retrying cannot help."""
+EXIT_OUT_OF_MEMORY = 3
+"""The accelerator ran out of memory: retrying the same job cannot help."""
+EXIT_FAILED = 1
+"""Any other failure, possibly transient (a lost node, a storage hiccup): worth a retry."""
+
+
+@dataclass
+class TrainResult:
+    """What a training job reports in ``result.json``."""
+
+    base_model: str
+    dataset: str
+    output: str
+    device: str
+    dtype: str
+    steps: int
+    epochs_completed: float
+    train_examples: int
+    validation_examples: int
+    truncated_examples: int
+    skipped_examples: int
+    tokens_seen: int
+    tokens_per_s: float
+    samples_per_s: float
+    padding_share: float
+    final_validation_loss: float | None
+    best_validation_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    wall_seconds: float
+    peak_memory_mb: float
+    trainable_parameters: int
+    config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingInputError(ValueError):
+    """The dataset or model cannot be trained on as given (empty split, unreadable file...)."""
+
+
+def config_hash(config: TrainingConfig, base_model: str) -> str:
+    import hashlib
+
+    payload = json.dumps({"config": config.model_dump(mode="json"), "base_model": base_model}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_training_job(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> int:
+    """Train and publish the outputs; on failure publish ``error.json``. Returns the process exit code."""
+    try:
+        result = train(dataset_uri, base_model, config, output_uri)
+    except BaseException as exc:
+        code = exit_code_for(exc)
+        _write_error(output_uri, exc, code)
+        log.error("training failed (exit %d): %s: %s", code, type(exc).__name__, exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return code
+    log.info("training finished: %s", json.dumps({k: v for k, v in asdict(result).items() if k != "config"}))
+    return 0
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of a failed job: the orchestrator fails fast on codes retrying cannot fix."""
+    if isinstance(exc, ConfigError | TrainingInputError | FileNotFoundError):
+        return EXIT_CONFIG
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return EXIT_OUT_OF_MEMORY
+    return EXIT_FAILED
+
+
+def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> TrainResult:
+    """Fine-tune ``base_model`` on the dataset at ``dataset_uri`` and write the adapter to ``output_uri``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    from flywheel.training.formatting import AnswerTooLongError, encode_for_training
+    from flywheel.training.models import default_cache_dir, resolve_base_model
+
+    started = time.perf_counter()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model_dir = resolve_base_model(base_model, default_cache_dir())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+
+    skipped = 0
+
+    def encode_split(name: str) -> tuple[list[tuple[list[int], list[int]]], int]:
+        nonlocal skipped
+        examples, truncated = [], 0
+        for record in _read_jsonl(posixpath.join(dataset_uri.rstrip("/"), f"{name}.jsonl")):
+            try:
+                encoded = encode_for_training(
+                    tokenizer, record["messages"], record.get("tools") or [], max_length=config.max_seq_length
+                )
+            except AnswerTooLongError:
+                skipped += 1  # the answer alone exceeds max_seq_length: nothing to learn from a cut answer
+                continue
+            truncated += encoded.truncated
+            examples.append((encoded.input_ids, encoded.labels))
+        return examples, truncated
+
+    train_set, truncated_train = encode_split("train")
+    validation_set, truncated_validation = encode_split("validation")
+    if skipped:
+        log.warning("%d examples skipped: their answer alone is longer than max_seq_length", skipped)
+    if not train_set:
+        raise TrainingInputError(f"{dataset_uri}: train.jsonl has no examples")
+
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    scheduler = get_scheduler(
+        config.lr_schedule,
+        optimizer,
+        num_warmup_steps=int(total_steps * config.warmup_ratio),
+        num_training_steps=total_steps,
+    )
+    pad_id = tokenizer.pad_token_id
+    curve: list[dict[str, Any]] = []
+    best_loss: float | None = None
+    best_step: int | None = None
+    best_state: dict[str, Any] | None = None
+    evaluations_without_gain = 0
+    stopped_early = False
+    tokens_seen = padded_tokens = samples_seen = 0
+    step = 0
+    train_started = time.perf_counter()
+    batches = _length_grouped_batches(train_set, config.batch_size, seed=config.seed)
+    model.train()
+    while step < total_steps:
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(config.gradient_accumulation):
+            batch = next(batches)
+            inputs = _collate(batch, pad_id, device)
+            real = int(inputs["attention_mask"].sum())
+            tokens_seen += real
+            padded_tokens += inputs["attention_mask"].numel() - real
+            samples_seen += len(batch)
+            loss = model(**inputs).loss / config.gradient_accumulation
+            loss.backward()
+            step_loss += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        elapsed = time.perf_counter() - train_started
+        point: dict[str, Any] = {
+            "step": step,
+            "train_loss": round(step_loss, 5),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        if step % config.log_every_steps == 0 or step == total_steps:
+            eta = elapsed / step * (total_steps - step)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.0f tokens/s eta %.0fs",
+                step,
+                total_steps,
+                step_loss,
+                point["lr"],
+                tokens_seen / elapsed,
+                eta,
+            )
+        if validation_set and (step % config.eval_every_steps == 0 or step == total_steps):
+            validation_loss = _validation_loss(model, validation_set, config.batch_size, pad_id, device)
+            point["validation_loss"] = round(validation_loss, 5)
+            log.info("step %d validation loss %.4f", step, validation_loss)
+            if best_loss is None or validation_loss < best_loss:
+                best_loss, best_step, evaluations_without_gain = validation_loss, step, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+            else:
+                evaluations_without_gain += 1
+                if (
+                    config.early_stopping_patience
+                    and evaluations_without_gain >= config.early_stopping_patience
+                ):
+                    curve.append(point)
+                    stopped_early = True
+                    log.info(
+                        "early stop at step %d: no better validation loss for %d evaluations",
+                        step,
+                        evaluations_without_gain,
+                    )
+                    break
+        curve.append(point)
+    train_seconds = time.perf_counter() - train_started
+    final_loss = next((p["validation_loss"] for p in reversed(curve) if "validation_loss" in p), None)
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+
+    result = TrainResult(
+        base_model=base_model,
+        dataset=dataset_uri,
+        output=output_uri,
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        steps=step,
+        epochs_completed=round(samples_seen / len(train_set), 3),
+        train_examples=len(train_set),
+        validation_examples=len(validation_set),
+        truncated_examples=truncated_train + truncated_validation,
+        skipped_examples=skipped,
+        tokens_seen=tokens_seen,
+        tokens_per_s=round(tokens_seen / train_seconds, 1),
+        samples_per_s=round(samples_seen / train_seconds, 2),
+        padding_share=round(padded_tokens / max(1, tokens_seen + padded_tokens), 4),
+        final_validation_loss=final_loss,
+        best_validation_loss=None if best_loss is None else round(best_loss, 5),
+        best_step=best_step,
+        stopped_early=stopped_early,
+        wall_seconds=round(time.perf_counter() - started, 2),
+        peak_memory_mb=_peak_memory_mb(device),
+        trainable_parameters=trainable,
+        config_hash=config_hash(config, base_model),
+        config=config.model_dump(mode="json"),
+    )
+    _publish(model, tokenizer, result, curve, output_uri)
+    return result
+
+
+def _read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise TrainingInputError(f"{uri}:{number}: not JSON ({exc.msg})") from None
+    except FileNotFoundError:
+        raise TrainingInputError(f"{uri} does not exist") from None
+
+
+def _length_grouped_batches(
+    examples: list[tuple[list[int], list[int]]], batch_size: int, *, seed: int
+) -> Iterator[list[tuple[list[int], list[int]]]]:
+    """Endless batches of similar-length examples, reshuffled every epoch.
+
+    Each epoch shuffles the examples, sorts windows of 64 batches by length, cuts them into batches and
+    shuffles the batch order: padding stays small while the order stays random.
+    """
+    rng = random.Random(seed)
+    window = batch_size * 64
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: len(examples[i][0]))
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield [examples[i] for i in batch]
+
+
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, label) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(label)] = torch.tensor(label)
+        attention[row, : len(ids)] = 1
+    return {
+        "input_ids": input_ids.to(device),
+        "labels": labels.to(device),
+        "attention_mask": attention.to(device),
+    }
+
+
+def _validation_loss(
+    model: Any, examples: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, device: str
+) -> float:
+    """Mean loss per supervised token over the whole validation split."""
+    import torch
+
+    model.eval()
+    total = weight = 0.0
+    ordered = sorted(examples, key=lambda e: len(e[0]))
+    with torch.no_grad():
+        for start in range(0, len(ordered), batch_size):
+            batch = ordered[start : start + batch_size]
+            inputs = _collate(batch, pad_id, device)
+            supervised = int((inputs["labels"][:, 1:] != -100).sum())
+            if supervised:
+                total += float(model(**inputs).loss) * supervised
+                weight += supervised
+    model.train()
+    return total / weight if weight else float("nan")
+
+
+def _peak_memory_mb(device: str) -> float:
+    import resource
+
+    if device == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _publish(
+    model: Any, tokenizer: Any, result: TrainResult, curve: list[dict[str, Any]], output_uri: str
+) -> None:
+    """Write adapter, tokenizer, loss curve and result.json; result.json last, as the completion marker."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output_uri)
+    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as tmp:
+        local = Path(tmp)
+        model.save_pretrained(local / "adapter")
+        tokenizer.save_pretrained(local / "adapter")
+        (local / "loss_curve.json").write_text(json.dumps(curve, indent=1))
+        fs.makedirs(root, exist_ok=True)
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                target = posixpath.join(root, path.relative_to(local).as_posix())
+                fs.makedirs(posixpath.dirname(target), exist_ok=True)
+                fs.put_file(str(path), target)
+    fs.pipe_file(posixpath.join(root, "result.json"), json.dumps(asdict(result), indent=2).encode())
+
+
+def _write_error(output_uri: str, exc: BaseException, code: int) -> None:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(output_uri)
+        fs.makedirs(root, exist_ok=True)
+        payload = {
+            "error": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "exit_code": code,
+            "retryable": code == EXIT_FAILED,
+            "traceback": traceback.format_exception(exc)[-5:],
+        }
+        fs.pipe_file(posixpath.join(root, "error.json"), json.dumps(payload, indent=2).encode())
+    except Exception as write_error:
+        log.error("could not write error.json to %s: %s", output_uri, write_error)

@@ -1,0 +1,170 @@
+"""The LoRA trainer on CPU: a tiny Llama through the same code path as real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import TrainingConfig, load_config
+from flywheel.datasets import build_dataset
+from flywheel.demo.seed import write_raw_partition
+from flywheel.storage import ArtifactStore
+from flywheel.training.models import SMOLLM2, write_tiny_llama
+from flywheel.training.trainer import EXIT_CONFIG, _collate, _length_grouped_batches, train
+from flywheel.validate import validate_day
+
+START = datetime(2026, 11, 20, 2, tzinfo=UTC)
+FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
+
+
+@pytest.fixture(scope="module")
+def dataset_uri(tmp_path_factory) -> str:
+    """A real dataset built by the pipeline from one day of router traffic."""
+    root = tmp_path_factory.mktemp("dataset")
+    workload = load_config().workload("customer_support_router")
+    store = ArtifactStore(str(root / "artifacts"))
+    write_raw_partition(store, workload, start=START, end=START + timedelta(days=1), count=200, seed=4)
+    validate_day(
+        store,
+        workload_id=workload.workload_id,
+        start=START,
+        end=START + timedelta(days=1),
+        rules=workload.data_quality,
+        build_docs=False,
+    )
+    return build_dataset(store, workload, START.date()).uri
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    # SmolLM2's real tokenizer and chat template on a tiny random Llama.
+    return str(write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", SMOLLM2))
+
+
+def test_training_reduces_validation_loss_and_writes_every_output(dataset_uri, tiny_model, tmp_path):
+    # Short sequences keep the test fast: the prompt is cut from the left, the answer is always kept.
+    config = TrainingConfig(
+        max_steps=15,
+        batch_size=4,
+        learning_rate=5e-3,
+        eval_every_steps=5,
+        early_stopping_patience=None,
+        max_seq_length=256,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+    )
+    output = tmp_path / "out"
+
+    result = train(dataset_uri, tiny_model, config, str(output))
+
+    curve = json.loads((output / "loss_curve.json").read_text())
+    evaluated = [p["validation_loss"] for p in curve if "validation_loss" in p]
+    assert len(evaluated) == 3
+    assert evaluated[-1] < evaluated[0]
+    assert result.best_validation_loss == min(evaluated)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"):
+        assert (output / "adapter" / name).exists(), name
+    written = json.loads((output / "result.json").read_text())
+    assert written["steps"] == 15
+    assert written["tokens_seen"] > 0
+    assert written["tokens_per_s"] > 0
+    assert 0 <= written["padding_share"] < 0.35
+    assert written["truncated_examples"] > 0
+    assert written["trainable_parameters"] > 0
+    assert written["dtype"] == "float32"
+
+
+def test_batched_loss_equals_token_weighted_per_example_loss(tiny_model, dataset_uri):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.training.formatting import encode_for_training
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    lines = (Path(dataset_uri.removeprefix("file://")) / "train.jsonl").read_text().splitlines()[:4]
+    examples = []
+    for line in lines:
+        record = json.loads(line)
+        encoded = encode_for_training(tokenizer, record["messages"], record["tools"], max_length=1024)
+        examples.append((encoded.input_ids, encoded.labels))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    with torch.no_grad():
+        batched = float(model(**_collate(examples, pad, "cpu")).loss)
+        total = weight = 0.0
+        for example in examples:
+            inputs = _collate([example], pad, "cpu")
+            supervised = int((inputs["labels"][:, 1:] != -100).sum())
+            total += float(model(**inputs).loss) * supervised
+            weight += supervised
+
+    # Padding never leaks into another example's tokens: the batch is the sum of its parts.
+    assert batched == pytest.approx(total / weight, rel=1e-4)
+
+
+def test_length_grouping_cuts_padding():
+    import random
+
+    rng = random.Random(0)
+    examples = [([1] * rng.randint(50, 2000), [1]) for _ in range(512)]
+
+    def padding(batches) -> float:
+        padded = real = 0
+        for _ in range(64):
+            batch = next(batches)
+            width = max(len(ids) for ids, _ in batch)
+            real += sum(len(ids) for ids, _ in batch)
+            padded += width * len(batch)
+        return 1 - real / padded
+
+    def random_batches():
+        while True:
+            yield rng.sample(examples, 8)
+
+    grouped = padding(_length_grouped_batches(examples, 8, seed=0))
+    assert grouped < 0.05
+    assert grouped < padding(random_batches()) / 5
+
+
+def test_a_bad_dataset_fails_with_a_config_exit_code_and_error_json(tiny_model, tmp_path):
+    output = tmp_path / "out"
+    process = subprocess.run(
+        [
+            FLYWHEEL,
+            "train",
+            "--dataset",
+            str(tmp_path / "missing"),
+            "--base-model",
+            tiny_model,
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+    assert process.returncode == EXIT_CONFIG
+    error = json.loads((output / "error.json").read_text())
+    assert error["error"] == "TrainingInputError"
+    assert error["retryable"] is False
+    assert "train.jsonl does not exist" in error["message"]
+
+
+@pytest.mark.slow
+def test_smollm2_fine_tunes_on_cpu(dataset_uri, tmp_path):
+    config = TrainingConfig(
+        max_steps=24, batch_size=4, learning_rate=2e-4, eval_every_steps=12, max_seq_length=1024
+    )
+
+    result = train(dataset_uri, SMOLLM2, config, str(tmp_path / "smollm2"))
+
+    curve = json.loads((tmp_path / "smollm2" / "loss_curve.json").read_text())
+    evaluated = [p["validation_loss"] for p in curve if "validation_loss" in p]
+    assert evaluated[-1] < evaluated[0]
+    assert result.best_validation_loss == min(evaluated)
+    assert (tmp_path / "smollm2" / "adapter" / "adapter_model.safetensors").exists()
