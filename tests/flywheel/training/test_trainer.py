@@ -157,8 +157,14 @@ def test_a_bad_dataset_fails_with_a_config_exit_code_and_error_json(tiny_model, 
 
 @pytest.mark.slow
 def test_smollm2_fine_tunes_on_cpu(dataset_uri, tmp_path):
+    # A couple of dozen sequences: minutes on 2 CPU cores for a 135M-parameter model.
     config = TrainingConfig(
-        max_steps=24, batch_size=4, learning_rate=2e-4, eval_every_steps=12, max_seq_length=1024
+        max_steps=12,
+        batch_size=2,
+        learning_rate=3e-4,
+        eval_every_steps=6,
+        max_seq_length=384,
+        log_every_steps=2,
     )
 
     result = train(dataset_uri, SMOLLM2, config, str(tmp_path / "smollm2"))
