@@ -234,6 +234,22 @@ _decode = msgspec.json.Decoder().decode
 _json_text = msgspec.json.Encoder().encode
 
 
+def batches_of_hits(
+    hits: Iterable[Hit], source: LogSourceConfig, chunk_rows: int = 5_000
+) -> Iterator[pa.RecordBatch]:
+    """Raw batches (RAW_SCHEMA) from hits that did not come out of a search (a JSONL file, generated
+    demo traffic), converted exactly as extraction converts a page."""
+    fields = SourceFields(source)
+    page: list[Hit] = []
+    for hit in hits:
+        page.append(hit)
+        if len(page) == chunk_rows:
+            yield fields.to_batch(page)
+            page = []
+    if page:
+        yield fields.to_batch(page)
+
+
 def _as_text(raw: msgspec.Raw) -> str | None:
     """A routing field as text: strings as they are, JSON null as None, anything else as its JSON."""
     value = _decode(raw)

@@ -470,26 +470,23 @@ def iter_jsonl_batches(
     """Raw record batches from JSONL lines of Elasticsearch ``_source`` documents (``flywheel validate``).
 
     Each line goes through the extractor's own conversion, so a file validates exactly as the same
-    documents would after extraction. A line that is not a JSON object becomes a record with no
-    fields (quarantined by the rules), never an exception.
+    documents would after extraction. A line that is not a JSON object becomes a record holding the
+    line as an extra field (quarantined by the rules), never an exception.
     """
-    from flywheel.extract import SourceFields
+    from flywheel.extract import batches_of_hits
     from flywheel.logstore import Hit
 
-    fields = SourceFields(source)
     decode = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-    page: list[Hit] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            source = decode(line)
-        except msgspec.DecodeError:
-            # Kept (as an extra field) so the quarantine record shows what the line held.
-            source = {"unparseable_line": msgspec.Raw(_encode(line.decode("utf-8", errors="replace")))}
-        page.append(Hit(index=source_name, id=f"line-{number}", source=source))
-        if len(page) == chunk_rows:
-            yield fields.to_batch(page)
-            page = []
-    if page:
-        yield fields.to_batch(page)
+
+    def hits() -> Iterator[Hit]:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                document = decode(line)
+            except msgspec.DecodeError:
+                # Kept (as an extra field) so the quarantine record shows what the line held.
+                document = {"unparseable_line": msgspec.Raw(_encode(line.decode("utf-8", errors="replace")))}
+            yield Hit(index=source_name, id=f"line-{number}", source=document)
+
+    return batches_of_hits(hits(), source, chunk_rows)

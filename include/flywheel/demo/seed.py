@@ -210,12 +210,11 @@ def write_raw_partition(
     """
     import msgspec
 
-    from flywheel.extract import PartWriter, SourceFields, partition_day
+    from flywheel.extract import PartWriter, batches_of_hits, partition_day
     from flywheel.logstore import Hit
 
     raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
     encode = msgspec.json.Encoder().encode
-    fields = SourceFields(workload.log_source)
     traffic = generate_traffic(
         kind=DEMO_WORKLOADS[workload.workload_id].kind,
         workload_id=workload.workload_id,
@@ -225,17 +224,13 @@ def write_raw_partition(
         seed=seed,
         client_ids=workload.client_ids or list(DEFAULT_CLIENT_IDS),
     )
+    hits = (
+        Hit(index="demo", id=f"{start:%Y%m%d}-{number}", source=raw_source(encode(record.source)))
+        for number, record in enumerate(traffic)
+    )
     with store.stage_partition(workload.workload_id, partition_day(start)) as staged:
         writer = PartWriter(store, staged.part_path)
-        page: list[Hit] = []
-        for number, record in enumerate(traffic):
-            page.append(
-                Hit(index="demo", id=f"{start:%Y%m%d}-{number}", source=raw_source(encode(record.source)))
-            )
-            if len(page) == 5_000:
-                writer.write(fields.to_batch(page))
-                page = []
-        if page:
-            writer.write(fields.to_batch(page))
+        for batch in batches_of_hits(hits, workload.log_source):
+            writer.write(batch)
         writer.close()
         return store.commit_partition(staged, {"records": writer.rows, "interval_start": start.isoformat()})
