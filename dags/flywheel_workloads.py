@@ -17,11 +17,14 @@ from airflow.sdk import (
     Param,
     RetryAction,
     RetryRule,
+    TriggerRule,
+    XComArg,
     task,
 )
+from airflow.sdk.definitions.mappedoperator import MappedOperator
 
 from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
-from flywheel.errors import DataQualityError
+from flywheel.errors import DataQualityError, NonRetryableJobError, TrainingFailedError
 from flywheel.intervals import run_interval
 
 DOC_MD = """
@@ -41,6 +44,13 @@ Tasks, in order:
    (`validated_partitions` row). Fails when a batch expectation fails.
 3. `build_dataset`: the last {window} validated days de-duplicated and split into train, validation
    and evaluation files with a manifest under `datasets/{workload_id}/<dataset_id>/` (`datasets` row).
+4. `plan_training`: one training job per candidate base model ({candidates}).
+5. `train` (mapped, one task per candidate, labelled with its candidate id): `flywheel train` on the
+   **{backend}** compute backend ({backend_doc}); the adapter, `result.json` and the loss curve land
+   under `runs/{workload_id}/<day>/train/<candidate_id>/`. A job that fails with a bad configuration
+   or out of memory is not retried.
+6. `collect_training`: reads every candidate's `result.json` / `error.json` from the artifact store
+   (never XCom) and records the `train` stage; fails only when no candidate produced an adapter.
 
 **Log source**: index `{index}` on connection `{conn_id}`{clients}.
 **Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
@@ -64,8 +74,19 @@ RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
         RetryRule(exception=ConfigError, action=RetryAction.FAIL, reason="configuration error"),
         RetryRule(exception=DataQualityError, action=RetryAction.FAIL, reason="data quality failed"),
+        RetryRule(
+            exception=NonRetryableJobError,
+            action=RetryAction.FAIL,
+            reason="job failed with bad configuration or out of memory",
+        ),
+        RetryRule(exception=TrainingFailedError, action=RetryAction.FAIL, reason="every candidate failed"),
     ]
 )
+
+BACKEND_DOCS = {
+    "local": "a subprocess of the worker, output streamed into this log",
+    "kubernetes": "a GPU pod from `k8s_templates/train-pod.yaml`, logs streamed into this log",
+}
 
 
 def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
@@ -92,6 +113,11 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             clients=f", clients {', '.join(workload.client_ids)}" if workload.client_ids else ", all clients",
             artifact_root=config.artifact_store.root,
             window=workload.training_window_days,
+            candidates=", ".join(
+                f"`{c.candidate_id}`: `{c.base_model}`" for c in workload.training.candidates
+            ),
+            backend=config.compute.backend,
+            backend_doc=BACKEND_DOCS[config.compute.backend],
         ),
         default_args={
             "owner": defaults.owner,
@@ -165,8 +191,53 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 try_number=ti.try_number,
             )
 
-        build_dataset(validate(extract()))
+        @task(task_id="plan_training", doc_md="One training job per candidate base model.")
+        def plan_training(dataset: dict, run_id=None) -> list[dict]:
+            from flywheel import tasks
+
+            return tasks.plan_training(load_config(), workload_id, dataset, dag_run_id=run_id)
+
+        @task(
+            task_id="collect_training",
+            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+            doc_md="Read and record every candidate's training result from the artifact store.",
+        )
+        def collect_training(dataset: dict, jobs: list[dict], run_id=None, ti=None) -> dict:
+            from flywheel import tasks
+
+            return tasks.collect_training(
+                load_config(), workload_id, dataset, jobs, dag_run_id=run_id, try_number=ti.try_number
+            )
+
+        dataset = build_dataset(validate(extract()))
+        jobs = plan_training(dataset)
+        train_jobs(config, jobs) >> collect_training(dataset, jobs)
     return dag
+
+
+def train_jobs(config: FlywheelConfig, jobs: XComArg) -> XComArg | MappedOperator:
+    """The mapped ``train`` task on the configured compute backend: one task per planned job."""
+    doc_md = "Fine-tune one candidate's LoRA adapter (`flywheel train`); results go to the artifact store."
+    if config.compute.backend == "kubernetes":
+        from flywheel.pods import FlywheelJobPodOperator, job_pod_arguments, job_pod_defaults
+
+        return FlywheelJobPodOperator.partial(
+            task_id="train",
+            doc_md=doc_md,
+            map_index_template="{{ task.labels['flywheel.io/candidate'] }}",
+            **job_pod_defaults(config.compute.kubernetes, "train"),
+        ).expand_kwargs(jobs.map(job_pod_arguments))
+
+    @task(task_id="train", doc_md=doc_md, map_index_template="{{ candidate_id }}")
+    def train(job: dict) -> None:
+        from airflow.sdk import get_current_context
+
+        from flywheel import tasks
+
+        get_current_context()["candidate_id"] = job["labels"]["flywheel.io/candidate"]
+        tasks.train_local(job)
+
+    return train.expand(job=jobs)
 
 
 _config = load_config()

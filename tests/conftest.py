@@ -50,13 +50,33 @@ def log_store() -> Iterator[object]:
         yield store
 
 
+TINY_MODEL_DIR = _SESSION_HOME / "tiny-llama"
+"""Where the ``tiny_model`` fixture writes the tiny random Llama that test configs train."""
+
+TEST_TRAINING = {
+    "settings": {
+        "max_steps": 2,
+        "batch_size": 2,
+        "max_seq_length": 256,
+        "eval_every_steps": 2,
+        "max_validation_examples": 4,
+        "log_every_steps": 1,
+    },
+    "candidates": [{"candidate_id": "tiny", "base_model": str(TINY_MODEL_DIR)}],
+}
+"""Training block of test configs: two steps of the tiny model (tests that train need ``tiny_model``)."""
+
+
 def write_config(directory: Path, **workload_overrides: object) -> Path:
-    """A config file like the project's, with its artifact store and metadata DB inside ``directory``."""
+    """A config file like the project's, with its artifact store and metadata DB inside ``directory``.
+
+    Workloads train the tiny test model for two steps unless ``training`` is overridden.
+    """
     raw = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "flywheel.yaml").read_text())
     raw["artifact_store"] = {"root": str(directory / "artifacts")}
     raw["metadata"] = {"url": f"sqlite:///{directory / 'flywheel.db'}"}
     for workload in raw["workloads"]:
-        workload.update(workload_overrides)
+        workload.update({"training": TEST_TRAINING, **workload_overrides})
     path = directory / "flywheel.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -74,6 +94,16 @@ def flywheel_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     config = load_config(path)
     upgrade(get_engine(config.metadata))
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """A tiny randomly initialised Llama with SmolLM2's real tokenizer and chat template, written once."""
+    from flywheel.training.models import SMOLLM2, write_tiny_llama
+
+    if not (TINY_MODEL_DIR / "config.json").is_file():
+        write_tiny_llama(TINY_MODEL_DIR, SMOLLM2)
+    return str(TINY_MODEL_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         "--output", required=True, help="output URI for the adapter, result.json, loss_curve.json"
     )
     train.add_argument(
-        "--training-config", help="YAML/JSON file with the training settings (default: defaults)"
+        "--training-config",
+        help="training settings: a YAML/JSON file, or a JSON object inline (default: the defaults)",
     )
     train.add_argument("--max-steps", type=int, help="override max_steps")
     train.set_defaults(handler=_train)
@@ -194,32 +195,40 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flywheel.training.trainer import run_training_job
+    from flywheel.training.trainer import EXIT_CONFIG, run_training_job, write_error
 
-    settings = load_training_config(args.training_config)
+    try:
+        settings = load_training_config(args.training_config)
+    except ConfigError as exc:
+        # The orchestrator reads the failure from the output URI, whatever stage it happened in.
+        write_error(args.output, exc, EXIT_CONFIG)
+        raise
     if args.max_steps is not None:
         settings = settings.model_copy(update={"max_steps": args.max_steps})
     return run_training_job(args.dataset, args.base_model, settings, args.output)
 
 
-def load_training_config(path: str | None) -> TrainingConfig:
-    """Training settings from a YAML/JSON file (errors name the key), or the defaults."""
+def load_training_config(source: str | None) -> TrainingConfig:
+    """Training settings from a YAML/JSON file or an inline JSON object (errors name the key)."""
+    import json
     from pathlib import Path
 
     import yaml
     from pydantic import ValidationError
 
-    if path is None:
+    if source is None:
         return TrainingConfig()
+    inline = source.lstrip().startswith("{")
+    where = "--training-config" if inline else source
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = json.loads(source) if inline else yaml.safe_load(Path(source).read_text(encoding="utf-8"))
         return TrainingConfig.model_validate(raw or {})
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read training config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{where}: cannot read training config ({exc.strerror})") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where}: invalid {'JSON' if inline else 'YAML'}: {exc}") from None
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid training config\n{format_validation_error(exc)}") from None
+        raise ConfigError(f"{where}: invalid training config\n{format_validation_error(exc)}") from None
 
 
 def _demo_seed(args: argparse.Namespace) -> int:

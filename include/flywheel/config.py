@@ -140,11 +140,73 @@ class TrainingConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     seed: int = 0
     eval_every_steps: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")
+    max_validation_examples: int | None = Field(
+        None, ge=1, description="Validation loss on the split's first N examples; null: all of them."
+    )
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after N evaluations without a better validation loss; null: never."
     )
     gradient_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
+
+
+CANDIDATE_ID_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,38}[a-z0-9])?$"
+"""Candidate ids become path segments, Kubernetes label values and map-index labels: 40 characters at most."""
+
+
+class CandidateConfig(_Strict):
+    """One candidate base model of a workload: the run trains one LoRA adapter on it (a challenger)."""
+
+    candidate_id: Annotated[str, Field(pattern=CANDIDATE_ID_PATTERN)]
+    base_model: str = Field(
+        ...,
+        min_length=1,
+        description="Checkpoint dir, fsspec URL, hub id or alias ('smollm2-135m-instruct').",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the workload's training settings for this candidate."
+    )
+
+
+class WorkloadTrainingConfig(_Strict):
+    """What a workload's run trains: shared settings and the candidate base models."""
+
+    settings: TrainingConfig = Field(default_factory=TrainingConfig)
+    candidates: list[CandidateConfig] = Field(
+        default_factory=lambda: [
+            CandidateConfig(candidate_id="smollm2-135m", base_model="smollm2-135m-instruct")
+        ],
+        min_length=1,
+    )
+
+    @model_validator(mode="after")
+    def _candidates_valid(self) -> WorkloadTrainingConfig:
+        seen: set[str] = set()
+        for i, candidate in enumerate(self.candidates):
+            if candidate.candidate_id in seen:
+                raise ValueError(f"candidates[{i}].candidate_id: {candidate.candidate_id!r} is defined twice")
+            seen.add(candidate.candidate_id)
+            try:
+                self.settings_for(candidate)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"candidates[{i}].settings.{_dotted(e['loc'])}: {e['msg']}"
+                    for e in exc.errors(include_url=False)
+                )
+                raise ValueError(problems) from None
+        return self
+
+    def settings_for(self, candidate: CandidateConfig) -> TrainingConfig:
+        """The workload's settings with the candidate's overrides applied (nested blocks merged)."""
+        return TrainingConfig.model_validate(_deep_merge(self.settings.model_dump(), candidate.settings))
+
+    def candidate(self, candidate_id: str) -> CandidateConfig:
+        """The candidate with this id; ConfigError naming the known ids otherwise."""
+        for candidate in self.candidates:
+            if candidate.candidate_id == candidate_id:
+                return candidate
+        known = ", ".join(c.candidate_id for c in self.candidates)
+        raise ConfigError(f"unknown candidate_id {candidate_id!r}; configured: {known}")
 
 
 class WorkloadConfig(_Strict):
@@ -164,6 +226,7 @@ class WorkloadConfig(_Strict):
     max_active_runs: int = Field(1, ge=1, le=16)
     training_window_days: int = Field(7, ge=1, le=365)
     data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
+    training: WorkloadTrainingConfig = Field(default_factory=WorkloadTrainingConfig)
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("client_ids")
@@ -215,12 +278,69 @@ class MetadataConfig(_Strict):
         return value or None
 
 
+class SecretEnvConfig(_Strict):
+    """One environment variable of job pods read from a key of a Kubernetes Secret."""
+
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    secret: str = Field(..., min_length=1, description="Name of the Kubernetes Secret.")
+    key: str = Field(..., min_length=1, description="Key inside the Secret.")
+
+
+class KubernetesComputeConfig(_Strict):
+    """How job pods are started on Kubernetes (KubernetesPodOperator; docs: k8s_templates/README.md)."""
+
+    conn_id: str = Field("kubernetes_default", description="Airflow connection of the cluster.")
+    in_cluster: bool | None = Field(
+        None, description="Use the worker's service account; null: the connection."
+    )
+    namespace: str = Field("flywheel", min_length=1)
+    image: str = Field(..., min_length=1, description="The job image (Dockerfile target `job`), pinned.")
+    pod_template_dir: str = Field(
+        str(PROJECT_ROOT / "k8s_templates"), description="Folder of train-pod.yaml and evaluate-pod.yaml."
+    )
+    service_account_name: str | None = None
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="GPU node labels, e.g. nvidia.com/gpu.product."
+    )
+    startup_timeout_seconds: int = Field(900, ge=30, description="Scheduled pod to running (image pull).")
+    schedule_timeout_seconds: int = Field(
+        3600, ge=30, description="Pending pod to scheduled (a GPU node may have to scale up)."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=60, description="Kill a job pod after this long; null: the template's value."
+    )
+    on_finish_action: Literal["delete_pod", "delete_succeeded_pod", "keep_pod"] = Field(
+        "delete_succeeded_pod", description="Failed pods stay for inspection until cleaned up by label."
+    )
+    secret_env: list[SecretEnvConfig] = Field(
+        default_factory=list, description="Extra environment variables from Kubernetes Secrets."
+    )
+
+
+class ComputeConfig(_Strict):
+    """Where heavy jobs (training, evaluation) run: pods on Kubernetes or local processes."""
+
+    backend: Literal["local", "kubernetes"] = "local"
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Non-secret environment of every job, on both backends (secrets: kubernetes.secret_env).",
+    )
+    kubernetes: KubernetesComputeConfig | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_block_when_used(self) -> ComputeConfig:
+        if self.backend == "kubernetes" and self.kubernetes is None:
+            raise ValueError("kubernetes: required when backend is 'kubernetes'")
+        return self
+
+
 class FlywheelConfig(_Strict):
     """The whole configuration file."""
 
     artifact_store: ArtifactStoreConfig
     metadata: MetadataConfig
     airflow: AirflowDefaults = Field(default_factory=AirflowDefaults)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     workloads: list[WorkloadConfig] = Field(..., min_length=1)
 
     @model_validator(mode="after")
@@ -286,6 +406,16 @@ def format_validation_error(exc: ValidationError) -> str:
         got = "" if error["type"] in ("missing", "value_error") else f" (got {error['input']!r})"
         lines.append(f"  - {key}: {reason}{got}")
     return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

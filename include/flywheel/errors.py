@@ -7,3 +7,23 @@ class DataQualityError(RuntimeError):
 
 class AccountingError(RuntimeError):
     """Records were lost or invented between extraction and validation; nothing was committed."""
+
+
+class JobFailedError(RuntimeError):
+    """A job (``flywheel train`` ...) exited non-zero; a retry may help (a lost node, a storage hiccup).
+
+    ``error`` is the job's own ``error.json`` when it wrote one.
+    """
+
+    def __init__(self, message: str, *, exit_code: int | None, error: dict | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.error = error
+
+
+class NonRetryableJobError(JobFailedError):
+    """A job failed in a way the same job cannot fix on retry: bad configuration or inputs, out of memory."""
+
+
+class TrainingFailedError(RuntimeError):
+    """No candidate of the run produced an adapter."""

@@ -8,7 +8,7 @@ tests. Each function records its stage in the metadata database and returns a sm
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from flywheel.config import FlywheelConfig
@@ -150,11 +150,107 @@ def build_dataset(
     with record_stage(config.metadata, run_id, "build_dataset", try_number) as stage:
         result = build(_store(config), workload, partition_day(interval_start))
         record_dataset(config.metadata, result, run_id)
-        stage.summary = result.to_dict()
+        stage.summary = {
+            **result.to_dict(),
+            "interval_start": interval_start.isoformat(),
+            "interval_end": interval_end.isoformat(),
+        }
     log.info(
         "dataset %s: %s, %d duplicates removed", result.dataset_id, result.counts, result.duplicates_removed
     )
     return stage.summary
+
+
+def plan_training(
+    config: FlywheelConfig, workload_id: str, dataset: dict[str, Any], *, dag_run_id: str
+) -> list[dict[str, Any]]:
+    """One training job per candidate of the workload, on the dataset ``build_dataset`` summarised.
+
+    Returns the jobs as plain dicts (the XCom that the mapped ``train`` task expands over).
+    """
+    from flywheel.compute import train_job
+
+    workload = config.workload(workload_id)
+    day = date.fromisoformat(dataset["last_day"])
+    jobs = [
+        train_job(config, workload, candidate, dataset_uri=dataset["uri"], day=day, dag_run_id=dag_run_id)
+        for candidate in workload.training.candidates
+    ]
+    for job in jobs:
+        log.info("%s: %s -> %s", job.name, job.labels["flywheel.io/candidate"], job.output_uri)
+    return [job.to_dict() for job in jobs]
+
+
+def train_local(job: dict[str, Any]) -> None:
+    """Run one planned training job as a local process (the ``local`` compute backend)."""
+    from flywheel.compute import JobSpec, run_local
+
+    run_local(JobSpec.from_dict(job), logger=log)
+
+
+def collect_training(
+    config: FlywheelConfig,
+    workload_id: str,
+    dataset: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    *,
+    dag_run_id: str,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Read every candidate's ``result.json`` (or ``error.json``) from the artifact store and record them.
+
+    Runs once all training jobs have finished, whatever their outcome. Raises TrainingFailedError when
+    no candidate produced an adapter; a run with some failed candidates goes on with the others.
+    """
+    from flywheel.compute import JobSpec, read_job_file
+    from flywheel.errors import TrainingFailedError
+
+    interval_start = datetime.fromisoformat(dataset["interval_start"])
+    interval_end = datetime.fromisoformat(dataset["interval_end"])
+    run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
+    with record_stage(config.metadata, run_id, "train", try_number) as stage:
+        candidates = []
+        for spec in map(JobSpec.from_dict, jobs):
+            result = read_job_file(spec.output_uri, "result.json")
+            error = None if result else read_job_file(spec.output_uri, "error.json")
+            entry: dict[str, Any] = {
+                "candidate_id": spec.labels["flywheel.io/candidate"],
+                "output_uri": spec.output_uri,
+                "status": "succeeded" if result else "failed",
+            }
+            if result:
+                entry |= {
+                    "adapter_uri": f"{spec.output_uri}/adapter",
+                    **{key: result[key] for key in _TRAIN_FIGURES},
+                }
+            else:
+                entry["error"] = error or {"error": "NoOutput", "message": "the job wrote no result.json"}
+            candidates.append(entry)
+            log.info(
+                "candidate %s: %s", entry["candidate_id"], {k: v for k, v in entry.items() if k != "error"}
+            )
+        stage.summary = {
+            "dataset_id": dataset["dataset_id"],
+            "candidates": candidates,
+            "succeeded": sum(c["status"] == "succeeded" for c in candidates),
+            "failed": sum(c["status"] == "failed" for c in candidates),
+        }
+        if not stage.summary["succeeded"]:
+            failures = "; ".join(f"{c['candidate_id']}: {c['error'].get('message', '')}" for c in candidates)
+            raise TrainingFailedError(f"no candidate of {workload_id} produced an adapter ({failures})")
+    return stage.summary
+
+
+_TRAIN_FIGURES = (
+    "base_model",
+    "steps",
+    "best_validation_loss",
+    "final_validation_loss",
+    "tokens_per_s",
+    "wall_seconds",
+    "config_hash",
+)
+"""The figures of each candidate's result.json that the train stage summary (and the task XCom) carries."""
 
 
 def _run_id(

@@ -77,18 +77,38 @@ def config_hash(config: TrainingConfig, base_model: str) -> str:
 
 
 def run_training_job(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> int:
-    """Train and publish the outputs; on failure publish ``error.json``. Returns the process exit code."""
+    """Train and publish the outputs; on failure publish ``error.json``. Returns the process exit code.
+
+    Outputs of an earlier attempt at the same URI are removed first, so a retry never leaves a stale
+    ``error.json`` next to a new ``result.json`` (or the reverse).
+    """
     try:
+        clear_outputs(output_uri)
         result = train(dataset_uri, base_model, config, output_uri)
     except BaseException as exc:
         code = exit_code_for(exc)
-        _write_error(output_uri, exc, code)
+        write_error(output_uri, exc, code)
         log.error("training failed (exit %d): %s: %s", code, type(exc).__name__, exc)
         if isinstance(exc, KeyboardInterrupt):
             raise
         return code
     log.info("training finished: %s", json.dumps({k: v for k, v in asdict(result).items() if k != "config"}))
     return 0
+
+
+JOB_OUTPUTS = ("result.json", "error.json", "loss_curve.json", "adapter")
+"""Everything a training job writes under its output URI."""
+
+
+def clear_outputs(output_uri: str) -> None:
+    """Remove the outputs a previous attempt left at ``output_uri`` (and nothing else there)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output_uri)
+    for name in JOB_OUTPUTS:
+        path = posixpath.join(root, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -142,6 +162,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
 
     train_set, truncated_train = encode_split("train")
     validation_set, truncated_validation = encode_split("validation")
+    validation_set = validation_set[: config.max_validation_examples]
     if skipped:
         log.warning("%d examples skipped: their answer alone is longer than max_seq_length", skipped)
     if not train_set:
@@ -383,7 +404,8 @@ def _publish(
     fs.pipe_file(posixpath.join(root, "result.json"), json.dumps(asdict(result), indent=2).encode())
 
 
-def _write_error(output_uri: str, exc: BaseException, code: int) -> None:
+def write_error(output_uri: str, exc: BaseException, code: int) -> None:
+    """Write the machine-readable ``error.json`` of a failed job (best effort: never masks the failure)."""
     import fsspec
 
     try:

@@ -14,7 +14,7 @@ from flywheel.config import TrainingConfig, load_config
 from flywheel.datasets import build_dataset
 from flywheel.demo.seed import write_raw_partition
 from flywheel.storage import ArtifactStore
-from flywheel.training.models import SMOLLM2, write_tiny_llama
+from flywheel.training.models import SMOLLM2
 from flywheel.training.trainer import EXIT_CONFIG, _collate, _length_grouped_batches, train
 from flywheel.validate import validate_day
 
@@ -38,12 +38,6 @@ def dataset_uri(tmp_path_factory) -> str:
         build_docs=False,
     )
     return build_dataset(store, workload, START.date()).uri
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    # SmolLM2's real tokenizer and chat template on a tiny random Llama.
-    return str(write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", SMOLLM2))
 
 
 def test_training_reduces_validation_loss_and_writes_every_output(dataset_uri, tiny_model, tmp_path):

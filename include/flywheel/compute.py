@@ -1,0 +1,204 @@
+"""Heavy jobs (training, evaluation) as one ``flywheel`` command line that runs anywhere.
+
+A :class:`JobSpec` is the whole contract between the DAG and a job: the ``flywheel`` sub-command and
+its arguments, a non-secret environment, labels, and the artifact-store URI where the job writes its
+outputs (``result.json``) or its failure (``error.json``). The ``kubernetes`` backend hands it to a
+pod (:mod:`flywheel.pods`); the ``local`` backend (:func:`run_local`) runs the identical command line
+as a subprocess with the same environment on top of the worker's, streaming its output into the task
+log. Either way, results come back through the artifact store, never through XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import CandidateConfig, FlywheelConfig, WorkloadConfig
+from flywheel.errors import JobFailedError, NonRetryableJobError
+
+log = logging.getLogger(__name__)
+
+JOB_ENTRYPOINT = "flywheel"
+"""The job image's entrypoint, and the console script the local backend runs."""
+
+EXIT_CODES_NOT_RETRIED = {2: "bad configuration or inputs", 3: "out of memory"}
+"""Exit codes of ``flywheel`` jobs that retrying the same job cannot fix (see flywheel.training.trainer)."""
+
+LABEL_PREFIX = "flywheel.io/"
+_LABEL_VALUE_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: what to run, with which environment, labelled how, writing its outputs where."""
+
+    kind: str
+    """What the job does: ``train`` (later ``evaluate``); picks the pod template ``<kind>-pod.yaml``."""
+    name: str
+    """Readable, DNS-safe name: the pod name's prefix."""
+    arguments: list[str]
+    """Arguments after the ``flywheel`` entrypoint."""
+    output_uri: str
+    """Artifact-store directory of the job's ``result.json`` or ``error.json``."""
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def command(self) -> list[str]:
+        """The full command line, identical on both backends."""
+        return [JOB_ENTRYPOINT, *self.arguments]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(**data)
+
+
+def train_output_uri(config: FlywheelConfig, workload_id: str, day: date, candidate_id: str) -> str:
+    """Where the candidate's training job of the day writes its adapter: ``runs/<wl>/<day>/train/<c>``."""
+    root = config.artifact_store.root.rstrip("/")
+    return posixpath.join(root, "runs", workload_id, day.isoformat(), "train", candidate_id)
+
+
+def train_job(
+    config: FlywheelConfig,
+    workload: WorkloadConfig,
+    candidate: CandidateConfig,
+    *,
+    dataset_uri: str,
+    day: date,
+    dag_run_id: str,
+) -> JobSpec:
+    """The training job of one candidate on the run's dataset."""
+    settings = workload.training.settings_for(candidate)
+    output_uri = train_output_uri(config, workload.workload_id, day, candidate.candidate_id)
+    return JobSpec(
+        kind="train",
+        name=dns_label(f"train-{workload.workload_id}-{candidate.candidate_id}"),
+        arguments=[
+            "train",
+            "--dataset",
+            dataset_uri,
+            "--base-model",
+            candidate.base_model,
+            "--training-config",
+            json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":")),
+            "--output",
+            output_uri,
+        ],
+        output_uri=output_uri,
+        env=dict(config.compute.env),
+        labels=job_labels(workload.workload_id, dag_run_id, candidate.candidate_id, "train"),
+    )
+
+
+def job_labels(workload_id: str, dag_run_id: str, candidate_id: str, kind: str) -> dict[str, str]:
+    """Kubernetes labels that find every pod of a workload, DAG run or candidate (for cleanup and cost)."""
+    return {
+        f"{LABEL_PREFIX}workload": label_value(workload_id),
+        f"{LABEL_PREFIX}dag-run": label_value(dag_run_id),
+        f"{LABEL_PREFIX}candidate": label_value(candidate_id),
+        f"{LABEL_PREFIX}job": label_value(kind),
+    }
+
+
+def label_value(text: str) -> str:
+    """``text`` as a valid Kubernetes label value: at most 63 of ``[A-Za-z0-9_.-]``, alphanumeric ends.
+
+    Run ids such as ``scheduled__2026-11-20T02:00:00+00:00`` become ``scheduled__2026-11-20T02_00_00_00_00``.
+    """
+    value = _LABEL_VALUE_INVALID.sub("_", text)
+    if len(value) > 63:
+        import hashlib
+
+        value = value[:54] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return value.strip("_.-")
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a DNS-1123 label prefix: lower case, digits and dashes, 40 characters at most."""
+    value = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return value[:40].rstrip("-") or "job"
+
+
+def job_failure(exit_code: int | None, output_uri: str, where: str) -> JobFailedError:
+    """The error for a job that exited with ``exit_code``: not retried for codes retrying cannot fix.
+
+    The job's ``error.json`` (when it wrote one) supplies the message and is attached to the error.
+    """
+    error = read_job_file(output_uri, "error.json")
+    detail = f"{error['error']}: {error['message']}" if error else "no error.json written"
+    if exit_code in EXIT_CODES_NOT_RETRIED:
+        return NonRetryableJobError(
+            f"{where} failed with exit code {exit_code} ({EXIT_CODES_NOT_RETRIED[exit_code]}; "
+            f"not retried): {detail}",
+            exit_code=exit_code,
+            error=error,
+        )
+    return JobFailedError(
+        f"{where} failed with exit code {exit_code}: {detail}", exit_code=exit_code, error=error
+    )
+
+
+def read_job_file(output_uri: str, name: str) -> dict[str, Any] | None:
+    """A job's ``result.json`` or ``error.json`` from the artifact store; None when it is not there."""
+    import fsspec
+
+    try:
+        with fsspec.open(posixpath.join(output_uri, name), "rb") as handle:
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+def run_local(job: JobSpec, *, logger: logging.Logger | None = None) -> None:
+    """Run the job's command as a subprocess of this worker and stream its output to ``logger``.
+
+    The environment is the worker's plus the job's; ``flywheel`` resolves to the console script of the
+    running interpreter's environment. Raises :class:`JobFailedError` (or its non-retryable subclass)
+    when the job exits non-zero.
+    """
+    out = logger or log
+    env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    out.info("running %s locally: %s", job.name, " ".join(_shown(job.command)))
+    with subprocess.Popen(
+        job.command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                out.info("%s", line.rstrip("\n"))
+        except BaseException:
+            # The task was killed or interrupted: do not leave the job running without an owner.
+            process.kill()
+            raise
+        code = process.wait()
+    if code != 0:
+        raise job_failure(code, job.output_uri, f"local job {job.name}")
+    out.info("%s finished; outputs in %s", job.name, job.output_uri)
+
+
+def _shown(command: list[str]) -> list[str]:
+    # The inline training config is long JSON: quote it so the logged line can be pasted into a shell.
+    import shlex
+
+    return [shlex.quote(part) for part in command]

@@ -1,0 +1,122 @@
+"""The flywheel's job pods: one KubernetesPodOperator subclass that carries our defaults once.
+
+Every heavy job (training, evaluation) of the ``kubernetes`` compute backend is a
+:class:`FlywheelJobPodOperator` built from ``k8s_templates/<kind>-pod.yaml`` (GPU, security, secrets,
+volumes) plus the job's :class:`~flywheel.compute.JobSpec` (command, environment, labels). Importing
+this module imports the cncf-kubernetes provider; DAG files import it only when the backend is
+``kubernetes``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.secret import Secret
+from airflow.providers.common.compat.sdk import AirflowException
+
+from flywheel.compute import JOB_ENTRYPOINT, JobSpec, job_failure
+from flywheel.config import KubernetesComputeConfig
+
+
+class FlywheelJobPodOperator(KubernetesPodOperator):
+    """Runs one flywheel job in a pod; its results are read from the artifact store, not XCom.
+
+    Defaults (each can still be overridden per task): ``durable`` (a restarted worker re-attaches to
+    the running pod instead of starting a second one), failed pods kept for inspection
+    (``delete_succeeded_pod``), logs streamed into the task log, pod events logged on failure, the
+    container's log tail as its termination message, no XCom sidecar, and synchronous execution
+    (deferrable mode loses XCom and logs in provider 10.x). A pod whose job exits with a code that
+    retrying cannot fix (``flywheel.compute.EXIT_CODES_NOT_RETRIED``) raises
+    :class:`~flywheel.errors.NonRetryableJobError`, which the DAG's retry policy fails at once.
+
+    ``output_uri`` is where the job writes ``result.json`` / ``error.json``; ``secret_env`` lists
+    ``{"env", "secret", "key"}`` mappings turned into environment variables read from Kubernetes
+    Secrets (plain data, so a mapped task's partial arguments serialise).
+    """
+
+    template_fields = (*KubernetesPodOperator.template_fields, "output_uri")
+
+    def __init__(
+        self,
+        *,
+        output_uri: str,
+        secret_env: list[dict[str, str]] | None = None,
+        cmds: list[str] | None = None,
+        durable: bool = True,
+        on_finish_action: str = "delete_succeeded_pod",
+        get_logs: bool = True,
+        log_events_on_failure: bool = True,
+        termination_message_policy: str = "FallbackToLogsOnError",
+        do_xcom_push: bool = False,
+        deferrable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        secrets = [Secret("env", item["env"], item["secret"], item["key"]) for item in secret_env or []]
+        super().__init__(
+            cmds=cmds or [JOB_ENTRYPOINT],
+            durable=durable,
+            on_finish_action=on_finish_action,
+            get_logs=get_logs,
+            log_events_on_failure=log_events_on_failure,
+            termination_message_policy=termination_message_policy,
+            do_xcom_push=do_xcom_push,
+            deferrable=deferrable,
+            secrets=[*kwargs.pop("secrets", []), *secrets],
+            **kwargs,
+        )
+        self.output_uri = output_uri
+
+    def cleanup(
+        self, pod: Any, remote_pod: Any, xcom_result: dict | None = None, context: Any = None
+    ) -> None:
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except AirflowException as exc:
+            code = base_container_exit_code(remote_pod, self.base_container_name)
+            name = pod.metadata.name if pod is not None and pod.metadata else self.name
+            raise job_failure(code, self.output_uri, f"pod {name}") from exc
+
+
+def base_container_exit_code(remote_pod: Any, container_name: str = "base") -> int | None:
+    """Exit code of the pod's job container, or None while it has not terminated (or never started)."""
+    statuses = (remote_pod.status.container_statuses if remote_pod and remote_pod.status else None) or []
+    for status in statuses:
+        if status.name == container_name and status.state and status.state.terminated:
+            return status.state.terminated.exit_code
+    return None
+
+
+def job_pod_defaults(kubernetes: KubernetesComputeConfig, kind: str) -> dict[str, Any]:
+    """The operator arguments every ``kind`` job pod shares, from the ``compute.kubernetes`` config."""
+    arguments: dict[str, Any] = {
+        "kubernetes_conn_id": kubernetes.conn_id,
+        "namespace": kubernetes.namespace,
+        "image": kubernetes.image,
+        "pod_template_file": posixpath.join(kubernetes.pod_template_dir, f"{kind}-pod.yaml"),
+        "startup_timeout_seconds": kubernetes.startup_timeout_seconds,
+        "schedule_timeout_seconds": kubernetes.schedule_timeout_seconds,
+        "on_finish_action": kubernetes.on_finish_action,
+        "secret_env": [item.model_dump() for item in kubernetes.secret_env],
+    }
+    optional = {
+        "in_cluster": kubernetes.in_cluster,
+        "service_account_name": kubernetes.service_account_name,
+        # Unset leaves the template's nodeSelector; the operator replaces it as a whole when set.
+        "node_selector": kubernetes.node_selector or None,
+        "active_deadline_seconds": kubernetes.active_deadline_seconds,
+    }
+    return arguments | {key: value for key, value in optional.items() if value is not None}
+
+
+def job_pod_arguments(job: dict[str, Any]) -> dict[str, Any]:
+    """The per-job operator arguments of a JobSpec (as the XCom dict a planning task returns)."""
+    spec = JobSpec.from_dict(job)
+    return {
+        "name": spec.name,
+        "arguments": spec.arguments,
+        "env_vars": spec.env,
+        "labels": spec.labels,
+        "output_uri": spec.output_uri,
+    }
