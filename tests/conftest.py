@@ -67,14 +67,31 @@ TEST_TRAINING = {
 """Training block of test configs: two steps of the tiny model (tests that train need ``tiny_model``)."""
 
 
-def write_config(directory: Path, **workload_overrides: object) -> Path:
+@pytest.fixture
+def empty_log_store(log_store: object) -> object:
+    """The session's log store without the log indices earlier tests seeded (a test that seeds a day
+    it also reads, and must not see another test's copy of that day)."""
+    from flywheel.logstore import connect
+
+    client = connect("flywheel_logs")
+    for index in client.indices.get(index="flywheel-logs-*"):
+        client.indices.delete(index=index)
+    return log_store
+
+
+def write_config(
+    directory: Path, *, airflow: dict | None = None, compute: dict | None = None, **workload_overrides: object
+) -> Path:
     """A config file like the project's, with its artifact store and metadata DB inside ``directory``.
 
-    Workloads train the tiny test model for two steps unless ``training`` is overridden.
+    Workloads train the tiny test model for two steps unless ``training`` is overridden; ``airflow``
+    and ``compute`` update those blocks.
     """
     raw = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "flywheel.yaml").read_text())
     raw["artifact_store"] = {"root": str(directory / "artifacts")}
     raw["metadata"] = {"url": f"sqlite:///{directory / 'flywheel.db'}"}
+    raw["airflow"].update(airflow or {})
+    raw["compute"].update(compute or {})
     for workload in raw["workloads"]:
         workload.update({"training": TEST_TRAINING, **workload_overrides})
     path = directory / "flywheel.yaml"

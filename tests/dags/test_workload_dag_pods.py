@@ -1,0 +1,75 @@
+"""Training on the ``kubernetes`` backend through ``dag.test()``: real operator, real HTTP, fake cluster.
+
+The workload DAG's mapped ``train`` task is a FlywheelJobPodOperator per candidate. It creates pods
+from k8s_templates/train-pod.yaml on tests/fake_kubernetes.py, whose "kubelet" runs each pod's
+command (``flywheel train ...``) as a local process; logs stream back over the API and the results
+are read from the artifact store by ``collect_training``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from test_workload_dag_training import FAST_RETRIES, WORKLOAD, run_latest_day, train_instances
+
+from conftest import TEST_TRAINING, write_config
+from flywheel.compute import JOB_ENTRYPOINT
+from flywheel.config import load_config
+from flywheel.db.engine import get_engine
+from flywheel.db.migrate import upgrade
+
+if TYPE_CHECKING:
+    from fake_kubernetes import FakeKubernetes
+
+pytest_plugins = ["fake_kubernetes"]
+
+
+def test_candidates_train_in_pods_and_a_bad_job_fails_without_retry(
+    dagbag, airflow_db, empty_log_store, tiny_model, fake_kubernetes: FakeKubernetes, tmp_path, monkeypatch
+):
+    training = {
+        "settings": TEST_TRAINING["settings"],
+        "candidates": [
+            {"candidate_id": "tiny", "base_model": tiny_model},
+            {"candidate_id": "missing", "base_model": str(tmp_path / "no-such-model")},
+        ],
+    }
+    compute = {
+        "backend": "kubernetes",
+        "kubernetes": {"namespace": "flywheel", "image": "registry.example/flywheel-job:1.4.2"},
+    }
+    path = write_config(tmp_path, airflow=FAST_RETRIES, compute=compute, training=training)
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
+    config = load_config(path)
+    upgrade(get_engine(config.metadata))
+
+    dag_run = run_latest_day(config)
+
+    trained = train_instances(dag_run)
+    assert trained["tiny"].state == "success"
+    assert (trained["missing"].state, trained["missing"].try_number) == ("failed", 1)
+    assert dag_run.get_task_instance("collect_training").state == "success"
+
+    pods = {pod["metadata"]["labels"]["flywheel.io/candidate"]: pod for pod in fake_kubernetes.created_pods}
+    assert set(pods) == {"tiny", "missing"}  # one pod each: the failed job was not retried
+    for candidate, pod in pods.items():
+        labels = pod["metadata"]["labels"]
+        assert labels["flywheel.io/workload"] == WORKLOAD
+        assert labels["flywheel.io/dag-run"] and labels["dag_id"] == dag_run.dag_id
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == "registry.example/flywheel-job:1.4.2"
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+        command = [*container["command"], *container["args"]]
+        assert command[:2] == [JOB_ENTRYPOINT, "train"]
+        assert command[command.index("--output") + 1].endswith(f"/train/{candidate}")
+    # The succeeded pod was deleted, the failed one kept for inspection.
+    assert fake_kubernetes.get_pod("flywheel", pods["tiny"]["metadata"]["name"]) is None
+    kept = fake_kubernetes.get_pod("flywheel", pods["missing"]["metadata"]["name"])
+    assert kept["status"]["phase"] == "Failed"
+
+    root = Path(config.artifact_store.root) / "runs" / WORKLOAD / "2026-11-20" / "train"
+    assert (root / "tiny" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((root / "tiny" / "result.json").read_text())["steps"] == 2
+    assert json.loads((root / "missing" / "error.json").read_text())["exit_code"] == 2

@@ -1,0 +1,149 @@
+"""Training in the workload DAG through ``dag.test()`` on the local backend: real jobs, real processes.
+
+One mapped ``train`` task per candidate runs ``flywheel train`` as a subprocess on the tiny model; a
+job that cannot succeed (bad input) fails without a retry, a killed job is retried and succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from conftest import PROJECT_ROOT, TEST_TRAINING, write_config
+from flywheel.config import FlywheelConfig, load_config
+from flywheel.db.engine import get_engine, session_scope
+from flywheel.db.migrate import upgrade
+from flywheel.db.models import RunStage
+from flywheel.demo.seed import seed_logs
+from flywheel.intervals import latest_intervals
+
+NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+WORKLOAD = "customer_support_router"
+# Retries after about a second, so that dag.test() does not sit out the production backoff.
+FAST_RETRIES = {"retries": 2, "retry_delay_minutes": 0.01, "max_retry_delay_minutes": 0.05}
+
+
+def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: dict) -> FlywheelConfig:
+    path = write_config(tmp_path, airflow=FAST_RETRIES, training=training)
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
+    config = load_config(path)
+    upgrade(get_engine(config.metadata))
+    return config
+
+
+def workload_dag(config: FlywheelConfig):
+    """The DAG as the DAG processor parses it with this configuration (the file reads FLYWHEEL_CONFIG)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "flywheel_workloads.py"))
+    assert bag.import_errors == {}
+    return bag.dags[config.workload(WORKLOAD).dag_id]
+
+
+def run_latest_day(config: FlywheelConfig):
+    workload = config.workload(WORKLOAD)
+    seed_logs(config, days=1, records_per_day=300, now=NOW, workloads=[WORKLOAD])
+    ((_, end),) = latest_intervals(workload.schedule, 1, NOW)
+    return workload_dag(config).test(logical_date=end)
+
+
+def train_instances(dag_run) -> dict[str, object]:
+    return {ti.rendered_map_index: ti for ti in dag_run.get_task_instances() if ti.task_id == "train"}
+
+
+def test_each_candidate_trains_its_adapter_and_a_bad_one_fails_without_retry(
+    dagbag, airflow_db, empty_log_store, tiny_model, tmp_path, monkeypatch
+):
+    training = {
+        "settings": TEST_TRAINING["settings"],
+        "candidates": [
+            {"candidate_id": "tiny", "base_model": tiny_model},
+            {"candidate_id": "tiny-r4", "base_model": tiny_model, "settings": {"lora": {"r": 4}}},
+            {"candidate_id": "missing", "base_model": str(tmp_path / "no-such-model")},
+        ],
+    }
+    config = configure(tmp_path, monkeypatch, training)
+
+    dag_run = run_latest_day(config)
+
+    trained = train_instances(dag_run)
+    assert set(trained) == {"tiny", "tiny-r4", "missing"}  # the map index shows the candidate
+    assert trained["tiny"].state == trained["tiny-r4"].state == "success"
+    assert trained["missing"].state == "failed"
+    assert trained["missing"].try_number == 1  # a bad input is not retried
+    collect = dag_run.get_task_instance("collect_training")
+    assert collect.state == "success"
+
+    root = Path(config.artifact_store.root) / "runs" / WORKLOAD / "2026-11-20" / "train"
+    results = {c: json.loads((root / c / "result.json").read_text()) for c in ("tiny", "tiny-r4")}
+    for candidate, result in results.items():
+        assert (root / candidate / "adapter" / "adapter_model.safetensors").is_file()
+        assert (root / candidate / "adapter" / "adapter_config.json").is_file()
+        assert (root / candidate / "loss_curve.json").is_file()
+        assert result["steps"] == 2
+    assert json.loads((root / "tiny-r4" / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert results["tiny"]["trainable_parameters"] > results["tiny-r4"]["trainable_parameters"]
+    error = json.loads((root / "missing" / "error.json").read_text())
+    assert (error["exit_code"], error["retryable"]) == (2, False)
+    assert not (root / "missing" / "result.json").exists()
+
+    with session_scope(config.metadata) as session:
+        stage = session.scalars(select(RunStage).where(RunStage.stage == "train")).one()
+        assert stage.status == "succeeded"
+        summary = {c["candidate_id"]: c for c in stage.summary["candidates"]}
+    assert (stage.summary["succeeded"], stage.summary["failed"]) == (2, 1)
+    assert summary["tiny"]["adapter_uri"].endswith("train/tiny/adapter")
+    assert summary["tiny"]["best_validation_loss"] == results["tiny"]["best_validation_loss"]
+    assert summary["missing"]["error"]["error"] == "ModelNotFound"
+
+
+def test_a_killed_training_job_is_retried(
+    dagbag, airflow_db, empty_log_store, tiny_model, tmp_path, monkeypatch
+):
+    config = configure(
+        tmp_path,
+        monkeypatch,
+        {**TEST_TRAINING, "candidates": [{"candidate_id": "tiny", "base_model": tiny_model}]},
+    )
+    output = f"{config.artifact_store.root}/runs/{WORKLOAD}/2026-11-20/train/tiny"
+    killed: list[int] = []
+    # Like a node lost or an OOM-killed container: the first attempt's process dies from SIGKILL.
+    killer = threading.Thread(target=kill_first_job, args=(output, killed), daemon=True)
+    killer.start()
+
+    dag_run = run_latest_day(config)
+
+    killer.join(timeout=1)
+    assert len(killed) == 1
+    ti = train_instances(dag_run)["tiny"]
+    assert (ti.state, ti.try_number) == ("success", 2)
+    assert dag_run.state == "success"
+    assert (Path(output) / "result.json").is_file()
+    assert not (Path(output) / "error.json").exists()
+
+
+def kill_first_job(output: str, killed: list[int], timeout: float = 300) -> None:
+    """SIGKILL the first ``flywheel train`` process that writes to ``output``, once it has started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"train" in argv and output.encode() in argv:
+                time.sleep(1.0)  # let it get going, as a real failure would
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+                return
+        time.sleep(0.05)
