@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from sqlalchemy import select
 
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
@@ -47,10 +48,11 @@ def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: d
     logs_dir = home / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     env = airflow_environment(home)
-    if config_path is not None:
-        # The DAG's tasks (in `airflow dags test` subprocesses) must read the same file.
-        env["FLYWHEEL_CONFIG"] = str(Path(config_path).resolve())
-    config = load_config(config_path)
+    config = demo_training(load_config(config_path))
+    # The DAG's tasks (`airflow dags test` subprocesses) read this file: the settings, shorter training.
+    demo_config = home / "demo-flywheel.yaml"
+    demo_config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    env["FLYWHEEL_CONFIG"] = str(demo_config)
     workloads = [w for w, _ in demo_workloads(config)]
     started = time.monotonic()
     with LocalLogStore.start() as log_store:
@@ -82,6 +84,34 @@ def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: d
     _print_summary(config, workloads, now)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; log store stopped.")
     return 1 if failures else 0
+
+
+DEMO_TRAINING = {
+    "max_steps": 4,
+    "batch_size": 2,
+    "max_seq_length": 1024,
+    "eval_every_steps": 4,
+    "max_validation_examples": 16,
+    "log_every_steps": 1,
+}
+"""Training settings the demo applies to every candidate: a few CPU steps that show the stage working."""
+
+
+def demo_training(config: FlywheelConfig) -> FlywheelConfig:
+    """``config`` with every candidate's training shortened to :data:`DEMO_TRAINING`."""
+    workloads = []
+    for workload in config.workloads:
+        training = workload.training.model_copy(
+            update={
+                "settings": workload.training.settings.model_copy(update=DEMO_TRAINING),
+                "candidates": [
+                    c.model_copy(update={"settings": {**c.settings, **DEMO_TRAINING}})
+                    for c in workload.training.candidates
+                ],
+            }
+        )
+        workloads.append(workload.model_copy(update={"training": training}))
+    return config.model_copy(update={"workloads": workloads})
 
 
 @contextmanager
@@ -162,5 +192,24 @@ def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None
                     f"{dataset.validation_records} validation, {dataset.evaluation_records} evaluation "
                     f"({dataset.duplicates_removed} duplicates removed)\n    {dataset.uri}"
                 )
+            training = session.scalar(
+                select(RunStage)
+                .where(RunStage.run_id == run.id, RunStage.stage == "train")
+                .order_by(RunStage.id.desc())
+            )
+            for candidate in (training.summary or {}).get("candidates", []) if training else []:
+                print(f"    {_candidate_line(candidate)}")
     print(f"\n  artifact store: {config.artifact_store.root}")
     print(f"  metadata db:    {config.metadata.conn_id or config.metadata.url}")
+
+
+def _candidate_line(candidate: dict) -> str:
+    name = f"candidate {candidate['candidate_id']}"
+    if candidate["status"] != "succeeded":
+        error = candidate["error"]
+        return f"{name}: FAILED ({error.get('error')}: {error.get('message', '')[:200]})"
+    return (
+        f"{name} ({candidate['base_model']}): {candidate['steps']} steps, best validation loss "
+        f"{candidate['best_validation_loss']}, {candidate['tokens_per_s']:.0f} tokens/s, "
+        f"{candidate['wall_seconds']:.0f} s\n    adapter: {candidate['adapter_uri']}"
+    )

@@ -15,7 +15,7 @@ from flywheel.demo.runner import run_demo
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
 
-def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, capsys):
+def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, capsys, tiny_model):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
     config_path = write_config(tmp_path)
 
@@ -28,6 +28,8 @@ def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, 
     assert "stage extract        succeeded" in out
     assert "stage validate       succeeded" in out
     assert "stage build_dataset  succeeded" in out
+    assert "stage train          succeeded" in out
+    assert "candidate tiny (" in out and "4 steps" in out  # the demo's short training
     assert "log store stopped" in out
     config = load_config(config_path)
     with session_scope(config.metadata) as session:
