@@ -116,6 +116,21 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--records", type=int, required=True)
     data.add_argument("--json", action="store_true", help="print only the JSON result")
     data.set_defaults(handler=_bench_data)
+    bench_train = bench.add_parser(
+        "train", help="time our LoRA trainer against a plain transformers Trainer on one dataset"
+    )
+    bench_train.add_argument("--model", required=True, help="local checkpoint dir or 'smollm2-135m-instruct'")
+    bench_train.add_argument("--dataset", required=True, help="dataset URI (directory with train.jsonl)")
+    bench_train.add_argument("--steps", type=int, default=6, help="optimizer steps per side (default: 6)")
+    bench_train.add_argument("--batch-size", type=int, default=4, help="sequences per batch (default: 4)")
+    bench_train.add_argument(
+        "--max-seq-length", type=int, default=1024, help="tokens per example at most (default: 1024)"
+    )
+    bench_train.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="accelerator peak for the MFU (default: H100 bf16)"
+    )
+    bench_train.add_argument("--json", action="store_true", help="print only the JSON result")
+    bench_train.set_defaults(handler=_bench_train)
     return parser
 
 
@@ -132,11 +147,16 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    path = args.file or args.config
+    from flywheel.config import default_config_path
+
+    path = args.file or args.config or default_config_path()
     config = load_config(path)
+    print(f"{path}: compute backend {config.compute.backend}")
     for workload in config.workloads:
         clients = ",".join(workload.client_ids) if workload.client_ids else "all clients"
+        candidates = ", ".join(f"{c.candidate_id}={c.base_model}" for c in workload.training.candidates)
         print(f"  {workload.dag_id}: {workload.log_source.index} ({clients}), schedule {workload.schedule!r}")
+        print(f"    candidates: {candidates}")
     print(f"OK: {len(config.workloads)} workload(s)")
     return 0
 
@@ -264,6 +284,22 @@ def _bench_data(args: argparse.Namespace) -> int:
     from flywheel.bench import bench_data
 
     print(json.dumps(bench_data(records=args.records, quiet=args.json)))
+    return 0
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from flywheel.training.bench import bench_train, summarize
+
+    result = bench_train(
+        args.model,
+        args.dataset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        peak_tflops=args.peak_tflops,
+        quiet=args.json,
+    )
+    print(json.dumps(result) if args.json else summarize(result))
     return 0
 
 

@@ -89,3 +89,42 @@ def test_parse_times_are_recorded(dagbag):
 
     assert set(DAG_PARSE_SECONDS) == {stat.file for stat in dagbag.dagbag_stats}
     assert all(seconds > 0 for seconds in DAG_PARSE_SECONDS.values())
+
+
+def test_training_runs_after_the_dataset_one_mapped_task_per_candidate(dagbag):
+    dag = dagbag.dags["flywheel_customer_support_router"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "extract",
+        "validate",
+        "build_dataset",
+        "plan_training",
+        "train",
+        "collect_training",
+    ]
+    train = dag.get_task("train")
+    assert train.is_mapped
+    assert train.map_index_template == "{{ candidate_id }}"
+    # Results are read whatever happened to each candidate, but not after an upstream failure.
+    assert dag.get_task("collect_training").trigger_rule == "all_done_min_one_success"
+    assert "**local** compute backend" in dag.doc_md
+
+
+def test_kubernetes_backend_maps_job_pods(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from flywheel.pods import FlywheelJobPodOperator
+
+    monkeypatch.setenv("FLYWHEEL_COMPUTE_BACKEND", "kubernetes")
+    monkeypatch.setenv("FLYWHEEL_JOB_IMAGE", "registry.example/flywheel-job:2.0")
+    bag = DagBag(dag_folder=str(DAGS_DIR / "flywheel_workloads.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["flywheel_customer_support_router"]
+    train = dag.get_task("train")
+
+    assert train.is_mapped
+    assert train.operator_class is FlywheelJobPodOperator
+    assert train.partial_kwargs["image"] == "registry.example/flywheel-job:2.0"
+    assert train.partial_kwargs["pod_template_file"].endswith("k8s_templates/train-pod.yaml")
+    assert Path(train.partial_kwargs["pod_template_file"]).is_file()
+    assert train.partial_kwargs["retry_policy"] is not None  # the DAG's fail-fast rules apply to pods
+    assert "**kubernetes** compute backend" in dag.doc_md

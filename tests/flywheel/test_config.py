@@ -374,3 +374,100 @@ def test_config_is_frozen() -> None:
 
     with pytest.raises(ValidationError, match="frozen"):
         config.workloads[0].catchup = True  # type: ignore[misc]
+
+
+def test_project_config_trains_smollm2_locally_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLYWHEEL_COMPUTE_BACKEND", raising=False)
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert config.compute.backend == "local"
+    assert config.compute.kubernetes.image == "flywheel-job:latest"
+    for workload in config.workloads:
+        [candidate] = workload.training.candidates
+        assert candidate.base_model == "smollm2-135m-instruct"
+        assert workload.training.settings_for(candidate).max_steps >= 100
+
+
+def test_kubernetes_backend_reads_its_image_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_COMPUTE_BACKEND", "kubernetes")
+    monkeypatch.setenv("FLYWHEEL_JOB_IMAGE", "registry.example/flywheel-job@sha256:abc")
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert (config.compute.backend, config.compute.kubernetes.image) == (
+        "kubernetes",
+        "registry.example/flywheel-job@sha256:abc",
+    )
+
+
+def test_unknown_backend_is_rejected(edited_config: Callable[..., Path]) -> None:
+    message = load_error(edited_config(lambda raw: raw["compute"].update(backend="slurm")))
+    assert "compute.backend: Input should be 'local' or 'kubernetes'" in message
+
+
+def test_kubernetes_backend_needs_its_block(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["compute"] = {"backend": "kubernetes"}
+
+    assert "compute: kubernetes: required when backend is 'kubernetes'" in load_error(edited_config(edit))
+
+
+def test_candidate_override_error_names_the_candidate_and_key(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][1]["training"]["candidates"][0]["settings"] = {"lora": {"r": 0}}
+
+    message = load_error(edited_config(edit))
+    assert (
+        "workloads[1].training: candidates[0].settings.lora.r: Input should be greater than or equal to 1"
+        in (message)
+    )
+
+
+def test_candidate_override_of_an_unknown_key_is_rejected(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["training"]["candidates"][0]["settings"] = {"learning_rat": 1e-4}
+
+    assert "candidates[0].settings.learning_rat: Extra inputs are not permitted" in load_error(
+        edited_config(edit)
+    )
+
+
+def test_duplicate_candidate_id(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        candidates = raw["workloads"][0]["training"]["candidates"]
+        candidates.append(dict(candidates[0]))
+
+    assert "candidates[1].candidate_id: 'tiny' is defined twice" in load_error(edited_config(edit))
+
+
+@pytest.mark.parametrize("candidate_id", ["Upper", "-dash", "x" * 41, ""])
+def test_candidate_id_must_fit_labels_and_paths(
+    edited_config: Callable[..., Path], candidate_id: str
+) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["training"]["candidates"][0]["candidate_id"] = candidate_id
+
+    assert "workloads[0].training.candidates[0].candidate_id: String should match pattern" in load_error(
+        edited_config(edit)
+    )
+
+
+def test_candidate_settings_merge_nested_blocks() -> None:
+    from flywheel.config import CandidateConfig, WorkloadTrainingConfig
+
+    training = WorkloadTrainingConfig.model_validate(
+        {
+            "settings": {
+                "batch_size": 4,
+                "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+            },
+            "candidates": [{"candidate_id": "a", "base_model": "m", "settings": {"lora": {"r": 32}}}],
+        }
+    )
+    merged = training.settings_for(training.candidates[0])
+    assert (merged.batch_size, merged.lora.r, merged.lora.alpha) == (4, 32, 16)
+    assert merged.lora.target_modules == ["q_proj", "v_proj"]
+    assert training.candidate("a").base_model == "m"
+    with pytest.raises(ConfigError, match="unknown candidate_id 'b'; configured: a"):
+        training.candidate("b")
+    # A workload without a training block trains the shipped small model.
+    assert WorkloadTrainingConfig().candidates == [
+        CandidateConfig(candidate_id="smollm2-135m", base_model="smollm2-135m-instruct")
+    ]
