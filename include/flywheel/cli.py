@@ -215,12 +215,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flywheel.training.trainer import EXIT_CONFIG, run_training_job, write_error
+    from flywheel.training.trainer import EXIT_CONFIG, clear_outputs, run_training_job, write_error
 
     try:
         settings = load_training_config(args.training_config)
     except ConfigError as exc:
-        # The orchestrator reads the failure from the output URI, whatever stage it happened in.
+        # The orchestrator reads the failure from the output URI, whatever stage it happened in, and
+        # must not find an earlier attempt's result.json next to it.
+        clear_outputs(args.output)
         write_error(args.output, exc, EXIT_CONFIG)
         raise
     if args.max_steps is not None:
