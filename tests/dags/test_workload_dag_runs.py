@@ -17,7 +17,9 @@ NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 DAG_ID = "flywheel_customer_support_router"
 
 
-def test_two_consecutive_days_make_two_partitions(dagbag, airflow_db, log_store, flywheel_config, tiny_model):
+def test_two_consecutive_days_make_two_partitions(
+    dagbag, airflow_db, empty_log_store, flywheel_config, tiny_model
+):
     workload = flywheel_config.workload("customer_support_router")
     seed_logs(flywheel_config, days=2, records_per_day=300, now=NOW, workloads=[workload.workload_id])
     intervals = latest_intervals(workload.schedule, 2, NOW)
@@ -61,7 +63,9 @@ def test_two_consecutive_days_make_two_partitions(dagbag, airflow_db, log_store,
         assert datasets[-1].train_records > datasets[0].train_records
 
 
-def test_rerunning_a_day_replaces_its_partition(dagbag, airflow_db, log_store, flywheel_config, tiny_model):
+def test_rerunning_a_day_replaces_its_partition(
+    dagbag, airflow_db, empty_log_store, flywheel_config, tiny_model
+):
     workload = flywheel_config.workload("bfcl_live_assistant")
     seed_logs(flywheel_config, days=1, records_per_day=200, now=NOW, workloads=[workload.workload_id])
     ((start, end),) = latest_intervals(workload.schedule, 1, NOW)
