@@ -24,6 +24,7 @@ from typing import Any
 
 from flywheel.config import CandidateConfig, FlywheelConfig, WorkloadConfig
 from flywheel.errors import JobFailedError, NonRetryableJobError
+from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ def train_job(
     """The training job of one candidate on the run's dataset."""
     settings = workload.training.settings_for(candidate)
     output_uri = train_output_uri(config, workload.workload_id, day, candidate.candidate_id)
+    env = dict(config.compute.env)
+    if config.artifact_store.storage_options:
+        env[STORAGE_OPTIONS_ENV] = json.dumps(config.artifact_store.storage_options, sort_keys=True)
     return JobSpec(
         kind="train",
         name=dns_label(f"train-{workload.workload_id}-{candidate.candidate_id}"),
@@ -98,7 +102,7 @@ def train_job(
             output_uri,
         ],
         output_uri=output_uri,
-        env=dict(config.compute.env),
+        env=env,
         labels=job_labels(workload.workload_id, dag_run_id, candidate.candidate_id, "train"),
     )
 
@@ -132,12 +136,14 @@ def dns_label(text: str) -> str:
     return value[:40].rstrip("-") or "job"
 
 
-def job_failure(exit_code: int | None, output_uri: str, where: str) -> JobFailedError:
+def job_failure(
+    exit_code: int | None, output_uri: str, where: str, storage_options: dict[str, Any] | None = None
+) -> JobFailedError:
     """The error for a job that exited with ``exit_code``: not retried for codes retrying cannot fix.
 
     The job's ``error.json`` (when it wrote one) supplies the message and is attached to the error.
     """
-    error = read_job_file(output_uri, "error.json")
+    error = read_job_file(output_uri, "error.json", storage_options)
     detail = f"{error['error']}: {error['message']}" if error else "no error.json written"
     if exit_code in EXIT_CODES_NOT_RETRIED:
         return NonRetryableJobError(
@@ -151,12 +157,14 @@ def job_failure(exit_code: int | None, output_uri: str, where: str) -> JobFailed
     )
 
 
-def read_job_file(output_uri: str, name: str) -> dict[str, Any] | None:
+def read_job_file(
+    output_uri: str, name: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """A job's ``result.json`` or ``error.json`` from the artifact store; None when it is not there."""
     import fsspec
 
     try:
-        with fsspec.open(posixpath.join(output_uri, name), "rb") as handle:
+        with fsspec.open(posixpath.join(output_uri, name), "rb", **(storage_options or {})) as handle:
             return json.loads(handle.read())
     except FileNotFoundError:
         return None
@@ -193,7 +201,7 @@ def run_local(job: JobSpec, *, logger: logging.Logger | None = None) -> None:
             raise
         code = process.wait()
     if code != 0:
-        raise job_failure(code, job.output_uri, f"local job {job.name}")
+        raise job_failure(code, job.output_uri, f"local job {job.name}", storage_options_from_env(job.env))
     out.info("%s finished; outputs in %s", job.name, job.output_uri)
 
 

@@ -18,6 +18,7 @@ from airflow.providers.common.compat.sdk import AirflowException
 
 from flywheel.compute import JOB_ENTRYPOINT, JobSpec, job_failure
 from flywheel.config import KubernetesComputeConfig
+from flywheel.storage import storage_options_from_env
 
 
 class FlywheelJobPodOperator(KubernetesPodOperator):
@@ -76,7 +77,8 @@ class FlywheelJobPodOperator(KubernetesPodOperator):
         except AirflowException as exc:
             code = base_container_exit_code(remote_pod, self.base_container_name)
             name = pod.metadata.name if pod is not None and pod.metadata else self.name
-            raise job_failure(code, self.output_uri, f"pod {name}") from exc
+            env = {var.name: var.value for var in self.env_vars or [] if var.value is not None}
+            raise job_failure(code, self.output_uri, f"pod {name}", storage_options_from_env(env)) from exc
 
 
 def base_container_exit_code(remote_pod: Any, container_name: str = "base") -> int | None:

@@ -20,9 +20,10 @@ re-run replaces the day instead of appending to it.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -34,6 +35,9 @@ from fsspec import AbstractFileSystem
 PARTITION_MARKER = "_partition.json"
 _TMP_PREFIX = "_tmp-"
 _VERSION_PREFIX = "v-"
+STORAGE_OPTIONS_ENV = "FLYWHEEL_STORAGE_OPTIONS"
+"""Hands ``artifact_store.storage_options`` (non-secret, JSON) to job processes, which read no config file."""
+
 LAYERS = ("raw", "clean", "quarantine")
 """Day-partitioned layers: extracted records, validated records, rejected records."""
 
@@ -159,3 +163,19 @@ class ArtifactStore:
     def _remove(self, path: str) -> None:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Storage options from FLYWHEEL_STORAGE_OPTIONS in ``env`` (default: os.environ); {} when unset."""
+    from flywheel.config import ConfigError
+
+    text = (os.environ if env is None else env).get(STORAGE_OPTIONS_ENV)
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{STORAGE_OPTIONS_ENV}: not JSON ({exc.msg})") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"{STORAGE_OPTIONS_ENV}: must be a JSON object, got {type(options).__name__}")
+    return options

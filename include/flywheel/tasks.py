@@ -211,8 +211,9 @@ def collect_training(
     with record_stage(config.metadata, run_id, "train", try_number) as stage:
         candidates = []
         for spec in map(JobSpec.from_dict, jobs):
-            result = read_job_file(spec.output_uri, "result.json")
-            error = None if result else read_job_file(spec.output_uri, "error.json")
+            options = config.artifact_store.storage_options
+            result = read_job_file(spec.output_uri, "result.json", options)
+            error = None if result else read_job_file(spec.output_uri, "error.json", options)
             entry: dict[str, Any] = {
                 "candidate_id": spec.labels["flywheel.io/candidate"],
                 "output_uri": spec.output_uri,

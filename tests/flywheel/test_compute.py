@@ -173,3 +173,45 @@ def test_job_labels_and_pod_name_prefix() -> None:
     assert (
         dns_label("train-customer_support_router-smollm2-135m") == "train-customer-support-router-smollm2-13"
     )
+
+
+def test_storage_options_reach_the_job_and_the_reader(tmp_path: Path) -> None:
+    from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
+
+    options = {"auto_mkdir": True}
+    config = load_config(write_config(tmp_path))
+    config = config.model_copy(
+        update={"artifact_store": config.artifact_store.model_copy(update={"storage_options": options})}
+    )
+    workload = config.workload("customer_support_router")
+    job = train_job(
+        config,
+        workload,
+        workload.training.candidates[0],
+        dataset_uri="file:///d",
+        day=date(2026, 11, 20),
+        dag_run_id="r",
+    )
+    assert storage_options_from_env(job.env) == options
+    assert (
+        STORAGE_OPTIONS_ENV
+        not in train_job(
+            load_config(write_config(tmp_path)),
+            workload,
+            workload.training.candidates[0],
+            dataset_uri="file:///d",
+            day=date(2026, 11, 20),
+            dag_run_id="r",
+        ).env
+    )
+    write_error(str(tmp_path), RuntimeError("boom"), EXIT_FAILED)
+    assert read_job_file(str(tmp_path), "error.json", options)["message"] == "boom"
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]"])
+def test_malformed_storage_options_are_a_config_error(text: str) -> None:
+    from flywheel.config import ConfigError
+    from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
+
+    with pytest.raises(ConfigError, match=STORAGE_OPTIONS_ENV):
+        storage_options_from_env({STORAGE_OPTIONS_ENV: text})
