@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import ConfigError, TrainingConfig
+from flywheel.config import ConfigError, LoraSettings, TrainingConfig
+from flywheel.storage import storage_options_from_env
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def clear_outputs(output_uri: str) -> None:
     """Remove the outputs a previous attempt left at ``output_uri`` (and nothing else there)."""
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(output_uri)
+    fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     for name in JOB_OUTPUTS:
         path = posixpath.join(root, name)
         if fs.exists(path):
@@ -123,16 +124,17 @@ def exit_code_for(exc: BaseException) -> int:
 def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> TrainResult:
     """Fine-tune ``base_model`` on the dataset at ``dataset_uri`` and write the adapter to ``output_uri``."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    from flywheel.training.formatting import AnswerTooLongError, encode_for_training
     from flywheel.training.models import default_cache_dir, resolve_base_model
 
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model_dir = resolve_base_model(base_model, default_cache_dir())
+    model_dir = resolve_base_model(
+        base_model, default_cache_dir(), storage_options=storage_options_from_env()
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -143,39 +145,17 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
 
-    skipped = 0
-
-    def encode_split(name: str) -> tuple[list[tuple[list[int], list[int]]], int]:
-        nonlocal skipped
-        examples, truncated = [], 0
-        for record in _read_jsonl(posixpath.join(dataset_uri.rstrip("/"), f"{name}.jsonl")):
-            try:
-                encoded = encode_for_training(
-                    tokenizer, record["messages"], record.get("tools") or [], max_length=config.max_seq_length
-                )
-            except AnswerTooLongError:
-                skipped += 1  # the answer alone exceeds max_seq_length: nothing to learn from a cut answer
-                continue
-            truncated += encoded.truncated
-            examples.append((encoded.input_ids, encoded.labels))
-        return examples, truncated
-
-    train_set, truncated_train = encode_split("train")
-    validation_set, truncated_validation = encode_split("validation")
-    validation_set = validation_set[: config.max_validation_examples]
+    train_split = encode_split(tokenizer, dataset_uri, "train", config.max_seq_length)
+    validation_split = encode_split(tokenizer, dataset_uri, "validation", config.max_seq_length)
+    train_set = train_split.examples
+    validation_set = validation_split.examples[: config.max_validation_examples]
+    skipped = train_split.skipped + validation_split.skipped
     if skipped:
         log.warning("%d examples skipped: their answer alone is longer than max_seq_length", skipped)
     if not train_set:
         raise TrainingInputError(f"{dataset_uri}: train.jsonl has no examples")
 
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora_config(config.lora))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -214,7 +194,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
             tokens_seen += real
             padded_tokens += inputs["attention_mask"].numel() - real
             samples_seen += len(batch)
-            loss = model(**inputs).loss / config.gradient_accumulation
+            loss = _loss(model, inputs) / config.gradient_accumulation
             loss.backward()
             step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -277,7 +257,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         epochs_completed=round(samples_seen / len(train_set), 3),
         train_examples=len(train_set),
         validation_examples=len(validation_set),
-        truncated_examples=truncated_train + truncated_validation,
+        truncated_examples=train_split.truncated + validation_split.truncated,
         skipped_examples=skipped,
         tokens_seen=tokens_seen,
         tokens_per_s=round(tokens_seen / train_seconds, 1),
@@ -297,11 +277,53 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
     return result
 
 
+@dataclass
+class EncodedSplit:
+    """One split of a dataset encoded for training: (input_ids, labels) pairs and what was cut or left out."""
+
+    examples: list[tuple[list[int], list[int]]]
+    truncated: int
+    """Examples whose prompt lost its start to fit ``max_seq_length``."""
+    skipped: int
+    """Examples left out: their answer alone is longer than ``max_seq_length``."""
+
+
+def encode_split(tokenizer: Any, dataset_uri: str, name: str, max_seq_length: int) -> EncodedSplit:
+    """Encode ``<dataset_uri>/<name>.jsonl`` with the shared chat formatting (loss on the answer only)."""
+    from flywheel.training.formatting import AnswerTooLongError, encode_for_training
+
+    split = EncodedSplit([], 0, 0)
+    for record in _read_jsonl(posixpath.join(dataset_uri.rstrip("/"), f"{name}.jsonl")):
+        try:
+            encoded = encode_for_training(
+                tokenizer, record["messages"], record.get("tools") or [], max_length=max_seq_length
+            )
+        except AnswerTooLongError:
+            split.skipped += 1  # nothing to learn from a cut answer
+            continue
+        split.truncated += encoded.truncated
+        split.examples.append((encoded.input_ids, encoded.labels))
+    return split
+
+
+def lora_config(settings: LoraSettings) -> Any:
+    """The peft ``LoraConfig`` of a causal LM for these settings."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
 def _read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
     import fsspec
 
     try:
-        with fsspec.open(uri, "rb") as handle:
+        with fsspec.open(uri, "rb", **storage_options_from_env()) as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     try:
@@ -352,6 +374,28 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str)
     }
 
 
+def _loss(model: Any, inputs: dict[str, Any]) -> Any:
+    """The causal-LM loss of a batch, ``model(**inputs).loss``, with logits only where a label follows.
+
+    transformers' loss is the mean cross-entropy of the logits at position t against the label at
+    t + 1, over the labels that are not -100. Those are the assistant answer's tokens: a small share of
+    each sequence. So the language-model head and the log-softmax over the vocabulary (for a small
+    model the head is a large share of the compute, and its logits the largest activation) run only on
+    the positions some row of the batch supervises (``logits_to_keep``); the others add nothing to the
+    loss. Same value (up to float summation order), a fraction of the time and memory.
+    """
+    import torch
+
+    targets = inputs["labels"][:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    logits = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100
+    )
+
+
 def _validation_loss(
     model: Any, examples: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, device: str
 ) -> float:
@@ -367,7 +411,7 @@ def _validation_loss(
             inputs = _collate(batch, pad_id, device)
             supervised = int((inputs["labels"][:, 1:] != -100).sum())
             if supervised:
-                total += float(model(**inputs).loss) * supervised
+                total += float(_loss(model, inputs)) * supervised
                 weight += supervised
     model.train()
     return total / weight if weight else float("nan")
@@ -389,7 +433,7 @@ def _publish(
     """Write adapter, tokenizer, loss curve and result.json; result.json last, as the completion marker."""
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(output_uri)
+    fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     with tempfile.TemporaryDirectory(prefix="flywheel-train-") as tmp:
         local = Path(tmp)
         model.save_pretrained(local / "adapter")
@@ -409,7 +453,7 @@ def write_error(output_uri: str, exc: BaseException, code: int) -> None:
     import fsspec
 
     try:
-        fs, root = fsspec.core.url_to_fs(output_uri)
+        fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
         fs.makedirs(root, exist_ok=True)
         payload = {
             "error": type(exc).__name__,

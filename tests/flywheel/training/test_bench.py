@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from flywheel.training.bench import summarize
-from flywheel.training.models import SMOLLM2, write_tiny_llama
 
 FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
 STEPS, BATCH = 3, 4
@@ -51,16 +50,15 @@ def varied_dataset(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def result(varied_dataset, tmp_path_factory) -> dict:
-    """One benchmark run through the CLI with ``--json`` (each side in its own spawned process)."""
-    model = write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", SMOLLM2)
+def result(varied_dataset, tiny_model) -> dict:
+    """One benchmark run through the CLI with ``--json`` (each side in its own fresh process)."""
     out = subprocess.run(
         [
             FLYWHEEL,
             "bench",
             "train",
             "--model",
-            str(model),
+            tiny_model,
             "--dataset",
             varied_dataset,
             "--steps",

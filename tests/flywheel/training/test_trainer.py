@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -168,3 +169,23 @@ def test_smollm2_fine_tunes_on_cpu(dataset_uri, tmp_path):
     assert evaluated[-1] < evaluated[0]
     assert result.best_validation_loss == min(evaluated)
     assert (tmp_path / "smollm2" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_loss_with_logits_only_where_labels_are_equals_the_models_loss(tiny_model):
+    # train() skips the vocabulary projection on prompt positions: the loss must not change.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flywheel.training.trainer import _collate, _loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    rng = random.Random(0)
+    batch = []
+    for length in (40, 75, 120):
+        ids = [rng.randrange(1000) for _ in range(length)]
+        answer = rng.randint(2, 9)
+        batch.append((ids, [-100] * (length - answer) + ids[length - answer :]))
+    inputs = _collate(batch, 0, "cpu")
+
+    with torch.no_grad():
+        assert float(_loss(model, inputs)) == pytest.approx(float(model(**inputs).loss), rel=1e-5)
