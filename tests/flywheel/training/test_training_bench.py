@@ -1,4 +1,7 @@
-"""The training benchmark on a tiny Llama: both sides report consistent figures, the CLI prints JSON."""
+"""flywheel.training.bench on a tiny Llama: both sides report consistent figures, the CLI prints JSON.
+
+Named test_training_bench (not test_bench): test modules are imported by basename, and
+tests/flywheel/test_bench.py covers flywheel.bench."""
 
 from __future__ import annotations
 
