@@ -23,7 +23,18 @@ BENCH_NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux the high-water mark comes from ``/proc/self/status`` (VmHWM): a process started by
+    another (a training job run by the worker) would otherwise report, through ``ru_maxrss``, its
+    parent's peak from before the ``exec`` when that is higher. ``ru_maxrss`` (KiB) elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -210,8 +210,8 @@ def collect_training(
     run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
     with record_stage(config.metadata, run_id, "train", try_number) as stage:
         candidates = []
+        options = config.artifact_store.storage_options
         for spec in map(JobSpec.from_dict, jobs):
-            options = config.artifact_store.storage_options
             result = read_job_file(spec.output_uri, "result.json", options)
             error = None if result else read_job_file(spec.output_uri, "error.json", options)
             entry: dict[str, Any] = {

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import posixpath
-import resource
 import shutil
 import statistics
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import TrainingConfig
+from flywheel.training.trainer import peak_memory_mb
 
 DEFAULT_STEPS = 6
 """Optimizer steps per side: a few minutes per side for SmolLM2-135M on 2 CPU cores."""
@@ -293,20 +293,13 @@ class _PaddingCollator:
         self.batches: list[tuple[int, int, int]] = []
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
-        import torch
+        from flywheel.training.trainer import _collate
 
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(features), width), dtype=torch.long)
-        for row, feature in enumerate(features):
-            length = len(feature["input_ids"])
-            input_ids[row, :length] = torch.tensor(feature["input_ids"])
-            labels[row, :length] = torch.tensor(feature["labels"])
-            attention[row, :length] = 1
+        # The Trainer moves the batch to its device itself.
+        inputs = _collate([(f["input_ids"], f["labels"]) for f in features], self.pad_id, "cpu")
         real = sum(len(f["input_ids"]) for f in features)
-        self.batches.append((len(features), real, width * len(features)))
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        self.batches.append((len(features), real, inputs["input_ids"].numel()))
+        return inputs
 
 
 class _StepTimer:
@@ -354,7 +347,7 @@ def _figures(
         "tokens_per_s": round(tokens_per_s, 1),
         "samples_per_s": round(samples / train_seconds, 3),
         "padding_share": round(1 - real_tokens / total_tokens, 4) if total_tokens else 0.0,
-        "peak_memory_mb": _peak_memory_mb(device),
+        "peak_memory_mb": peak_memory_mb(device),
         "train_seconds": round(train_seconds, 3),
         "steps": steps,
         "samples": samples,
@@ -366,25 +359,6 @@ def _figures(
         "mfu": mfu,
         "environment": {"device": device, "dtype": dtype, **extra},
     }
-
-
-def _peak_memory_mb(device: str) -> float:
-    """Peak memory of this process in MiB: allocated CUDA memory, or the resident set on CPU.
-
-    On Linux the resident set's high-water mark comes from ``/proc/self/status`` (VmHWM): a spawned
-    child's ``ru_maxrss`` also counts its parent's peak from before the ``exec``.
-    """
-    import torch
-
-    if device == "cuda":
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _parameter_count(model: str, *, trainable: int) -> int:

@@ -268,7 +268,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         best_step=best_step,
         stopped_early=stopped_early,
         wall_seconds=round(time.perf_counter() - started, 2),
-        peak_memory_mb=_peak_memory_mb(device),
+        peak_memory_mb=peak_memory_mb(device),
         trainable_parameters=trainable,
         config_hash=config_hash(config, base_model),
         config=config.model_dump(mode="json"),
@@ -357,6 +357,7 @@ def _length_grouped_batches(
 
 
 def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, Any]:
+    """Pad a batch to its longest sequence: input ids with ``pad_id``, labels with -100, attention mask 0."""
     import torch
 
     width = max(len(ids) for ids, _ in batch)
@@ -417,14 +418,15 @@ def _validation_loss(
     return total / weight if weight else float("nan")
 
 
-def _peak_memory_mb(device: str) -> float:
-    import resource
-
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process in MiB: allocated CUDA memory, or the resident set on CPU."""
     if device == "cuda":
         import torch
 
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    from flywheel.bench import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def _publish(
