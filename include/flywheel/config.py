@@ -209,6 +209,130 @@ class WorkloadTrainingConfig(_Strict):
         raise ConfigError(f"unknown candidate_id {candidate_id!r}; configured: {known}")
 
 
+EVAL_TYPES = ("base", "icl", "customized", "champion")
+"""Evaluation types: a candidate's base model zero-shot, few-shot (``icl``), with its fine-tuned adapter
+(``customized``), and the production model (``champion``)."""
+
+EvalType = Literal["base", "icl", "customized", "champion"]
+
+
+class EndpointConfig(_Strict):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, NIM, the teacher, a judge)."""
+
+    base_url: str = Field(
+        ..., pattern=r"^https?://", description="API root, e.g. 'http://vllm:8000/v1' (ends before /chat)."
+    )
+    model: str = Field(..., min_length=1, description="The model name the endpoint serves.")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the API key (a Kubernetes secret in pods); null: none.",
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries of a request after 429, 5xx or timeout.")
+    retry_backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per retry.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Extra request fields (e.g. vLLM's 'top_k')."
+    )
+
+
+class GenerationConfig(_Strict):
+    """How every evaluated model answers: greedy by default, the same limits for every model."""
+
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy decoding.")
+    tool_choice: Literal["auto", "required", "none"] = Field(
+        "auto", description="Sent to endpoints; local models always choose for themselves ('auto')."
+    )
+    batch_size: int = Field(8, ge=1, le=512, description="Local generation: sequences decoded together.")
+    prefix_cache: bool = Field(
+        True, description="Local generation: compute the shared system+tools prefix once per batch group."
+    )
+
+
+class IclConfig(_Strict):
+    """Few-shot (ICL) examples: drawn from the training split only, per evaluation example."""
+
+    max_shots: int = Field(3, ge=1, le=32)
+    token_budget: int = Field(
+        1024, ge=16, description="Tokens all shots may take together, counted with the model's tokenizer."
+    )
+    similarity: Literal["lexical", "embedding"] = "lexical"
+    embedding_model: str | None = Field(
+        None, description="Local directory of an embedding model; required for similarity 'embedding'."
+    )
+    pool_size: int = Field(5000, ge=1, description="At most this many training examples are considered.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _embedding_model_when_used(self) -> IclConfig:
+        if self.similarity == "embedding" and not self.embedding_model:
+            raise ValueError("embedding_model: required when similarity is 'embedding'")
+        return self
+
+
+class JudgeConfig(_Strict):
+    """An LLM judge that rates each answer against the reference (optional, per workload)."""
+
+    endpoint: EndpointConfig
+    max_tokens: int = Field(256, ge=8, description="Tokens the judge may write (its reason and rating).")
+
+
+class EvaluationConfig(_Strict):
+    """Settings of one evaluation job (``flywheel evaluate --evaluation-config``)."""
+
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    icl: IclConfig = Field(default_factory=IclConfig)
+    judge: JudgeConfig | None = None
+    max_examples: int | None = Field(
+        None, ge=1, description="Evaluate the first N examples (by example id); null: all of them."
+    )
+    max_generation_error_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Fail the job when more examples than this share got no answer (endpoint errors).",
+    )
+
+
+class ModelConfig(_Strict):
+    """A model to evaluate: a base model (with an optional LoRA adapter), or an endpoint."""
+
+    base_model: str | None = Field(None, min_length=1)
+    adapter: str | None = Field(None, min_length=1, description="Adapter directory or fsspec URL.")
+    endpoint: EndpointConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelConfig:
+        if (self.base_model is None) == (self.endpoint is None):
+            raise ValueError("set exactly one of base_model or endpoint")
+        if self.adapter is not None and self.base_model is None:
+            raise ValueError("adapter: needs base_model (an endpoint serves its adapters itself)")
+        return self
+
+
+class WorkloadEvaluationConfig(_Strict):
+    """What a workload's run evaluates: eval types per candidate, the champion, shared settings."""
+
+    settings: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    eval_types: list[Literal["base", "icl", "customized"]] = Field(
+        default_factory=lambda: ["base", "icl", "customized"],
+        min_length=1,
+        description="Evaluated for every candidate; 'customized' needs its adapter from this run.",
+    )
+    champion: ModelConfig | None = Field(
+        None, description="The production model, evaluated on the same examples; null: none yet."
+    )
+
+    @field_validator("eval_types")
+    @classmethod
+    def _eval_types_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists an eval type twice")
+        return value
+
+
 class WorkloadConfig(_Strict):
     """One agent workload (an agent node, route or task) whose traffic trains its own student models."""
 
@@ -227,6 +351,7 @@ class WorkloadConfig(_Strict):
     training_window_days: int = Field(7, ge=1, le=365)
     data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
     training: WorkloadTrainingConfig = Field(default_factory=WorkloadTrainingConfig)
+    evaluation: WorkloadEvaluationConfig = Field(default_factory=WorkloadEvaluationConfig)
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("client_ids")

@@ -128,6 +128,34 @@ def resolve_base_model(
     raise ModelNotFound(f"unknown base model reference {text!r}; {ACCEPTED_FORMS}")
 
 
+@contextlib.contextmanager
+def fetch_adapter(reference: str, *, storage_options: dict[str, Any] | None = None) -> Iterator[Path]:
+    """A local directory holding the LoRA adapter at ``reference`` (a directory or an fsspec URL).
+
+    A local directory is used in place; a URL is copied into a temporary directory that is removed on
+    exit. Adapters are small, and one at the same URI can be replaced by a later training attempt, so
+    they are never cached. Raises :class:`ModelNotFound` when there is no ``adapter_config.json``.
+    """
+    import fsspec
+
+    if "://" not in reference:
+        local = Path(reference).expanduser()
+        if not (local / "adapter_config.json").is_file():
+            raise ModelNotFound(f"adapter {reference!r} is not a directory containing adapter_config.json")
+        yield local
+        return
+    fs, root = fsspec.core.url_to_fs(reference, **(storage_options or {}))
+    root = root.rstrip("/")
+    if not fs.isfile(f"{root}/adapter_config.json"):
+        raise ModelNotFound(f"adapter {reference!r} is not a directory containing adapter_config.json")
+    with tempfile.TemporaryDirectory(prefix="flywheel-adapter-") as tmp:
+        for path in fs.find(root):
+            target = Path(tmp) / path[len(root) :].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+        yield Path(tmp)
+
+
 # --- cache entries -------------------------------------------------------------------------------
 
 
