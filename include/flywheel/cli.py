@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from flywheel.config import ConfigError, TrainingConfig, format_validation_error, load_config
+from flywheel.config import ConfigError, TrainingConfig, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,42 +215,20 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flywheel.training.trainer import EXIT_CONFIG, clear_outputs, run_training_job, write_error
+    from flywheel.jobs import EXIT_CONFIG, clear_outputs, load_settings, write_error
+    from flywheel.training.trainer import JOB_OUTPUTS, run_training_job
 
     try:
-        settings = load_training_config(args.training_config)
+        settings = load_settings(args.training_config, TrainingConfig, "--training-config")
     except ConfigError as exc:
         # The orchestrator reads the failure from the output URI, whatever stage it happened in, and
         # must not find an earlier attempt's result.json next to it.
-        clear_outputs(args.output)
+        clear_outputs(args.output, JOB_OUTPUTS)
         write_error(args.output, exc, EXIT_CONFIG)
         raise
     if args.max_steps is not None:
         settings = settings.model_copy(update={"max_steps": args.max_steps})
     return run_training_job(args.dataset, args.base_model, settings, args.output)
-
-
-def load_training_config(source: str | None) -> TrainingConfig:
-    """Training settings from a YAML/JSON file or an inline JSON object (errors name the key)."""
-    import json
-    from pathlib import Path
-
-    import yaml
-    from pydantic import ValidationError
-
-    if source is None:
-        return TrainingConfig()
-    inline = source.lstrip().startswith("{")
-    where = "--training-config" if inline else source
-    try:
-        raw = json.loads(source) if inline else yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-        return TrainingConfig.model_validate(raw or {})
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read training config ({exc.strerror})") from None
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{where}: invalid {'JSON' if inline else 'YAML'}: {exc}") from None
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: invalid training config\n{format_validation_error(exc)}") from None
 
 
 def _demo_seed(args: argparse.Namespace) -> int:

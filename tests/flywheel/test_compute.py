@@ -22,7 +22,7 @@ from flywheel.compute import (
 )
 from flywheel.config import load_config
 from flywheel.errors import JobFailedError, NonRetryableJobError
-from flywheel.training.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error
+from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 

@@ -13,15 +13,16 @@ import pytest
 from kubernetes.client import models as k8s
 
 from conftest import write_config
-from flywheel.cli import load_training_config
 from flywheel.compute import JobSpec, label_value, train_job
 from flywheel.config import (
     ComputeConfig,
     FlywheelConfig,
     KubernetesComputeConfig,
     SecretEnvConfig,
+    TrainingConfig,
     load_config,
 )
+from flywheel.jobs import load_settings
 from flywheel.pods import (
     FlywheelJobPodOperator,
     base_container_exit_code,
@@ -104,7 +105,7 @@ def test_rendered_pod_runs_the_local_backends_command_line(tmp_path: Path) -> No
         config.workload("customer_support_router").training.candidates[0]
     )
     # The inline settings are the candidate's merged settings, read back exactly as `flywheel train` does.
-    assert load_training_config(arguments["--training-config"]) == settings
+    assert load_settings(arguments["--training-config"], TrainingConfig, "--training-config") == settings
 
 
 def test_rendered_pod_is_labelled_for_cleanup_by_workload_run_and_candidate(tmp_path: Path) -> None:

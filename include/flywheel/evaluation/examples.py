@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flywheel.storage import storage_options_from_env
+from flywheel.jobs import JobInputError, read_jsonl
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(JobInputError):
     """The dataset cannot be evaluated as given (missing file, a record that is not an example)."""
 
 
@@ -58,7 +57,7 @@ class TrainExample:
 def load_examples(dataset_uri: str, *, max_examples: int | None = None) -> list[EvalExample]:
     """The evaluation examples of a dataset, sorted by example id, the first ``max_examples``."""
     examples = []
-    for where, record in _records(_split_uri(dataset_uri, "evaluation")):
+    for where, record in read_jsonl(_split_uri(dataset_uri, "evaluation")):
         try:
             reference = record["reference"]
             calls = [openai_call(call, i) for i, call in enumerate(reference.get("tool_calls") or [])]
@@ -84,7 +83,7 @@ def load_examples(dataset_uri: str, *, max_examples: int | None = None) -> list[
 def load_train_examples(dataset_uri: str, *, limit: int | None = None) -> list[TrainExample]:
     """Training-split examples ending with an assistant answer (sorted by id, the first ``limit``)."""
     pool = []
-    for where, record in _records(_split_uri(dataset_uri, "train")):
+    for where, record in read_jsonl(_split_uri(dataset_uri, "train")):
         messages = record.get("messages")
         if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
             raise EvaluationInputError(f"{where}: a training example must end with the assistant answer")
@@ -129,23 +128,3 @@ def label_of(calls: list[dict[str, Any]]) -> str:
 
 def _split_uri(dataset_uri: str, split: str) -> str:
     return posixpath.join(dataset_uri.rstrip("/"), f"{split}.jsonl")
-
-
-def _records(uri: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb", **storage_options_from_env()) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{uri}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EvaluationInputError(f"{where}: not JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise EvaluationInputError(f"{where}: not a JSON object")
-                yield where, record
-    except FileNotFoundError:
-        raise EvaluationInputError(f"{uri} does not exist") from None

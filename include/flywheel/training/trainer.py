@@ -17,23 +17,16 @@ import posixpath
 import random
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import ConfigError, LoraSettings, TrainingConfig
+from flywheel.config import LoraSettings, TrainingConfig
+from flywheel.jobs import JobInputError, read_jsonl, run_job, write_result
 from flywheel.storage import storage_options_from_env
 
 log = logging.getLogger(__name__)
-
-EXIT_CONFIG = 2
-"""Bad configuration or inputs: retrying cannot help."""
-EXIT_OUT_OF_MEMORY = 3
-"""The accelerator ran out of memory: retrying the same job cannot help."""
-EXIT_FAILED = 1
-"""Any other failure, possibly transient (a lost node, a storage hiccup): worth a retry."""
 
 
 @dataclass
@@ -66,7 +59,7 @@ class TrainResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class TrainingInputError(ValueError):
+class TrainingInputError(JobInputError):
     """The dataset or model cannot be trained on as given (empty split, unreadable file...)."""
 
 
@@ -83,42 +76,17 @@ def run_training_job(dataset_uri: str, base_model: str, config: TrainingConfig, 
     Outputs of an earlier attempt at the same URI are removed first, so a retry never leaves a stale
     ``error.json`` next to a new ``result.json`` (or the reverse).
     """
-    try:
-        clear_outputs(output_uri)
+
+    def body() -> None:
         result = train(dataset_uri, base_model, config, output_uri)
-    except BaseException as exc:
-        code = exit_code_for(exc)
-        write_error(output_uri, exc, code)
-        log.error("training failed (exit %d): %s: %s", code, type(exc).__name__, exc)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        return code
-    log.info("training finished: %s", json.dumps({k: v for k, v in asdict(result).items() if k != "config"}))
-    return 0
+        figures = {k: v for k, v in asdict(result).items() if k != "config"}
+        log.info("training finished: %s", json.dumps(figures))
+
+    return run_job(output_uri, JOB_OUTPUTS, body, what="training")
 
 
-JOB_OUTPUTS = ("result.json", "error.json", "loss_curve.json", "adapter")
-"""Everything a training job writes under its output URI."""
-
-
-def clear_outputs(output_uri: str) -> None:
-    """Remove the outputs a previous attempt left at ``output_uri`` (and nothing else there)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
-    for name in JOB_OUTPUTS:
-        path = posixpath.join(root, name)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code of a failed job: the orchestrator fails fast on codes retrying cannot fix."""
-    if isinstance(exc, ConfigError | TrainingInputError | FileNotFoundError):
-        return EXIT_CONFIG
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return EXIT_OUT_OF_MEMORY
-    return EXIT_FAILED
+JOB_OUTPUTS = ("loss_curve.json", "adapter")
+"""What a training job writes under its output URI besides ``result.json`` / ``error.json``."""
 
 
 def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> TrainResult:
@@ -293,7 +261,7 @@ def encode_split(tokenizer: Any, dataset_uri: str, name: str, max_seq_length: in
     from flywheel.training.formatting import AnswerTooLongError, encode_for_training
 
     split = EncodedSplit([], 0, 0)
-    for record in _read_jsonl(posixpath.join(dataset_uri.rstrip("/"), f"{name}.jsonl")):
+    for _, record in read_jsonl(posixpath.join(dataset_uri.rstrip("/"), f"{name}.jsonl")):
         try:
             encoded = encode_for_training(
                 tokenizer, record["messages"], record.get("tools") or [], max_length=max_seq_length
@@ -317,21 +285,6 @@ def lora_config(settings: LoraSettings) -> Any:
         target_modules=settings.target_modules,
         task_type="CAUSAL_LM",
     )
-
-
-def _read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb", **storage_options_from_env()) as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise TrainingInputError(f"{uri}:{number}: not JSON ({exc.msg})") from None
-    except FileNotFoundError:
-        raise TrainingInputError(f"{uri} does not exist") from None
 
 
 def _length_grouped_batches(
@@ -447,23 +400,4 @@ def _publish(
                 target = posixpath.join(root, path.relative_to(local).as_posix())
                 fs.makedirs(posixpath.dirname(target), exist_ok=True)
                 fs.put_file(str(path), target)
-    fs.pipe_file(posixpath.join(root, "result.json"), json.dumps(asdict(result), indent=2).encode())
-
-
-def write_error(output_uri: str, exc: BaseException, code: int) -> None:
-    """Write the machine-readable ``error.json`` of a failed job (best effort: never masks the failure)."""
-    import fsspec
-
-    try:
-        fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
-        fs.makedirs(root, exist_ok=True)
-        payload = {
-            "error": type(exc).__name__,
-            "message": str(exc)[:2000],
-            "exit_code": code,
-            "retryable": code == EXIT_FAILED,
-            "traceback": traceback.format_exception(exc)[-5:],
-        }
-        fs.pipe_file(posixpath.join(root, "error.json"), json.dumps(payload, indent=2).encode())
-    except Exception as write_error:
-        log.error("could not write error.json to %s: %s", output_uri, write_error)
+    write_result(output_uri, asdict(result))

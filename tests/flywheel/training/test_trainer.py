@@ -14,9 +14,10 @@ import pytest
 from flywheel.config import TrainingConfig, load_config
 from flywheel.datasets import build_dataset
 from flywheel.demo.seed import write_raw_partition
+from flywheel.jobs import EXIT_CONFIG
 from flywheel.storage import ArtifactStore
 from flywheel.training.models import SMOLLM2
-from flywheel.training.trainer import EXIT_CONFIG, _collate, _length_grouped_batches, train
+from flywheel.training.trainer import _collate, _length_grouped_batches, train
 from flywheel.validate import validate_day
 
 START = datetime(2026, 11, 20, 2, tzinfo=UTC)
@@ -145,7 +146,7 @@ def test_a_bad_dataset_fails_with_a_config_exit_code_and_error_json(tiny_model, 
 
     assert process.returncode == EXIT_CONFIG
     error = json.loads((output / "error.json").read_text())
-    assert error["error"] == "TrainingInputError"
+    assert error["error"] == "JobInputError"
     assert error["retryable"] is False
     assert "train.jsonl does not exist" in error["message"]
 
