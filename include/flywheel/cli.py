@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from flywheel.config import ConfigError, TrainingConfig, load_config
+from flywheel.config import EVAL_TYPES, ConfigError, TrainingConfig, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--max-steps", type=int, help="override max_steps")
     train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate one model on a dataset's evaluation split (the job image's entrypoint)"
+    )
+    evaluate.add_argument(
+        "--dataset", required=True, help="dataset URI (directory with evaluation.jsonl, train.jsonl)"
+    )
+    evaluate.add_argument("--output", required=True, help="output URI (examples.jsonl, result.json)")
+    evaluate.add_argument("--eval-type", required=True, choices=EVAL_TYPES, help="what is evaluated")
+    model = evaluate.add_mutually_exclusive_group(required=True)
+    model.add_argument("--base-model", help="local dir, fsspec URL, hub id or 'smollm2-135m-instruct'")
+    model.add_argument(
+        "--endpoint", help="an OpenAI-compatible endpoint: a YAML/JSON file or an inline JSON object"
+    )
+    evaluate.add_argument("--adapter", help="LoRA adapter dir or fsspec URL (with --base-model)")
+    evaluate.add_argument("--candidate-id", help="the candidate this evaluation belongs to (recorded)")
+    evaluate.add_argument(
+        "--evaluation-config",
+        help="evaluation settings: a YAML/JSON file, or a JSON object inline (default: the defaults)",
+    )
+    evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="the embedded default: demo traffic and the one-command demo")
     demo_commands = demo.add_subparsers(required=True)
@@ -229,6 +250,37 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         settings = settings.model_copy(update={"max_steps": args.max_steps})
     return run_training_job(args.dataset, args.base_model, settings, args.output)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from flywheel.config import EndpointConfig, EvaluationConfig, ModelConfig
+    from flywheel.evaluation.runner import JOB_OUTPUTS, run_evaluation_job
+    from flywheel.jobs import EXIT_CONFIG, clear_outputs, load_settings, write_error
+
+    try:
+        settings = load_settings(args.evaluation_config, EvaluationConfig, "--evaluation-config")
+        endpoint = load_settings(args.endpoint, EndpointConfig, "--endpoint") if args.endpoint else None
+        model = _model_config(
+            ModelConfig, base_model=args.base_model, adapter=args.adapter, endpoint=endpoint
+        )
+    except ConfigError as exc:
+        clear_outputs(args.output, JOB_OUTPUTS)
+        write_error(args.output, exc, EXIT_CONFIG)
+        raise
+    return run_evaluation_job(
+        args.dataset, model, args.eval_type, settings, args.output, candidate_id=args.candidate_id
+    )
+
+
+def _model_config(model_class: Any, **fields: Any) -> Any:
+    from pydantic import ValidationError
+
+    from flywheel.config import format_validation_error
+
+    try:
+        return model_class(**fields)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid model arguments\n{format_validation_error(exc)}") from None
 
 
 def _demo_seed(args: argparse.Namespace) -> int:

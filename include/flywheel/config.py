@@ -264,6 +264,11 @@ class IclConfig(_Strict):
     )
     pool_size: int = Field(5000, ge=1, description="At most this many training examples are considered.")
     seed: int = 0
+    tokenizer: str | None = Field(
+        None,
+        description="Model reference whose tokenizer counts the budget when the evaluated model is an "
+        "endpoint (a local model always counts with its own).",
+    )
 
     @model_validator(mode="after")
     def _embedding_model_when_used(self) -> IclConfig:

@@ -244,39 +244,66 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[di
     return _tokenize(tokenizer, render_prompt(tokenizer, messages, tools))
 
 
+class ToolCallParseError(ValueError):
+    """Generated text holds a ``<tool_call>`` block that is not a well-formed call; ``reason`` says how."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
     """The tool calls in generated text, as ``[{"name": str, "arguments": dict}]``.
+
+    Returns ``[]`` for text without any block (a plain answer) and ``None`` when a block is present
+    but malformed (the evaluator scores that as a failed call). :func:`read_tool_calls` says why.
+    """
+    try:
+        return read_tool_calls(text)
+    except ToolCallParseError:
+        return None
+
+
+def read_tool_calls(text: str) -> list[dict[str, Any]]:
+    """The tool calls in generated text; :class:`ToolCallParseError` with a reason when one is malformed.
 
     Every ``<tool_call>...</tool_call>`` block counts, and a final block without its closing tag (the
     generation stopped first); in that last case only the first JSON value after the tag is read and
     anything after it (an end-of-turn token) is ignored. Each block must hold a JSON object with a
-    string ``name`` and ``arguments`` that is an object or JSON text holding an object.
-
-    Returns ``[]`` for text without any block (a plain answer) and ``None`` when a block is present
-    but malformed (the evaluator scores that as a failed call). Text outside the blocks is ignored.
+    string ``name`` and ``arguments`` that is an object or JSON text holding an object. Text outside
+    the blocks is ignored. Reasons: ``invalid_json``, ``text_after_call``, ``not_a_call``,
+    ``arguments_not_json``, ``arguments_not_object``.
     """
     calls: list[dict[str, Any]] = []
     decoder = json.JSONDecoder()
-    for match in _BLOCK.finditer(text):
+    for number, match in enumerate(_BLOCK.finditer(text), start=1):
         body, closed = match.group(1).strip(), bool(match.group(2))
+        where = f"call {number}"
         try:
             value, end = decoder.raw_decode(body)
-        except json.JSONDecodeError:
-            return None
+        except json.JSONDecodeError as exc:
+            state = "" if closed else " (the block is not closed: the answer was cut off?)"
+            raise ToolCallParseError("invalid_json", f"{where}: {exc.msg} at {exc.pos}{state}") from None
         if closed and body[end:].strip():
-            return None
+            raise ToolCallParseError("text_after_call", f"{where}: {body[end:].strip()[:80]!r}")
         if not isinstance(value, dict) or not isinstance(value.get("name"), str) or "arguments" not in value:
-            return None
+            raise ToolCallParseError("not_a_call", f"{where}: needs a string 'name' and 'arguments'")
         arguments = value["arguments"]
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                return None
+            except json.JSONDecodeError as exc:
+                raise ToolCallParseError("arguments_not_json", f"{where}: {exc.msg}") from None
         if not isinstance(arguments, dict):
-            return None
+            kind = type(arguments).__name__
+            raise ToolCallParseError("arguments_not_object", f"{where}: arguments are a {kind}")
         calls.append({"name": value["name"], "arguments": arguments})
     return calls
+
+
+def text_outside_tool_calls(text: str) -> str:
+    """``text`` without its ``<tool_call>`` blocks (an unclosed final block runs to the end)."""
+    return _BLOCK.sub("", text)
 
 
 def _render(
