@@ -24,7 +24,12 @@ from airflow.sdk import (
 from airflow.sdk.definitions.mappedoperator import MappedOperator
 
 from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
-from flywheel.errors import DataQualityError, NonRetryableJobError, TrainingFailedError
+from flywheel.errors import (
+    DataQualityError,
+    EvaluationFailedError,
+    NonRetryableJobError,
+    TrainingFailedError,
+)
 from flywheel.intervals import run_interval
 
 DOC_MD = """
@@ -51,6 +56,13 @@ Tasks, in order:
    or out of memory is not retried.
 6. `collect_training`: reads every candidate's `result.json` / `error.json` from the artifact store
    (never XCom) and records the `train` stage; fails only when no candidate produced an adapter.
+7. `plan_evaluation`: one evaluation job per model variant ({variants}), all on the dataset's
+   evaluation split, the same examples for every model.
+8. `evaluate` (mapped, labelled `<candidate_id>/<eval_type>`): `flywheel evaluate` on the same
+   backend; per-example `examples.jsonl` and the metric summary `result.json` (each metric with its
+   95% interval, per-tool breakdown) under `runs/{workload_id}/<day>/evaluate/<candidate_id>/<eval_type>/`.
+9. `collect_evaluation`: records each evaluation in the `evaluations` table and the `evaluate`
+   stage; fails only when no evaluation succeeded.
 
 **Log source**: index `{index}` on connection `{conn_id}`{clients}.
 **Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
@@ -80,12 +92,13 @@ RETRY_POLICY = ExceptionRetryPolicy(
             reason="job failed with bad configuration or out of memory",
         ),
         RetryRule(exception=TrainingFailedError, action=RetryAction.FAIL, reason="every candidate failed"),
+        RetryRule(exception=EvaluationFailedError, action=RetryAction.FAIL, reason="every evaluation failed"),
     ]
 )
 
 BACKEND_DOCS = {
     "local": "a subprocess of the worker, output streamed into this log",
-    "kubernetes": "a GPU pod from `k8s_templates/train-pod.yaml`, logs streamed into this log",
+    "kubernetes": "a GPU pod from `k8s_templates/<train|evaluate>-pod.yaml`, logs streamed into this log",
 }
 
 
@@ -117,6 +130,10 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 f"`{c.candidate_id}`: `{c.base_model}`" for c in workload.training.candidates
             ),
             backend=config.compute.backend,
+            variants=", ".join(
+                (["`champion`"] if workload.evaluation.champion else [])
+                + [f"`{t}`" for t in workload.evaluation.eval_types]
+            ),
             backend_doc=BACKEND_DOCS[config.compute.backend],
         ),
         default_args={
@@ -209,35 +226,75 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 load_config(), workload_id, dataset, jobs, dag_run_id=run_id, try_number=ti.try_number
             )
 
+        @task(
+            task_id="plan_evaluation",
+            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+            doc_md="One evaluation job per model variant: the champion, and base / icl / customized per "
+            "candidate (customized only where training produced an adapter).",
+        )
+        def plan_evaluation(dataset: dict, train_jobs: list[dict], run_id=None) -> list[dict]:
+            from flywheel import tasks
+
+            return tasks.plan_evaluation(load_config(), workload_id, dataset, train_jobs, dag_run_id=run_id)
+
+        @task(
+            task_id="collect_evaluation",
+            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+            doc_md="Read and record every evaluation's result from the artifact store.",
+        )
+        def collect_evaluation(dataset: dict, jobs: list[dict], run_id=None, ti=None) -> dict:
+            from flywheel import tasks
+
+            return tasks.collect_evaluation(
+                load_config(), workload_id, dataset, jobs, dag_run_id=run_id, try_number=ti.try_number
+            )
+
         dataset = build_dataset(validate(extract()))
-        jobs = plan_training(dataset)
-        train_jobs(config, jobs) >> collect_training(dataset, jobs)
+        train_plan = plan_training(dataset)
+        trained = job_tasks(config, "train", train_plan) >> collect_training(dataset, train_plan)
+        evaluation_plan = plan_evaluation(dataset, train_plan)
+        trained >> evaluation_plan
+        job_tasks(config, "evaluate", evaluation_plan) >> collect_evaluation(dataset, evaluation_plan)
     return dag
 
 
-def train_jobs(config: FlywheelConfig, jobs: XComArg) -> XComArg | MappedOperator:
-    """The mapped ``train`` task on the configured compute backend: one task per planned job."""
-    doc_md = "Fine-tune one candidate's LoRA adapter (`flywheel train`); results go to the artifact store."
+def job_tasks(config: FlywheelConfig, kind: str, jobs: XComArg) -> XComArg | MappedOperator:
+    """The mapped ``kind`` task (``train``, ``evaluate``) on the configured compute backend: one per job.
+
+    Each mapped task is labelled in the UI with its candidate id (and eval type for evaluations).
+    """
+    doc_md = JOB_DOCS[kind]
+    suffix = "/{}" if kind == "evaluate" else ""
     if config.compute.backend == "kubernetes":
         from flywheel.pods import FlywheelJobPodOperator, job_pod_arguments, job_pod_defaults
 
+        label = "{{ task.labels['flywheel.io/candidate'] }}"
         return FlywheelJobPodOperator.partial(
-            task_id="train",
+            task_id=kind,
             doc_md=doc_md,
-            map_index_template="{{ task.labels['flywheel.io/candidate'] }}",
-            **job_pod_defaults(config.compute.kubernetes, "train"),
+            map_index_template=label + suffix.format("{{ task.labels['flywheel.io/eval-type'] }}"),
+            **job_pod_defaults(config.compute.kubernetes, kind),
         ).expand_kwargs(jobs.map(job_pod_arguments))
 
-    @task(task_id="train", doc_md=doc_md, map_index_template="{{ candidate_id }}")
-    def train(job: dict) -> None:
+    @task(task_id=kind, doc_md=doc_md, map_index_template="{{ candidate_id }}" + suffix.format("{{ eval_type }}"))
+    def run_job(job: dict) -> None:
         from airflow.sdk import get_current_context
 
         from flywheel import tasks
 
-        get_current_context()["candidate_id"] = job["labels"]["flywheel.io/candidate"]
-        tasks.train_local(job)
+        context = get_current_context()
+        context["candidate_id"] = job["labels"]["flywheel.io/candidate"]
+        context["eval_type"] = job["labels"].get("flywheel.io/eval-type")
+        tasks.run_job_locally(job)
 
-    return train.expand(job=jobs)
+    return run_job.expand(job=jobs)
+
+
+JOB_DOCS = {
+    "train": "Fine-tune one candidate's LoRA adapter (`flywheel train`); results go to the artifact store.",
+    "evaluate": "Evaluate one model variant on the evaluation split (`flywheel evaluate`); results go to "
+    "the artifact store.",
+}
 
 
 _config = load_config()

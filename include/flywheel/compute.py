@@ -22,7 +22,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import CandidateConfig, FlywheelConfig, WorkloadConfig
+from flywheel.config import CandidateConfig, FlywheelConfig, ModelConfig, WorkloadConfig
 from flywheel.errors import JobFailedError, NonRetryableJobError
 from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
 
@@ -43,7 +43,7 @@ class JobSpec:
     """One job: what to run, with which environment, labelled how, writing its outputs where."""
 
     kind: str
-    """What the job does: ``train`` (later ``evaluate``); picks the pod template ``<kind>-pod.yaml``."""
+    """What the job does: ``train`` or ``evaluate``; picks the pod template ``<kind>-pod.yaml``."""
     name: str
     """Readable, DNS-safe name: the pod name's prefix."""
     arguments: list[str]
@@ -84,9 +84,6 @@ def train_job(
     """The training job of one candidate on the run's dataset."""
     settings = workload.training.settings_for(candidate)
     output_uri = train_output_uri(config, workload.workload_id, day, candidate.candidate_id)
-    env = dict(config.compute.env)
-    if config.artifact_store.storage_options:
-        env[STORAGE_OPTIONS_ENV] = json.dumps(config.artifact_store.storage_options, sort_keys=True)
     return JobSpec(
         kind="train",
         name=dns_label(f"train-{workload.workload_id}-{candidate.candidate_id}"),
@@ -97,14 +94,81 @@ def train_job(
             "--base-model",
             candidate.base_model,
             "--training-config",
-            json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":")),
+            _compact_json(settings.model_dump(mode="json")),
             "--output",
             output_uri,
         ],
         output_uri=output_uri,
-        env=env,
+        env=job_env(config),
         labels=job_labels(workload.workload_id, dag_run_id, candidate.candidate_id, "train"),
     )
+
+
+CHAMPION = "champion"
+"""The candidate id under which the champion's evaluation is planned, stored and labelled."""
+
+
+def evaluate_output_uri(
+    config: FlywheelConfig, workload_id: str, day: date, candidate_id: str, eval_type: str
+) -> str:
+    """Where an evaluation writes: ``runs/<wl>/<day>/evaluate/<candidate>/<eval_type>``."""
+    root = config.artifact_store.root.rstrip("/")
+    return posixpath.join(root, "runs", workload_id, day.isoformat(), "evaluate", candidate_id, eval_type)
+
+
+def evaluate_job(
+    config: FlywheelConfig,
+    workload: WorkloadConfig,
+    model: ModelConfig,
+    *,
+    eval_type: str,
+    candidate_id: str,
+    dataset_uri: str,
+    day: date,
+    dag_run_id: str,
+) -> JobSpec:
+    """The evaluation job of one model (a candidate's variant or the champion) on the run's dataset."""
+    output_uri = evaluate_output_uri(config, workload.workload_id, day, candidate_id, eval_type)
+    if model.endpoint is not None:
+        model_arguments = ["--endpoint", _compact_json(model.endpoint.model_dump(mode="json"))]
+    else:
+        assert model.base_model is not None
+        model_arguments = ["--base-model", model.base_model]
+        model_arguments += ["--adapter", model.adapter] if model.adapter else []
+    labels = job_labels(workload.workload_id, dag_run_id, candidate_id, "evaluate")
+    return JobSpec(
+        kind="evaluate",
+        name=dns_label(f"eval-{workload.workload_id}-{candidate_id}-{eval_type}"),
+        arguments=[
+            "evaluate",
+            "--dataset",
+            dataset_uri,
+            "--eval-type",
+            eval_type,
+            *model_arguments,
+            "--candidate-id",
+            candidate_id,
+            "--evaluation-config",
+            _compact_json(workload.evaluation.settings.model_dump(mode="json")),
+            "--output",
+            output_uri,
+        ],
+        output_uri=output_uri,
+        env=job_env(config),
+        labels=labels | {f"{LABEL_PREFIX}eval-type": label_value(eval_type)},
+    )
+
+
+def job_env(config: FlywheelConfig) -> dict[str, str]:
+    """The non-secret environment of every job: ``compute.env`` and the artifact store's options."""
+    env = dict(config.compute.env)
+    if config.artifact_store.storage_options:
+        env[STORAGE_OPTIONS_ENV] = json.dumps(config.artifact_store.storage_options, sort_keys=True)
+    return env
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def job_labels(workload_id: str, dag_run_id: str, candidate_id: str, kind: str) -> dict[str, str]:

@@ -185,6 +185,8 @@ class WorkloadTrainingConfig(_Strict):
         for i, candidate in enumerate(self.candidates):
             if candidate.candidate_id in seen:
                 raise ValueError(f"candidates[{i}].candidate_id: {candidate.candidate_id!r} is defined twice")
+            if candidate.candidate_id == "champion":
+                raise ValueError(f"candidates[{i}].candidate_id: 'champion' names the production model")
             seen.add(candidate.candidate_id)
             try:
                 self.settings_for(candidate)

@@ -27,3 +27,7 @@ class NonRetryableJobError(JobFailedError):
 
 class TrainingFailedError(RuntimeError):
     """No candidate of the run produced an adapter."""
+
+
+class EvaluationFailedError(RuntimeError):
+    """No evaluation of the run produced a result."""

@@ -181,13 +181,6 @@ def plan_training(
     return [job.to_dict() for job in jobs]
 
 
-def train_local(job: dict[str, Any]) -> None:
-    """Run one planned training job as a local process (the ``local`` compute backend)."""
-    from flywheel.compute import JobSpec, run_local
-
-    run_local(JobSpec.from_dict(job), logger=log)
-
-
 def collect_training(
     config: FlywheelConfig,
     workload_id: str,
@@ -240,6 +233,154 @@ def collect_training(
             failures = "; ".join(f"{c['candidate_id']}: {c['error'].get('message', '')}" for c in candidates)
             raise TrainingFailedError(f"no candidate of {workload_id} produced an adapter ({failures})")
     return stage.summary
+
+
+def plan_evaluation(
+    config: FlywheelConfig,
+    workload_id: str,
+    dataset: dict[str, Any],
+    train_jobs: list[dict[str, Any]],
+    *,
+    dag_run_id: str,
+) -> list[dict[str, Any]]:
+    """The run's evaluation jobs, all on the same dataset: the champion, and per candidate its variants.
+
+    ``base`` and ``icl`` need only the candidate's base model; ``customized`` needs the adapter its
+    training job published (a candidate whose training failed gets no customized evaluation). The
+    champion, when the workload has one, is evaluated on the same examples.
+    """
+    from flywheel.compute import CHAMPION, JobSpec, evaluate_job, read_job_file
+    from flywheel.config import ModelConfig
+
+    workload = config.workload(workload_id)
+    day = date.fromisoformat(dataset["last_day"])
+    options = config.artifact_store.storage_options
+    trained = {
+        spec.labels["flywheel.io/candidate"]: spec.output_uri
+        for spec in map(JobSpec.from_dict, train_jobs)
+        if read_job_file(spec.output_uri, "result.json", options)
+    }
+    planned: list[tuple[str, str, ModelConfig]] = []
+    if workload.evaluation.champion is not None:
+        planned.append((CHAMPION, "champion", workload.evaluation.champion))
+    for candidate in workload.training.candidates:
+        name, base_model = candidate.candidate_id, candidate.base_model
+        for eval_type in workload.evaluation.eval_types:
+            if eval_type != "customized":
+                planned.append((name, eval_type, ModelConfig(base_model=base_model)))
+            elif name in trained:
+                model = ModelConfig(base_model=base_model, adapter=f"{trained[name]}/adapter")
+                planned.append((name, eval_type, model))
+            else:
+                log.warning("%s: no adapter from training, so no customized evaluation", name)
+    jobs = [
+        evaluate_job(
+            config,
+            workload,
+            model,
+            eval_type=eval_type,
+            candidate_id=candidate_id,
+            dataset_uri=dataset["uri"],
+            day=day,
+            dag_run_id=dag_run_id,
+        )
+        for candidate_id, eval_type, model in planned
+    ]
+    for job in jobs:
+        log.info("%s -> %s", job.name, job.output_uri)
+    return [job.to_dict() for job in jobs]
+
+
+def run_job_locally(job: dict[str, Any]) -> None:
+    """Run one planned job (training or evaluation) as a local process (the ``local`` compute backend)."""
+    from flywheel.compute import JobSpec, run_local
+
+    run_local(JobSpec.from_dict(job), logger=log)
+
+
+def collect_evaluation(
+    config: FlywheelConfig,
+    workload_id: str,
+    dataset: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    *,
+    dag_run_id: str,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Read every evaluation's ``result.json`` (or ``error.json``), record each, and summarise them.
+
+    Runs once all evaluation jobs have finished, whatever their outcome. Raises EvaluationFailedError
+    when none succeeded. ``same_examples`` says whether every succeeded evaluation scored the same
+    examples (the precondition of a paired comparison).
+    """
+    from flywheel.compute import JobSpec, read_job_file
+    from flywheel.errors import EvaluationFailedError
+    from flywheel.evaluation.runner import headline
+    from flywheel.tracking import record_evaluation
+
+    interval_start = datetime.fromisoformat(dataset["interval_start"])
+    interval_end = datetime.fromisoformat(dataset["interval_end"])
+    run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
+    options = config.artifact_store.storage_options
+    with record_stage(config.metadata, run_id, "evaluate", try_number) as stage:
+        evaluations = []
+        for spec in map(JobSpec.from_dict, jobs):
+            arguments = dict(zip(spec.arguments[1::2], spec.arguments[2::2], strict=False))
+            result = read_job_file(spec.output_uri, "result.json", options)
+            error = None if result else read_job_file(spec.output_uri, "error.json", options)
+            candidate_id = spec.labels["flywheel.io/candidate"]
+            eval_type = spec.labels["flywheel.io/eval-type"]
+            record_evaluation(
+                config.metadata,
+                run_id,
+                workload_id=workload_id,
+                dataset_id=dataset["dataset_id"],
+                candidate_id=candidate_id,
+                eval_type=eval_type,
+                model=result["model"] if result else _model_arguments(arguments),
+                result_uri=f"{spec.output_uri}/result.json",
+                result=result,
+                error=error,
+            )
+            entry: dict[str, Any] = {
+                "candidate_id": candidate_id,
+                "eval_type": eval_type,
+                "output_uri": spec.output_uri,
+                "status": "succeeded" if result else "failed",
+            }
+            if result:
+                entry |= headline(result) | {"examples_hash": result["examples_hash"]}
+            else:
+                entry["error"] = error or {"error": "NoOutput", "message": "the job wrote no result.json"}
+            evaluations.append(entry)
+            log.info("%s/%s: %s", candidate_id, eval_type, {k: v for k, v in entry.items() if k != "error"})
+        hashes = {e["examples_hash"] for e in evaluations if e["status"] == "succeeded"}
+        stage.summary = {
+            "dataset_id": dataset["dataset_id"],
+            "evaluations": evaluations,
+            "succeeded": sum(e["status"] == "succeeded" for e in evaluations),
+            "failed": sum(e["status"] == "failed" for e in evaluations),
+            "same_examples": len(hashes) <= 1,
+        }
+        if len(hashes) > 1:
+            log.error("evaluations scored different example sets (%s): they cannot be compared", hashes)
+        if not stage.summary["succeeded"]:
+            failures = "; ".join(
+                f"{e['candidate_id']}/{e['eval_type']}: {e['error'].get('message', '')}" for e in evaluations
+            )
+            raise EvaluationFailedError(f"no evaluation of {workload_id} succeeded ({failures})")
+    return stage.summary
+
+
+def _model_arguments(arguments: dict[str, str]) -> dict[str, Any]:
+    """The evaluated model as named on a job's command line (for a job that wrote no result)."""
+    if "--endpoint" in arguments:
+        import json
+
+        endpoint = json.loads(arguments["--endpoint"])
+        return {"endpoint": {"base_url": endpoint["base_url"], "model": endpoint["model"]}}
+    model = {"base_model": arguments["--base-model"]}
+    return model | ({"adapter": arguments["--adapter"]} if "--adapter" in arguments else {})
 
 
 _TRAIN_FIGURES = (

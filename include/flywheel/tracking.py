@@ -11,7 +11,16 @@ from sqlalchemy import select
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
-from flywheel.db.models import Base, Dataset, RawPartition, Run, RunStage, ValidatedPartition, utcnow
+from flywheel.db.models import (
+    Base,
+    Dataset,
+    Evaluation,
+    RawPartition,
+    Run,
+    RunStage,
+    ValidatedPartition,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from flywheel.datasets import DatasetResult
@@ -151,3 +160,38 @@ def _upsert(metadata: MetadataConfig, model: type[Base], key: dict[str, Any], **
         for column, value in values.items():
             setattr(row, column, value)
         session.add(row)
+
+
+def record_evaluation(
+    metadata: MetadataConfig,
+    run_id: int,
+    *,
+    workload_id: str,
+    dataset_id: str,
+    candidate_id: str,
+    eval_type: str,
+    model: dict[str, Any],
+    result_uri: str,
+    result: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+) -> None:
+    """Insert or replace the ``evaluations`` row of one model's evaluation in a run."""
+    failure = error or {"error": "NoOutput", "message": "the job wrote no result.json"}
+    _upsert(
+        metadata,
+        Evaluation,
+        {"run_id": run_id, "candidate_id": candidate_id, "eval_type": eval_type},
+        workload_id=workload_id,
+        dataset_id=dataset_id,
+        model=model,
+        status="succeeded" if result else "failed",
+        examples=result["examples"] if result else None,
+        examples_hash=result["examples_hash"] if result else None,
+        metrics=result["metrics"] if result else None,
+        judge=result.get("judge") if result else None,
+        latency_p95_s=result["latency_s"]["p95"] if result else None,
+        result_uri=result_uri,
+        examples_uri=result["examples_uri"] if result else None,
+        error=None if result else f"{failure.get('error')}: {failure.get('message', '')}",
+        evaluated_at=utcnow(),
+    )

@@ -139,3 +139,32 @@ class Dataset(Base):
     config_hash: Mapped[str] = mapped_column(String(32))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Evaluation(Base):
+    """One evaluation of one model (a candidate's base / icl / customized variant, or the champion) in a run.
+
+    A re-run of the same run's evaluation replaces the row. ``metrics`` holds each metric's value, 95%
+    interval and count; the per-example outcomes stay in ``examples_uri`` for paired comparisons.
+    """
+
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("run_id", "candidate_id", "eval_type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    workload_id: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_id: Mapped[str] = mapped_column(String(64))
+    candidate_id: Mapped[str] = mapped_column(String(64))  # "champion" for the champion
+    eval_type: Mapped[str] = mapped_column(String(16))  # base | icl | customized | champion
+    model: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # succeeded | failed
+    examples: Mapped[int | None] = mapped_column(Integer)
+    examples_hash: Mapped[str | None] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    judge: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    latency_p95_s: Mapped[float | None] = mapped_column(Float)
+    result_uri: Mapped[str] = mapped_column(Text)
+    examples_uri: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
