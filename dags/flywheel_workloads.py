@@ -276,7 +276,9 @@ def job_tasks(config: FlywheelConfig, kind: str, jobs: XComArg) -> XComArg | Map
             **job_pod_defaults(config.compute.kubernetes, kind),
         ).expand_kwargs(jobs.map(job_pod_arguments))
 
-    @task(task_id=kind, doc_md=doc_md, map_index_template="{{ candidate_id }}" + suffix.format("{{ eval_type }}"))
+    local_label = "{{ candidate_id }}" + suffix.format("{{ eval_type }}")
+
+    @task(task_id=kind, doc_md=doc_md, map_index_template=local_label)
     def run_job(job: dict) -> None:
         from airflow.sdk import get_current_context
 
