@@ -200,7 +200,7 @@ class WorkloadTrainingConfig(_Strict):
 
     def settings_for(self, candidate: CandidateConfig) -> TrainingConfig:
         """The workload's settings with the candidate's overrides applied (nested blocks merged)."""
-        return TrainingConfig.model_validate(_deep_merge(self.settings.model_dump(), candidate.settings))
+        return TrainingConfig.model_validate(deep_merge(self.settings.model_dump(), candidate.settings))
 
     def candidate(self, candidate_id: str) -> CandidateConfig:
         """The candidate with this id; ConfigError naming the known ids otherwise."""
@@ -540,11 +540,12 @@ def format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; nested mappings are merged key by key, anything else replaced."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

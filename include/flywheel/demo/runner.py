@@ -20,10 +20,10 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select
 
-from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
+from flywheel.config import PROJECT_ROOT, FlywheelConfig, deep_merge, flywheel_home, load_config
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
-from flywheel.db.models import Dataset, RawPartition, Run, RunStage, ValidatedPartition
+from flywheel.db.models import Dataset, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
 from flywheel.demo.seed import demo_workloads, seed_logs
 from flywheel.embedded import LocalLogStore
 from flywheel.intervals import latest_intervals
@@ -48,7 +48,7 @@ def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: d
     logs_dir = home / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     env = airflow_environment(home)
-    config = demo_training(load_config(config_path))
+    config = demo_settings(load_config(config_path))
     # The DAG's tasks (`airflow dags test` subprocesses) read this file: the settings, shorter training.
     demo_config = home / "demo-flywheel.yaml"
     demo_config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -97,10 +97,21 @@ DEMO_TRAINING = {
 """Training settings the demo applies to every candidate: a few CPU steps that show the stage working."""
 
 
-def demo_training(config: FlywheelConfig) -> FlywheelConfig:
-    """``config`` with every candidate's training shortened to :data:`DEMO_TRAINING`."""
+DEMO_EVALUATION = {"max_examples": 32, "generation": {"max_new_tokens": 64, "batch_size": 8}}
+"""Evaluation settings of the demo: 32 examples per model variant, answers cut at 64 tokens (CPU)."""
+
+
+def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
+    """``config`` with training shortened to :data:`DEMO_TRAINING`, evaluation to :data:`DEMO_EVALUATION`."""
     workloads = []
     for workload in config.workloads:
+        evaluation = workload.evaluation.model_copy(
+            update={
+                "settings": type(workload.evaluation.settings).model_validate(
+                    deep_merge(workload.evaluation.settings.model_dump(), DEMO_EVALUATION)
+                )
+            }
+        )
         training = workload.training.model_copy(
             update={
                 "settings": workload.training.settings.model_copy(update=DEMO_TRAINING),
@@ -110,7 +121,7 @@ def demo_training(config: FlywheelConfig) -> FlywheelConfig:
                 ],
             }
         )
-        workloads.append(workload.model_copy(update={"training": training}))
+        workloads.append(workload.model_copy(update={"training": training, "evaluation": evaluation}))
     return config.model_copy(update={"workloads": workloads})
 
 
@@ -199,6 +210,11 @@ def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None
             )
             for candidate in (training.summary or {}).get("candidates", []) if training else []:
                 print(f"    {_candidate_line(candidate)}")
+            evaluations = session.scalars(
+                select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.id)
+            )
+            for evaluation in evaluations:
+                print(f"    {_evaluation_line(evaluation)}")
     print(f"\n  artifact store: {config.artifact_store.root}")
     print(f"  metadata db:    {config.metadata.conn_id or config.metadata.url}")
 
@@ -213,3 +229,16 @@ def _candidate_line(candidate: dict) -> str:
         f"{candidate['best_validation_loss']}, {candidate['tokens_per_s']:.0f} tokens/s, "
         f"{candidate['wall_seconds']:.0f} s\n    adapter: {candidate['adapter_uri']}"
     )
+
+
+def _evaluation_line(evaluation: Evaluation) -> str:
+    name = f"evaluate {evaluation.candidate_id}/{evaluation.eval_type}"
+    if evaluation.status != "succeeded" or not evaluation.metrics:
+        return f"{name}: FAILED ({(evaluation.error or '')[:200]})"
+    shown = ("function_name_accuracy", "function_name_and_args_accuracy")
+    figures = ", ".join(
+        f"{metric} {entry['value']:.3f} [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
+        for metric, entry in evaluation.metrics.items()
+        if metric in shown and entry["value"] is not None
+    )
+    return f"{name} ({evaluation.examples} examples): {figures}"
