@@ -66,6 +66,11 @@ TEST_TRAINING = {
 }
 """Training block of test configs: two steps of the tiny model (tests that train need ``tiny_model``)."""
 
+TEST_EVALUATION = {
+    "settings": {"max_examples": 4, "generation": {"max_new_tokens": 8, "batch_size": 4}},
+}
+"""Evaluation block of test configs: four examples, answers of at most eight tokens."""
+
 
 @pytest.fixture
 def empty_log_store(log_store: object) -> object:
@@ -84,8 +89,8 @@ def write_config(
 ) -> Path:
     """A config file like the project's, with its artifact store and metadata DB inside ``directory``.
 
-    Workloads train the tiny test model for two steps unless ``training`` is overridden; ``airflow``
-    and ``compute`` update those blocks.
+    Workloads train the tiny test model for two steps and evaluate it on four examples unless
+    ``training`` / ``evaluation`` are overridden; ``airflow`` and ``compute`` update those blocks.
     """
     raw = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "flywheel.yaml").read_text())
     raw["artifact_store"] = {"root": str(directory / "artifacts")}
@@ -93,7 +98,7 @@ def write_config(
     raw["airflow"].update(airflow or {})
     raw["compute"].update(compute or {})
     for workload in raw["workloads"]:
-        workload.update({"training": TEST_TRAINING, **workload_overrides})
+        workload.update({"training": TEST_TRAINING, "evaluation": TEST_EVALUATION, **workload_overrides})
     path = directory / "flywheel.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -295,6 +295,9 @@ class EvaluationConfig(_Strict):
     max_examples: int | None = Field(
         None, ge=1, description="Evaluate the first N examples (by example id); null: all of them."
     )
+    include_golden: bool = Field(
+        True, description="Evaluate the workload's frozen golden set too, besides the evaluation split."
+    )
     max_generation_error_rate: float = Field(
         0.05,
         ge=0,

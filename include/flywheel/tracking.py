@@ -152,11 +152,11 @@ def record_dataset(metadata: MetadataConfig, result: DatasetResult, run_id: int 
     )
 
 
-def _upsert(metadata: MetadataConfig, model: type[Base], key: dict[str, Any], **values: Any) -> None:
-    """Update the row of ``model`` identified by ``key`` with ``values``, creating it if absent."""
+def _upsert(metadata: MetadataConfig, table: type[Base], key: dict[str, Any], /, **values: Any) -> None:
+    """Update the row of ``table`` identified by ``key`` with ``values``, creating it if absent."""
     with session_scope(metadata) as session:
-        conditions = [getattr(model, column) == value for column, value in key.items()]
-        row = session.scalar(select(model).where(*conditions)) or model(**key)
+        conditions = [getattr(table, column) == value for column, value in key.items()]
+        row = session.scalar(select(table).where(*conditions)) or table(**key)
         for column, value in values.items():
             setattr(row, column, value)
         session.add(row)

@@ -1,7 +1,9 @@
-"""Training in the workload DAG through ``dag.test()`` on the local backend: real jobs, real processes.
+"""Training and evaluation in the workload DAG through ``dag.test()`` on the local backend.
 
-One mapped ``train`` task per candidate runs ``flywheel train`` as a subprocess on the tiny model; a
-job that cannot succeed (bad input) fails without a retry, a killed job is retried and succeeds.
+Real jobs, real processes: one mapped ``train`` task per candidate runs ``flywheel train`` as a
+subprocess on the tiny model, then one mapped ``evaluate`` task per model variant runs ``flywheel
+evaluate``; a job that cannot succeed (bad input) fails without a retry, a killed job is retried and
+succeeds.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from conftest import PROJECT_ROOT, TEST_TRAINING, write_config
+from conftest import PROJECT_ROOT, TEST_EVALUATION, TEST_TRAINING, write_config
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
-from flywheel.db.models import RunStage
+from flywheel.db.models import Evaluation, RunStage
 from flywheel.demo.seed import seed_logs
 from flywheel.intervals import latest_intervals
 
@@ -31,8 +33,10 @@ WORKLOAD = "customer_support_router"
 FAST_RETRIES = {"retries": 2, "retry_delay_minutes": 0.01, "max_retry_delay_minutes": 0.05}
 
 
-def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: dict) -> FlywheelConfig:
-    path = write_config(tmp_path, airflow=FAST_RETRIES, training=training)
+def configure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: dict, **overrides: object
+) -> FlywheelConfig:
+    path = write_config(tmp_path, airflow=FAST_RETRIES, training=training, **overrides)
     monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
     config = load_config(path)
     upgrade(get_engine(config.metadata))
@@ -56,7 +60,11 @@ def run_latest_day(config: FlywheelConfig):
 
 
 def train_instances(dag_run) -> dict[str, object]:
-    return {ti.rendered_map_index: ti for ti in dag_run.get_task_instances() if ti.task_id == "train"}
+    return mapped_instances(dag_run, "train")
+
+
+def mapped_instances(dag_run, task_id: str) -> dict[str, object]:
+    return {ti.rendered_map_index: ti for ti in dag_run.get_task_instances() if ti.task_id == task_id}
 
 
 def test_each_candidate_trains_its_adapter_and_a_bad_one_fails_without_retry(
@@ -104,6 +112,35 @@ def test_each_candidate_trains_its_adapter_and_a_bad_one_fails_without_retry(
     assert summary["tiny"]["best_validation_loss"] == results["tiny"]["best_validation_loss"]
     assert summary["missing"]["error"]["error"] == "ModelNotFound"
 
+    # Evaluation: base and icl of every candidate, customized where training produced an adapter.
+    evaluated = mapped_instances(dag_run, "evaluate")
+    variants = {f"{c}/{t}" for c in ("tiny", "tiny-r4") for t in ("base", "icl", "customized")}
+    assert set(evaluated) == variants | {"missing/base", "missing/icl"}
+    assert {name for name, ti in evaluated.items() if ti.state == "success"} == variants
+    assert evaluated["missing/base"].try_number == 1  # the missing model is not retried
+    assert dag_run.get_task_instance("collect_evaluation").state == "success"
+    evaluations_root = root.parent / "evaluate"
+    results = {v: json.loads((evaluations_root / v / "result.json").read_text()) for v in variants}
+    assert len({r["examples_hash"] for r in results.values()}) == 1  # every model saw the same examples
+    assert {r["examples"] for r in results.values()} == {4}
+    assert results["tiny/customized"]["model"]["adapter"].endswith("train/tiny/adapter")
+    lines = (evaluations_root / "tiny" / "icl" / "examples.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["icl_shots"] for line in lines)
+    with session_scope(config.metadata) as session:
+        rows = session.scalars(select(Evaluation)).all()
+        stage = session.scalars(select(RunStage).where(RunStage.stage == "evaluate")).one()
+        assert {(r.candidate_id, r.eval_type, r.status) for r in rows} == {
+            *((v.split("/")[0], v.split("/")[1], "succeeded") for v in variants),
+            ("missing", "base", "failed"),
+            ("missing", "icl", "failed"),
+        }
+        assert all(r.metrics["function_name_accuracy"]["n"] == 4 for r in rows if r.status == "succeeded")
+        assert (stage.summary["succeeded"], stage.summary["failed"], stage.summary["same_examples"]) == (
+            6,
+            2,
+            True,
+        )
+
 
 def test_a_killed_training_job_is_retried(
     dagbag, airflow_db, empty_log_store, tiny_model, tmp_path, monkeypatch
@@ -112,6 +149,7 @@ def test_a_killed_training_job_is_retried(
         tmp_path,
         monkeypatch,
         {**TEST_TRAINING, "candidates": [{"candidate_id": "tiny", "base_model": tiny_model}]},
+        evaluation={**TEST_EVALUATION, "eval_types": ["customized"]},
     )
     output = f"{config.artifact_store.root}/runs/{WORKLOAD}/2026-11-20/train/tiny"
     killed: list[int] = []

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from flywheel.jobs import JobInputError, read_jsonl
+from flywheel.storage import storage_options_from_env
 
 
 class EvaluationInputError(JobInputError):
-    """The dataset cannot be evaluated as given (missing file, a record that is not an example)."""
+    """The dataset cannot be evaluated as given (no examples, a record that is not an example)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class EvalExample:
     reference_content: str | None
     label: str
     """The reference's tool names joined by ``+``, or ``<no_tool>``: the per-tool breakdown's key."""
+    eval_set: str = "evaluation"
+    """``evaluation`` (the dataset's evaluation split) or ``golden`` (the workload's frozen golden set)."""
 
 
 @dataclass(frozen=True)
@@ -54,30 +57,62 @@ class TrainExample:
         return [call.get("function", call).get("name", "") for call in self.answer.get("tool_calls") or []]
 
 
-def load_examples(dataset_uri: str, *, max_examples: int | None = None) -> list[EvalExample]:
-    """The evaluation examples of a dataset, sorted by example id, the first ``max_examples``."""
-    examples = []
-    for where, record in read_jsonl(_split_uri(dataset_uri, "evaluation")):
-        try:
-            reference = record["reference"]
-            calls = [openai_call(call, i) for i, call in enumerate(reference.get("tool_calls") or [])]
-            examples.append(
-                EvalExample(
-                    example_id=str(record["record_id"]),
-                    messages=list(record["messages"]),
-                    tools=list(record.get("tools") or []),
-                    reference_calls=calls,
-                    reference_content=reference.get("content"),
-                    label=record.get("label") or label_of(calls),
-                )
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-            raise EvaluationInputError(f"{where}: not an evaluation example ({problem})") from None
-    examples.sort(key=lambda e: e.example_id)
+def load_examples(
+    dataset_uri: str, *, max_examples: int | None = None, include_golden: bool = True
+) -> list[EvalExample]:
+    """The examples a run evaluates, sorted by example id, the first ``max_examples``.
+
+    They are the dataset's evaluation split and, with ``include_golden``, the workload's frozen golden
+    set that the dataset's manifest names (chosen once from held-out records, so it is never trained
+    on either). Each example says which of the two it comes from (``eval_set``).
+    """
+    sources = [("evaluation", _split_uri(dataset_uri, "evaluation"))]
+    golden = _golden_uri(dataset_uri) if include_golden else None
+    if golden:
+        sources.append(("golden", golden))
+    examples: dict[str, EvalExample] = {}
+    for eval_set, uri in sources:
+        for where, record in read_jsonl(uri):
+            example = _example(where, record, eval_set)
+            examples.setdefault(example.example_id, example)
     if not examples:
-        raise EvaluationInputError(f"{_split_uri(dataset_uri, 'evaluation')} has no examples")
-    return examples[:max_examples] if max_examples else examples
+        names = " and ".join(uri for _, uri in sources)
+        raise EvaluationInputError(f"{names}: no evaluation examples")
+    ordered = sorted(examples.values(), key=lambda e: e.example_id)
+    return ordered[:max_examples] if max_examples else ordered
+
+
+def _example(where: str, record: dict[str, Any], eval_set: str) -> EvalExample:
+    try:
+        reference = record["reference"]
+        calls = [openai_call(call, i) for i, call in enumerate(reference.get("tool_calls") or [])]
+        return EvalExample(
+            example_id=str(record["record_id"]),
+            messages=list(record["messages"]),
+            tools=list(record.get("tools") or []),
+            reference_calls=calls,
+            reference_content=reference.get("content"),
+            label=record.get("label") or label_of(calls),
+            eval_set=eval_set,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise EvaluationInputError(f"{where}: not an evaluation example ({problem})") from None
+
+
+def _golden_uri(dataset_uri: str) -> str | None:
+    """The golden set's URI from the dataset's ``manifest.json`` (None without a manifest or golden set)."""
+    import fsspec
+
+    try:
+        with fsspec.open(
+            posixpath.join(dataset_uri.rstrip("/"), "manifest.json"), "rb", **storage_options_from_env()
+        ) as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    golden = manifest.get("golden") if isinstance(manifest, dict) else None
+    return golden.get("uri") if isinstance(golden, dict) else None
 
 
 def load_train_examples(dataset_uri: str, *, limit: int | None = None) -> list[TrainExample]:

@@ -22,6 +22,7 @@ from flywheel.training.formatting import (
     TOOL_CALL_OPEN,
     ToolCallParseError,
     read_tool_calls,
+    reject_non_json_constant,
     text_outside_tool_calls,
 )
 
@@ -69,6 +70,8 @@ def parse_message(message: dict[str, Any]) -> ParsedAnswer:
     ``<tool_call>`` blocks (a server running without a tool-call parser) is parsed as text.
     """
     content = message.get("content")
+    if isinstance(content, list):  # content parts: their text, in order
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     text = content if isinstance(content, str) else None
     raw_calls = message.get("tool_calls") or []
     if not raw_calls:
@@ -85,7 +88,7 @@ def parse_message(message: dict[str, Any]) -> ParsedAnswer:
             arguments = {}
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
+                arguments = json.loads(arguments, parse_constant=reject_non_json_constant)
             except json.JSONDecodeError as exc:
                 return ParsedAnswer(None, text, f"arguments_not_json: call {number}: {exc.msg}")
         if not isinstance(arguments, dict):

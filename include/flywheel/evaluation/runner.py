@@ -72,6 +72,7 @@ class ScoredExample:
         """The ``examples.jsonl`` line."""
         return {
             "example_id": self.example.example_id,
+            "eval_set": self.example.eval_set,
             "label": self.example.label,
             "raw_output": self.generation.text,
             "response_message": self.generation.message,
@@ -118,7 +119,9 @@ def evaluate_model(
     started = time.perf_counter()
     if eval_type == "customized" and model.adapter is None:
         raise ConfigError("eval type 'customized' needs --adapter (the candidate's fine-tuned adapter)")
-    examples = load_examples(dataset_uri, max_examples=config.max_examples)
+    examples = load_examples(
+        dataset_uri, max_examples=config.max_examples, include_golden=config.include_golden
+    )
     log.info("evaluating %s (%s): %d examples of %s", describe(model), eval_type, len(examples), dataset_uri)
     generator, tokenizer = _generator(model, config)
     try:
@@ -136,15 +139,16 @@ def evaluate_model(
         for example, generation, example_shots in zip(examples, generations, shots, strict=True)
     ]
     failed = sum(s.generation.error is not None for s in scored)
-    if config.judge is not None:
-        _judge(scored, config)
-    _write_examples(output_uri, scored)
     if failed / len(scored) > config.max_generation_error_rate:
+        _write_examples(output_uri, scored)  # the evidence, next to error.json
         raise GenerationErrorsError(
             f"{failed} of {len(scored)} examples got no answer (max_generation_error_rate "
             f"{config.max_generation_error_rate}); first error: "
             f"{next(s.generation.error for s in scored if s.generation.error)}"
         )
+    if config.judge is not None:
+        _judge(scored, config)
+    _write_examples(output_uri, scored)
     result = summarize(scored)
     result |= {
         "eval_type": eval_type,
@@ -152,6 +156,7 @@ def evaluate_model(
         "model": model.model_dump(mode="json", exclude_none=True),
         "dataset": dataset_uri,
         "examples": len(scored),
+        "examples_per_set": _count(e.eval_set for e in examples),
         "examples_hash": examples_hash(examples),
         "generation_errors": failed,
         "generation_seconds": round(generation_seconds, 2),

@@ -275,7 +275,7 @@ def read_tool_calls(text: str) -> list[dict[str, Any]]:
     ``arguments_not_json``, ``arguments_not_object``.
     """
     calls: list[dict[str, Any]] = []
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=reject_non_json_constant)
     for number, match in enumerate(_BLOCK.finditer(text), start=1):
         body, closed = match.group(1).strip(), bool(match.group(2))
         where = f"call {number}"
@@ -291,7 +291,7 @@ def read_tool_calls(text: str) -> list[dict[str, Any]]:
         arguments = value["arguments"]
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
+                arguments = json.loads(arguments, parse_constant=reject_non_json_constant)
             except json.JSONDecodeError as exc:
                 raise ToolCallParseError("arguments_not_json", f"{where}: {exc.msg}") from None
         if not isinstance(arguments, dict):
@@ -299,6 +299,11 @@ def read_tool_calls(text: str) -> list[dict[str, Any]]:
             raise ToolCallParseError("arguments_not_object", f"{where}: arguments are a {kind}")
         calls.append({"name": value["name"], "arguments": arguments})
     return calls
+
+
+def reject_non_json_constant(name: str) -> Any:
+    """``parse_constant`` hook of ``json.loads``: NaN and Infinity are not JSON, no tool could take them."""
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
 
 
 def text_outside_tool_calls(text: str) -> str:
