@@ -152,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench_train.add_argument("--json", action="store_true", help="print only the JSON result")
     bench_train.set_defaults(handler=_bench_train)
+    bench_eval = bench.add_parser(
+        "eval", help="time our evaluator against one-at-a-time model.generate on one dataset"
+    )
+    bench_eval.add_argument("--model", required=True, help="local checkpoint dir or 'smollm2-135m-instruct'")
+    bench_eval.add_argument("--adapter", help="LoRA adapter dir or fsspec URL (optional)")
+    bench_eval.add_argument("--dataset", required=True, help="dataset URI (directory with evaluation.jsonl)")
+    bench_eval.add_argument("--examples", type=int, default=32, help="evaluation examples (default: 32)")
+    bench_eval.add_argument("--max-new-tokens", type=int, default=64, help="answer limit (default: 64)")
+    bench_eval.add_argument("--batch-size", type=int, default=8, help="our batch size (default: 8)")
+    bench_eval.add_argument("--json", action="store_true", help="print only the JSON result")
+    bench_eval.set_defaults(handler=_bench_eval)
     return parser
 
 
@@ -169,6 +180,7 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 def _config_check(args: argparse.Namespace) -> int:
     from flywheel.config import default_config_path
+    from flywheel.evaluation.runner import describe
 
     path = args.file or args.config or default_config_path()
     config = load_config(path)
@@ -178,6 +190,9 @@ def _config_check(args: argparse.Namespace) -> int:
         candidates = ", ".join(f"{c.candidate_id}={c.base_model}" for c in workload.training.candidates)
         print(f"  {workload.dag_id}: {workload.log_source.index} ({clients}), schedule {workload.schedule!r}")
         print(f"    candidates: {candidates}")
+        champion = workload.evaluation.champion
+        shown = "none" if champion is None else describe(champion)
+        print(f"    evaluation: {', '.join(workload.evaluation.eval_types)} per candidate; champion: {shown}")
     print(f"OK: {len(config.workloads)} workload(s)")
     return 0
 
@@ -329,6 +344,22 @@ def _bench_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
         peak_tflops=args.peak_tflops,
+        quiet=args.json,
+    )
+    print(json.dumps(result) if args.json else summarize(result))
+    return 0
+
+
+def _bench_eval(args: argparse.Namespace) -> int:
+    from flywheel.evaluation.bench import bench_eval, summarize
+
+    result = bench_eval(
+        args.model,
+        args.dataset,
+        adapter=args.adapter,
+        examples=args.examples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
         quiet=args.json,
     )
     print(json.dumps(result) if args.json else summarize(result))

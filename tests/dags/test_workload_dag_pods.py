@@ -1,9 +1,10 @@
-"""Training on the ``kubernetes`` backend through ``dag.test()``: real operator, real HTTP, fake cluster.
+"""Training and evaluation on the ``kubernetes`` backend through ``dag.test()``: real operator, real HTTP.
 
-The workload DAG's mapped ``train`` task is a FlywheelJobPodOperator per candidate. It creates pods
-from k8s_templates/train-pod.yaml on tests/fake_kubernetes.py, whose "kubelet" runs each pod's
-command (``flywheel train ...``) as a local process; logs stream back over the API and the results
-are read from the artifact store by ``collect_training``.
+The workload DAG's mapped ``train`` and ``evaluate`` tasks are FlywheelJobPodOperators, one per job.
+They create pods from k8s_templates/train-pod.yaml and evaluate-pod.yaml on tests/fake_kubernetes.py,
+whose "kubelet" runs each pod's command (``flywheel train ...``, ``flywheel evaluate ...``) as a local
+process; logs stream back over the API and the results are read from the artifact store by
+``collect_training`` and ``collect_evaluation``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def test_candidates_train_in_pods_and_a_bad_job_fails_without_retry(
     assert (trained["missing"].state, trained["missing"].try_number) == ("failed", 1)
     assert dag_run.get_task_instance("collect_training").state == "success"
 
-    pods = {pod["metadata"]["labels"]["flywheel.io/candidate"]: pod for pod in fake_kubernetes.created_pods}
+    created = fake_kubernetes.created_pods
+    pods = {p["metadata"]["labels"]["flywheel.io/candidate"]: p for p in jobs_of(created, "train")}
     assert set(pods) == {"tiny", "missing"}  # one pod each: the failed job was not retried
     for candidate, pod in pods.items():
         labels = pod["metadata"]["labels"]
@@ -73,3 +75,25 @@ def test_candidates_train_in_pods_and_a_bad_job_fails_without_retry(
     assert (root / "tiny" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((root / "tiny" / "result.json").read_text())["steps"] == 2
     assert json.loads((root / "missing" / "error.json").read_text())["exit_code"] == 2
+
+    # Evaluation pods: one per model variant, the bad model's not retried, results in the store.
+    evaluations = {variant_of(p): p for p in jobs_of(created, "evaluate")}
+    assert sorted(evaluations) == ["missing/base", "missing/icl", "tiny/base", "tiny/customized", "tiny/icl"]
+    [container] = evaluations["tiny/customized"]["spec"]["containers"]
+    command = [*container["command"], *container["args"]]
+    assert command[:2] == [JOB_ENTRYPOINT, "evaluate"]
+    assert command[command.index("--adapter") + 1].endswith("/train/tiny/adapter")
+    assert dag_run.get_task_instance("collect_evaluation").state == "success"
+    evaluated = root.parent / "evaluate"
+    for variant in ("tiny/base", "tiny/icl", "tiny/customized"):
+        assert json.loads((evaluated / variant / "result.json").read_text())["examples"] == 4
+    assert json.loads((evaluated / "missing" / "base" / "error.json").read_text())["exit_code"] == 2
+
+
+def jobs_of(pods: list[dict], kind: str) -> list[dict]:
+    return [pod for pod in pods if pod["metadata"]["labels"]["flywheel.io/job"] == kind]
+
+
+def variant_of(pod: dict) -> str:
+    labels = pod["metadata"]["labels"]
+    return f"{labels['flywheel.io/candidate']}/{labels['flywheel.io/eval-type']}"

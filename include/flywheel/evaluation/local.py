@@ -78,8 +78,14 @@ class LocalGenerator:
         """Answer every prompt (in order)."""
         return self.generate_ids([self.encode(prompt) for prompt in prompts])
 
-    def generate_ids(self, prompts: Sequence[list[int]]) -> list[Generation]:
-        """Answer prompts given as token ids (in order), batched by shared prefix."""
+    def generate_ids(
+        self, prompts: Sequence[list[int]], *, max_new_tokens: int | None = None
+    ) -> list[Generation]:
+        """Answer prompts given as token ids (in order), batched by shared prefix.
+
+        ``max_new_tokens`` overrides the configured limit for this call.
+        """
+        limit = max_new_tokens or self.generation.max_new_tokens
         results: list[Generation | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: prompts[i])
         size = self.generation.batch_size
@@ -87,7 +93,7 @@ class LocalGenerator:
         with torch.inference_mode():
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                answers = self._generate_batch([prompts[i] for i in batch])
+                answers = self._generate_batch([prompts[i] for i in batch], limit)
                 for index, generation in zip(batch, answers, strict=True):
                     results[index] = generation
                 done = min(start + size, len(order))
@@ -96,11 +102,11 @@ class LocalGenerator:
                     log.info("generated %d/%d answers (%.2f examples/s)", done, len(order), done / elapsed)
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, rows: list[list[int]]) -> list[Generation]:
+    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int) -> list[Generation]:
         started = time.perf_counter()
         shared = common_prefix_length(rows) if self.generation.prefix_cache else 0
         shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps a token to run
-        capacity = max(len(r) for r in rows) + self.generation.max_new_tokens
+        capacity = max(len(r) for r in rows) + max_new_tokens
         cache = self._new_cache(capacity)
         if shared > 0:
             for layer, (keys, values) in enumerate(self._prefix(rows[0][:shared])):
@@ -124,7 +130,7 @@ class LocalGenerator:
         live = list(range(len(rows)))  # batch row -> index in rows
         sampler = _Sampler(self.generation.temperature)
         stop = set(self.stop_ids)
-        for _ in range(self.generation.max_new_tokens):
+        for _ in range(max_new_tokens):
             logits = self.model(
                 input_ids=input_ids,
                 attention_mask=attention,

@@ -30,10 +30,10 @@ from sqlalchemy.orm import Session
 from flywheel.config import ConfigError, MetadataConfig
 from flywheel.db.engine import get_engine, resolve_url, session_scope
 from flywheel.db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
-from flywheel.db.models import Base, Run, RunStage
-from flywheel.tracking import StageRecord, ensure_run, record_stage
+from flywheel.db.models import Base, Evaluation, Run, RunStage
+from flywheel.tracking import StageRecord, ensure_run, record_evaluation, record_stage
 
-TABLES = {"runs", "run_stages", "raw_partitions", "validated_partitions", "datasets"}
+TABLES = {"runs", "run_stages", "raw_partitions", "validated_partitions", "datasets", "evaluations"}
 START = datetime(2026, 11, 20, 2, tzinfo=UTC)
 END = datetime(2026, 11, 21, 2, tzinfo=UTC)
 
@@ -401,3 +401,52 @@ def test_missing_postgres_binaries_fail_with_instructions(monkeypatch: pytest.Mo
 
     with pytest.raises(pytest.fail.Exception, match=r"Run `make test`, which installs PostgreSQL"):
         _pg_binary("initdb")
+
+
+def test_record_evaluation_replaces_the_row_of_a_rerun(pg_metadata: MetadataConfig) -> None:
+    run_id = new_run(pg_metadata)
+    metrics = {"function_name_accuracy": {"value": 0.5, "ci_low": 0.2, "ci_high": 0.8, "n": 8}}
+    failed = {"error": "JobFailedError", "message": "endpoint kept failing"}
+    common = {
+        "workload_id": "customer_support_router",
+        "dataset_id": "2026-11-20-39c6a67447",
+        "candidate_id": "smollm2-135m",
+        "eval_type": "icl",
+        "model": {"base_model": "smollm2-135m-instruct"},
+        "result_uri": "s3://bucket/runs/x/result.json",
+    }
+    record_evaluation(pg_metadata, run_id, **common, result=None, error=failed)
+    result = {
+        "examples": 8,
+        "examples_hash": "0123456789abcdef",
+        "metrics": metrics,
+        "latency_s": {"mean": 0.4, "p50": 0.3, "p95": 0.9},
+        "examples_uri": "s3://bucket/runs/x/examples.jsonl",
+    }
+    record_evaluation(pg_metadata, run_id, **common, result=result, error=None)
+
+    with session_scope(pg_metadata) as session:
+        [row] = session.scalars(select(Evaluation)).all()
+        assert (row.status, row.examples, row.error, row.latency_p95_s) == ("succeeded", 8, None, 0.9)
+        assert row.metrics == metrics
+        assert row.judge is None
+
+
+def test_record_evaluation_of_a_job_without_output(pg_metadata: MetadataConfig) -> None:
+    run_id = new_run(pg_metadata)
+    record_evaluation(
+        pg_metadata,
+        run_id,
+        workload_id="customer_support_router",
+        dataset_id="2026-11-20-39c6a67447",
+        candidate_id="champion",
+        eval_type="champion",
+        model={"endpoint": {"base_url": "http://vllm:8000/v1", "model": "router-student"}},
+        result_uri="s3://bucket/runs/x/result.json",
+        result=None,
+        error=None,
+    )
+    with session_scope(pg_metadata) as session:
+        row = session.scalars(select(Evaluation)).one()
+        assert (row.status, row.metrics) == ("failed", None)
+        assert row.error.startswith("NoOutput: ")
