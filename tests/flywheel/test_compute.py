@@ -11,8 +11,10 @@ import pytest
 
 from conftest import write_config
 from flywheel.compute import (
+    CHAMPION,
     JobSpec,
     dns_label,
+    evaluate_job,
     job_failure,
     job_labels,
     label_value,
@@ -20,7 +22,7 @@ from flywheel.compute import (
     run_local,
     train_job,
 )
-from flywheel.config import load_config
+from flywheel.config import EndpointConfig, ModelConfig, load_config
 from flywheel.errors import JobFailedError, NonRetryableJobError
 from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error
 
@@ -215,3 +217,40 @@ def test_malformed_storage_options_are_a_config_error(text: str) -> None:
 
     with pytest.raises(ConfigError, match=STORAGE_OPTIONS_ENV):
         storage_options_from_env({STORAGE_OPTIONS_ENV: text})
+
+
+def test_evaluate_jobs_name_the_model_and_share_the_evaluation_settings(tmp_path: Path) -> None:
+    evaluation = {"settings": {"max_examples": 50, "generation": {"max_new_tokens": 32}}}
+    config = load_config(write_config(tmp_path, evaluation=evaluation))
+    workload = config.workload("customer_support_router")
+    common = {"dataset_uri": "s3://d/1", "day": date(2026, 11, 20), "dag_run_id": "manual__x"}
+    customized = evaluate_job(
+        config,
+        workload,
+        ModelConfig(base_model="/models/a", adapter="s3://r/train/a/adapter"),
+        eval_type="customized",
+        candidate_id="a",
+        **common,
+    )
+    endpoint = EndpointConfig(base_url="http://vllm:8000/v1", model="router", api_key_env="VLLM_API_KEY")
+    champion = evaluate_job(
+        config,
+        workload,
+        ModelConfig(endpoint=endpoint),
+        eval_type="champion",
+        candidate_id=CHAMPION,
+        **common,
+    )
+
+    arguments = customized.arguments
+    assert arguments[:5] == ["evaluate", "--dataset", "s3://d/1", "--eval-type", "customized"]
+    assert arguments[arguments.index("--adapter") + 1] == "s3://r/train/a/adapter"
+    settings = json.loads(arguments[arguments.index("--evaluation-config") + 1])
+    assert (settings["max_examples"], settings["generation"]["max_new_tokens"]) == (50, 32)
+    assert customized.output_uri.endswith("/runs/customer_support_router/2026-11-20/evaluate/a/customized")
+    assert customized.labels["flywheel.io/eval-type"] == "customized"
+    assert customized.labels["flywheel.io/job"] == "evaluate"
+    shown = json.loads(champion.arguments[champion.arguments.index("--endpoint") + 1])
+    assert shown == endpoint.model_dump(mode="json")  # the key's variable name, never a key
+    assert "--base-model" not in champion.arguments
+    assert champion.output_uri.endswith("/evaluate/champion/champion")

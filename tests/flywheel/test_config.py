@@ -471,3 +471,63 @@ def test_candidate_settings_merge_nested_blocks() -> None:
     assert WorkloadTrainingConfig().candidates == [
         CandidateConfig(candidate_id="smollm2-135m", base_model="smollm2-135m-instruct")
     ]
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def test_project_config_evaluates_every_variant_without_a_champion() -> None:
+    for workload in load_config(DEFAULT_CONFIG_PATH).workloads:
+        assert workload.evaluation.eval_types == ["base", "icl", "customized"]
+        assert workload.evaluation.champion is None
+        assert workload.evaluation.settings.generation.temperature == 0
+
+
+def test_champion_is_a_base_model_or_an_endpoint(edited_config: Callable[..., Path]) -> None:
+    def both(raw: Raw) -> None:
+        raw["workloads"][0]["evaluation"] = {
+            "champion": {"base_model": "m", "endpoint": {"base_url": "http://vllm:8000/v1", "model": "x"}}
+        }
+
+    assert "workloads[0].evaluation.champion: set exactly one of base_model or endpoint" in load_error(
+        edited_config(both)
+    )
+
+
+def test_endpoint_errors_name_the_key(edited_config: Callable[..., Path]) -> None:
+    def bad_endpoint(raw: Raw) -> None:
+        raw["workloads"][0]["evaluation"] = {
+            "champion": {"endpoint": {"base_url": "vllm:8000", "model": "x", "concurrency": 0}}
+        }
+
+    message = load_error(edited_config(bad_endpoint))
+    assert "workloads[0].evaluation.champion.endpoint.base_url: String should match pattern" in message
+    assert "workloads[0].evaluation.champion.endpoint.concurrency: Input should be greater than" in message
+
+
+def test_embedding_similarity_needs_a_model(edited_config: Callable[..., Path]) -> None:
+    def embedding(raw: Raw) -> None:
+        raw["workloads"][0]["evaluation"] = {"settings": {"icl": {"similarity": "embedding"}}}
+
+    assert "workloads[0].evaluation.settings.icl: embedding_model: required" in load_error(
+        edited_config(embedding)
+    )
+
+
+def test_champion_is_not_a_candidate_id(edited_config: Callable[..., Path]) -> None:
+    def champion_candidate(raw: Raw) -> None:
+        raw["workloads"][0]["training"]["candidates"][0]["candidate_id"] = "champion"
+
+    assert "candidates[0].candidate_id: 'champion' names the production model" in load_error(
+        edited_config(champion_candidate)
+    )
+
+
+def test_unknown_eval_type_is_rejected(edited_config: Callable[..., Path]) -> None:
+    def unknown(raw: Raw) -> None:
+        raw["workloads"][0]["evaluation"] = {"eval_types": ["base", "zero_shot"]}
+
+    assert (
+        "workloads[0].evaluation.eval_types[1]: Input should be 'base', 'icl' or 'customized'"
+        in load_error(edited_config(unknown))
+    )
