@@ -149,7 +149,7 @@ def test_a_killed_training_job_is_retried(
         tmp_path,
         monkeypatch,
         {**TEST_TRAINING, "candidates": [{"candidate_id": "tiny", "base_model": tiny_model}]},
-        evaluation={**TEST_EVALUATION, "eval_types": ["customized"]},
+        evaluation={**TEST_EVALUATION, "eval_types": ["customized"], "champion": {"base_model": tiny_model}},
     )
     output = f"{config.artifact_store.root}/runs/{WORKLOAD}/2026-11-20/train/tiny"
     killed: list[int] = []
@@ -166,6 +166,18 @@ def test_a_killed_training_job_is_retried(
     assert dag_run.state == "success"
     assert (Path(output) / "result.json").is_file()
     assert not (Path(output) / "error.json").exists()
+    # The champion is evaluated on the same examples as the retried candidate's adapter.
+    evaluated = mapped_instances(dag_run, "evaluate")
+    assert {name: ti.state for name, ti in evaluated.items()} == {
+        "champion/champion": "success",
+        "tiny/customized": "success",
+    }
+    evaluations = Path(output).parent.parent / "evaluate"
+    hashes = {
+        json.loads((evaluations / variant / "result.json").read_text())["examples_hash"]
+        for variant in ("champion/champion", "tiny/customized")
+    }
+    assert len(hashes) == 1
 
 
 def kill_first_job(output: str, killed: list[int], timeout: float = 300) -> None:

@@ -68,6 +68,10 @@ class LocalGenerator:
         self.prefix_tokens_computed = 0
         """Prefix tokens run through the model so far (the rest of each prefix came from the cache)."""
 
+    def reset_prefix_cache(self) -> None:
+        """Forget the kept prefix: the next batch computes its prefix from scratch (for fair timing)."""
+        self._prefix_ids, self._prefix_kv = [], []
+
     def encode(self, prompt: Prompt) -> list[int]:
         """The prompt's token ids, exactly as training renders and tokenizes a prompt."""
         from flywheel.training.formatting import encode_prompt
