@@ -97,7 +97,7 @@ DEMO_TRAINING = {
 """Training settings the demo applies to every candidate: a few CPU steps that show the stage working."""
 
 
-DEMO_EVALUATION = {"max_examples": 32, "generation": {"max_new_tokens": 64, "batch_size": 8}}
+DEMO_EVALUATION = {"max_examples": 32, "generation": {"max_new_tokens": 64, "batch_size": 16}}
 """Evaluation settings of the demo: 32 examples per model variant, answers cut at 64 tokens (CPU)."""
 
 

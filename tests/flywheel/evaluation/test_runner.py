@@ -863,7 +863,6 @@ def test_icl_through_an_endpoint_needs_a_tokenizer(dataset: str, tmp_path: Path)
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_smollm2_base_evaluation_writes_every_output(tmp_path: Path) -> None:
-    import shutil
     from datetime import UTC, datetime, timedelta
 
     from flywheel.config import load_config
@@ -873,7 +872,7 @@ def test_smollm2_base_evaluation_writes_every_output(tmp_path: Path) -> None:
     from flywheel.training.models import SMOLLM2
     from flywheel.validate import validate_day
 
-    # One day of demo router traffic through the pipeline; its golden set holds the evaluation examples.
+    # One day of demo router traffic through the pipeline.
     start = datetime(2026, 11, 20, 2, tzinfo=UTC)
     workload = load_config().workload("customer_support_router")
     store = ArtifactStore(str(tmp_path / "artifacts"))
@@ -886,11 +885,8 @@ def test_smollm2_base_evaluation_writes_every_output(tmp_path: Path) -> None:
         rules=workload.data_quality,
         build_docs=False,
     )
-    built = Path(build_dataset(store, workload, start.date()).uri.removeprefix("file://"))
-    dataset = tmp_path / "dataset"
-    dataset.mkdir()
-    shutil.copy(built.parent / "golden" / "evaluation.jsonl", dataset / "evaluation.jsonl")
-    shutil.copy(built / "train.jsonl", dataset / "train.jsonl")
+    # A small day puts its whole evaluation bucket in the golden set, which the manifest names.
+    dataset = build_dataset(store, workload, start.date()).uri
     output = tmp_path / "out"
     config = EvaluationConfig.model_validate(
         {"max_examples": 8, "generation": {"max_new_tokens": 48, "batch_size": 4}}
@@ -915,5 +911,6 @@ def test_smollm2_base_evaluation_writes_every_output(tmp_path: Path) -> None:
         assert 1 <= line["tokens_out"] <= 48
         assert (line["tool_calls"] is None) == (line["parse_error"] is not None)
     assert result["model"] == {"base_model": SMOLLM2}
-    assert result["examples_hash"] == examples_hash(load_examples(str(dataset), max_examples=8))
+    assert result["examples_hash"] == examples_hash(load_examples(dataset, max_examples=8))
+    assert result["examples_per_set"] == {"golden": 8}
     print(json.dumps({name: entry["value"] for name, entry in result["metrics"].items()}))
