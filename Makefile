@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # Local wheel directory of these machines (CPU torch); ignored where it does not exist.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
+# Jobs and tests start many Python processes that import torch and transformers: let them cache
+# bytecode (some machines set PYTHONDONTWRITEBYTECODE, which makes each start recompile ~1,000 modules).
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: help install postgres demo test test-slow lint bench clean
 
