@@ -4,8 +4,8 @@ In a workload's evaluation set most of every prompt is the same: the system mess
 schemas come first and only the user's request differs. :class:`LocalGenerator` therefore
 
 1. tokenizes every prompt exactly as training does (:func:`flywheel.training.formatting.encode_prompt`);
-2. sorts the prompts by their token ids, so neighbours share the longest prefixes, and cuts the order
-   into batches;
+2. sorts the prompts by their token ids, so neighbours share the longest prefixes, then by length
+   within windows of a few batches (:func:`batch_order`), and cuts the order into batches;
 3. for each batch, runs the batch's longest common token prefix through the model once (and only the
    part that extends the previous batch's prefix, which it keeps), copies those keys and values to
    every row, and runs only each row's own suffix: ``[prefix][padding][suffix]``, with position ids
@@ -91,8 +91,8 @@ class LocalGenerator:
         """
         limit = max_new_tokens or self.generation.max_new_tokens
         results: list[Generation | None] = [None] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
         size = self.generation.batch_size
+        order = batch_order(prompts, size)
         started = time.perf_counter()
         with torch.inference_mode():
             for start in range(0, len(order), size):
@@ -265,6 +265,22 @@ class _Sampler:
             return logits.argmax(dim=-1)
         probabilities = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
         return torch.multinomial(probabilities, 1, generator=self.generator).squeeze(1)
+
+
+def batch_order(prompts: Sequence[list[int]], batch_size: int, windows: int = 4) -> list[int]:
+    """The order to answer prompts in: neighbours share long prefixes and have similar lengths.
+
+    Sorting by token ids puts prompts with the longest common prefixes next to each other; within each
+    window of ``windows`` batches (which still share their window's prefix) the prompts are then sorted
+    by length, so that a batch pads little where prompts differ after a short shared part (a workload
+    whose tools change from request to request).
+    """
+    by_prefix = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    window = batch_size * windows
+    order: list[int] = []
+    for start in range(0, len(by_prefix), window):
+        order += sorted(by_prefix[start : start + window], key=lambda i: len(prompts[i]))
+    return order
 
 
 def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
