@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runner import write_dataset
+from test_evaluation_runner import write_dataset
 
 
 def test_bench_eval_prints_both_sides_and_their_agreement(tiny_model: str, tmp_path: Path) -> None:
