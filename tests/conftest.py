@@ -68,8 +68,10 @@ TEST_TRAINING = {
 
 TEST_EVALUATION = {
     "settings": {"max_examples": 4, "generation": {"max_new_tokens": 8, "batch_size": 4}},
+    "eval_types": ["customized"],
 }
-"""Evaluation block of test configs: four examples, answers of at most eight tokens."""
+"""Evaluation block of test configs: the fine-tuned adapter on four examples, answers of at most eight
+tokens (tests of the evaluation stage itself ask for more variants)."""
 
 
 @pytest.fixture

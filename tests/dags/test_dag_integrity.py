@@ -91,7 +91,7 @@ def test_parse_times_are_recorded(dagbag):
     assert all(seconds > 0 for seconds in DAG_PARSE_SECONDS.values())
 
 
-def test_training_runs_after_the_dataset_one_mapped_task_per_candidate(dagbag):
+def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
     dag = dagbag.dags["flywheel_customer_support_router"]
     assert [t.task_id for t in dag.topological_sort()] == [
         "extract",
@@ -100,13 +100,25 @@ def test_training_runs_after_the_dataset_one_mapped_task_per_candidate(dagbag):
         "plan_training",
         "train",
         "collect_training",
+        "plan_evaluation",
+        "evaluate",
+        "collect_evaluation",
     ]
-    train = dag.get_task("train")
-    assert train.is_mapped
+    train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
+    assert train.is_mapped and evaluate.is_mapped
     assert train.map_index_template == "{{ candidate_id }}"
-    # Results are read whatever happened to each candidate, but not after an upstream failure.
-    assert dag.get_task("collect_training").trigger_rule == "all_done_min_one_success"
+    assert evaluate.map_index_template == "{{ candidate_id }}/{{ eval_type }}"
+    # Results are read whatever happened to each job, but not after an upstream failure; evaluation is
+    # planned even when every candidate failed to train (base models and the champion still count).
+    for task_id in ("collect_training", "plan_evaluation", "collect_evaluation"):
+        assert dag.get_task(task_id).trigger_rule == "all_done_min_one_success"
+    assert dag.get_task("plan_evaluation").upstream_task_ids == {
+        "build_dataset",
+        "plan_training",
+        "collect_training",
+    }
     assert "**local** compute backend" in dag.doc_md
+    assert "`base`, `icl`, `customized`" in dag.doc_md
 
 
 def test_kubernetes_backend_maps_job_pods(monkeypatch):
@@ -128,3 +140,7 @@ def test_kubernetes_backend_maps_job_pods(monkeypatch):
     assert Path(train.partial_kwargs["pod_template_file"]).is_file()
     assert train.partial_kwargs["retry_policy"] is not None  # the DAG's fail-fast rules apply to pods
     assert "**kubernetes** compute backend" in dag.doc_md
+    evaluate = dag.get_task("evaluate")
+    assert evaluate.operator_class is FlywheelJobPodOperator
+    assert evaluate.partial_kwargs["pod_template_file"].endswith("k8s_templates/evaluate-pod.yaml")
+    assert "flywheel.io/eval-type" in evaluate.map_index_template

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from test_workload_dag_training import FAST_RETRIES, WORKLOAD, run_latest_day, train_instances
 
-from conftest import TEST_TRAINING, write_config
+from conftest import TEST_EVALUATION, TEST_TRAINING, write_config
 from flywheel.compute import JOB_ENTRYPOINT
 from flywheel.config import load_config
 from flywheel.db.engine import get_engine
@@ -41,7 +41,10 @@ def test_candidates_train_in_pods_and_a_bad_job_fails_without_retry(
         "backend": "kubernetes",
         "kubernetes": {"namespace": "flywheel", "image": "registry.example/flywheel-job:1.4.2"},
     }
-    path = write_config(tmp_path, airflow=FAST_RETRIES, compute=compute, training=training)
+    evaluation = {**TEST_EVALUATION, "eval_types": ["base", "icl", "customized"]}
+    path = write_config(
+        tmp_path, airflow=FAST_RETRIES, compute=compute, training=training, evaluation=evaluation
+    )
     monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
     config = load_config(path)
     upgrade(get_engine(config.metadata))

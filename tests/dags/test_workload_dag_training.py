@@ -78,7 +78,8 @@ def test_each_candidate_trains_its_adapter_and_a_bad_one_fails_without_retry(
             {"candidate_id": "missing", "base_model": str(tmp_path / "no-such-model")},
         ],
     }
-    config = configure(tmp_path, monkeypatch, training)
+    evaluation = {**TEST_EVALUATION, "eval_types": ["base", "icl", "customized"]}
+    config = configure(tmp_path, monkeypatch, training, evaluation=evaluation)
 
     dag_run = run_latest_day(config)
 
