@@ -50,6 +50,8 @@ def test_bench_eval_prints_both_sides_and_their_agreement(tiny_model: str, tmp_p
     assert result["speedup"] == pytest.approx(ratio, rel=0.05)
     # Greedy decoding of the same token ids: batching and the prefix cache change no answer.
     assert result["tool_call_agreement"] == result["text_agreement"] == 1.0
-    # The prompts share the system message and the tool schemas: computed for the first batch only.
-    assert 0 < result["prompt_tokens_computed_for_prefixes"] < result["prompt_tokens_mean"]
+    # The prompts share the system message and the tool schemas: prefixes are computed once and
+    # extended, never for every prompt (3 batches here, far fewer tokens than one prompt per batch).
+    computed = result["prompt_tokens_computed_for_prefixes"]
+    assert 0 < computed < 2 * result["prompt_tokens_mean"]
     assert result["ours"]["tokens_out"] >= 5
