@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from postgres import postgres_server  # noqa: F401  (a session fixture for every test module)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="flywheel-tests-"))
 os.environ.update(

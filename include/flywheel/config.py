@@ -332,7 +332,9 @@ class WorkloadEvaluationConfig(_Strict):
         description="Evaluated for every candidate; 'customized' needs its adapter from this run.",
     )
     champion: ModelConfig | None = Field(
-        None, description="The production model, evaluated on the same examples; null: none yet."
+        None,
+        description="The production model while the registry holds no champion for the workload (e.g. "
+        "the teacher's endpoint); the registry's champion wins once there is one.",
     )
 
     @field_validator("eval_types")
@@ -341,6 +343,171 @@ class WorkloadEvaluationConfig(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("lists an eval type twice")
         return value
+
+
+ACCURACY_METRICS = (
+    "function_name_accuracy",
+    "function_name_and_args_accuracy",
+    "tool_call_ast_accuracy",
+    "no_call_accuracy",
+)
+"""Per-example binary metrics where higher is better: a decision's primary metric is one of these."""
+
+AccuracyMetric = Literal[
+    "function_name_accuracy", "function_name_and_args_accuracy", "tool_call_ast_accuracy", "no_call_accuracy"
+]
+GuardrailMetric = Literal[
+    "function_name_accuracy",
+    "function_name_and_args_accuracy",
+    "tool_call_ast_accuracy",
+    "no_call_accuracy",
+    "parse_error_rate",
+    "latency_p95_s",
+]
+LOWER_IS_BETTER = ("parse_error_rate", "latency_p95_s")
+"""Guardrail metrics where a larger value is worse."""
+
+
+class GuardrailConfig(_Strict):
+    """Non-inferiority of the challenger on one metric: it may be worse than the champion by ``margin``.
+
+    For the accuracies and ``parse_error_rate`` the margin is absolute (0.02 = two points) and is
+    judged on the paired bootstrap bound of the per-example difference; for ``latency_p95_s`` it is
+    relative when ``relative`` is true (0.25 = a p95 at most 25 % above the champion's).
+    """
+
+    margin: float = Field(..., ge=0)
+    relative: bool = Field(False, description="Margin as a fraction of the champion's value.")
+
+
+def _default_guardrails() -> dict[str, GuardrailConfig]:
+    return {
+        "function_name_accuracy": GuardrailConfig(margin=0.02),
+        "no_call_accuracy": GuardrailConfig(margin=0.05),
+        "parse_error_rate": GuardrailConfig(margin=0.02),
+        "latency_p95_s": GuardrailConfig(margin=0.25, relative=True),
+    }
+
+
+class DecisionPolicyConfig(_Strict):
+    """How a run decides between the champion and its best challenger (docs/decision.md).
+
+    The challenger must be significantly better on ``primary_metric`` (exact McNemar test on the
+    paired per-example outcomes, one-sided at ``alpha`` divided by the number of challengers
+    considered) by at least ``min_effect``, reach ``floor``, and stay non-inferior on every guardrail.
+    """
+
+    primary_metric: AccuracyMetric = "function_name_and_args_accuracy"
+    alpha: float = Field(0.05, gt=0, le=0.5, description="Significance level of the superiority test.")
+    min_effect: float = Field(
+        0.02, ge=0, lt=1, description="Smallest improvement of the primary metric worth a promotion."
+    )
+    floor: float = Field(
+        0.5, ge=0, le=1, description="Primary metric a challenger must reach to be promoted."
+    )
+    champion_floor: float | None = Field(
+        None, ge=0, le=1, description="Below this on fresh data the champion has drifted; null: floor."
+    )
+    min_examples: int = Field(100, ge=1, description="Fewer paired examples: no promotion.")
+    guardrails: dict[GuardrailMetric, GuardrailConfig] = Field(default_factory=_default_guardrails)
+    bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
+    challenger_eval_types: list[Literal["base", "icl", "customized"]] = Field(
+        default_factory=lambda: ["base", "icl", "customized"],
+        min_length=1,
+        description="Variants that may become the challenger.",
+    )
+
+    @property
+    def drift_floor(self) -> float:
+        """The primary metric below which the champion counts as drifted."""
+        return self.floor if self.champion_floor is None else self.champion_floor
+
+
+class NoDeployConfig(_Strict):
+    """Promotion moves the registry alias only (the serving side polls the registry)."""
+
+    type: Literal["none"] = "none"
+
+
+class WebhookDeployConfig(_Strict):
+    """Promotion POSTs the new champion (JSON) to an HTTP endpoint named by an Airflow connection."""
+
+    type: Literal["webhook"]
+    conn_id: str = Field(..., min_length=1, description="Airflow connection (http) of the webhook URL.")
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10, description="Retries after a connection error or a 5xx.")
+
+
+class VllmDeployConfig(_Strict):
+    """Promotion loads the champion's adapter into a running vLLM server (``POST /v1/load_lora_adapter``).
+
+    The server must run with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; it reads the adapter from
+    ``adapter_uri`` as it sees that path (a shared volume or a URL its resolver understands).
+    """
+
+    type: Literal["vllm"]
+    conn_id: str = Field(..., min_length=1, description="Airflow connection (http) of the vLLM server.")
+    adapter_name: str = Field(
+        "{workload_id}-v{version}",
+        min_length=1,
+        description="Name the adapter is served under; {workload_id} and {version} are filled in.",
+    )
+    timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("adapter_name")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        try:
+            value.format(workload_id="w", version=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{workload_id}} and {{version}} may be used ({exc})") from None
+        return value
+
+
+DeployConfig = Annotated[NoDeployConfig | WebhookDeployConfig | VllmDeployConfig, Field(discriminator="type")]
+
+
+class SlackChannelConfig(_Strict):
+    """Alerts to Slack through an incoming-webhook connection (apache-airflow-providers-slack)."""
+
+    type: Literal["slack"]
+    conn_id: str = Field("slack_default", min_length=1, description="A slackwebhook connection.")
+
+
+class EmailChannelConfig(_Strict):
+    """Alerts by e-mail through an SMTP connection (apache-airflow-providers-smtp)."""
+
+    type: Literal["email"]
+    conn_id: str = Field("smtp_default", min_length=1, description="An smtp connection.")
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(..., min_length=1)
+    from_email: str | None = Field(None, description="Sender; null: the connection's from_email.")
+
+
+class WebhookChannelConfig(_Strict):
+    """Alerts as a JSON POST to an HTTP connection (apache-airflow-providers-http)."""
+
+    type: Literal["webhook"]
+    conn_id: str = Field(..., min_length=1, description="An http connection.")
+    endpoint: str = Field("", description="Path appended to the connection's URL.")
+
+
+AlertChannelConfig = Annotated[
+    SlackChannelConfig | EmailChannelConfig | WebhookChannelConfig, Field(discriminator="type")
+]
+
+NotifyEvent = Literal["promote", "alert", "no_change", "task_failure"]
+
+
+class AlertsConfig(_Strict):
+    """Where a workload's notifications go: Airflow notifier channels and the local sink."""
+
+    channels: list[AlertChannelConfig] = Field(default_factory=list)
+    local_sink: bool = Field(
+        True, description="Log every notification and write it as JSON under alerts/ in the artifact store."
+    )
+    notify_on: list[NotifyEvent] = Field(
+        default_factory=lambda: ["promote", "alert", "task_failure"], description="Events that notify."
+    )
 
 
 class WorkloadConfig(_Strict):
@@ -362,6 +529,9 @@ class WorkloadConfig(_Strict):
     data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
     training: WorkloadTrainingConfig = Field(default_factory=WorkloadTrainingConfig)
     evaluation: WorkloadEvaluationConfig = Field(default_factory=WorkloadEvaluationConfig)
+    decision: DecisionPolicyConfig = Field(default_factory=DecisionPolicyConfig)
+    deploy: DeployConfig = Field(default_factory=NoDeployConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("client_ids")

@@ -168,3 +168,95 @@ class Evaluation(Base):
     examples_uri: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    """A model the registry knows: one variant (base, icl or customized) of one candidate from one run.
+
+    ``version`` counts up per workload. A run registers only its challenger; re-deciding the same run
+    finds the same row again (unique per run, candidate and eval type).
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("workload_id", "version"),
+        UniqueConstraint("run_id", "candidate_id", "eval_type", name="uq_model_versions_run_variant"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    candidate_id: Mapped[str] = mapped_column(String(64))
+    eval_type: Mapped[str] = mapped_column(String(16))  # base | icl | customized
+    base_model: Mapped[str | None] = mapped_column(Text)
+    adapter_uri: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[dict[str, Any]] = mapped_column(JSON)  # the evaluated model config (ModelConfig)
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="SET NULL"))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    training: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the candidate's training figures
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelAlias(Base):
+    """Which model version currently holds an alias (``champion``) of a workload."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("workload_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(32))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model_version: Mapped[ModelVersion] = relationship()
+
+
+class AliasEvent(Base):
+    """The audit trail of an alias: every move, who made it, why, and what held the alias before."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(String(64), index=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(32))  # promote | manual_promote | rollback
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    actor: Mapped[str] = mapped_column(String(250))
+    reason: Mapped[str] = mapped_column(Text)
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Decision(Base):
+    """The champion/challenger decision of one run and its evidence; a re-run replaces the row.
+
+    ``comparisons`` holds, per metric, both values, the paired difference with its interval, the
+    test statistic and p-value (primary metric) and whether it passed; ``reasons`` the codes and
+    messages that led to ``outcome`` (promote | alert | no_change).
+    """
+
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    workload_id: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    primary_metric: Mapped[str] = mapped_column(String(64))
+    champion_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    champion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    challenger_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    challenger: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    examples: Mapped[int | None] = mapped_column(Integer)
+    comparisons: Mapped[dict[str, Any]] = mapped_column(JSON)
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # every variant ranked
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report_uri: Mapped[str | None] = mapped_column(Text)
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what the promote branch did
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
