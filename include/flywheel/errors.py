@@ -31,3 +31,25 @@ class TrainingFailedError(RuntimeError):
 
 class EvaluationFailedError(RuntimeError):
     """No evaluation of the run produced a result."""
+
+
+class AlertDeliveryError(RuntimeError):
+    """One or more alert channels failed after every channel was tried.
+
+    ``deliveries`` holds one record per channel (``channel``, ``conn_id``, ``status``, ``error``).
+    """
+
+    def __init__(self, message: str, *, deliveries: list[dict]) -> None:
+        super().__init__(message)
+        self.deliveries = deliveries
+
+
+class DeployError(RuntimeError):
+    """Promoting a model to serving failed; the message names the target, the HTTP status and the reply.
+
+    ``http_status`` is the last HTTP status received (None: no answer, or refused before any request).
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
