@@ -19,14 +19,18 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from flywheel.config import DeployConfig, NoDeployConfig, VllmDeployConfig, WebhookDeployConfig
 from flywheel.errors import DeployError
+
+if TYPE_CHECKING:
+    from flywheel.registry import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class Deployment:
     version: int
     candidate_id: str
     eval_type: str
-    base_model: str
+    base_model: str | None
     adapter_uri: str | None
     model: dict[str, Any] = field(default_factory=dict)
     previous_version: int | None = None
@@ -104,6 +108,40 @@ def deploy(config: DeployConfig, deployment: Deployment) -> dict[str, Any]:
     if isinstance(config, VllmDeployConfig):
         return _deploy_vllm(config, deployment)
     raise TypeError(f"unknown deploy config {type(config).__name__}")
+
+
+def deploy_hook(
+    config: DeployConfig,
+    workload_id: str,
+    *,
+    decision_id: int | None = None,
+    dag_run_id: str | None = None,
+    results: dict[str, Any] | None = None,
+) -> Callable[[VersionInfo, VersionInfo | None], None]:
+    """The registry's ``before_commit`` hook: deploy the new champion while the alias move is uncommitted.
+
+    The hook receives ``(new champion, previous champion)``, deploys the new one with :func:`deploy`
+    and puts the result into ``results``; its DeployError rolls the alias move back.
+    """
+
+    def hook(champion: VersionInfo, previous: VersionInfo | None) -> None:
+        deployment = Deployment(
+            workload_id=workload_id,
+            version=champion.version,
+            candidate_id=champion.candidate_id,
+            eval_type=champion.eval_type,
+            base_model=champion.base_model,
+            adapter_uri=champion.adapter_uri,
+            model=champion.model,
+            previous_version=previous.version if previous is not None else None,
+            decision_id=decision_id,
+            dag_run_id=dag_run_id,
+        )
+        outcome = deploy(config, deployment)
+        if results is not None:
+            results.update(outcome)
+
+    return hook
 
 
 def _deploy_webhook(config: WebhookDeployConfig, deployment: Deployment) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from flywheel.config import NoDeployConfig, VllmDeployConfig, WebhookDeployConfig
-from flywheel.deploy import Deployment, deploy
+from flywheel.deploy import Deployment, deploy, deploy_hook
 from flywheel.errors import DeployError
 
 if TYPE_CHECKING:
@@ -92,6 +93,49 @@ def test_webhook_posts_the_champion_with_the_bearer_token(connection, http_serve
     assert request.headers["x-team"] == "ml"
     assert request.body == {"event": "promote", **deployment().to_dict()}
     assert request.body["adapter_uri"] == "s3://flywheel/models/router/v3/adapter"
+
+
+def test_deploy_hook_deploys_the_registry_champion_and_keeps_the_result(connection, http_server) -> None:
+    from flywheel.registry import VersionInfo
+
+    def version(number: int, adapter: str) -> VersionInfo:
+        model = {"base_model": "smollm2-135m-instruct", "adapter": adapter}
+        created = datetime(2026, 12, 6, tzinfo=UTC)
+        return VersionInfo(
+            number,
+            "router",
+            number,
+            "smollm2-135m",
+            "customized",
+            model["base_model"],
+            adapter,
+            model,
+            "ds-1",
+            5,
+            None,
+            created,
+        )
+
+    connection("promote_hook", host=http_server.url)
+    results: dict[str, Any] = {}
+    hook = deploy_hook(
+        WebhookDeployConfig(type="webhook", conn_id="promote_hook"),
+        "router",
+        decision_id=17,
+        dag_run_id="scheduled__2026-12-06T02:00:00+00:00",
+        results=results,
+    )
+
+    hook(
+        version(3, "s3://flywheel/models/router/v3/adapter"),
+        version(2, "s3://flywheel/models/router/v2/adapter"),
+    )
+
+    assert http_server.requests[0].body == {"event": "promote", **deployment().to_dict()}
+    assert (results["type"], results["status"]) == ("webhook", "deployed")
+    http_server.faults.append({"status": 400, "body": "no"})
+    with pytest.raises(DeployError, match="HTTP 400: no"):  # raised inside the registry's transaction
+        hook(version(3, "s3://x"), None)
 
 
 def test_webhook_retries_5xx_then_succeeds(connection, http_server) -> None:
