@@ -23,11 +23,13 @@ from airflow.sdk import (
 )
 from airflow.sdk.definitions.mappedoperator import MappedOperator
 
+from flywheel.alerts import FlywheelNotifier
 from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
 from flywheel.errors import (
     DataQualityError,
     EvaluationFailedError,
     NonRetryableJobError,
+    PromotionFailedError,
     TrainingFailedError,
 )
 from flywheel.intervals import run_interval
@@ -63,6 +65,19 @@ Tasks, in order:
    95% interval, per-tool breakdown) under `runs/{workload_id}/<day>/evaluate/<candidate_id>/<eval_type>/`.
 9. `collect_evaluation`: records each evaluation in the `evaluations` table and the `evaluate`
    stage; fails only when no evaluation succeeded.
+10. `decide` (runs whatever happened upstream): the champion against the run's best challenger on
+   the same examples under the workload's policy ({policy}); a failed stage is itself the
+   evidence. The decision, every figure and the reasons go to the `decisions` table; the challenger
+   becomes a model version in the registry.
+11. `branch` follows the decision to exactly one of: `promote` (the `champion` alias moves in one
+   audited transaction with the deploy hook, **{deploy}**; a hook failure leaves the old champion
+   and alerts), `alert` (drift, a regressed challenger, a failed stage) or `no_change`.
+12. `report`: the run's HTML report with plots, `reports/{workload_id}/<day>/run-report.html`.
+13. `watcher`: runs only when a task failed, and fails the DAG run so it shows red.
+
+Notifications ({channels}) go out on promotion, alerts and task failures; `flywheel registry show
+--workload {workload_id}` prints the champion's history, `flywheel registry rollback` restores the
+previous one.
 
 **Log source**: index `{index}` on connection `{conn_id}`{clients}.
 **Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
@@ -93,6 +108,11 @@ RETRY_POLICY = ExceptionRetryPolicy(
         ),
         RetryRule(exception=TrainingFailedError, action=RetryAction.FAIL, reason="every candidate failed"),
         RetryRule(exception=EvaluationFailedError, action=RetryAction.FAIL, reason="every evaluation failed"),
+        RetryRule(
+            exception=PromotionFailedError,
+            action=RetryAction.FAIL,
+            reason="promotion failed after the deploy hook's own retries; the champion is unchanged",
+        ),
     ]
 )
 
@@ -135,6 +155,13 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 + [f"`{t}`" for t in workload.evaluation.eval_types]
             ),
             backend_doc=BACKEND_DOCS[config.compute.backend],
+            policy=f"primary metric `{workload.decision.primary_metric}`, alpha {workload.decision.alpha}, "
+            f"floor {workload.decision.floor}, at least {workload.decision.min_examples} examples",
+            deploy=workload.deploy.type,
+            channels=", ".join(
+                ["local sink"] * workload.alerts.local_sink + [c.type for c in workload.alerts.channels]
+            )
+            or "none",
         ),
         default_args={
             "owner": defaults.owner,
@@ -143,6 +170,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=defaults.max_retry_delay_minutes),
             "retry_policy": RETRY_POLICY,
+            "on_failure_callback": [FlywheelNotifier(workload_id)],
         },
         params={
             "page_size": Param(
@@ -249,13 +277,86 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 load_config(), workload_id, dataset, jobs, dag_run_id=run_id, try_number=ti.try_number
             )
 
+        @task(
+            task_id="decide",
+            trigger_rule=TriggerRule.ALL_DONE,
+            doc_md="Champion vs best challenger on the same examples (or the upstream failure): the decision "
+            "and its evidence in the `decisions` table; the challenger registered as a model version.",
+        )
+        def decide(
+            data_interval_start=None, data_interval_end=None, dag_run=None, run_id=None, ti=None
+        ) -> dict:
+            from flywheel import tasks
+
+            start, end = run_interval(data_interval_start, data_interval_end, dag_run.run_after, schedule)
+            return tasks.decide(
+                load_config(),
+                workload_id,
+                interval_start=start,
+                interval_end=end,
+                dag_run_id=run_id,
+                try_number=ti.try_number,
+            )
+
+        @task.branch(task_id="branch", doc_md="Follow the decision: `promote`, `alert` or `no_change`.")
+        def branch(decision: dict) -> str:
+            return decision["outcome"]
+
+        @task(task_id="promote", doc_md="Move the champion alias (one transaction, audited), deploy, notify.")
+        def promote(decision: dict, run_id=None) -> dict:
+            from flywheel import tasks
+
+            return tasks.promote(load_config(), workload_id, decision, dag_run_id=run_id)
+
+        @task(task_id="alert", doc_md="Notify the workload's channels: drift, regression or a failed stage.")
+        def alert(decision: dict, run_id=None) -> None:
+            from flywheel import tasks
+
+            tasks.notify_outcome(load_config(), workload_id, "alert", decision, dag_run_id=run_id)
+
+        @task(task_id="no_change", doc_md="The champion stays; the reasons are in the decision.")
+        def no_change(decision: dict, run_id=None) -> None:
+            from flywheel import tasks
+
+            tasks.notify_outcome(load_config(), workload_id, "no_change", decision, dag_run_id=run_id)
+
+        @task(
+            task_id="report",
+            trigger_rule=TriggerRule.ALL_DONE,
+            doc_md="The run's HTML report with plots: `reports/<workload>/<day>/run-report.html`.",
+        )
+        def report(run_id=None) -> str | None:
+            from flywheel import tasks
+
+            return tasks.report(load_config(), workload_id, dag_run_id=run_id)
+
         dataset = build_dataset(validate(extract()))
         train_plan = plan_training(dataset)
         trained = job_tasks(config, "train", train_plan) >> collect_training(dataset, train_plan)
         evaluation_plan = plan_evaluation(dataset, train_plan)
         trained >> evaluation_plan
-        job_tasks(config, "evaluate", evaluation_plan) >> collect_evaluation(dataset, evaluation_plan)
+        evaluated = job_tasks(config, "evaluate", evaluation_plan) >> collect_evaluation(
+            dataset, evaluation_plan
+        )
+        decision = decide()
+        evaluated >> decision
+        outcomes = [promote(decision), alert(decision), no_change(decision)]
+        branch(decision) >> outcomes
+        outcomes >> report()
+        # The leaves succeed even when a stage failed (the decision alerts instead): fail the run then.
+        list(dag.tasks) >> watcher()
     return dag
+
+
+@task(
+    task_id="watcher",
+    trigger_rule=TriggerRule.ONE_FAILED,
+    retries=0,
+    on_failure_callback=None,
+    doc_md="Fails the DAG run when any task failed; runs only then (the failure was already notified).",
+)
+def watcher() -> None:
+    raise RuntimeError("a task of this run failed: see the failed task's log and the run report")
 
 
 def job_tasks(config: FlywheelConfig, kind: str, jobs: XComArg) -> XComArg | MappedOperator:

@@ -88,6 +88,11 @@ def empty_log_store(log_store: object) -> object:
     return log_store
 
 
+TEST_DECISION = {"floor": 0.0, "min_examples": 4, "bootstrap_resamples": 200}
+"""Decision policy of test configs: four paired examples suffice and any accuracy clears the floor, so a
+run without a champion promotes its challenger (tests of the decision stage itself ask for more)."""
+
+
 def write_config(
     directory: Path, *, airflow: dict | None = None, compute: dict | None = None, **workload_overrides: object
 ) -> Path:
@@ -102,7 +107,14 @@ def write_config(
     raw["airflow"].update(airflow or {})
     raw["compute"].update(compute or {})
     for workload in raw["workloads"]:
-        workload.update({"training": TEST_TRAINING, "evaluation": TEST_EVALUATION, **workload_overrides})
+        workload.update(
+            {
+                "training": TEST_TRAINING,
+                "evaluation": TEST_EVALUATION,
+                "decision": TEST_DECISION,
+                **workload_overrides,
+            }
+        )
     path = directory / "flywheel.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

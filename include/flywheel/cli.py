@@ -1,4 +1,4 @@
-"""The ``flywheel`` command line: config checks, migrations, extraction, demo and benchmarks.
+"""The ``flywheel`` command line: config checks, migrations, the model registry, extraction, demo, benchmarks.
 
 It is also the entrypoint of the job image, so every stage a pod runs is a sub-command here.
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
@@ -47,6 +47,32 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="apply the migrations to the metadata database").set_defaults(
         handler=_db_upgrade
     )
+
+    registry = commands.add_parser(
+        "registry", help="the model registry: champion history, rollback, promotion"
+    )
+    registry_commands = registry.add_subparsers(required=True)
+    show = registry_commands.add_parser("show", help="the champion, its history and the registered versions")
+    show.add_argument("--workload", required=True, help="workload id")
+    show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    show.set_defaults(handler=_registry_show)
+    rollback = registry_commands.add_parser(
+        "rollback", help="give the champion alias back to the previous one"
+    )
+    rollback.add_argument("--workload", required=True, help="workload id")
+    rollback.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    rollback.add_argument("--actor", help="who (default: the login name)")
+    rollback.add_argument(
+        "--no-deploy", action="store_true", help="move the alias only, skip the deploy hook"
+    )
+    rollback.set_defaults(handler=_registry_rollback)
+    promote = registry_commands.add_parser("promote", help="make a registered version the champion, by hand")
+    promote.add_argument("--workload", required=True, help="workload id")
+    promote.add_argument("--version", required=True, type=int, help="model version number (see `show`)")
+    promote.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    promote.add_argument("--actor", help="who (default: the login name)")
+    promote.add_argument("--no-deploy", action="store_true", help="move the alias only, skip the deploy hook")
+    promote.set_defaults(handler=_registry_promote)
 
     extract = commands.add_parser("extract", help="extract one workload's logs of one interval into Parquet")
     extract.add_argument("workload_id")
@@ -205,6 +231,116 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     revision = upgrade(engine)
     print(f"metadata database {engine.url.render_as_string(hide_password=True)} at revision {revision}")
     return 0
+
+
+def _registry_show(args: argparse.Namespace) -> int:
+    from flywheel import registry
+
+    config = load_config(args.config)
+    workload_id = config.workload(args.workload).workload_id
+    current = registry.champion(config.metadata, workload_id)
+    moves = registry.history(config.metadata, workload_id)
+    known = registry.versions(config.metadata, workload_id)
+    if args.json:
+        _print_json(
+            {
+                "workload_id": workload_id,
+                "champion": current.to_dict() if current else None,
+                "history": [m.to_dict() for m in moves],
+                "versions": [v.to_dict() for v in known],
+            }
+        )
+        return 0
+    print(f"{workload_id}: champion {_describe_version(current) if current else 'none yet'}")
+    print("\nhistory of the champion alias (each version held it until the next row):")
+    if not moves:
+        print("  (no moves)")
+    for move in moves:
+        previous = f"v{move.previous_version}" if move.previous_version else "none"
+        print(
+            f"  {move.created_at:%Y-%m-%d %H:%M:%S} UTC  {move.action:<14} v{move.version} (was {previous})  "
+            f"by {move.actor}: {move.reason}"
+        )
+    print("\nregistered versions:")
+    if not known:
+        print("  (none)")
+    for version in known:
+        marker = "*" if current and version.id == current.id else " "
+        created = f"{version.created_at:%Y-%m-%d}"
+        print(f" {marker}{_describe_version(version)}  dataset {version.dataset_id}, {created}")
+    return 0
+
+
+def _registry_rollback(args: argparse.Namespace) -> int:
+    from flywheel import registry
+
+    config = load_config(args.config)
+    workload = config.workload(args.workload)
+    move = _registry_call(
+        lambda hook: registry.rollback(
+            config.metadata, workload.workload_id, actor=_actor(args), reason=args.reason, before_commit=hook
+        ),
+        workload,
+        args,
+    )
+    if move is None:
+        return 1
+    print(f"{workload.workload_id}: champion is v{move.version} again (was v{move.previous_version})")
+    return 0
+
+
+def _registry_promote(args: argparse.Namespace) -> int:
+    from flywheel import registry
+
+    config = load_config(args.config)
+    workload = config.workload(args.workload)
+    move = _registry_call(
+        lambda hook: registry.promote(
+            config.metadata,
+            workload.workload_id,
+            args.version,
+            actor=_actor(args),
+            reason=args.reason,
+            action="manual_promote",
+            before_commit=hook,
+        ),
+        workload,
+        args,
+    )
+    if move is None:
+        return 1
+    previous = f"v{move.previous_version}" if move.previous_version else "none"
+    print(f"{workload.workload_id}: champion is v{move.version} (was {previous})")
+    return 0
+
+
+def _registry_call(move: Callable[[Any], Any], workload: Any, args: argparse.Namespace) -> Any:
+    """Move an alias with the deploy hook (unless --no-deploy); print a failure and return None."""
+    from flywheel.deploy import deploy_hook
+    from flywheel.errors import DeployError
+    from flywheel.registry import RegistryError
+
+    deployment: dict[str, Any] = {}
+    hook = None if args.no_deploy else deploy_hook(workload.deploy, workload.workload_id, results=deployment)
+    try:
+        result = move(hook)
+    except (RegistryError, DeployError) as exc:
+        print(f"error: {exc} (the registry is unchanged)", file=sys.stderr)
+        return None
+    if deployment:
+        print(f"deployed: {json.dumps(deployment, default=str)}")
+    return result
+
+
+def _actor(args: argparse.Namespace) -> str:
+    import getpass
+
+    return args.actor or getpass.getuser()
+
+
+def _describe_version(version: Any) -> str:
+    adapter = f" + adapter {version.adapter_uri}" if version.adapter_uri else ""
+    return f"v{version.version} ({version.candidate_id}/{version.eval_type}: {version.base_model}{adapter})"
 
 
 def _extract(args: argparse.Namespace) -> int:

@@ -53,3 +53,8 @@ class DeployError(RuntimeError):
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+class PromotionFailedError(RuntimeError):
+    """The promote branch could not move the champion alias (the deploy hook failed, or the champion
+    moved during the run); the registry is unchanged and an alert went out."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
-from flywheel.db.models import AliasEvent, ModelAlias, ModelVersion, utcnow
+from flywheel.db.models import AliasEvent, ModelAlias, ModelVersion, as_utc, utcnow
 
 CHAMPION = "champion"
 """The alias the serving side follows: the workload's production model."""
@@ -61,7 +61,7 @@ class VersionInfo:
             row.dataset_id,
             row.run_id,
             row.metrics,
-            _aware(row.created_at),
+            as_utc(row.created_at),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def history(metadata: MetadataConfig, workload_id: str, alias: str = CHAMPION) -
                 e.actor,
                 e.reason,
                 e.decision_id,
-                _aware(e.created_at),
+                as_utc(e.created_at),
             )
             for e in events
         ]
@@ -348,7 +348,7 @@ def _move(
         actor,
         reason,
         decision_id,
-        _aware(event.created_at),
+        as_utc(event.created_at),
     )
 
 
@@ -370,11 +370,6 @@ def _lock_aliases(session: Session, workload_id: str) -> None:
             .where(ModelAlias.workload_id == workload_id)
             .values(workload_id=ModelAlias.workload_id)
         )
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands timestamps back without their time zone; every stored one is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _version_numbers(session: Session, ids: set[int | None]) -> dict[int, int]:

@@ -11,7 +11,7 @@ import logging
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from flywheel.config import FlywheelConfig
+from flywheel.config import FlywheelConfig, ModelConfig
 from flywheel.tracking import (
     ensure_run,
     record_dataset,
@@ -250,7 +250,6 @@ def plan_evaluation(
     champion, when the workload has one, is evaluated on the same examples.
     """
     from flywheel.compute import CHAMPION, JobSpec, evaluate_job, read_job_file
-    from flywheel.config import ModelConfig
 
     workload = config.workload(workload_id)
     day = date.fromisoformat(dataset["last_day"])
@@ -261,8 +260,9 @@ def plan_evaluation(
         if read_job_file(spec.output_uri, "result.json", options)
     }
     planned: list[tuple[str, str, ModelConfig]] = []
-    if workload.evaluation.champion is not None:
-        planned.append((CHAMPION, "champion", workload.evaluation.champion))
+    champion, version = current_champion(config, workload_id)
+    if champion is not None:
+        planned.append((CHAMPION, "champion", champion))
     for candidate in workload.training.candidates:
         name, base_model = candidate.candidate_id, candidate.base_model
         for eval_type in workload.evaluation.eval_types:
@@ -287,8 +287,26 @@ def plan_evaluation(
         for candidate_id, eval_type, model in planned
     ]
     for job in jobs:
+        if version is not None and job.labels["flywheel.io/candidate"] == CHAMPION:
+            # Which registry version was evaluated as the champion (collect_evaluation records it).
+            job.labels["flywheel.io/champion-version"] = str(version)
         log.info("%s -> %s", job.name, job.output_uri)
     return [job.to_dict() for job in jobs]
+
+
+def current_champion(config: FlywheelConfig, workload_id: str) -> tuple[ModelConfig | None, int | None]:
+    """The model to evaluate as the champion and its registry version.
+
+    The registry's ``champion`` alias wins; while the registry has none, the workload's configured
+    ``evaluation.champion`` (an endpoint serving the current production model) stands in, unversioned.
+    """
+    from flywheel.config import ModelConfig
+    from flywheel.registry import champion
+
+    version = champion(config.metadata, workload_id)
+    if version is None:
+        return config.workload(workload_id).evaluation.champion, None
+    return ModelConfig.model_validate(version.model), version.version
 
 
 def run_job_locally(job: dict[str, Any]) -> None:
@@ -337,7 +355,8 @@ def collect_evaluation(
                 dataset_id=dataset["dataset_id"],
                 candidate_id=candidate_id,
                 eval_type=eval_type,
-                model=result["model"] if result else _model_arguments(arguments),
+                model=(result["model"] if result else _model_arguments(arguments))
+                | _version_label(spec.labels),
                 result_uri=f"{spec.output_uri}/result.json",
                 result=result,
                 error=error,
@@ -370,6 +389,12 @@ def collect_evaluation(
             )
             raise EvaluationFailedError(f"no evaluation of {workload_id} succeeded ({failures})")
     return stage.summary
+
+
+def _version_label(labels: dict[str, str]) -> dict[str, int]:
+    """``{"version": N}`` for the evaluation of registry version N as the champion, else nothing."""
+    version = labels.get("flywheel.io/champion-version")
+    return {"version": int(version)} if version else {}
 
 
 def _model_arguments(arguments: dict[str, str]) -> dict[str, Any]:
@@ -421,3 +446,177 @@ def _store(config: FlywheelConfig) -> ArtifactStore:
 def _log_progress(pages: int, records: int) -> None:
     if pages % 50 == 0:
         log.info("%d pages, %d records", pages, records)
+
+
+def decide(
+    config: FlywheelConfig,
+    workload_id: str,
+    *,
+    interval_start: datetime,
+    interval_end: datetime,
+    dag_run_id: str,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Decide promote / alert / no_change from the run's recorded evidence and record the decision.
+
+    Runs whatever happened upstream: a failed stage is itself the evidence (an alert).
+    """
+    from flywheel.decision.run import decide_run
+
+    run_id = _run_id(config, workload_id, dag_run_id, interval_start, interval_end)
+    with record_stage(config.metadata, run_id, "decide", try_number) as stage:
+        stage.summary = decide_run(config, workload_id, run_id) | {
+            "interval_start": interval_start.isoformat(),
+            "interval_end": interval_end.isoformat(),
+        }
+    return stage.summary
+
+
+def promote(
+    config: FlywheelConfig, workload_id: str, decision: dict[str, Any], *, dag_run_id: str
+) -> dict[str, Any]:
+    """Move the champion alias to the run's challenger, deploy it, and notify.
+
+    The alias moves in one transaction with its audit row, and the deploy hook runs inside it: a hook
+    failure, or a champion that moved while the run evaluated the old one, leaves the registry as it
+    was, records why, raises an alert and fails the task (PromotionFailedError).
+    """
+    from flywheel.deploy import deploy_hook
+    from flywheel.errors import DeployError, PromotionFailedError
+    from flywheel.registry import RegistryError
+    from flywheel.registry import promote as move_alias
+
+    workload = config.workload(workload_id)
+    deployment: dict[str, Any] = {}
+    reason = "; ".join(r["message"] for r in decision["reasons"])
+    try:
+        move = move_alias(
+            config.metadata,
+            workload_id,
+            decision["challenger_version"],
+            actor=f"{workload.dag_id}/{dag_run_id}",
+            reason=reason,
+            decision_id=decision["decision_id"],
+            expected_champion=decision["champion_version"],
+            before_commit=deploy_hook(
+                workload.deploy,
+                workload_id,
+                decision_id=decision["decision_id"],
+                dag_run_id=dag_run_id,
+                results=deployment,
+            ),
+        )
+    except (DeployError, RegistryError) as exc:
+        _record_promotion(config, decision["decision_id"], {"status": "failed", "error": str(exc)[:2000]})
+        failure = {
+            "code": "promotion_failed",
+            "message": f"promotion failed, the champion is unchanged: {exc}",
+        }
+        _notify(
+            config, workload_id, "alert", decision | {"reasons": [failure, *decision["reasons"]]}, dag_run_id
+        )
+        raise PromotionFailedError(str(failure["message"])) from exc
+    promotion = {
+        "status": "promoted",
+        "version": move.version,
+        "previous_version": move.previous_version,
+        "alias_event_id": move.id,
+        "deployment": deployment or None,
+    }
+    _record_promotion(config, decision["decision_id"], promotion)
+    log.info(
+        "%s: version %s is the champion (was %s); deployment: %s",
+        workload_id,
+        move.version,
+        move.previous_version,
+        deployment or "none",
+    )
+    _notify(config, workload_id, "promote", decision, dag_run_id)
+    return promotion
+
+
+def notify_outcome(
+    config: FlywheelConfig, workload_id: str, event: str, decision: dict[str, Any], *, dag_run_id: str
+) -> list[dict[str, Any]]:
+    """The ``alert`` and ``no_change`` branches: notify the workload's channels of the decision."""
+    log.log(
+        logging.WARNING if event == "alert" else logging.INFO,
+        "%s: %s: %s",
+        workload_id,
+        event,
+        "; ".join(r["message"] for r in decision["reasons"]),
+    )
+    return _notify(config, workload_id, event, decision, dag_run_id)
+
+
+def report(config: FlywheelConfig, workload_id: str, *, dag_run_id: str) -> str | None:
+    """Render the run's HTML report (whatever stages ran) into the artifact store; return its URI."""
+    from flywheel.decision.run import report_data, report_path
+    from flywheel.report import render_report, write_report
+
+    data = report_data(config, workload_id, dag_run_id)
+    if data is None:
+        log.warning("%s: no run recorded for %s; nothing to report", workload_id, dag_run_id)
+        return None
+    day = datetime.fromisoformat(data["interval_start"]).date()
+    uri = write_report(_store(config), report_path(workload_id, day), render_report(data))
+    log.info("run report: %s", uri)
+    return uri
+
+
+def _record_promotion(config: FlywheelConfig, decision_id: int, promotion: dict[str, Any]) -> None:
+    from flywheel.db.engine import session_scope
+    from flywheel.db.models import Decision
+
+    with session_scope(config.metadata) as session:
+        session.get_one(Decision, decision_id).promotion = promotion
+
+
+def _notify(
+    config: FlywheelConfig, workload_id: str, event: str, decision: dict[str, Any], dag_run_id: str
+) -> list[dict[str, Any]]:
+    from flywheel.alerts import Notification, notify
+
+    workload = config.workload(workload_id)
+    titles = {
+        "promote": f"{workload_id}: {decision['challenger']} promoted to champion",
+        "alert": f"{workload_id}: ALERT ({', '.join(r['code'] for r in decision['reasons'])})",
+        "no_change": f"{workload_id}: the champion stays",
+    }
+    figures = {
+        "primary_metric": decision["primary_metric"],
+        "examples": decision["examples"],
+        "champion": decision["champion"],
+        "champion_version": decision["champion_version"],
+        "challenger": decision["challenger"],
+        "challenger_version": decision["challenger_version"],
+        **{f"{decision['primary_metric']}.{key}": value for key, value in decision["figures"].items()},
+    }
+    notification = Notification(
+        workload_id=workload_id,
+        event=event,
+        title=titles[event],
+        reasons=decision["reasons"],
+        figures={key: value for key, value in figures.items() if value is not None},
+        dag_id=workload.dag_id,
+        dag_run_id=dag_run_id,
+        interval_start=_parse(decision.get("interval_start")),
+        interval_end=_parse(decision.get("interval_end")),
+        run_url=_run_url(workload.dag_id, dag_run_id),
+        report_uri=decision["report_uri"],
+    )
+    return notify(config, notification)
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _run_url(dag_id: str, dag_run_id: str) -> str | None:
+    """The DAG run's page in the Airflow UI (``[api] base_url``)."""
+    from urllib.parse import quote
+
+    from airflow.configuration import conf
+
+    base = conf.get("api", "base_url", fallback=None)
+    return f"{base.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(dag_run_id, safe='')}" if base else None

@@ -52,6 +52,7 @@ def test_two_consecutive_days_make_two_partitions(
             ("build_dataset", "succeeded"),
             ("train", "succeeded"),
             ("evaluate", "succeeded"),
+            ("decide", "succeeded"),
         ] * 2
         assert stages[0].summary["records"] == partitions[0].record_count
         validated = session.scalars(select(ValidatedPartition).order_by(ValidatedPartition.day)).all()
