@@ -121,17 +121,27 @@ def write_config(
 
 
 @pytest.fixture
-def flywheel_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A migrated test configuration (``FLYWHEEL_CONFIG`` points at it) with a fresh store and database."""
+def make_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``make_config(**workload_overrides)``: a migrated test configuration that ``FLYWHEEL_CONFIG`` points
+    at (so DAG tasks read it), with a fresh store and database; ``write_config`` takes the arguments."""
     from flywheel.config import load_config
     from flywheel.db.engine import get_engine
     from flywheel.db.migrate import upgrade
 
-    path = write_config(tmp_path)
-    monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
-    config = load_config(path)
-    upgrade(get_engine(config.metadata))
-    return config
+    def make(**overrides: object):
+        path = write_config(tmp_path, **overrides)
+        monkeypatch.setenv("FLYWHEEL_CONFIG", str(path))
+        config = load_config(path)
+        upgrade(get_engine(config.metadata))
+        return config
+
+    return make
+
+
+@pytest.fixture
+def flywheel_config(make_config):
+    """A migrated test configuration (``FLYWHEEL_CONFIG`` points at it) with a fresh store and database."""
+    return make_config()
 
 
 @pytest.fixture(scope="session")

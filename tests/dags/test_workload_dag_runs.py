@@ -1,25 +1,34 @@
-"""The workload DAG end to end through ``dag.test()``: real log store, SQLite metadata, local artifacts."""
+"""The workload DAG end to end through ``dag.test()``: real log store, SQLite metadata, local artifacts, and
+a fake vLLM server (real HTTP) behind the deploy hook."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from flywheel.db.engine import session_scope
-from flywheel.db.models import Dataset, RawPartition, Run, RunStage, ValidatedPartition
+from flywheel.db.models import Dataset, Decision, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
 from flywheel.demo.seed import seed_logs
 from flywheel.intervals import latest_intervals
 from flywheel.logstore import connect, interval_query
+from flywheel.registry import champion, history, versions
 from flywheel.storage import ArtifactStore
+
+pytest_plugins = ["vllm_server"]
 
 NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 DAG_ID = "flywheel_customer_support_router"
 
 
 def test_two_consecutive_days_make_two_partitions(
-    dagbag, airflow_db, empty_log_store, flywheel_config, tiny_model
+    dagbag, airflow_db, empty_log_store, make_config, tiny_model, vllm_server, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": vllm_server.url}))
+    flywheel_config = make_config(deploy={"type": "vllm", "conn_id": "vllm_router"})
     workload = flywheel_config.workload("customer_support_router")
     seed_logs(flywheel_config, days=2, records_per_day=300, now=NOW, workloads=[workload.workload_id])
     intervals = latest_intervals(workload.schedule, 2, NOW)
@@ -63,6 +72,43 @@ def test_two_consecutive_days_make_two_partitions(
         assert len(datasets) == 2
         assert datasets[-1].last_day == partitions[-1].day
         assert datasets[-1].train_records > datasets[0].train_records
+
+        # Night 1 has no champion: its challenger (any accuracy clears the test floor) is promoted and
+        # its adapter loaded into vLLM. Night 2 re-evaluates that champion on its fresh data.
+        decisions = session.scalars(select(Decision).order_by(Decision.id)).all()
+        assert [(d.outcome, [r["code"] for r in d.reasons]) for d in decisions] == [
+            ("promote", ["first_champion"]),
+            ("no_change", ["not_significant"]),
+        ]
+        assert decisions[0].promotion["status"] == "promoted"
+        assert decisions[0].promotion["deployment"]["type"] == "vllm"
+        night2 = session.scalars(select(Evaluation).where(Evaluation.run_id == runs[1].id)).all()
+        assert {(e.candidate_id, e.eval_type) for e in night2} == {
+            ("champion", "champion"),
+            ("tiny", "customized"),
+        }
+        champion_eval = next(e for e in night2 if e.eval_type == "champion")
+        assert champion_eval.model["version"] == 1
+        assert champion_eval.dataset_id == datasets[-1].dataset_id
+        assert decisions[1].champion_version_id is not None
+        assert decisions[1].comparisons["function_name_and_args_accuracy"]["n"] == 4
+
+    current = champion(flywheel_config.metadata, workload.workload_id)
+    assert current is not None and current.version == 1 and current.run_id == runs[0].id
+    assert current.adapter_uri and current.adapter_uri.endswith("/train/tiny/adapter")
+    assert vllm_server.loaded == {"customer_support_router-v1": current.adapter_uri}
+    assert [v.version for v in versions(flywheel_config.metadata, workload.workload_id)] == [1, 2]
+    moves = history(flywheel_config.metadata, workload.workload_id)
+    assert [(m.action, m.version, m.previous_version) for m in moves] == [("promote", 1, None)]
+    assert moves[0].actor == f"{DAG_ID}/{runs[0].dag_run_id}"
+    for start, _ in intervals:
+        report = Path(
+            store.path("reports", workload.workload_id, start.date().isoformat(), "run-report.html")
+        )
+        assert "<svg" in report.read_text()
+    sink = Path(store.path("alerts", workload.workload_id, intervals[0][0].date().isoformat()))
+    (promoted,) = sink.glob("*-promote.json")
+    assert json.loads(promoted.read_text())["figures"]["challenger"] == "tiny/customized"
 
 
 def test_rerunning_a_day_replaces_its_partition(
