@@ -178,6 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench_train.add_argument("--json", action="store_true", help="print only the JSON result")
     bench_train.set_defaults(handler=_bench_train)
+    bench_decision = bench.add_parser(
+        "decision", help="simulate the decision policy: A/A false promotions and the power of +5 points"
+    )
+    bench_decision.add_argument("--workload", help="whose decision policy (default: the first configured)")
+    bench_decision.add_argument("--trials", type=int, default=2000, help="simulated comparisons per scenario")
+    bench_decision.add_argument("--seed", type=int, default=0)
+    bench_decision.add_argument("--json", action="store_true", help="print only the JSON result")
+    bench_decision.set_defaults(handler=_bench_decision)
     bench_eval = bench.add_parser(
         "eval", help="time our evaluator against one-at-a-time model.generate on one dataset"
     )
@@ -483,6 +491,26 @@ def _bench_train(args: argparse.Namespace) -> int:
         quiet=args.json,
     )
     print(json.dumps(result) if args.json else summarize(result))
+    return 0
+
+
+def _bench_decision(args: argparse.Namespace) -> int:
+    from flywheel.decision.simulation import bench_decision
+
+    config = load_config(args.config)
+    workload = config.workload(args.workload) if args.workload else config.workloads[0]
+    result = {"workload_id": workload.workload_id} | bench_decision(
+        workload.decision, trials=args.trials, seed=args.seed
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for name, scenario in result.items():
+        if isinstance(scenario, dict):
+            print(
+                f"{name:<34} promotion rate {scenario['promotion_rate']:.4f} "
+                f"(± {scenario['standard_error']:.4f}, {scenario['trials']} trials)"
+            )
     return 0
 
 

@@ -190,3 +190,53 @@ def test_loss_with_logits_only_where_labels_are_equals_the_models_loss(tiny_mode
 
     with torch.no_grad():
         assert float(_loss(model, inputs)) == pytest.approx(float(model(**inputs).loss), rel=1e-5)
+
+
+def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(tiny_model):
+    # A router batch opens with the same system message and tool schemas: the trainer runs them once.
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from flywheel.config import LoraSettings
+    from flywheel.training.trainer import _batch_loss, _loss, lora_config, shared_prefix_length
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(model, lora_config(LoraSettings(dropout=0.0)))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the prefix's keys and values
+            torch.nn.init.normal_(parameter, std=0.02)
+    model.eval()
+    rng = random.Random(0)
+    prefix = [rng.randrange(1000) for _ in range(60)]
+    batch = []
+    for length in (12, 30, 45):
+        ids = prefix + [rng.randrange(1000) for _ in range(length)]
+        answer = rng.randint(2, 9)
+        batch.append((ids, [-100] * (len(ids) - answer) + ids[len(ids) - answer :]))
+    assert shared_prefix_length(batch) == 60
+
+    def loss_and_grads(share: bool):
+        model.zero_grad()
+        loss = (
+            _batch_loss(model, batch, 0, "cpu", share) if share else _loss(model, _collate(batch, 0, "cpu"))
+        )
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss.detach()), grads
+
+    whole, whole_grads = loss_and_grads(False)
+    shared, shared_grads = loss_and_grads(True)
+    assert shared == pytest.approx(whole, rel=1e-5)
+    for name, grad in whole_grads.items():
+        assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_shared_prefix_stops_before_the_first_supervised_token():
+    from flywheel.training.trainer import shared_prefix_length
+
+    ids = [5, 6, 7, 8, 9]
+    # The token before the first label must stay in each row's suffix: it predicts that label.
+    assert shared_prefix_length([(ids, [-100, -100, -100, 8, 9]), (ids, [-100, -100, -100, 8, 9])]) == 2
+    assert shared_prefix_length([([1, 2, 3, 4], [-100] * 3 + [4]), ([1, 2, 9, 4], [-100] * 3 + [4])]) == 2
