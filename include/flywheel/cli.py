@@ -151,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--days", type=int, default=7)
     run.add_argument("--records-per-day", type=int, default=2000)
     run.add_argument("--now", type=_aware_datetime, help="pretend it is this moment (default: now)")
+    run.add_argument(
+        "--workload",
+        action="append",
+        dest="workloads",
+        help="repeatable; default: customer_support_router (bfcl_live_assistant has demo traffic too)",
+    )
     run.set_defaults(handler=_demo_run)
 
     bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(required=True)
@@ -460,7 +466,13 @@ def _demo_seed(args: argparse.Namespace) -> int:
 def _demo_run(args: argparse.Namespace) -> int:
     from flywheel.demo.runner import run_demo
 
-    return run_demo(args.config, days=args.days, records_per_day=args.records_per_day, now=args.now)
+    return run_demo(
+        args.config,
+        days=args.days,
+        records_per_day=args.records_per_day,
+        now=args.now,
+        workloads=args.workloads,
+    )
 
 
 def _bench_etl(args: argparse.Namespace) -> int:

@@ -141,7 +141,7 @@ BROKEN = {
 def test_a_failed_stage_alerts_and_fails_the_run(
     reason: str, dagbag, airflow_db, empty_log_store, make_config, tiny_model
 ):
-    config = make_config(**BROKEN[reason])
+    config = make_config(airflow={"retries": 0}, **BROKEN[reason])
     seed_logs(config, days=1, records_per_day=300, now=NOW, workloads=[WORKLOAD])
     ((start, end),) = latest_intervals("0 2 * * *", 1, NOW)
 

@@ -1,13 +1,16 @@
 """``make demo``: the nightly flywheel end to end on the embedded default, in one command.
 
 Starts the local log store, seeds a week of traffic, migrates the flywheel's and Airflow's databases
-(SQLite under ``$FLYWHEEL_HOME``), runs every demo workload's DAG for the latest day with
-``airflow dags test``, prints a summary read back from the metadata database, and stops what it
+(SQLite under ``$FLYWHEEL_HOME``), runs the router workload's DAG for the last two nights with
+``airflow dags test`` (night 1 has no champion yet; night 2 re-evaluates the one night 1 promoted on
+fresh data), prints a summary read back from the metadata database (every stage, the evaluations, the
+fine-tuned model against its base, the decision with its figures, the registry), and stops what it
 started. Airflow's output goes to log files under ``$FLYWHEEL_HOME/logs``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,11 +22,21 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from flywheel.config import PROJECT_ROOT, FlywheelConfig, deep_merge, flywheel_home, load_config
+from flywheel.config import (
+    PROJECT_ROOT,
+    FlywheelConfig,
+    WorkloadConfig,
+    deep_merge,
+    flywheel_home,
+    load_config,
+)
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
-from flywheel.db.models import Dataset, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
+from flywheel.db.models import Dataset, Decision, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
+from flywheel.decision.paired import discordant_counts, mcnemar_exact
+from flywheel.decision.policy import Outcomes
 from flywheel.demo.seed import demo_workloads, seed_logs
 from flywheel.embedded import LocalLogStore
 from flywheel.intervals import latest_intervals
@@ -42,7 +55,21 @@ def airflow_environment(home: Path) -> dict[str, str]:
     }
 
 
-def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: datetime | None) -> int:
+DEMO_WORKLOADS = ("customer_support_router",)
+"""Workloads ``make demo`` runs by default (``flywheel demo run --workload`` picks others)."""
+
+NIGHTS = 2
+"""Nights the demo runs, oldest first: the first promotes a champion, the next re-evaluates it."""
+
+
+def run_demo(
+    config_path: str | None,
+    *,
+    days: int,
+    records_per_day: int,
+    now: datetime | None,
+    workloads: list[str] | None = None,
+) -> int:
     """Run the demo; return 0 when every DAG run succeeded. The process environment is restored after."""
     home = flywheel_home()
     logs_dir = home / "logs"
@@ -53,10 +80,10 @@ def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: d
     demo_config = home / "demo-flywheel.yaml"
     demo_config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     env["FLYWHEEL_CONFIG"] = str(demo_config)
-    workloads = [w for w, _ in demo_workloads(config)]
+    chosen = [w for w, _ in demo_workloads(config, list(workloads or DEMO_WORKLOADS))]
     started = time.monotonic()
     with LocalLogStore.start() as log_store:
-        for conn_id in {w.log_source.conn_id for w in workloads}:
+        for conn_id in {w.log_source.conn_id for w in chosen}:
             env.update(log_store.connection_env(conn_id))
         with _environment(env):
             _step(f"log store (osmem-server) at {log_store.url}")
@@ -64,7 +91,13 @@ def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: d
             _step(
                 f"metadata database at revision {revision}: {config.metadata.conn_id or config.metadata.url}"
             )
-            report = seed_logs(config, days=days, records_per_day=records_per_day, now=now)
+            report = seed_logs(
+                config,
+                days=days,
+                records_per_day=records_per_day,
+                now=now,
+                workloads=[w.workload_id for w in chosen],
+            )
             _step(f"seeded {report.documents} log records over {days} day(s): {report.by_workload}")
             migrate_log = logs_dir / "airflow-db-migrate.log"
             if not _airflow(["db", "migrate"], migrate_log):
@@ -72,16 +105,17 @@ def run_demo(config_path: str | None, *, days: int, records_per_day: int, now: d
                 return 1
             _step(f"Airflow database migrated ({env['AIRFLOW_HOME']})")
             failures = 0
-            for workload in workloads:
-                start, end = latest_intervals(workload.schedule, 1, now)[0]
-                log_file = logs_dir / f"{workload.dag_id}.log"
-                # A manual run (which `dags test` makes) owns the data interval ending at its logical date.
-                ok = _airflow(["dags", "test", workload.dag_id, end.isoformat()], log_file)
-                failures += not ok
-                _step(
-                    f"{workload.dag_id} {start:%Y-%m-%d}: {'succeeded' if ok else 'FAILED'} (log: {log_file})"
-                )
-    _print_summary(config, workloads, now)
+            for workload in chosen:
+                for night, (start, end) in enumerate(latest_intervals(workload.schedule, NIGHTS, now), 1):
+                    log_file = logs_dir / f"{workload.dag_id}-{start:%Y-%m-%d}.log"
+                    # A manual run (`dags test` makes one) owns the interval ending at its logical date.
+                    ok = _airflow(["dags", "test", workload.dag_id, end.isoformat()], log_file)
+                    failures += not ok
+                    _step(
+                        f"night {night}: {workload.dag_id} {start:%Y-%m-%d}: "
+                        f"{'succeeded' if ok else 'FAILED'} (log: {log_file})"
+                    )
+    _print_summary(config, chosen, now)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; log store stopped.")
     return 1 if failures else 0
 
@@ -101,8 +135,13 @@ DEMO_EVALUATION = {"max_examples": 32, "generation": {"max_new_tokens": 64, "bat
 """Evaluation settings of the demo: 32 examples per model variant, answers cut at 64 tokens (CPU)."""
 
 
+DEMO_DECISION = {"min_examples": DEMO_EVALUATION["max_examples"]}
+"""The demo evaluates fewer examples than production runs need before promoting: as many suffice."""
+
+
 def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
-    """``config`` with training shortened to :data:`DEMO_TRAINING`, evaluation to :data:`DEMO_EVALUATION`."""
+    """``config`` with training shortened to :data:`DEMO_TRAINING`, evaluation to :data:`DEMO_EVALUATION`,
+    and the decision's minimum example count to :data:`DEMO_DECISION`."""
     workloads = []
     for workload in config.workloads:
         evaluation = workload.evaluation.model_copy(
@@ -121,7 +160,10 @@ def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
                 ],
             }
         )
-        workloads.append(workload.model_copy(update={"training": training, "evaluation": evaluation}))
+        decision = workload.decision.model_copy(update=DEMO_DECISION)
+        workloads.append(
+            workload.model_copy(update={"training": training, "evaluation": evaluation, "decision": decision})
+        )
     return config.model_copy(update={"workloads": workloads})
 
 
@@ -153,70 +195,123 @@ def _airflow(args: list[str], log_file: Path) -> bool:
 
 def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None) -> None:
     print("\nSummary (from the metadata database)")
-    with session_scope(config.metadata) as session:
-        for workload in workloads:
-            start, end = latest_intervals(workload.schedule, 1, now)[0]
-            run = session.scalar(
-                select(Run)
-                .where(Run.dag_id == workload.dag_id, Run.interval_start == start)
-                .order_by(Run.id.desc())
-            )
-            print(f"\n  {workload.dag_id}  [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC")
-            if run is None:
-                print("    no run recorded")
-                continue
-            stages = session.scalars(select(RunStage).where(RunStage.run_id == run.id).order_by(RunStage.id))
-            for stage in stages:
-                print(f"    stage {stage.stage:<14} {stage.status}")
-            partition = session.scalar(
-                select(RawPartition).where(
-                    RawPartition.workload_id == workload.workload_id, RawPartition.day == start.date()
+    for workload in workloads:
+        for night, (start, end) in enumerate(latest_intervals(workload.schedule, NIGHTS, now), 1):
+            print(f"\n  night {night}: {workload.dag_id}  [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC")
+            with session_scope(config.metadata) as session:
+                run = session.scalar(
+                    select(Run)
+                    .where(Run.dag_id == workload.dag_id, Run.interval_start == start)
+                    .order_by(Run.id.desc())
                 )
-            )
-            if partition is not None:
-                print(
-                    f"    extracted {partition.record_count} records in {partition.part_count} part(s), "
-                    f"{partition.byte_count / 1024:.0f} KiB, via {partition.read_method}\n"
-                    f"    raw partition: {partition.uri}"
-                )
-            verdict = session.scalar(
-                select(ValidatedPartition).where(
-                    ValidatedPartition.workload_id == workload.workload_id,
-                    ValidatedPartition.day == start.date(),
-                )
-            )
-            if verdict is not None:
-                reasons = ", ".join(f"{k} {v}" for k, v in sorted(verdict.reasons.items())) or "none"
-                outcome = "passed" if verdict.success else "FAILED: " + ", ".join(verdict.failed_expectations)
-                print(
-                    f"    validated: {verdict.clean} clean + {verdict.quarantined} quarantined ({reasons}); "
-                    f"batch {outcome}\n    data docs: {verdict.data_docs_uri}"
-                )
-            dataset = session.scalar(
-                select(Dataset)
-                .where(Dataset.workload_id == workload.workload_id)
-                .order_by(Dataset.created_at.desc())
-            )
-            if dataset is not None:
-                print(
-                    f"    dataset {dataset.dataset_id}: {dataset.train_records} train, "
-                    f"{dataset.validation_records} validation, {dataset.evaluation_records} evaluation "
-                    f"({dataset.duplicates_removed} duplicates removed)\n    {dataset.uri}"
-                )
-            training = session.scalar(
-                select(RunStage)
-                .where(RunStage.run_id == run.id, RunStage.stage == "train")
-                .order_by(RunStage.id.desc())
-            )
-            for candidate in (training.summary or {}).get("candidates", []) if training else []:
-                print(f"    {_candidate_line(candidate)}")
-            evaluations = session.scalars(
-                select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.id)
-            )
-            for evaluation in evaluations:
-                print(f"    {_evaluation_line(evaluation)}")
+                if run is None:
+                    print("    no run recorded")
+                    continue
+                _print_run(session, workload, run, start)
+        _print_registry(config, workload.workload_id)
     print(f"\n  artifact store: {config.artifact_store.root}")
     print(f"  metadata db:    {config.metadata.conn_id or config.metadata.url}")
+
+
+def _print_run(session: Session, workload: WorkloadConfig, run: Run, start: datetime) -> None:
+    stages = session.scalars(select(RunStage).where(RunStage.run_id == run.id).order_by(RunStage.id)).all()
+    print("    stages: " + ", ".join(f"{s.stage} {s.status}" for s in stages))
+    partition = session.scalar(
+        select(RawPartition).where(
+            RawPartition.workload_id == workload.workload_id, RawPartition.day == start.date()
+        )
+    )
+    if partition is not None:
+        print(
+            f"    extracted {partition.record_count} records in {partition.part_count} part(s), "
+            f"{partition.byte_count / 1024:.0f} KiB, via {partition.read_method}: {partition.uri}"
+        )
+    verdict = session.scalar(
+        select(ValidatedPartition).where(
+            ValidatedPartition.workload_id == workload.workload_id, ValidatedPartition.day == start.date()
+        )
+    )
+    if verdict is not None:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(verdict.reasons.items())) or "none"
+        outcome = "passed" if verdict.success else "FAILED: " + ", ".join(verdict.failed_expectations)
+        print(
+            f"    validated: {verdict.clean} clean + {verdict.quarantined} quarantined ({reasons}); "
+            f"batch {outcome}\n    data docs: {verdict.data_docs_uri}"
+        )
+    dataset = session.scalar(select(Dataset).where(Dataset.run_id == run.id))
+    if dataset is not None:
+        print(
+            f"    dataset {dataset.dataset_id}: {dataset.train_records} train, "
+            f"{dataset.validation_records} validation, {dataset.evaluation_records} evaluation "
+            f"({dataset.duplicates_removed} duplicates removed)"
+        )
+    training = next((s for s in reversed(stages) if s.stage == "train"), None)
+    for candidate in (training.summary or {}).get("candidates", []) if training else []:
+        print(f"    {_candidate_line(candidate)}")
+    evaluations = session.scalars(
+        select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.id)
+    ).all()
+    for evaluation in evaluations:
+        print(f"    {_evaluation_line(evaluation)}")
+    gain = _fine_tuning_gain(evaluations, workload.decision.primary_metric)
+    if gain:
+        print(f"    {gain}")
+    decision = session.scalar(select(Decision).where(Decision.run_id == run.id))
+    if decision is not None:
+        print(f"    {_decision_lines(decision)}")
+
+
+def _fine_tuning_gain(evaluations: list[Evaluation], metric: str) -> str | None:
+    """Each candidate's fine-tuned adapter against its own base model, paired on the same examples."""
+    by_variant = {(e.candidate_id, e.eval_type): e for e in evaluations if e.status == "succeeded"}
+    lines = []
+    for (candidate, eval_type), tuned in by_variant.items():
+        base = by_variant.get((candidate, "base"))
+        if eval_type != "customized" or base is None:
+            continue
+        tuned_flags, base_flags = (_outcomes(e).binary[metric] for e in (tuned, base))
+        keys = sorted(set(tuned_flags) & set(base_flags))
+        ours, theirs = [tuned_flags[k] for k in keys], [base_flags[k] for k in keys]
+        only_tuned, only_base = discordant_counts(ours, theirs)
+        p_value = mcnemar_exact(only_tuned, only_base)
+        lines.append(
+            f"fine-tuning gain of {candidate} on {metric}: base {sum(theirs) / len(keys):.3f} -> customized "
+            f"{sum(ours) / len(keys):.3f} on {len(keys)} paired examples ({only_tuned} only the customized "
+            f"model gets right, {only_base} only the base; exact McNemar p = {p_value:.2g})"
+        )
+    return "\n    ".join(lines) or None
+
+
+def _outcomes(evaluation: Evaluation) -> Outcomes:
+    import fsspec
+
+    with fsspec.open(evaluation.examples_uri, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return Outcomes.from_examples(evaluation.candidate_id, evaluation.eval_type, records)
+
+
+def _decision_lines(decision: Decision) -> str:
+    lines = [f"DECISION: {decision.outcome}"]
+    lines += [f"  - {r['code']}: {r['message']}" for r in decision.reasons]
+    if decision.promotion:
+        promotion = decision.promotion
+        if promotion.get("status") == "promoted":
+            was = promotion["previous_version"] or "none"
+            lines.append(f"  promoted: version {promotion['version']} is the champion (was {was})")
+        else:
+            lines.append(f"  promotion FAILED: {promotion.get('error')}")
+    lines.append(f"  report: {decision.report_uri}")
+    return "\n    ".join(lines)
+
+
+def _print_registry(config: FlywheelConfig, workload_id: str) -> None:
+    from flywheel.registry import champion, history
+
+    current = champion(config.metadata, workload_id)
+    print(f"\n  registry of {workload_id}: champion " + (f"v{current.version}" if current else "none"))
+    for move in history(config.metadata, workload_id):
+        print(f"    {move.created_at:%Y-%m-%d %H:%M:%S} {move.action} v{move.version} by {move.actor}")
+    print(f"    (flywheel registry show --workload {workload_id}; rollback with flywheel registry rollback)")
 
 
 def _candidate_line(candidate: dict) -> str:

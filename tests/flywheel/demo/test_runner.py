@@ -15,7 +15,7 @@ from flywheel.demo.runner import run_demo
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
 
-def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, capsys, tiny_model):
+def test_demo_runs_two_nights_of_the_router(tmp_path, monkeypatch, capsys, tiny_model):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
     config_path = write_config(tmp_path)
 
@@ -23,19 +23,23 @@ def test_demo_runs_every_workload_dag_for_the_latest_day(tmp_path, monkeypatch, 
 
     out = capsys.readouterr().out
     assert exit_code == 0, out
-    assert "flywheel_customer_support_router 2026-11-20: succeeded" in out
-    assert "flywheel_bfcl_live_assistant 2026-11-20: succeeded" in out
-    assert "stage extract        succeeded" in out
-    assert "stage validate       succeeded" in out
-    assert "stage build_dataset  succeeded" in out
-    assert "stage train          succeeded" in out
+    assert "night 1: flywheel_customer_support_router 2026-11-19: succeeded" in out
+    assert "night 2: flywheel_customer_support_router 2026-11-20: succeeded" in out
+    assert "bfcl_live_assistant" not in out
+    assert "stages: extract succeeded, validate succeeded, build_dataset succeeded, train succeeded" in out
     assert "candidate tiny (" in out and "4 steps" in out  # the demo's short training
+    assert "fine-tuning gain of tiny on function_name_and_args_accuracy: base" in out
+    # Test configs let any challenger clear the floor: night 1 promotes, night 2 re-evaluates it.
+    assert "DECISION: promote" in out and "promoted: version 1 is the champion (was none)" in out
+    assert "evaluate champion/champion (32 examples)" in out
+    assert "registry of customer_support_router: champion v" in out
+    assert "run-report.html" in out
     assert "log store stopped" in out
     config = load_config(config_path)
     with session_scope(config.metadata) as session:
         days = session.execute(select(RawPartition.workload_id, RawPartition.day)).all()
     assert sorted(days) == [
-        ("bfcl_live_assistant", datetime(2026, 11, 20).date()),
+        ("customer_support_router", datetime(2026, 11, 19).date()),
         ("customer_support_router", datetime(2026, 11, 20).date()),
     ]
-    assert (tmp_path / "home" / "logs" / "flywheel_customer_support_router.log").exists()
+    assert (tmp_path / "home" / "logs" / "flywheel_customer_support_router-2026-11-20.log").exists()

@@ -1,0 +1,202 @@
+"""The decision stage from recorded evidence (stage rows, evaluation rows, per-example files), and the
+promote branch: a failing deploy hook leaves the champion in place, records why and alerts; a working
+one (a fake vLLM server over real HTTP) moves the alias and loads the adapter."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from flywheel import tasks
+from flywheel.config import FlywheelConfig
+from flywheel.db.engine import session_scope
+from flywheel.db.models import Decision
+from flywheel.decision.run import decide_run, report_data
+from flywheel.errors import PromotionFailedError
+from flywheel.registry import champion, history, promote, register_version
+from flywheel.tracking import ensure_run, record_evaluation, record_stage
+
+pytest_plugins = ["vllm_server"]
+
+WORKLOAD = "customer_support_router"
+START = datetime(2026, 11, 20, 2, tzinfo=UTC)
+END = datetime(2026, 11, 21, 2, tzinfo=UTC)
+N = 120
+
+
+def write_examples(path: Path, right: int) -> str:
+    """``examples.jsonl`` of a model that gets the first ``right`` of N examples right."""
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {
+            "example_id": f"e{i:03d}",
+            "eval_set": "evaluation",
+            "scores": {"function_name": i < right, "function_name_and_args": i < right, "ast": i < right},
+            "tool_calls": [] if i < right else None,
+        }
+        for i in range(N)
+    ]
+    (path / "examples.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return str(path / "examples.jsonl")
+
+
+def evaluation_result(examples_uri: str, right: int, model: dict[str, Any]) -> dict[str, Any]:
+    value = right / N
+    metric = {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1, "n": N}
+    return {
+        "model": model,
+        "examples": N,
+        "examples_hash": "same",
+        "metrics": {"function_name_accuracy": metric, "function_name_and_args_accuracy": metric},
+        "latency_s": {"mean": 0.1, "p50": 0.1, "p95": 0.2},
+        "examples_uri": examples_uri,
+    }
+
+
+@pytest.fixture
+def decided(make_config, tmp_path: Path) -> tuple[FlywheelConfig, dict[str, Any]]:
+    """A run whose stages succeeded, with the registry's v1 as champion (60 of 120 right) and a
+    customized challenger (90 right) evaluated on the same examples; the decision is made."""
+    config = make_config(
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}, "bootstrap_resamples": 200}
+    )
+    metadata = config.metadata
+    old_run = ensure_run(
+        metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id="old",
+        interval_start=START,
+        interval_end=END,
+    )
+    v1 = register_version(
+        metadata,
+        workload_id=WORKLOAD,
+        run_id=old_run,
+        candidate_id="tiny",
+        eval_type="customized",
+        model={"base_model": "base", "adapter": str(tmp_path / "v1")},
+        dataset_id="old",
+    )
+    promote(metadata, WORKLOAD, v1.version, actor="test", reason="first")
+    dag_run_id = "manual__2026-11-21T02:00:00+00:00"
+    run_id = ensure_run(
+        metadata,
+        workload_id=WORKLOAD,
+        dag_id=config.workload(WORKLOAD).dag_id,
+        dag_run_id=dag_run_id,
+        interval_start=START,
+        interval_end=END,
+    )
+    summaries = {
+        "build_dataset": {"dataset_id": "ds-1"},
+        "train": {
+            "candidates": [{"candidate_id": "tiny", "status": "succeeded", "output_uri": str(tmp_path / "t")}]
+        },
+    }
+    for stage in ("extract", "validate", "build_dataset", "train", "evaluate"):
+        with record_stage(metadata, run_id, stage) as handle:
+            handle.summary = summaries.get(stage, {})
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for candidate_id, eval_type, right, model in (
+        ("champion", "champion", 60, {"base_model": "base", "adapter": str(tmp_path / "v1"), "version": 1}),
+        ("tiny", "base", 10, {"base_model": "base"}),
+        ("tiny", "customized", 90, {"base_model": "base", "adapter": str(adapter)}),
+    ):
+        examples = write_examples(tmp_path / "evaluate" / candidate_id / eval_type, right)
+        record_evaluation(
+            metadata,
+            run_id,
+            workload_id=WORKLOAD,
+            dataset_id="ds-1",
+            candidate_id=candidate_id,
+            eval_type=eval_type,
+            model=model,
+            result_uri=str(Path(examples).with_name("result.json")),
+            result=evaluation_result(examples, right, model),
+            error=None,
+        )
+    summary = decide_run(config, WORKLOAD, run_id) | {
+        "interval_start": START.isoformat(),
+        "interval_end": END.isoformat(),
+    }
+    return config, summary | {"dag_run_id": dag_run_id}
+
+
+def test_the_decision_pairs_the_evidence_and_registers_the_challenger(decided) -> None:
+    config, summary = decided
+
+    assert summary["outcome"] == "promote"
+    assert [r["code"] for r in summary["reasons"]] == ["challenger_superior"]
+    assert (summary["champion"], summary["champion_version"]) == ("champion/champion", 1)
+    assert (summary["challenger"], summary["challenger_version"]) == ("tiny/customized", 2)
+    assert summary["figures"]["difference"] == pytest.approx(0.25)
+    assert summary["report_uri"].endswith(f"reports/{WORKLOAD}/2026-11-20/run-report.html")
+    with session_scope(config.metadata) as session:
+        row = session.scalar(select(Decision))
+        assert row.champion_version_id is not None
+        assert row.comparisons["function_name_and_args_accuracy"]["challenger_only"] == 30
+        assert [c["eval_type"] for c in row.candidates] == ["customized", "base"]
+        assert row.policy["floor"] == 0.5
+    data = report_data(config, WORKLOAD, summary["dag_run_id"])
+    assert data is not None and data["decision"]["outcome"] == "promote"
+    assert [s["stage"] for s in data["stages"]] == [
+        "extract",
+        "validate",
+        "build_dataset",
+        "train",
+        "evaluate",
+    ]
+
+
+def test_a_failing_deploy_hook_leaves_the_champion_and_alerts(
+    decided, make_config, monkeypatch: pytest.MonkeyPatch, refused_url: str
+) -> None:
+    _, summary = decided
+    monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": refused_url}))
+    config = make_config(
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "vllm", "conn_id": "vllm_router"},
+    )
+
+    with pytest.raises(PromotionFailedError, match="the champion is unchanged"):
+        tasks.promote(config, WORKLOAD, summary, dag_run_id=summary["dag_run_id"])
+
+    assert champion(config.metadata, WORKLOAD).version == 1
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1]
+    with session_scope(config.metadata) as session:
+        promotion = session.scalar(select(Decision)).promotion
+    assert promotion["status"] == "failed" and "vllm_router" in promotion["error"]
+    sink = Path(config.artifact_store.root, "alerts", WORKLOAD, "2026-11-20")
+    (alert,) = [json.loads(p.read_text()) for p in sink.glob("*-alert.json")]
+    assert alert["reasons"][0]["code"] == "promotion_failed"
+
+
+def test_promotion_loads_the_adapter_and_moves_the_alias(
+    decided, make_config, monkeypatch: pytest.MonkeyPatch, vllm_server
+) -> None:
+    _, summary = decided
+    monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": vllm_server.url}))
+    config = make_config(
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "vllm", "conn_id": "vllm_router"},
+    )
+
+    promotion = tasks.promote(config, WORKLOAD, summary, dag_run_id=summary["dag_run_id"])
+
+    assert (promotion["version"], promotion["previous_version"]) == (2, 1)
+    current = champion(config.metadata, WORKLOAD)
+    assert current.version == 2 and current.eval_type == "customized"
+    assert vllm_server.loaded == {f"{WORKLOAD}-v2": current.adapter_uri}
+    last = history(config.metadata, WORKLOAD)[-1]
+    assert last.actor == f"flywheel_{WORKLOAD}/{summary['dag_run_id']}"
+    assert "beats the champion" in last.reason
+    with session_scope(config.metadata) as session:
+        assert session.scalar(select(Decision)).promotion["deployment"]["type"] == "vllm"
