@@ -173,3 +173,14 @@ def dagbag():
         DAG_PARSE_SECONDS[stat.file] = stat.duration.total_seconds()
     assert bag.dagbag_stats, f"no DAG file parsed in {time.perf_counter() - started:.1f} s"
     return bag
+
+
+def workload_dag(config, workload_id: str):
+    """The workload's DAG as the DAG processor parses it with ``config`` (the DAG file reads
+    ``FLYWHEEL_CONFIG``, which ``make_config`` sets): for tests that change parse-time settings such
+    as retries, which the session ``dagbag`` fixed with the project's configuration."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "flywheel_workloads.py"))
+    assert bag.import_errors == {}
+    return bag.dags[config.workload(workload_id).dag_id]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from conftest import TEST_EVALUATION, TEST_TRAINING
+from conftest import TEST_EVALUATION, TEST_TRAINING, workload_dag
 from flywheel.config import FlywheelConfig
 from flywheel.db.engine import session_scope
 from flywheel.db.models import Dataset, Decision, Evaluation, Run
@@ -34,8 +34,8 @@ EXAMPLES = 8
 """Evaluated per model: six examples the champion alone gets right are significant (p = 2/64)."""
 
 
-def run_night(dagbag, config: FlywheelConfig, end: datetime) -> tuple[str, Decision]:
-    dag_run = dagbag.dags[DAG_ID].test(logical_date=end)
+def run_night(dag, config: FlywheelConfig, end: datetime) -> tuple[str, Decision]:
+    dag_run = dag.test(logical_date=end)
     with session_scope(config.metadata) as session:
         run = session.scalar(select(Run).where(Run.dag_id == DAG_ID).order_by(Run.id.desc()))
         decision = session.scalar(select(Decision).where(Decision.run_id == run.id))
@@ -82,7 +82,7 @@ def test_champion_drift_then_a_regressed_challenger_alert(
 
     # Night 1: the production model has drifted (it answers every request in prose, calling no tool).
     openai_server.responder = lambda body: {"content": "Sorry, I cannot help with that today."}
-    state, decision = run_night(dagbag, config, intervals[0][1])
+    state, decision = run_night(dagbag.dags[DAG_ID], config, intervals[0][1])
 
     assert state == "success"  # the alert is the run's result, not a failure
     assert decision.outcome == "alert"
@@ -104,7 +104,7 @@ def test_champion_drift_then_a_regressed_challenger_alert(
         return {"tool_calls": calls} if calls else {"content": "Happy to help!"}
 
     openai_server.responder = teacher
-    state, decision = run_night(dagbag, config, intervals[1][1])
+    state, decision = run_night(dagbag.dags[DAG_ID], config, intervals[1][1])
 
     assert state == "success"
     assert decision.outcome == "alert"
@@ -141,11 +141,12 @@ BROKEN = {
 def test_a_failed_stage_alerts_and_fails_the_run(
     reason: str, dagbag, airflow_db, empty_log_store, make_config, tiny_model
 ):
+    # Parsed with no retries: a failed job ends the attempt at once (dag.test would sit out the delay).
     config = make_config(airflow={"retries": 0}, **BROKEN[reason])
     seed_logs(config, days=1, records_per_day=300, now=NOW, workloads=[WORKLOAD])
     ((start, end),) = latest_intervals("0 2 * * *", 1, NOW)
 
-    state, decision = run_night(dagbag, config, end)
+    state, decision = run_night(workload_dag(config, WORKLOAD), config, end)
 
     assert state == "failed"  # the watcher fails a run with a failed task
     assert decision.outcome == "alert"

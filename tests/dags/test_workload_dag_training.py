@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from conftest import PROJECT_ROOT, TEST_EVALUATION, TEST_TRAINING, write_config
+from conftest import TEST_EVALUATION, TEST_TRAINING, workload_dag, write_config
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
@@ -43,20 +43,11 @@ def configure(
     return config
 
 
-def workload_dag(config: FlywheelConfig):
-    """The DAG as the DAG processor parses it with this configuration (the file reads FLYWHEEL_CONFIG)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "flywheel_workloads.py"))
-    assert bag.import_errors == {}
-    return bag.dags[config.workload(WORKLOAD).dag_id]
-
-
 def run_latest_day(config: FlywheelConfig):
     workload = config.workload(WORKLOAD)
     seed_logs(config, days=1, records_per_day=300, now=NOW, workloads=[WORKLOAD])
     ((_, end),) = latest_intervals(workload.schedule, 1, NOW)
-    return workload_dag(config).test(logical_date=end)
+    return workload_dag(config, WORKLOAD).test(logical_date=end)
 
 
 def train_instances(dag_run) -> dict[str, object]:
