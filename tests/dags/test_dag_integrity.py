@@ -34,6 +34,10 @@ def test_dags_carry_owner_tags_retries_and_docs(dagbag):
         assert dag.max_active_runs >= 1, dag_id
         for task in dag.tasks:
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
+            if task.task_id == "watcher":  # it fails on purpose, only after another task failed
+                assert task.retries == 0
+                continue
+            assert task.on_failure_callback, f"{dag_id}.{task.task_id} fails without notifying"
             assert task.retries >= 1, f"{dag_id}.{task.task_id} never retries"
             assert task.retry_exponential_backoff, f"{dag_id}.{task.task_id} retries without backoff"
 
@@ -103,6 +107,13 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
         "plan_evaluation",
         "evaluate",
         "collect_evaluation",
+        "decide",
+        "branch",
+        "promote",
+        "alert",
+        "no_change",
+        "report",
+        "watcher",
     ]
     train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
     assert train.is_mapped and evaluate.is_mapped
@@ -117,6 +128,16 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
         "plan_training",
         "collect_training",
     }
+    # The decision runs whatever happened upstream, branches to one outcome, and the report follows it.
+    assert dag.get_task("decide").trigger_rule == "all_done"
+    assert dag.get_task("decide").upstream_task_ids == {"collect_evaluation"}
+    assert dag.get_task("branch").downstream_task_ids == {"promote", "alert", "no_change"}
+    assert dag.get_task("report").trigger_rule == "all_done"
+    assert dag.get_task("report").upstream_task_ids == {"promote", "alert", "no_change"}
+    watcher = dag.get_task("watcher")
+    assert watcher.trigger_rule == "one_failed"
+    # Every task but `branch`, which would skip the watcher when it follows one outcome.
+    assert watcher.upstream_task_ids == {t.task_id for t in dag.tasks} - {"watcher", "branch"}
     assert "**local** compute backend" in dag.doc_md
     assert "`base`, `icl`, `customized`" in dag.doc_md
 
