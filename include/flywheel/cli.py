@@ -233,6 +233,13 @@ def _config_check(args: argparse.Namespace) -> int:
         champion = workload.evaluation.champion
         shown = "none" if champion is None else describe(champion)
         print(f"    evaluation: {', '.join(workload.evaluation.eval_types)} per candidate; champion: {shown}")
+        policy = workload.decision
+        channels = ["local sink"] * workload.alerts.local_sink + [c.type for c in workload.alerts.channels]
+        print(
+            f"    decision: {policy.primary_metric}, alpha {policy.alpha}, floor {policy.floor}, "
+            f"min {policy.min_examples} examples; deploy: {workload.deploy.type}; "
+            f"alerts: {', '.join(channels) or 'none'}"
+        )
     print(f"OK: {len(config.workloads)} workload(s)")
     return 0
 
