@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,93 @@ def test_validate_command_writes_clean_quarantine_and_manifest(tmp_path):
     assert (out / "quarantine.jsonl").read_text().count("\n") == manifest["quarantined"]
     assert list((out / "clean" / "customer_support_router").iterdir())
     assert (out / "reports" / "customer_support_router" / "2026-11-20" / "data_docs" / "index.html").exists()
+
+
+# --- flywheel registry ---------------------------------------------------------------------------
+
+
+def registered(config, days: int) -> list[int]:
+    """``days`` registered versions of the router, one per run; returns their version numbers."""
+    from datetime import UTC, datetime
+
+    from flywheel.registry import register_version
+    from flywheel.tracking import ensure_run
+
+    numbers = []
+    for day in range(1, days + 1):
+        run_id = ensure_run(
+            config.metadata,
+            workload_id="customer_support_router",
+            dag_id="flywheel_customer_support_router",
+            dag_run_id=f"run-{day}",
+            interval_start=datetime(2026, 11, day, 2, tzinfo=UTC),
+            interval_end=datetime(2026, 11, day + 1, 2, tzinfo=UTC),
+        )
+        version = register_version(
+            config.metadata,
+            workload_id="customer_support_router",
+            run_id=run_id,
+            candidate_id="smollm2-135m",
+            eval_type="customized",
+            model={"base_model": "smollm2-135m-instruct", "adapter": f"/artifacts/day-{day}/adapter"},
+            dataset_id=f"ds-{day}",
+        )
+        numbers.append(version.version)
+    return numbers
+
+
+def test_registry_promote_show_and_rollback_are_audited(
+    flywheel_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registered(flywheel_config, 2)
+    router = ["--workload", "customer_support_router"]
+
+    assert main(["registry", "show", *router]) == 0
+    assert "customer_support_router: champion none yet" in capsys.readouterr().out
+
+    assert (
+        main(["registry", "promote", *router, "--version", "1", "--reason", "first", "--actor", "ann"]) == 0
+    )
+    assert (
+        main(["registry", "promote", *router, "--version", "2", "--reason", "better", "--actor", "ann"]) == 0
+    )
+    assert "champion is v2 (was v1)" in capsys.readouterr().out
+    assert main(["registry", "rollback", *router, "--reason", "v2 loops", "--actor", "bob"]) == 0
+    assert "champion is v1 again (was v2)" in capsys.readouterr().out
+
+    assert main(["registry", "show", *router]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "champion v1 (smollm2-135m/customized: smollm2-135m-instruct + adapter /artifacts/day-1/adapter)"
+        in out
+    )
+    assert "manual_promote v1 (was none)  by ann: first" in out
+    assert "manual_promote v2 (was v1)  by ann: better" in out
+    assert "rollback       v1 (was v2)  by bob: v2 loops" in out
+    assert " *v1 (" in out and "  v2 (" in out
+
+    assert main(["registry", "show", *router, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["champion"]["version"] == 1
+    assert [(m["action"], m["actor"]) for m in shown["history"]] == [
+        ("manual_promote", "ann"),
+        ("manual_promote", "ann"),
+        ("rollback", "bob"),
+    ]
+
+
+def test_registry_errors_exit_1_and_change_nothing(
+    flywheel_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flywheel.registry import champion
+
+    registered(flywheel_config, 1)
+    router = ["--workload", "customer_support_router"]
+
+    assert main(["registry", "promote", *router, "--version", "7", "--reason", "typo"]) == 1
+    assert "has no model version 7" in capsys.readouterr().err
+    assert main(["registry", "rollback", *router, "--reason", "nothing yet"]) == 1
+    assert "no champion to roll back (the registry is unchanged)" in capsys.readouterr().err
+    assert main(["registry", "show", "--workload", "nope"]) == 2
+    assert "unknown workload_id 'nope'" in capsys.readouterr().err
+    assert champion(flywheel_config.metadata, "customer_support_router") is None
