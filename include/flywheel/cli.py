@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
         "--endpoint", help="an OpenAI-compatible endpoint: a YAML/JSON file or an inline JSON object"
     )
     evaluate.add_argument("--adapter", help="LoRA adapter dir or fsspec URL (with --base-model)")
+    evaluate.add_argument(
+        "--few-shot",
+        action="store_true",
+        help="answer with ICL shots whatever the eval type (an icl champion)",
+    )
     evaluate.add_argument("--candidate-id", help="the candidate this evaluation belongs to (recorded)")
     evaluate.add_argument(
         "--evaluation-config",
@@ -433,7 +438,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         settings = load_settings(args.evaluation_config, EvaluationConfig, "--evaluation-config")
         endpoint = load_settings(args.endpoint, EndpointConfig, "--endpoint") if args.endpoint else None
         model = _model_config(
-            ModelConfig, base_model=args.base_model, adapter=args.adapter, endpoint=endpoint
+            ModelConfig,
+            base_model=args.base_model,
+            adapter=args.adapter,
+            endpoint=endpoint,
+            few_shot=args.few_shot,
         )
     except ConfigError as exc:
         clear_outputs(args.output, JOB_OUTPUTS)

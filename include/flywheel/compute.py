@@ -152,6 +152,8 @@ def evaluate_job(
             _compact_json(workload.evaluation.settings.model_dump(mode="json")),
             "--output",
             output_uri,
+            # Last: a flag without a value (readers pair the arguments before it as option, value).
+            *(["--few-shot"] if model.few_shot else []),
         ],
         output_uri=output_uri,
         env=job_env(config),

@@ -312,6 +312,11 @@ class ModelConfig(_Strict):
     base_model: str | None = Field(None, min_length=1)
     adapter: str | None = Field(None, min_length=1, description="Adapter directory or fsspec URL.")
     endpoint: EndpointConfig | None = None
+    few_shot: bool = Field(
+        False,
+        description="Answer with few-shot examples from the training split, as the icl variant does (a "
+        "champion promoted from an icl variant is served, and so evaluated, that way).",
+    )
 
     @model_validator(mode="after")
     def _one_model(self) -> ModelConfig:

@@ -190,6 +190,8 @@ def _register_challenger(
         None,
     )
     model = {k: v for k, v in challenger.info["model"].items() if k != "version"}
+    if challenger.eval_type == "icl":
+        model["few_shot"] = True  # served (and re-evaluated as the champion) with its few-shot prompts
     return register_version(
         config.metadata,
         workload_id=workload_id,

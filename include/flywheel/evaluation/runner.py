@@ -153,7 +153,9 @@ def evaluate_model(
     result |= {
         "eval_type": eval_type,
         "candidate_id": candidate_id,
-        "model": model.model_dump(mode="json", exclude_none=True),
+        "model": model.model_dump(
+            mode="json", exclude_none=True, exclude=None if model.few_shot else {"few_shot"}
+        ),
         "dataset": dataset_uri,
         "examples": len(scored),
         "examples_per_set": _count(e.eval_set for e in examples),
@@ -231,7 +233,8 @@ def describe(model: ModelConfig) -> str:
     """A short, secret-free name of the model for logs."""
     if model.endpoint is not None:
         return f"{model.endpoint.model} at {model.endpoint.base_url}"
-    return f"{model.base_model}" + (f" + adapter {model.adapter}" if model.adapter else "")
+    shots = " with few-shot examples" if model.few_shot else ""
+    return f"{model.base_model}" + (f" + adapter {model.adapter}" if model.adapter else "") + shots
 
 
 def _flags(scored: list[ScoredExample], metric: str) -> list[bool]:
@@ -308,8 +311,9 @@ def _shots(
     tokenizer: Any,
     model: ModelConfig,
 ) -> list[list[Any]]:
-    """Few-shot examples per evaluation example: chosen from the training split for ``icl``, else none."""
-    if eval_type != "icl":
+    """Few-shot examples per evaluation example: chosen from the training split for ``icl`` (and a
+    ``few_shot`` model, such as a champion promoted from an icl variant), else none."""
+    if eval_type != "icl" and not model.few_shot:
         return [[] for _ in examples]
     from flywheel.evaluation.icl import ShotSelector
     from flywheel.training.models import load_tokenizer, resolve_base_model

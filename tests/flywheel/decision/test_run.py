@@ -200,3 +200,88 @@ def test_promotion_loads_the_adapter_and_moves_the_alias(
     assert "beats the champion" in last.reason
     with session_scope(config.metadata) as session:
         assert session.scalar(select(Decision)).promotion["deployment"]["type"] == "vllm"
+
+
+def test_an_icl_champion_is_registered_and_re_evaluated_with_its_shots(decided, tmp_path: Path) -> None:
+    from flywheel.compute import evaluate_job
+    from flywheel.config import ModelConfig
+
+    config, _ = decided
+    run_id = ensure_run(
+        config.metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id="icl",
+        interval_start=START,
+        interval_end=END,
+    )
+    icl = register_version(
+        config.metadata,
+        workload_id=WORKLOAD,
+        run_id=run_id,
+        candidate_id="tiny",
+        eval_type="icl",
+        model={"base_model": "base", "few_shot": True},
+        dataset_id="ds-1",
+    )
+    promote(
+        config.metadata, WORKLOAD, icl.version, actor="ann", reason="icl is enough", action="manual_promote"
+    )
+
+    model, version = tasks.current_champion(config, WORKLOAD)
+
+    assert (model, version) == (ModelConfig(base_model="base", few_shot=True), icl.version)
+    job = evaluate_job(
+        config,
+        config.workload(WORKLOAD),
+        model,
+        eval_type="champion",
+        candidate_id="champion",
+        dataset_uri=str(tmp_path / "ds"),
+        day=START.date(),
+        dag_run_id="r",
+    )
+    assert job.arguments[-1] == "--few-shot"
+    assert dict(zip(job.arguments[1::2], job.arguments[2::2], strict=False))["--base-model"] == "base"
+
+
+def test_the_decision_registers_an_icl_challenger_as_few_shot(make_config, tmp_path: Path) -> None:
+    config = make_config(
+        decision={"floor": 0.0, "min_examples": 10, "guardrails": {}, "bootstrap_resamples": 200}
+    )
+    run_id = ensure_run(
+        config.metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id="r",
+        interval_start=START,
+        interval_end=END,
+    )
+    for stage in ("extract", "validate", "build_dataset", "train", "evaluate"):
+        with record_stage(config.metadata, run_id, stage) as handle:
+            handle.summary = {"dataset_id": "ds"} if stage == "build_dataset" else {}
+    for eval_type, right in (("base", 10), ("icl", 80)):
+        examples = write_examples(tmp_path / eval_type, right)
+        record_evaluation(
+            config.metadata,
+            run_id,
+            workload_id=WORKLOAD,
+            dataset_id="ds",
+            candidate_id="tiny",
+            eval_type=eval_type,
+            model={"base_model": "base"},
+            result_uri=str(tmp_path / eval_type / "result.json"),
+            result=evaluation_result(examples, right, {"base_model": "base"}),
+            error=None,
+        )
+
+    summary = decide_run(config, WORKLOAD, run_id)
+
+    assert (summary["outcome"], summary["challenger"]) == ("promote", "tiny/icl")
+    assert champion(config.metadata, WORKLOAD) is None  # decided, not yet promoted
+    from flywheel.registry import get_version
+
+    assert get_version(config.metadata, WORKLOAD, summary["challenger_version"]).model == {
+        "base_model": "base",
+        "few_shot": True,
+    }
