@@ -483,10 +483,15 @@ def promote(
     """
     from flywheel.deploy import deploy_hook
     from flywheel.errors import DeployError, PromotionFailedError
-    from flywheel.registry import RegistryError
+    from flywheel.registry import RegistryError, champion
     from flywheel.registry import promote as move_alias
 
     workload = config.workload(workload_id)
+    current = champion(config.metadata, workload_id)
+    if current is not None and current.version == decision["challenger_version"]:
+        # A retry or re-run of a promotion that already happened: nothing to move, nothing to notify.
+        log.info("%s: version %s already is the champion", workload_id, current.version)
+        return {"status": "already_champion", "version": current.version}
     deployment: dict[str, Any] = {}
     reason = "; ".join(r["message"] for r in decision["reasons"])
     try:

@@ -285,3 +285,14 @@ def test_the_decision_registers_an_icl_challenger_as_few_shot(make_config, tmp_p
         "base_model": "base",
         "few_shot": True,
     }
+
+
+def test_promoting_again_after_a_promotion_is_a_no_op(decided) -> None:
+    config, summary = decided
+
+    first = tasks.promote(config, WORKLOAD, summary, dag_run_id=summary["dag_run_id"])
+    again = tasks.promote(config, WORKLOAD, summary, dag_run_id=summary["dag_run_id"])
+
+    assert first["status"] == "promoted"
+    assert again == {"status": "already_champion", "version": 2}
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1, 2]
