@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from conftest import write_config
+from conftest import TEST_EVALUATION, write_config
 from flywheel.config import load_config
 from flywheel.db.engine import session_scope
 from flywheel.db.models import RawPartition
@@ -17,7 +17,7 @@ NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
 def test_demo_runs_two_nights_of_the_router(tmp_path, monkeypatch, capsys, tiny_model):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
-    config_path = write_config(tmp_path)
+    config_path = write_config(tmp_path, evaluation={**TEST_EVALUATION, "eval_types": ["base", "customized"]})
 
     exit_code = run_demo(str(config_path), days=2, records_per_day=120, now=NOW)
 
