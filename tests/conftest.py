@@ -94,16 +94,22 @@ run without a champion promotes its challenger (tests of the decision stage itse
 
 
 def write_config(
-    directory: Path, *, airflow: dict | None = None, compute: dict | None = None, **workload_overrides: object
+    directory: Path,
+    *,
+    airflow: dict | None = None,
+    compute: dict | None = None,
+    metadata_url: str | None = None,
+    **workload_overrides: object,
 ) -> Path:
     """A config file like the project's, with its artifact store and metadata DB inside ``directory``.
 
     Workloads train the tiny test model for two steps and evaluate it on four examples unless
-    ``training`` / ``evaluation`` are overridden; ``airflow`` and ``compute`` update those blocks.
+    ``training`` / ``evaluation`` are overridden; ``airflow`` and ``compute`` update those blocks;
+    ``metadata_url`` replaces the SQLite metadata database (e.g. with a PostgreSQL one).
     """
     raw = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "flywheel.yaml").read_text())
     raw["artifact_store"] = {"root": str(directory / "artifacts")}
-    raw["metadata"] = {"url": f"sqlite:///{directory / 'flywheel.db'}"}
+    raw["metadata"] = {"url": metadata_url or f"sqlite:///{directory / 'flywheel.db'}"}
     raw["airflow"].update(airflow or {})
     raw["compute"].update(compute or {})
     for workload in raw["workloads"]:

@@ -1,6 +1,7 @@
-"""The decision stage from recorded evidence (stage rows, evaluation rows, per-example files), and the
-promote branch: a failing deploy hook leaves the champion in place, records why and alerts; a working
-one (a fake vLLM server over real HTTP) moves the alias and loads the adapter."""
+"""The decision stage from recorded evidence (stage rows, evaluation rows, per-example files), on SQLite
+and on a real PostgreSQL server, and the promote branch: a failing deploy hook leaves the champion in
+place, records why and alerts; a working one (a fake vLLM server over real HTTP) moves the alias and
+loads the adapter."""
 
 from __future__ import annotations
 
@@ -58,12 +59,22 @@ def evaluation_result(examples_uri: str, right: int, model: dict[str, Any]) -> d
     }
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The metadata database of the test: a SQLite file, or a new database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'flywheel.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.url(server.create_database())
+
+
 @pytest.fixture
-def decided(make_config, tmp_path: Path) -> tuple[FlywheelConfig, dict[str, Any]]:
+def decided(make_config, metadata_url: str, tmp_path: Path) -> tuple[FlywheelConfig, dict[str, Any]]:
     """A run whose stages succeeded, with the registry's v1 as champion (60 of 120 right) and a
     customized challenger (90 right) evaluated on the same examples; the decision is made."""
     config = make_config(
-        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}, "bootstrap_resamples": 200}
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}, "bootstrap_resamples": 200},
     )
     metadata = config.metadata
     old_run = ensure_run(
@@ -157,11 +168,12 @@ def test_the_decision_pairs_the_evidence_and_registers_the_challenger(decided) -
 
 
 def test_a_failing_deploy_hook_leaves_the_champion_and_alerts(
-    decided, make_config, monkeypatch: pytest.MonkeyPatch, refused_url: str
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, refused_url: str
 ) -> None:
     _, summary = decided
     monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": refused_url}))
     config = make_config(
+        metadata_url=metadata_url,
         decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
         deploy={"type": "vllm", "conn_id": "vllm_router"},
     )
@@ -180,11 +192,12 @@ def test_a_failing_deploy_hook_leaves_the_champion_and_alerts(
 
 
 def test_promotion_loads_the_adapter_and_moves_the_alias(
-    decided, make_config, monkeypatch: pytest.MonkeyPatch, vllm_server
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, vllm_server
 ) -> None:
     _, summary = decided
     monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": vllm_server.url}))
     config = make_config(
+        metadata_url=metadata_url,
         decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
         deploy={"type": "vllm", "conn_id": "vllm_router"},
     )
