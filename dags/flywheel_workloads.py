@@ -33,6 +33,7 @@ from flywheel.errors import (
     TrainingFailedError,
 )
 from flywheel.intervals import run_interval
+from flywheel.links import RunReportLink
 
 DOC_MD = """
 ### Data flywheel: `{workload_id}`
@@ -342,7 +343,9 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
         evaluated >> decision
         outcomes = [promote(decision), alert(decision), no_change(decision)]
         branch(decision) >> outcomes
-        outcomes >> report()
+        report_task = report()
+        report_task.operator.operator_extra_links = (RunReportLink(),)
+        outcomes >> report_task
         # The leaves succeed even when a stage failed (the decision alerts instead): fail the run then.
         # Not downstream of `branch`, which skips every direct downstream task it does not follow.
         [t for t in dag.tasks if t.task_id != "branch"] >> watcher()

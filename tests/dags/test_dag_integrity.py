@@ -134,6 +134,7 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
     assert dag.get_task("branch").downstream_task_ids == {"promote", "alert", "no_change"}
     assert dag.get_task("report").trigger_rule == "all_done"
     assert dag.get_task("report").upstream_task_ids == {"promote", "alert", "no_change"}
+    assert [link.name for link in dag.get_task("report").operator_extra_links] == ["Run report"]
     watcher = dag.get_task("watcher")
     assert watcher.trigger_rule == "one_failed"
     # Every task but `branch`, which would skip the watcher when it follows one outcome.

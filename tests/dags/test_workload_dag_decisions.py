@@ -156,5 +156,20 @@ def test_a_failed_stage_alerts_and_fails_the_run(
     assert [e["reasons"][0]["code"] for e in events if e["event"] == "alert"] == [reason]
     assert any(e["event"] == "task_failure" for e in events)
     assert reason in report_of(config, start)
+    # The report task's "Run report" button (an extra link, kept as XCom when the task finished).
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        link = session.scalar(
+            select(XComModel.value)
+            .where(
+                XComModel.dag_id == DAG_ID,
+                XComModel.task_id == "report",
+                XComModel.key == "_link_RunReportLink",
+            )
+            .order_by(XComModel.timestamp.desc())
+        )
+    assert link.endswith(f"reports/{WORKLOAD}/{start.date()}/run-report.html")
     with session_scope(config.metadata) as session:
         assert session.scalars(select(Evaluation).where(Evaluation.status == "succeeded")).all() == []
