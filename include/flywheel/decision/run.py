@@ -20,7 +20,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision as DecisionRow
 from flywheel.db.models import Evaluation, Run, RunStage, as_utc, utcnow
 from flywheel.decision.policy import UPSTREAM_FAILURES, Decision, Outcomes, Reason, decide
-from flywheel.registry import VersionInfo, champion, register_version
+from flywheel.registry import VersionInfo, get_version, register_version
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +55,32 @@ def upstream_failures(stages: dict[str, RunStage]) -> list[Reason]:
 
 def evaluated_outcomes(config: FlywheelConfig, run_id: int) -> tuple[list[Evaluation], dict[int, Outcomes]]:
     """The run's evaluation rows and, for each that succeeded, its per-example outcomes."""
-    import fsspec
-
     with session_scope(config.metadata) as session:
         rows = session.scalars(
             select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id)
         ).all()
-    outcomes: dict[int, Outcomes] = {}
     options = config.artifact_store.storage_options
-    for row in rows:
-        if row.status != "succeeded" or not row.examples_uri:
-            continue
-        with fsspec.open(row.examples_uri, "rt", encoding="utf-8", **options) as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
-        info = {
-            "evaluation_id": row.id,
-            "model": row.model,
-            "version": row.model.get("version"),
-            "metrics": {name: entry.get("value") for name, entry in (row.metrics or {}).items()},
-            "latency_p95_s": row.latency_p95_s,
-        }
-        outcomes[row.id] = Outcomes.from_examples(
-            row.candidate_id, row.eval_type, records, latency_p95_s=row.latency_p95_s, info=info
-        )
-    return rows, outcomes
+    return rows, {
+        row.id: outcomes_of(row, options) for row in rows if row.status == "succeeded" and row.examples_uri
+    }
+
+
+def outcomes_of(row: Evaluation, storage_options: dict[str, Any]) -> Outcomes:
+    """A succeeded evaluation's per-example outcomes, read from its ``examples.jsonl``."""
+    import fsspec
+
+    with fsspec.open(row.examples_uri, "rt", encoding="utf-8", **storage_options) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    info = {
+        "evaluation_id": row.id,
+        "model": row.model,
+        "version": row.model.get("version"),
+        "metrics": {name: entry.get("value") for name, entry in (row.metrics or {}).items()},
+        "latency_p95_s": row.latency_p95_s,
+    }
+    return Outcomes.from_examples(
+        row.candidate_id, row.eval_type, records, latency_p95_s=row.latency_p95_s, info=info
+    )
 
 
 def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[str, Any]:
@@ -210,11 +212,6 @@ def _version_id(config: FlywheelConfig, workload_id: str, side: dict[str, Any] |
     """The registry id of the champion version that was evaluated (None for a configured endpoint)."""
     if not side or side.get("version") is None:
         return None
-    current = champion(config.metadata, workload_id)
-    if current is not None and current.version == side["version"]:
-        return current.id
-    from flywheel.registry import get_version
-
     return get_version(config.metadata, workload_id, side["version"]).id
 
 

@@ -49,14 +49,14 @@ def promotion_rate(
     cells = joint_cells(champion_accuracy, challenger_accuracy, correlation)
     keys = [("evaluation", str(i)) for i in range(examples)]
     metric = policy.primary_metric
+    # Each challenger's outcome is drawn conditionally on the champion's, which gives the joint cells.
+    p_if_right = cells[0] / champion_accuracy if champion_accuracy else 0.0
+    p_if_wrong = cells[1] / (1 - champion_accuracy) if champion_accuracy < 1 else 0.0
     promotions = 0
     for trial in range(trials):
         champion_flags = rng.random(examples) < champion_accuracy
         variants = []
         for c in range(challengers):
-            # Draw each challenger's outcome conditionally on the champion's to get the joint cells.
-            p_if_right = cells[0] / champion_accuracy if champion_accuracy else 0.0
-            p_if_wrong = cells[1] / (1 - champion_accuracy) if champion_accuracy < 1 else 0.0
             draws = rng.random(examples)
             flags = np.where(champion_flags, draws < p_if_right, draws < p_if_wrong)
             variants.append(

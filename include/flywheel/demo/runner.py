@@ -10,7 +10,6 @@ started. Airflow's output goes to log files under ``$FLYWHEEL_HOME/logs``.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from sqlalchemy import select
@@ -36,7 +36,7 @@ from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
 from flywheel.db.models import Dataset, Decision, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
 from flywheel.decision.paired import discordant_counts, mcnemar_exact
-from flywheel.decision.policy import Outcomes
+from flywheel.decision.run import outcomes_of
 from flywheel.demo.seed import demo_workloads, seed_logs
 from flywheel.embedded import LocalLogStore
 from flywheel.intervals import latest_intervals
@@ -205,13 +205,15 @@ def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None
                 if run is None:
                     print("    no run recorded")
                     continue
-                _print_run(session, workload, run, start)
+                _print_run(session, workload, run, start, config.artifact_store.storage_options)
         _print_registry(config, workload.workload_id)
     print(f"\n  artifact store: {config.artifact_store.root}")
     print(f"  metadata db:    {config.metadata.conn_id or config.metadata.url}")
 
 
-def _print_run(session: Session, workload: WorkloadConfig, run: Run, start: datetime) -> None:
+def _print_run(
+    session: Session, workload: WorkloadConfig, run: Run, start: datetime, storage_options: dict[str, Any]
+) -> None:
     stages = session.scalars(select(RunStage).where(RunStage.run_id == run.id).order_by(RunStage.id)).all()
     print("    stages: " + ", ".join(f"{s.stage} {s.status}" for s in stages))
     partition = session.scalar(
@@ -251,7 +253,7 @@ def _print_run(session: Session, workload: WorkloadConfig, run: Run, start: date
     ).all()
     for evaluation in evaluations:
         print(f"    {_evaluation_line(evaluation)}")
-    gain = _fine_tuning_gain(evaluations, workload.decision.primary_metric)
+    gain = _fine_tuning_gain(evaluations, workload.decision.primary_metric, storage_options)
     if gain:
         print(f"    {gain}")
     decision = session.scalar(select(Decision).where(Decision.run_id == run.id))
@@ -259,7 +261,9 @@ def _print_run(session: Session, workload: WorkloadConfig, run: Run, start: date
         print(f"    {_decision_lines(decision)}")
 
 
-def _fine_tuning_gain(evaluations: list[Evaluation], metric: str) -> str | None:
+def _fine_tuning_gain(
+    evaluations: list[Evaluation], metric: str, storage_options: dict[str, Any]
+) -> str | None:
     """Each candidate's fine-tuned adapter against its own base model, paired on the same examples."""
     by_variant = {(e.candidate_id, e.eval_type): e for e in evaluations if e.status == "succeeded"}
     lines = []
@@ -267,7 +271,7 @@ def _fine_tuning_gain(evaluations: list[Evaluation], metric: str) -> str | None:
         base = by_variant.get((candidate, "base"))
         if eval_type != "customized" or base is None:
             continue
-        tuned_flags, base_flags = (_outcomes(e).binary[metric] for e in (tuned, base))
+        tuned_flags, base_flags = (outcomes_of(e, storage_options).binary[metric] for e in (tuned, base))
         keys = sorted(set(tuned_flags) & set(base_flags))
         ours, theirs = [tuned_flags[k] for k in keys], [base_flags[k] for k in keys]
         only_tuned, only_base = discordant_counts(ours, theirs)
@@ -278,14 +282,6 @@ def _fine_tuning_gain(evaluations: list[Evaluation], metric: str) -> str | None:
             f"model gets right, {only_base} only the base; exact McNemar p = {p_value:.2g})"
         )
     return "\n    ".join(lines) or None
-
-
-def _outcomes(evaluation: Evaluation) -> Outcomes:
-    import fsspec
-
-    with fsspec.open(evaluation.examples_uri, "rt", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    return Outcomes.from_examples(evaluation.candidate_id, evaluation.eval_type, records)
 
 
 def _decision_lines(decision: Decision) -> str:
