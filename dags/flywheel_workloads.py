@@ -2,8 +2,8 @@
 
 Each DAG ``flywheel_<workload_id>`` runs daily on a ``CronDataIntervalTimetable``: the run that fires
 at 02:00 UTC owns the 24 hours that ended then, and every output is keyed by that data interval, so
-re-running or backfilling a day replaces that day's outputs. Task bodies live in ``flywheel.tasks``;
-this file only wires them.
+re-running or backfilling a day replaces that day's outputs. Each task's body is
+``flywheel.<stage>.tasks.<task_id>``; this file only wires them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from airflow.sdk import (
 )
 from airflow.sdk.definitions.mappedoperator import MappedOperator
 
-from flywheel.alerts import FlywheelNotifier
 from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
+from flywheel.context import RunContext
+from flywheel.deliver.alerts import FlywheelNotifier
 from flywheel.errors import (
     DataQualityError,
     EvaluationFailedError,
@@ -32,8 +33,7 @@ from flywheel.errors import (
     PromotionFailedError,
     TrainingFailedError,
 )
-from flywheel.intervals import run_interval
-from flywheel.links import RunReportLink
+from flywheel.report.links import RunReportLink
 
 DOC_MD = """
 ### Data flywheel: `{workload_id}`
@@ -126,7 +126,6 @@ BACKEND_DOCS = {
 def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
     """The flywheel DAG of one workload."""
     workload_id = workload.workload_id
-    schedule = workload.schedule
     source = workload.log_source
     defaults = config.airflow
     with DAG(
@@ -194,66 +193,39 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
     ) as dag:
 
         @task(task_id="extract", doc_md="Stream the data interval's logs from Elasticsearch into Parquet.")
-        def extract(
-            params: dict, data_interval_start=None, data_interval_end=None, dag_run=None, run_id=None, ti=None
-        ) -> dict:
-            from flywheel import tasks
+        def extract(params: dict) -> dict:
+            from flywheel.extract import tasks
 
-            start, end = run_interval(data_interval_start, data_interval_end, dag_run.run_after, schedule)
-            return tasks.extract(
-                load_config(),
-                workload_id,
-                interval_start=start,
-                interval_end=end,
-                dag_run_id=run_id,
-                try_number=ti.try_number,
-                page_size=params["page_size"],
-                client_ids=params["client_ids"],
-            )
+            ctx = RunContext.current(workload_id)
+            return tasks.extract(ctx, page_size=params["page_size"], client_ids=params["client_ids"])
 
         @task(task_id="validate", doc_md="Record rules, PII scrubbing and batch expectations of the day.")
-        def validate(extracted: dict, run_id=None, ti=None) -> dict:
-            from flywheel import tasks
+        def validate() -> dict:
+            from flywheel.validate import tasks
 
-            return tasks.validate(
-                load_config(),
-                workload_id,
-                interval_start=datetime.fromisoformat(extracted["interval_start"]),
-                interval_end=datetime.fromisoformat(extracted["interval_end"]),
-                dag_run_id=run_id,
-                try_number=ti.try_number,
-            )
+            return tasks.validate(RunContext.current(workload_id))
 
         @task(task_id="build_dataset", doc_md="De-duplicate the training window and split it.")
-        def build_dataset(validated: dict, run_id=None, ti=None) -> dict:
-            from flywheel import tasks
+        def build_dataset() -> dict:
+            from flywheel.dataset import tasks
 
-            return tasks.build_dataset(
-                load_config(),
-                workload_id,
-                interval_start=datetime.fromisoformat(validated["interval_start"]),
-                interval_end=datetime.fromisoformat(validated["interval_end"]),
-                dag_run_id=run_id,
-                try_number=ti.try_number,
-            )
+            return tasks.build_dataset(RunContext.current(workload_id))
 
         @task(task_id="plan_training", doc_md="One training job per candidate base model.")
-        def plan_training(dataset: dict, run_id=None) -> list[dict]:
-            from flywheel import tasks
+        def plan_training(dataset: dict) -> list[dict]:
+            from flywheel.train import tasks
 
-            return tasks.plan_training(load_config(), workload_id, dataset, dag_run_id=run_id)
+            return tasks.plan_training(RunContext.current(workload_id), dataset)
 
         @task(
             task_id="collect_training",
             trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
             doc_md="Read and record every candidate's training result from the artifact store.",
         )
-        def collect_training(dataset: dict, jobs: list[dict], run_id=None, ti=None) -> dict:
-            from flywheel import tasks
+        def collect_training(dataset: dict, jobs: list[dict]) -> dict:
+            from flywheel.train import tasks
 
-            return tasks.collect_training(
-                load_config(), workload_id, dataset, jobs, dag_run_id=run_id, try_number=ti.try_number
-            )
+            return tasks.collect_training(RunContext.current(workload_id), dataset, jobs)
 
         @task(
             task_id="plan_evaluation",
@@ -261,22 +233,20 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             doc_md="One evaluation job per model variant: the champion, and base / icl / customized per "
             "candidate (customized only where training produced an adapter).",
         )
-        def plan_evaluation(dataset: dict, train_jobs: list[dict], run_id=None) -> list[dict]:
-            from flywheel import tasks
+        def plan_evaluation(dataset: dict, train_jobs: list[dict]) -> list[dict]:
+            from flywheel.evaluate import tasks
 
-            return tasks.plan_evaluation(load_config(), workload_id, dataset, train_jobs, dag_run_id=run_id)
+            return tasks.plan_evaluation(RunContext.current(workload_id), dataset, train_jobs)
 
         @task(
             task_id="collect_evaluation",
             trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
             doc_md="Read and record every evaluation's result from the artifact store.",
         )
-        def collect_evaluation(dataset: dict, jobs: list[dict], run_id=None, ti=None) -> dict:
-            from flywheel import tasks
+        def collect_evaluation(dataset: dict, jobs: list[dict]) -> dict:
+            from flywheel.evaluate import tasks
 
-            return tasks.collect_evaluation(
-                load_config(), workload_id, dataset, jobs, dag_run_id=run_id, try_number=ti.try_number
-            )
+            return tasks.collect_evaluation(RunContext.current(workload_id), dataset, jobs)
 
         @task(
             task_id="decide",
@@ -284,54 +254,45 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             doc_md="Champion vs best challenger on the same examples (or the upstream failure): the decision "
             "and its evidence in the `decisions` table; the challenger registered as a model version.",
         )
-        def decide(
-            data_interval_start=None, data_interval_end=None, dag_run=None, run_id=None, ti=None
-        ) -> dict:
-            from flywheel import tasks
+        def decide() -> dict:
+            from flywheel.decide import tasks
 
-            start, end = run_interval(data_interval_start, data_interval_end, dag_run.run_after, schedule)
-            return tasks.decide(
-                load_config(),
-                workload_id,
-                interval_start=start,
-                interval_end=end,
-                dag_run_id=run_id,
-                try_number=ti.try_number,
-            )
+            return tasks.decide(RunContext.current(workload_id))
 
         @task.branch(task_id="branch", doc_md="Follow the decision: `promote`, `alert` or `no_change`.")
         def branch(decision: dict) -> str:
             return decision["outcome"]
 
         @task(task_id="promote", doc_md="Move the champion alias (one transaction, audited), deploy, notify.")
-        def promote(decision: dict, run_id=None) -> dict:
-            from flywheel import tasks
+        def promote(decision: dict) -> dict:
+            from flywheel.deliver import tasks
 
-            return tasks.promote(load_config(), workload_id, decision, dag_run_id=run_id)
+            return tasks.promote(RunContext.current(workload_id), decision)
 
         @task(task_id="alert", doc_md="Notify the workload's channels: drift, regression or a failed stage.")
-        def alert(decision: dict, run_id=None) -> None:
-            from flywheel import tasks
+        def alert(decision: dict) -> None:
+            from flywheel.deliver import tasks
 
-            tasks.notify_outcome(load_config(), workload_id, "alert", decision, dag_run_id=run_id)
+            tasks.notify_outcome(RunContext.current(workload_id), "alert", decision)
 
         @task(task_id="no_change", doc_md="The champion stays; the reasons are in the decision.")
-        def no_change(decision: dict, run_id=None) -> None:
-            from flywheel import tasks
+        def no_change(decision: dict) -> None:
+            from flywheel.deliver import tasks
 
-            tasks.notify_outcome(load_config(), workload_id, "no_change", decision, dag_run_id=run_id)
+            tasks.notify_outcome(RunContext.current(workload_id), "no_change", decision)
 
         @task(
             task_id="report",
             trigger_rule=TriggerRule.ALL_DONE,
             doc_md="The run's HTML report with plots: `reports/<workload>/<day>/run-report.html`.",
         )
-        def report(run_id=None) -> str | None:
-            from flywheel import tasks
+        def report() -> str | None:
+            from flywheel.report import tasks
 
-            return tasks.report(load_config(), workload_id, dag_run_id=run_id)
+            return tasks.report(RunContext.current(workload_id))
 
-        dataset = build_dataset(validate(extract()))
+        dataset = build_dataset()
+        extract() >> validate() >> dataset
         train_plan = plan_training(dataset)
         trained = job_tasks(config, "train", train_plan) >> collect_training(dataset, train_plan)
         evaluation_plan = plan_evaluation(dataset, train_plan)
@@ -371,7 +332,7 @@ def job_tasks(config: FlywheelConfig, kind: str, jobs: XComArg) -> XComArg | Map
     doc_md = JOB_DOCS[kind]
     suffix = "/{}" if kind == "evaluate" else ""
     if config.compute.backend == "kubernetes":
-        from flywheel.pods import FlywheelJobPodOperator, job_pod_arguments, job_pod_defaults
+        from flywheel.compute.kubernetes import FlywheelJobPodOperator, job_pod_arguments, job_pod_defaults
 
         label = "{{ task.labels['flywheel.io/candidate'] }}"
         return FlywheelJobPodOperator.partial(
@@ -387,12 +348,12 @@ def job_tasks(config: FlywheelConfig, kind: str, jobs: XComArg) -> XComArg | Map
     def run_job(job: dict) -> None:
         from airflow.sdk import get_current_context
 
-        from flywheel import tasks
+        from flywheel.compute import local
 
         context = get_current_context()
         context["candidate_id"] = job["labels"]["flywheel.io/candidate"]
         context["eval_type"] = job["labels"].get("flywheel.io/eval-type")
-        tasks.run_job_locally(job)
+        local.run_job(job)
 
     return run_job.expand(job=jobs)
 

@@ -80,7 +80,7 @@ tokens (tests of the evaluation stage itself ask for more variants)."""
 def empty_log_store(log_store: object) -> object:
     """The session's log store without the log indices earlier tests seeded (a test that seeds a day
     it also reads, and must not see another test's copy of that day)."""
-    from flywheel.logstore import connect
+    from flywheel.extract.sources.elasticsearch import connect
 
     client = connect("flywheel_logs")
     for index in client.indices.get(index="flywheel-logs-*"):
@@ -155,7 +155,7 @@ def flywheel_config(make_config):
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     """A tiny randomly initialised Llama with SmolLM2's real tokenizer and chat template, written once."""
-    from flywheel.training.models import SMOLLM2, write_tiny_llama
+    from flywheel.train.models import SMOLLM2, write_tiny_llama
 
     if not (TINY_MODEL_DIR / "config.json").is_file():
         write_tiny_llama(TINY_MODEL_DIR, SMOLLM2)

@@ -45,8 +45,8 @@ def bench_etl(records: int, page_size: int = 1000, quiet: bool = False) -> dict[
     ``baseline_rss_mb`` is the same process with its libraries loaded, before the first record.
     """
     from flywheel.embedded import LocalLogStore
-    from flywheel.extract import extract_interval
-    from flywheel.logstore import connect
+    from flywheel.extract.partition import extract_interval
+    from flywheel.extract.sources.elasticsearch import connect
     from flywheel.storage import ArtifactStore
 
     config = load_config()
@@ -106,10 +106,10 @@ def bench_data(records: int, quiet: bool = False) -> dict[str, Any]:
     The raw partition is generated first (not timed); then one day is validated (Great Expectations
     and Data Docs included) and its dataset built, as the nightly DAG does.
     """
-    from flywheel.datasets import build_dataset
+    from flywheel.dataset.build import build_dataset
     from flywheel.demo.seed import write_raw_partition
     from flywheel.storage import ArtifactStore
-    from flywheel.validate import validate_day
+    from flywheel.validate.day import validate_day
 
     config = load_config()
     workload = config.workload(BENCH_WORKLOAD)

@@ -225,7 +225,7 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 def _config_check(args: argparse.Namespace) -> int:
     from flywheel.config import default_config_path
-    from flywheel.evaluation.runner import describe
+    from flywheel.evaluate.runner import describe
 
     path = args.file or args.config or default_config_path()
     config = load_config(path)
@@ -342,9 +342,9 @@ def _registry_promote(args: argparse.Namespace) -> int:
 
 def _registry_call(move: Callable[[Any], Any], workload: Any, args: argparse.Namespace) -> Any:
     """Move an alias with the deploy hook (unless --no-deploy); print a failure and return None."""
-    from flywheel.deploy import deploy_hook
+    from flywheel.deliver.deploy import deploy_hook
+    from flywheel.deliver.registry import RegistryError
     from flywheel.errors import DeployError
-    from flywheel.registry import RegistryError
 
     deployment: dict[str, Any] = {}
     hook = None if args.no_deploy else deploy_hook(workload.deploy, workload.workload_id, results=deployment)
@@ -370,17 +370,17 @@ def _describe_version(version: Any) -> str:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from flywheel import tasks
+    from flywheel.context import RunContext
+    from flywheel.extract.tasks import extract
 
-    summary = tasks.extract(
+    ctx = RunContext.of(
         load_config(args.config),
         args.workload_id,
         interval_start=args.start,
         interval_end=args.end,
         dag_run_id=f"cli__{args.start.isoformat()}__{datetime.now(UTC):%Y%m%dT%H%M%S}",
-        page_size=args.page_size,
-        client_ids=args.client_ids,
     )
+    summary = extract(ctx, page_size=args.page_size, client_ids=args.client_ids)
     _print_json(summary)
     return 0
 
@@ -389,7 +389,7 @@ def _validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flywheel.storage import ArtifactStore
-    from flywheel.validate import validate_jsonl
+    from flywheel.validate.day import validate_jsonl
 
     config = load_config(args.config)
     workload = config.workload(args.workload) if args.workload else config.workloads[0]
@@ -414,7 +414,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from flywheel.jobs import EXIT_CONFIG, clear_outputs, load_settings, write_error
-    from flywheel.training.trainer import JOB_OUTPUTS, run_training_job
+    from flywheel.train.trainer import JOB_OUTPUTS, run_training_job
 
     try:
         settings = load_settings(args.training_config, TrainingConfig, "--training-config")
@@ -431,7 +431,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from flywheel.config import EndpointConfig, EvaluationConfig, ModelConfig
-    from flywheel.evaluation.runner import JOB_OUTPUTS, run_evaluation_job
+    from flywheel.evaluate.runner import JOB_OUTPUTS, run_evaluation_job
     from flywheel.jobs import EXIT_CONFIG, clear_outputs, load_settings, write_error
 
     try:
@@ -507,7 +507,7 @@ def _bench_data(args: argparse.Namespace) -> int:
 
 
 def _bench_train(args: argparse.Namespace) -> int:
-    from flywheel.training.bench import bench_train, summarize
+    from flywheel.train.bench import bench_train, summarize
 
     result = bench_train(
         args.model,
@@ -523,7 +523,7 @@ def _bench_train(args: argparse.Namespace) -> int:
 
 
 def _bench_decision(args: argparse.Namespace) -> int:
-    from flywheel.decision.simulation import bench_decision
+    from flywheel.decide.simulation import bench_decision
 
     config = load_config(args.config)
     workload = config.workload(args.workload) if args.workload else config.workloads[0]
@@ -543,7 +543,7 @@ def _bench_decision(args: argparse.Namespace) -> int:
 
 
 def _bench_eval(args: argparse.Namespace) -> int:
-    from flywheel.evaluation.bench import bench_eval, summarize
+    from flywheel.evaluate.bench import bench_eval, summarize
 
     result = bench_eval(
         args.model,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from croniter import croniter
 
@@ -38,3 +38,8 @@ def run_interval(
     if data_interval_start is not None and data_interval_end is not None:
         return data_interval_start, data_interval_end
     return latest_intervals(schedule, 1, run_after)[0]
+
+
+def partition_day(interval_start: datetime) -> date:
+    """The day a data interval's outputs are filed under: the UTC date the interval starts on."""
+    return interval_start.astimezone(UTC).date()

@@ -14,6 +14,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import (
     Base,
     Dataset,
+    Decision,
     Evaluation,
     RawPartition,
     Run,
@@ -23,9 +24,9 @@ from flywheel.db.models import (
 )
 
 if TYPE_CHECKING:
-    from flywheel.datasets import DatasetResult
-    from flywheel.extract import ExtractionResult
-    from flywheel.validate import DayValidation
+    from flywheel.dataset.build import DatasetResult
+    from flywheel.extract.partition import ExtractionResult
+    from flywheel.validate.day import DayValidation
 
 
 def ensure_run(
@@ -195,3 +196,9 @@ def record_evaluation(
         error=None if result else f"{failure.get('error')}: {failure.get('message', '')}",
         evaluated_at=utcnow(),
     )
+
+
+def record_promotion(metadata: MetadataConfig, decision_id: int, promotion: dict[str, Any]) -> None:
+    """What the ``promote`` task did with a decision (promoted, or failed and why)."""
+    with session_scope(metadata) as session:
+        session.get_one(Decision, decision_id).promotion = promotion

@@ -146,7 +146,7 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
 def test_kubernetes_backend_maps_job_pods(monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    from flywheel.pods import FlywheelJobPodOperator
+    from flywheel.compute.kubernetes import FlywheelJobPodOperator
 
     monkeypatch.setenv("FLYWHEEL_COMPUTE_BACKEND", "kubernetes")
     monkeypatch.setenv("FLYWHEEL_JOB_IMAGE", "registry.example/flywheel-job:2.0")

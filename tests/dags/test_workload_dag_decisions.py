@@ -19,10 +19,10 @@ from conftest import TEST_EVALUATION, TEST_TRAINING, workload_dag
 from flywheel.config import FlywheelConfig
 from flywheel.db.engine import session_scope
 from flywheel.db.models import Dataset, Decision, Evaluation, Run
+from flywheel.deliver.registry import champion
 from flywheel.demo.seed import seed_logs
-from flywheel.evaluation.examples import load_examples
+from flywheel.evaluate.examples import load_examples
 from flywheel.intervals import latest_intervals
-from flywheel.registry import champion
 from flywheel.storage import ArtifactStore
 
 pytest_plugins = ["openai_server"]

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from flywheel.db.engine import session_scope
 from flywheel.db.models import Dataset, Decision, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
+from flywheel.deliver.registry import champion, history, versions
 from flywheel.demo.seed import seed_logs
+from flywheel.extract.sources.elasticsearch import connect, interval_query
 from flywheel.intervals import latest_intervals
-from flywheel.logstore import connect, interval_query
-from flywheel.registry import champion, history, versions
 from flywheel.storage import ArtifactStore
 
 pytest_plugins = ["vllm_server"]

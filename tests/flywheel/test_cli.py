@@ -194,7 +194,7 @@ def registered(config, days: int) -> list[int]:
     """``days`` registered versions of the router, one per run; returns their version numbers."""
     from datetime import UTC, datetime
 
-    from flywheel.registry import register_version
+    from flywheel.deliver.registry import register_version
     from flywheel.tracking import ensure_run
 
     numbers = []
@@ -263,7 +263,7 @@ def test_registry_promote_show_and_rollback_are_audited(
 def test_registry_errors_exit_1_and_change_nothing(
     flywheel_config, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flywheel.registry import champion
+    from flywheel.deliver.registry import champion
 
     registered(flywheel_config, 1)
     router = ["--workload", "customer_support_router"]

@@ -35,8 +35,8 @@ from flywheel.config import (
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
 from flywheel.db.models import Dataset, Decision, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
-from flywheel.decision.paired import discordant_counts, mcnemar_exact
-from flywheel.decision.run import outcomes_of
+from flywheel.decide.evidence import outcomes_of
+from flywheel.decide.paired import discordant_counts, mcnemar_exact
 from flywheel.demo.seed import demo_workloads, seed_logs
 from flywheel.embedded import LocalLogStore
 from flywheel.intervals import latest_intervals
@@ -299,7 +299,7 @@ def _decision_lines(decision: Decision) -> str:
 
 
 def _print_registry(config: FlywheelConfig, workload_id: str) -> None:
-    from flywheel.registry import champion, history
+    from flywheel.deliver.registry import champion, history
 
     current = champion(config.metadata, workload_id)
     print(f"\n  registry of {workload_id}: champion " + (f"v{current.version}" if current else "none"))

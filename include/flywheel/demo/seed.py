@@ -126,7 +126,7 @@ def seed_logs(
     """
     from elasticsearch.helpers import streaming_bulk
 
-    from flywheel.logstore import connect
+    from flywheel.extract.sources.elasticsearch import connect
 
     report = SeedReport()
     for workload, demo in demo_workloads(config, workloads):
@@ -210,8 +210,9 @@ def write_raw_partition(
     """
     import msgspec
 
-    from flywheel.extract import PartWriter, batches_of_hits, partition_day
-    from flywheel.logstore import Hit
+    from flywheel.extract.partition import PartWriter, batches_of_hits
+    from flywheel.extract.sources.elasticsearch import Hit
+    from flywheel.intervals import partition_day
 
     raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
     encode = msgspec.json.Encoder().encode

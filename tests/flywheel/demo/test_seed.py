@@ -8,7 +8,7 @@ import pytest
 
 from flywheel.config import LogSourceConfig
 from flywheel.demo.seed import SeedError, daily_index, demo_workloads, seed_logs
-from flywheel.logstore import connect
+from flywheel.extract.sources.elasticsearch import connect
 
 NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 

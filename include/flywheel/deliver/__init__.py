@@ -1,0 +1,1 @@
+"""Stage 7, deliver: the model registry and its champion alias, deploy hooks and alert channels."""

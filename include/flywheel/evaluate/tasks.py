@@ -1,0 +1,146 @@
+"""Bodies of the DAG's ``plan_evaluation`` and ``collect_evaluation`` tasks.
+
+The mapped ``evaluate`` task between them runs each planned job on the compute backend; the job
+itself is ``flywheel evaluate`` (:mod:`flywheel.evaluate.runner`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flywheel.config import ModelConfig
+from flywheel.context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def plan_evaluation(
+    ctx: RunContext, dataset: dict[str, Any], train_jobs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The run's evaluation jobs, all on the same dataset: the champion, and per candidate its variants.
+
+    ``base`` and ``icl`` need only the candidate's base model; ``customized`` needs the adapter its
+    training job published (a candidate whose training failed gets no customized evaluation). The
+    champion, when the workload has one, is evaluated on the same examples.
+    """
+    from flywheel.compute import CHAMPION, evaluate_job, read_outcomes
+
+    trained = {
+        outcome.spec.labels["flywheel.io/candidate"]: outcome.spec.output_uri
+        for outcome in read_outcomes(train_jobs, ctx.config.artifact_store.storage_options)
+        if outcome.result
+    }
+    planned: list[tuple[str, str, ModelConfig]] = []
+    champion, version = current_champion(ctx)
+    if champion is not None:
+        planned.append((CHAMPION, "champion", champion))
+    for candidate in ctx.workload.training.candidates:
+        name, base_model = candidate.candidate_id, candidate.base_model
+        for eval_type in ctx.workload.evaluation.eval_types:
+            if eval_type != "customized":
+                planned.append((name, eval_type, ModelConfig(base_model=base_model)))
+            elif name in trained:
+                model = ModelConfig(base_model=base_model, adapter=f"{trained[name]}/adapter")
+                planned.append((name, eval_type, model))
+            else:
+                log.warning("%s: no adapter from training, so no customized evaluation", name)
+    jobs = [
+        evaluate_job(
+            ctx.config,
+            ctx.workload,
+            model,
+            eval_type=eval_type,
+            candidate_id=candidate_id,
+            dataset_uri=dataset["uri"],
+            day=ctx.day,
+            dag_run_id=ctx.dag_run_id,
+        )
+        for candidate_id, eval_type, model in planned
+    ]
+    for job in jobs:
+        if version is not None and job.labels["flywheel.io/candidate"] == CHAMPION:
+            # Which registry version was evaluated as the champion (collect_evaluation records it).
+            job.labels["flywheel.io/champion-version"] = str(version)
+        log.info("%s -> %s", job.name, job.output_uri)
+    return [job.to_dict() for job in jobs]
+
+
+def current_champion(ctx: RunContext) -> tuple[ModelConfig | None, int | None]:
+    """The model to evaluate as the champion and its registry version.
+
+    The registry's ``champion`` alias wins; while the registry has none, the workload's configured
+    ``evaluation.champion`` (an endpoint serving the current production model) stands in, unversioned.
+    """
+    from flywheel.deliver.registry import champion
+
+    version = champion(ctx.config.metadata, ctx.workload_id)
+    if version is None:
+        return ctx.workload.evaluation.champion, None
+    return ModelConfig.model_validate(version.model), version.version
+
+
+def collect_evaluation(
+    ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Read every evaluation's ``result.json`` (or ``error.json``), record each, and summarise them.
+
+    Runs once all evaluation jobs have finished, whatever their outcome. Raises EvaluationFailedError
+    when none succeeded. ``same_examples`` says whether every succeeded evaluation scored the same
+    examples (the precondition of a paired comparison).
+    """
+    from flywheel.compute import JobOutcome, failures_of, outcome_entry, read_outcomes, stage_summary
+    from flywheel.errors import EvaluationFailedError
+    from flywheel.evaluate.runner import headline
+    from flywheel.tracking import record_evaluation
+
+    def figures(outcome: JobOutcome) -> dict[str, Any]:
+        assert outcome.result is not None
+        return headline(outcome.result) | {"examples_hash": outcome.result["examples_hash"]}
+
+    with ctx.stage("evaluate") as stage:
+        evaluations = []
+        for outcome in read_outcomes(jobs, ctx.config.artifact_store.storage_options):
+            spec, result = outcome.spec, outcome.result
+            record_evaluation(
+                ctx.config.metadata,
+                ctx.run_id,
+                workload_id=ctx.workload_id,
+                dataset_id=dataset["dataset_id"],
+                candidate_id=spec.labels["flywheel.io/candidate"],
+                eval_type=spec.labels["flywheel.io/eval-type"],
+                model=(result["model"] if result else _model_arguments(spec.arguments))
+                | _version_label(spec.labels),
+                result_uri=f"{spec.output_uri}/result.json",
+                result=result,
+                error=outcome.error,
+            )
+            evaluations.append(outcome_entry(outcome, figures))
+        hashes = {e["examples_hash"] for e in evaluations if e["status"] == "succeeded"}
+        stage.summary = stage_summary(dataset["dataset_id"], "evaluations", evaluations) | {
+            "same_examples": len(hashes) <= 1
+        }
+        if len(hashes) > 1:
+            log.error("evaluations scored different example sets (%s): they cannot be compared", hashes)
+        if not stage.summary["succeeded"]:
+            raise EvaluationFailedError(
+                f"no evaluation of {ctx.workload_id} succeeded ({failures_of(evaluations)})"
+            )
+    return stage.summary
+
+
+def _version_label(labels: dict[str, str]) -> dict[str, int]:
+    """``{"version": N}`` for the evaluation of registry version N as the champion, else nothing."""
+    version = labels.get("flywheel.io/champion-version")
+    return {"version": int(version)} if version else {}
+
+
+def _model_arguments(command: list[str]) -> dict[str, Any]:
+    """The evaluated model as named on a job's command line (for a job that wrote no result)."""
+    arguments = dict(zip(command[1::2], command[2::2], strict=False))
+    if "--endpoint" in arguments:
+        endpoint = json.loads(arguments["--endpoint"])
+        return {"endpoint": {"base_url": endpoint["base_url"], "model": endpoint["model"]}}
+    model = {"base_model": arguments["--base-model"]}
+    return model | ({"adapter": arguments["--adapter"]} if "--adapter" in arguments else {})

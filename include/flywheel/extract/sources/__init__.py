@@ -1,0 +1,1 @@
+"""Log sources the extract stage reads from."""

@@ -1,1 +1,0 @@
-"""Data quality: record rules, PII scrubbing, de-duplication keys, splits, batch expectations."""

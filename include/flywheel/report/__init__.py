@@ -1,0 +1,1 @@
+"""Stage 8, report: the run's HTML report, assembled from what the run recorded."""

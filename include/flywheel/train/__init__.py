@@ -1,0 +1,1 @@
+"""Stage 4, train: fine-tuning student models with LoRA (formatting, model store, trainer)."""

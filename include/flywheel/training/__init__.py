@@ -1,1 +1,0 @@
-"""Fine-tuning student models with LoRA: formatting, model store, trainer."""

@@ -1,0 +1,2 @@
+"""Stage 2, validate: record rules, PII scrubbing and batch expectations turn a raw day into clean and
+quarantine partitions."""

@@ -1,0 +1,256 @@
+"""Jobs as one command line: the local backend runs it as a real subprocess and classifies failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from flywheel.compute import (
+    CHAMPION,
+    JobSpec,
+    dns_label,
+    evaluate_job,
+    job_failure,
+    job_labels,
+    label_value,
+    read_job_file,
+    train_job,
+)
+from flywheel.compute.local import run_local
+from flywheel.config import EndpointConfig, ModelConfig, load_config
+from flywheel.errors import JobFailedError, NonRetryableJobError
+from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error
+
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+def test_local_backend_runs_the_command_with_the_jobs_environment_and_streams_its_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config_path = write_config(tmp_path)
+    # `flywheel config check` with no file reads $FLYWHEEL_CONFIG: the job's env reaches the process.
+    job = JobSpec(
+        kind="check",
+        name="check",
+        arguments=["config", "check"],
+        output_uri=str(tmp_path / "out"),
+        env={"FLYWHEEL_CONFIG": str(config_path)},
+    )
+    with caplog.at_level(logging.INFO, logger="test.job"):
+        run_local(job, logger=logging.getLogger("test.job"))
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.job"]
+    assert lines[0].startswith("running check locally: flywheel config check")
+    assert any(str(config_path) in line for line in lines)
+    assert "OK: 2 workload(s)" in lines
+
+
+def test_a_bad_training_config_fails_without_retry_and_reports_its_error(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    job = JobSpec(
+        kind="train",
+        name="train-bad",
+        arguments=[
+            "train",
+            "--dataset",
+            str(tmp_path),
+            "--base-model",
+            "smollm2-135m-instruct",
+            "--training-config",
+            '{"learning_rate": 5}',
+            "--output",
+            str(output),
+        ],
+        output_uri=str(output),
+    )
+    with pytest.raises(NonRetryableJobError, match="learning_rate") as failure:
+        run_local(job)
+
+    assert failure.value.exit_code == EXIT_CONFIG
+    assert failure.value.error["error"] == "ConfigError"
+    assert failure.value.error["retryable"] is False
+    assert read_job_file(str(output), "error.json") == failure.value.error
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "retried"),
+    [
+        (EXIT_CONFIG, False),
+        (EXIT_OUT_OF_MEMORY, False),
+        (EXIT_FAILED, True),
+        (-9, True),
+        (137, True),
+        (None, True),
+    ],
+)
+def test_only_codes_retrying_cannot_fix_are_not_retried(
+    tmp_path: Path, exit_code: int | None, retried: bool
+) -> None:
+    failure = job_failure(exit_code, str(tmp_path / "nowhere"), "job x")
+    assert isinstance(failure, JobFailedError)
+    assert isinstance(failure, NonRetryableJobError) is not retried
+    assert failure.exit_code == exit_code
+    assert "no error.json written" in str(failure)
+
+
+def test_failure_message_comes_from_the_jobs_error_json(tmp_path: Path) -> None:
+    write_error(
+        str(tmp_path), MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), EXIT_OUT_OF_MEMORY
+    )
+    failure = job_failure(EXIT_OUT_OF_MEMORY, str(tmp_path), "pod train-x")
+    assert isinstance(failure, NonRetryableJobError)
+    assert "pod train-x failed with exit code 3 (out of memory; not retried)" in str(failure)
+    assert "MemoryError: CUDA out of memory" in str(failure)
+    assert failure.error["exit_code"] == EXIT_OUT_OF_MEMORY
+
+
+def test_train_job_carries_the_candidates_merged_settings_and_labels(tmp_path: Path) -> None:
+    training = {
+        "settings": {"max_steps": 10, "batch_size": 4, "lora": {"r": 8, "alpha": 16}},
+        "candidates": [
+            {"candidate_id": "a", "base_model": "/models/a"},
+            {
+                "candidate_id": "b",
+                "base_model": "/models/b",
+                "settings": {"batch_size": 2, "lora": {"r": 32}},
+            },
+        ],
+    }
+    config = load_config(write_config(tmp_path, training=training, compute={"env": {"OMP_NUM_THREADS": "8"}}))
+    workload = config.workload("customer_support_router")
+    jobs = [
+        train_job(config, workload, c, dataset_uri="s3://d/1", day=date(2026, 11, 20), dag_run_id="manual__x")
+        for c in workload.training.candidates
+    ]
+
+    settings = [json.loads(job.arguments[job.arguments.index("--training-config") + 1]) for job in jobs]
+    assert (settings[0]["batch_size"], settings[0]["lora"]["r"], settings[0]["lora"]["alpha"]) == (4, 8, 16)
+    assert (settings[1]["batch_size"], settings[1]["lora"]["r"], settings[1]["lora"]["alpha"]) == (2, 32, 16)
+    assert settings[1]["max_steps"] == 10
+    assert [job.env for job in jobs] == [{"OMP_NUM_THREADS": "8"}] * 2
+    assert jobs[1].command[:6] == ["flywheel", "train", "--dataset", "s3://d/1", "--base-model", "/models/b"]
+    assert (
+        jobs[1].output_uri == f"{config.artifact_store.root}/runs/customer_support_router/2026-11-20/train/b"
+    )
+    assert JobSpec.from_dict(jobs[1].to_dict()) == jobs[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "scheduled__2026-11-20T02:00:00+00:00",
+        "manual__2026-11-21T10:15:09.201606+00:00",
+        "backfill__" + "x" * 80,
+        "__weird::name__",
+    ],
+)
+def test_label_values_are_valid_kubernetes_label_values(text: str) -> None:
+    import re
+
+    value = label_value(text)
+    assert len(value) <= 63
+    assert re.fullmatch(LABEL_VALUE, value), value
+    assert label_value(text) == value  # stable: the same run always gets the same label
+
+
+def test_long_label_values_stay_distinct() -> None:
+    assert label_value("backfill__" + "x" * 80 + "1") != label_value("backfill__" + "x" * 80 + "2")
+
+
+def test_job_labels_and_pod_name_prefix() -> None:
+    labels = job_labels(
+        "customer_support_router", "manual__2026-11-21T10:15:09+00:00", "smollm2-135m", "train"
+    )
+    assert labels == {
+        "flywheel.io/workload": "customer_support_router",
+        "flywheel.io/dag-run": "manual__2026-11-21T10_15_09_00_00",
+        "flywheel.io/candidate": "smollm2-135m",
+        "flywheel.io/job": "train",
+    }
+    assert (
+        dns_label("train-customer_support_router-smollm2-135m") == "train-customer-support-router-smollm2-13"
+    )
+
+
+def test_storage_options_reach_the_job_and_the_reader(tmp_path: Path) -> None:
+    from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
+
+    options = {"auto_mkdir": True}
+    config = load_config(write_config(tmp_path))
+    config = config.model_copy(
+        update={"artifact_store": config.artifact_store.model_copy(update={"storage_options": options})}
+    )
+    workload = config.workload("customer_support_router")
+    job = train_job(
+        config,
+        workload,
+        workload.training.candidates[0],
+        dataset_uri="file:///d",
+        day=date(2026, 11, 20),
+        dag_run_id="r",
+    )
+    assert storage_options_from_env(job.env) == options
+    assert (
+        STORAGE_OPTIONS_ENV
+        not in train_job(
+            load_config(write_config(tmp_path)),
+            workload,
+            workload.training.candidates[0],
+            dataset_uri="file:///d",
+            day=date(2026, 11, 20),
+            dag_run_id="r",
+        ).env
+    )
+    write_error(str(tmp_path), RuntimeError("boom"), EXIT_FAILED)
+    assert read_job_file(str(tmp_path), "error.json", options)["message"] == "boom"
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]"])
+def test_malformed_storage_options_are_a_config_error(text: str) -> None:
+    from flywheel.config import ConfigError
+    from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
+
+    with pytest.raises(ConfigError, match=STORAGE_OPTIONS_ENV):
+        storage_options_from_env({STORAGE_OPTIONS_ENV: text})
+
+
+def test_evaluate_jobs_name_the_model_and_share_the_evaluation_settings(tmp_path: Path) -> None:
+    evaluation = {"settings": {"max_examples": 50, "generation": {"max_new_tokens": 32}}}
+    config = load_config(write_config(tmp_path, evaluation=evaluation))
+    workload = config.workload("customer_support_router")
+    common = {"dataset_uri": "s3://d/1", "day": date(2026, 11, 20), "dag_run_id": "manual__x"}
+    customized = evaluate_job(
+        config,
+        workload,
+        ModelConfig(base_model="/models/a", adapter="s3://r/train/a/adapter"),
+        eval_type="customized",
+        candidate_id="a",
+        **common,
+    )
+    endpoint = EndpointConfig(base_url="http://vllm:8000/v1", model="router", api_key_env="VLLM_API_KEY")
+    champion = evaluate_job(
+        config,
+        workload,
+        ModelConfig(endpoint=endpoint),
+        eval_type="champion",
+        candidate_id=CHAMPION,
+        **common,
+    )
+
+    arguments = customized.arguments
+    assert arguments[:5] == ["evaluate", "--dataset", "s3://d/1", "--eval-type", "customized"]
+    assert arguments[arguments.index("--adapter") + 1] == "s3://r/train/a/adapter"
+    settings = json.loads(arguments[arguments.index("--evaluation-config") + 1])
+    assert (settings["max_examples"], settings["generation"]["max_new_tokens"]) == (50, 32)
+    assert customized.output_uri.endswith("/runs/customer_support_router/2026-11-20/evaluate/a/customized")
+    assert customized.labels["flywheel.io/eval-type"] == "customized"
+    assert customized.labels["flywheel.io/job"] == "evaluate"
+    shown = json.loads(champion.arguments[champion.arguments.index("--endpoint") + 1])
+    assert shown == endpoint.model_dump(mode="json")  # the key's variable name, never a key
+    assert "--base-model" not in champion.arguments
+    assert champion.output_uri.endswith("/evaluate/champion/champion")

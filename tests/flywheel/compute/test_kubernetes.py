@@ -1,0 +1,181 @@
+"""Training pods rendered by the real operator carry the template's guarantees and the job's command.
+
+``build_pod_request_obj(dry_run=True)`` renders a pod without a cluster. The full path (create, log
+streaming, exit codes, retries) runs against a fake API server in tests/dags/test_workload_dag_pods.py.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from kubernetes.client import models as k8s
+
+from conftest import write_config
+from flywheel.compute import JobSpec, label_value, train_job
+from flywheel.compute.kubernetes import (
+    FlywheelJobPodOperator,
+    base_container_exit_code,
+    job_pod_arguments,
+    job_pod_defaults,
+)
+from flywheel.config import (
+    ComputeConfig,
+    FlywheelConfig,
+    KubernetesComputeConfig,
+    SecretEnvConfig,
+    TrainingConfig,
+    load_config,
+)
+from flywheel.jobs import load_settings
+from podspec import assert_gpu_job_pod, base_container
+
+RUN_ID = "scheduled__2026-11-20T02:00:00+00:00"
+IMAGE = "registry.example/flywheel-job:1.4.2"
+
+
+def kubernetes_config(tmp_path: Path, **kubernetes: object) -> FlywheelConfig:
+    config = load_config(write_config(tmp_path))
+    compute = ComputeConfig(
+        backend="kubernetes",
+        env={"FLYWHEEL_LOG_LEVEL": "INFO"},
+        kubernetes=KubernetesComputeConfig(
+            image=IMAGE,
+            secret_env=[SecretEnvConfig(env="WANDB_API_KEY", secret="wandb", key="api-key")],
+            **kubernetes,
+        ),
+    )
+    return config.model_copy(update={"compute": compute})
+
+
+def training_job(config: FlywheelConfig, candidate_index: int = 0) -> JobSpec:
+    workload = config.workload("customer_support_router")
+    candidate = workload.training.candidates[candidate_index]
+    return train_job(
+        config,
+        workload,
+        candidate,
+        dataset_uri="s3://flywheel/dataset/build/customer_support_router/2026-11-20-abc",
+        day=date(2026, 11, 20),
+        dag_run_id=RUN_ID,
+    )
+
+
+def operator_for(config: FlywheelConfig, job: JobSpec) -> FlywheelJobPodOperator:
+    """The operator as the DAG's mapped ``train`` task builds it: partial defaults + per-job kwargs."""
+    defaults = job_pod_defaults(config.compute.kubernetes, "train")
+    return FlywheelJobPodOperator(task_id="train", **defaults, **job_pod_arguments(job.to_dict()))
+
+
+def render(config: FlywheelConfig, job: JobSpec) -> k8s.V1Pod:
+    return operator_for(config, job).build_pod_request_obj(dry_run=True)
+
+
+def test_rendered_training_pod_keeps_gpu_security_secrets_and_volumes(tmp_path: Path) -> None:
+    config = kubernetes_config(tmp_path)
+    pod = render(config, training_job(config))
+
+    assert_gpu_job_pod(pod)
+    assert pod.metadata.namespace == "flywheel"
+    assert pod.metadata.labels["app.kubernetes.io/component"] == "train"
+    assert pod.spec.active_deadline_seconds == 21600  # the template's, not overridden
+    assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    container = base_container(pod)
+    assert container.image == IMAGE
+    env = {e.name: e for e in container.env}
+    wandb = env["WANDB_API_KEY"]
+    assert wandb.value is None
+    assert (wandb.value_from.secret_key_ref.name, wandb.value_from.secret_key_ref.key) == ("wandb", "api-key")
+    assert env["FLYWHEEL_LOG_LEVEL"].value == "INFO"  # compute.env reaches the pod as plain values
+    assert env["FLYWHEEL_MODEL_CACHE"].value == "/models"
+
+
+def test_rendered_pod_runs_the_local_backends_command_line(tmp_path: Path) -> None:
+    config = kubernetes_config(tmp_path)
+    job = training_job(config)
+    container = base_container(render(config, job))
+
+    assert [*container.command, *container.args] == job.command
+    assert job.command[:2] == ["flywheel", "train"]
+    arguments = dict(zip(job.arguments[1::2], job.arguments[2::2], strict=True))
+    assert arguments["--output"] == job.output_uri
+    assert arguments["--output"].endswith("runs/customer_support_router/2026-11-20/train/tiny")
+    settings = config.workload("customer_support_router").training.settings_for(
+        config.workload("customer_support_router").training.candidates[0]
+    )
+    # The inline settings are the candidate's merged settings, read back exactly as `flywheel train` does.
+    assert load_settings(arguments["--training-config"], TrainingConfig, "--training-config") == settings
+
+
+def test_rendered_pod_is_labelled_for_cleanup_by_workload_run_and_candidate(tmp_path: Path) -> None:
+    config = kubernetes_config(tmp_path)
+    pod = render(config, training_job(config))
+
+    labels = pod.metadata.labels
+    assert labels["flywheel.io/workload"] == "customer_support_router"
+    assert labels["flywheel.io/candidate"] == "tiny"
+    assert labels["flywheel.io/dag-run"] == label_value(RUN_ID) == "scheduled__2026-11-20T02_00_00_00_00"
+    assert labels["flywheel.io/job"] == "train"
+    assert labels["app.kubernetes.io/part-of"] == "flywheel"  # the template's labels are kept
+    assert pod.metadata.name.startswith("train-customer-support-router-tiny")
+
+
+def test_cluster_settings_override_the_template(tmp_path: Path) -> None:
+    config = kubernetes_config(
+        tmp_path,
+        namespace="ml-jobs",
+        node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        active_deadline_seconds=3600,
+        service_account_name="trainer",
+    )
+    pod = render(config, training_job(config))
+
+    assert pod.metadata.namespace == "ml-jobs"
+    assert pod.spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod.spec.active_deadline_seconds == 3600
+    assert pod.spec.service_account_name == "trainer"
+    assert_gpu_job_pod(pod)
+
+
+def test_operator_defaults_are_carried_once(tmp_path: Path) -> None:
+    config = kubernetes_config(tmp_path)
+    job = training_job(config)
+    operator = FlywheelJobPodOperator(
+        task_id="train",
+        **job_pod_defaults(config.compute.kubernetes, "train"),
+        **job_pod_arguments(job.to_dict()),
+    )
+
+    assert operator.durable is True
+    assert operator.on_finish_action.value == "delete_succeeded_pod"
+    assert operator.get_logs is True
+    assert operator.log_events_on_failure is True
+    assert operator.do_xcom_push is False
+    assert operator.deferrable is False
+    assert operator.termination_message_policy == "FallbackToLogsOnError"
+    assert operator.startup_timeout_seconds == 900
+    assert operator.schedule_timeout_seconds == 3600
+    assert operator.output_uri == job.output_uri
+
+
+@pytest.mark.parametrize(("exit_code", "expected"), [(2, 2), (137, 137), (None, None)])
+def test_exit_code_is_read_from_the_base_container(exit_code: int | None, expected: int | None) -> None:
+    state = (
+        k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code))
+        if exit_code is not None
+        else k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="ContainerCreating"))
+    )
+    sidecar = k8s.V1ContainerStatus(
+        name="airflow-xcom-sidecar",
+        image="alpine",
+        image_id="",
+        ready=False,
+        restart_count=0,
+        state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=0)),
+    )
+    base = k8s.V1ContainerStatus(
+        name="base", image="x", image_id="", ready=False, restart_count=0, state=state
+    )
+    pod = k8s.V1Pod(status=k8s.V1PodStatus(phase="Failed", container_statuses=[sidecar, base]))
+    assert base_container_exit_code(pod) == expected

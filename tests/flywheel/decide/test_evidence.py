@@ -1,0 +1,318 @@
+"""The decision stage from recorded evidence (stage rows, evaluation rows, per-example files), on SQLite
+and on a real PostgreSQL server, and the promote branch: a failing deploy hook leaves the champion in
+place, records why and alerts; a working one (a fake vLLM server over real HTTP) moves the alias and
+loads the adapter."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from flywheel.config import FlywheelConfig
+from flywheel.context import RunContext
+from flywheel.db.engine import session_scope
+from flywheel.db.models import Decision
+from flywheel.decide.evidence import decide_run
+from flywheel.deliver import tasks as deliver
+from flywheel.deliver.registry import champion, history, promote, register_version
+from flywheel.errors import PromotionFailedError
+from flywheel.evaluate.tasks import current_champion
+from flywheel.report.data import report_data
+from flywheel.tracking import ensure_run, record_evaluation, record_stage
+
+pytest_plugins = ["vllm_server"]
+
+WORKLOAD = "customer_support_router"
+START = datetime(2026, 11, 20, 2, tzinfo=UTC)
+END = datetime(2026, 11, 21, 2, tzinfo=UTC)
+N = 120
+
+
+def run_context(config: FlywheelConfig, dag_run_id: str) -> RunContext:
+    return RunContext.of(config, WORKLOAD, interval_start=START, interval_end=END, dag_run_id=dag_run_id)
+
+
+def write_examples(path: Path, right: int) -> str:
+    """``examples.jsonl`` of a model that gets the first ``right`` of N examples right."""
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {
+            "example_id": f"e{i:03d}",
+            "eval_set": "evaluation",
+            "scores": {"function_name": i < right, "function_name_and_args": i < right, "ast": i < right},
+            "tool_calls": [] if i < right else None,
+        }
+        for i in range(N)
+    ]
+    (path / "examples.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return str(path / "examples.jsonl")
+
+
+def evaluation_result(examples_uri: str, right: int, model: dict[str, Any]) -> dict[str, Any]:
+    value = right / N
+    metric = {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1, "n": N}
+    return {
+        "model": model,
+        "examples": N,
+        "examples_hash": "same",
+        "metrics": {"function_name_accuracy": metric, "function_name_and_args_accuracy": metric},
+        "latency_s": {"mean": 0.1, "p50": 0.1, "p95": 0.2},
+        "examples_uri": examples_uri,
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The metadata database of the test: a SQLite file, or a new database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'flywheel.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.url(server.create_database())
+
+
+@pytest.fixture
+def decided(make_config, metadata_url: str, tmp_path: Path) -> tuple[FlywheelConfig, dict[str, Any]]:
+    """A run whose stages succeeded, with the registry's v1 as champion (60 of 120 right) and a
+    customized challenger (90 right) evaluated on the same examples; the decision is made."""
+    config = make_config(
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}, "bootstrap_resamples": 200},
+    )
+    metadata = config.metadata
+    old_run = ensure_run(
+        metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id="old",
+        interval_start=START,
+        interval_end=END,
+    )
+    v1 = register_version(
+        metadata,
+        workload_id=WORKLOAD,
+        run_id=old_run,
+        candidate_id="tiny",
+        eval_type="customized",
+        model={"base_model": "base", "adapter": str(tmp_path / "v1")},
+        dataset_id="old",
+    )
+    promote(metadata, WORKLOAD, v1.version, actor="test", reason="first")
+    dag_run_id = "manual__2026-11-21T02:00:00+00:00"
+    run_id = ensure_run(
+        metadata,
+        workload_id=WORKLOAD,
+        dag_id=config.workload(WORKLOAD).dag_id,
+        dag_run_id=dag_run_id,
+        interval_start=START,
+        interval_end=END,
+    )
+    summaries = {
+        "build_dataset": {"dataset_id": "ds-1"},
+        "train": {
+            "candidates": [{"candidate_id": "tiny", "status": "succeeded", "output_uri": str(tmp_path / "t")}]
+        },
+    }
+    for stage in ("extract", "validate", "build_dataset", "train", "evaluate"):
+        with record_stage(metadata, run_id, stage) as handle:
+            handle.summary = summaries.get(stage, {})
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for candidate_id, eval_type, right, model in (
+        ("champion", "champion", 60, {"base_model": "base", "adapter": str(tmp_path / "v1"), "version": 1}),
+        ("tiny", "base", 10, {"base_model": "base"}),
+        ("tiny", "customized", 90, {"base_model": "base", "adapter": str(adapter)}),
+    ):
+        examples = write_examples(tmp_path / "evaluate" / candidate_id / eval_type, right)
+        record_evaluation(
+            metadata,
+            run_id,
+            workload_id=WORKLOAD,
+            dataset_id="ds-1",
+            candidate_id=candidate_id,
+            eval_type=eval_type,
+            model=model,
+            result_uri=str(Path(examples).with_name("result.json")),
+            result=evaluation_result(examples, right, model),
+            error=None,
+        )
+    summary = decide_run(config, WORKLOAD, run_id) | {
+        "interval_start": START.isoformat(),
+        "interval_end": END.isoformat(),
+    }
+    return config, summary | {"dag_run_id": dag_run_id}
+
+
+def test_the_decision_pairs_the_evidence_and_registers_the_challenger(decided) -> None:
+    config, summary = decided
+
+    assert summary["outcome"] == "promote"
+    assert [r["code"] for r in summary["reasons"]] == ["challenger_superior"]
+    assert (summary["champion"], summary["champion_version"]) == ("champion/champion", 1)
+    assert (summary["challenger"], summary["challenger_version"]) == ("tiny/customized", 2)
+    assert summary["figures"]["difference"] == pytest.approx(0.25)
+    assert summary["report_uri"].endswith(f"reports/{WORKLOAD}/2026-11-20/run-report.html")
+    with session_scope(config.metadata) as session:
+        row = session.scalar(select(Decision))
+        assert row.champion_version_id is not None
+        assert row.comparisons["function_name_and_args_accuracy"]["challenger_only"] == 30
+        assert [c["eval_type"] for c in row.candidates] == ["customized", "base"]
+        assert row.policy["floor"] == 0.5
+    data = report_data(config, WORKLOAD, summary["dag_run_id"])
+    assert data is not None and data["decision"]["outcome"] == "promote"
+    assert [s["stage"] for s in data["stages"]] == [
+        "extract",
+        "validate",
+        "build_dataset",
+        "train",
+        "evaluate",
+    ]
+
+
+def test_a_failing_deploy_hook_leaves_the_champion_and_alerts(
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, refused_url: str
+) -> None:
+    _, summary = decided
+    monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": refused_url}))
+    config = make_config(
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "vllm", "conn_id": "vllm_router"},
+    )
+
+    with pytest.raises(PromotionFailedError, match="the champion is unchanged"):
+        deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert champion(config.metadata, WORKLOAD).version == 1
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1]
+    with session_scope(config.metadata) as session:
+        promotion = session.scalar(select(Decision)).promotion
+    assert promotion["status"] == "failed" and "vllm_router" in promotion["error"]
+    sink = Path(config.artifact_store.root, "alerts", WORKLOAD, "2026-11-20")
+    (alert,) = [json.loads(p.read_text()) for p in sink.glob("*-alert.json")]
+    assert alert["reasons"][0]["code"] == "promotion_failed"
+
+
+def test_promotion_loads_the_adapter_and_moves_the_alias(
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, vllm_server
+) -> None:
+    _, summary = decided
+    monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": vllm_server.url}))
+    config = make_config(
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "vllm", "conn_id": "vllm_router"},
+    )
+
+    promotion = deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert (promotion["version"], promotion["previous_version"]) == (2, 1)
+    current = champion(config.metadata, WORKLOAD)
+    assert current.version == 2 and current.eval_type == "customized"
+    assert vllm_server.loaded == {f"{WORKLOAD}-v2": current.adapter_uri}
+    last = history(config.metadata, WORKLOAD)[-1]
+    assert last.actor == f"flywheel_{WORKLOAD}/{summary['dag_run_id']}"
+    assert "beats the champion" in last.reason
+    with session_scope(config.metadata) as session:
+        assert session.scalar(select(Decision)).promotion["deployment"]["type"] == "vllm"
+
+
+def test_an_icl_champion_is_registered_and_re_evaluated_with_its_shots(decided, tmp_path: Path) -> None:
+    from flywheel.compute import evaluate_job
+    from flywheel.config import ModelConfig
+
+    config, _ = decided
+    run_id = ensure_run(
+        config.metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id="icl",
+        interval_start=START,
+        interval_end=END,
+    )
+    icl = register_version(
+        config.metadata,
+        workload_id=WORKLOAD,
+        run_id=run_id,
+        candidate_id="tiny",
+        eval_type="icl",
+        model={"base_model": "base", "few_shot": True},
+        dataset_id="ds-1",
+    )
+    promote(
+        config.metadata, WORKLOAD, icl.version, actor="ann", reason="icl is enough", action="manual_promote"
+    )
+
+    model, version = current_champion(run_context(config, "icl"))
+
+    assert (model, version) == (ModelConfig(base_model="base", few_shot=True), icl.version)
+    job = evaluate_job(
+        config,
+        config.workload(WORKLOAD),
+        model,
+        eval_type="champion",
+        candidate_id="champion",
+        dataset_uri=str(tmp_path / "ds"),
+        day=START.date(),
+        dag_run_id="r",
+    )
+    assert job.arguments[-1] == "--few-shot"
+    assert dict(zip(job.arguments[1::2], job.arguments[2::2], strict=False))["--base-model"] == "base"
+
+
+def test_the_decision_registers_an_icl_challenger_as_few_shot(make_config, tmp_path: Path) -> None:
+    config = make_config(
+        decision={"floor": 0.0, "min_examples": 10, "guardrails": {}, "bootstrap_resamples": 200}
+    )
+    run_id = ensure_run(
+        config.metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id="r",
+        interval_start=START,
+        interval_end=END,
+    )
+    for stage in ("extract", "validate", "build_dataset", "train", "evaluate"):
+        with record_stage(config.metadata, run_id, stage) as handle:
+            handle.summary = {"dataset_id": "ds"} if stage == "build_dataset" else {}
+    for eval_type, right in (("base", 10), ("icl", 80)):
+        examples = write_examples(tmp_path / eval_type, right)
+        record_evaluation(
+            config.metadata,
+            run_id,
+            workload_id=WORKLOAD,
+            dataset_id="ds",
+            candidate_id="tiny",
+            eval_type=eval_type,
+            model={"base_model": "base"},
+            result_uri=str(tmp_path / eval_type / "result.json"),
+            result=evaluation_result(examples, right, {"base_model": "base"}),
+            error=None,
+        )
+
+    summary = decide_run(config, WORKLOAD, run_id)
+
+    assert (summary["outcome"], summary["challenger"]) == ("promote", "tiny/icl")
+    assert champion(config.metadata, WORKLOAD) is None  # decided, not yet promoted
+    from flywheel.deliver.registry import get_version
+
+    assert get_version(config.metadata, WORKLOAD, summary["challenger_version"]).model == {
+        "base_model": "base",
+        "few_shot": True,
+    }
+
+
+def test_promoting_again_after_a_promotion_is_a_no_op(decided) -> None:
+    config, summary = decided
+
+    first = deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+    again = deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert first["status"] == "promoted"
+    assert again == {"status": "already_champion", "version": 2}
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1, 2]

@@ -1,0 +1,282 @@
+"""Deploy hooks against real local HTTP servers: a webhook receiver and a faithful fake vLLM server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from flywheel.config import NoDeployConfig, VllmDeployConfig, WebhookDeployConfig
+from flywheel.deliver.deploy import Deployment, deploy, deploy_hook
+from flywheel.errors import DeployError
+
+if TYPE_CHECKING:
+    from vllm_server import VllmServer
+
+# The servers' fixtures: loaded as a plugin (not imported here) so that pytest rewrites its asserts.
+pytest_plugins = ["vllm_server"]
+
+TOKEN = "deploy-s3cret-token"
+
+
+@pytest.fixture
+def connection(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Defines an Airflow http connection as an AIRFLOW_CONN_<ID> JSON environment variable."""
+
+    def define(conn_id: str, **fields: Any) -> None:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "http", **fields}))
+
+    return define
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> str:
+    """A LoRA adapter directory as the trainer writes it (the fake vLLM checks adapter_config.json)."""
+    path = tmp_path / "adapter"
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16}))
+    return str(path)
+
+
+def deployment(
+    adapter_uri: str | None = "s3://flywheel/models/router/v3/adapter", **overrides: Any
+) -> Deployment:
+    fields: dict[str, Any] = {
+        "workload_id": "router",
+        "version": 3,
+        "candidate_id": "smollm2-135m",
+        "eval_type": "customized",
+        "base_model": "smollm2-135m-instruct",
+        "adapter_uri": adapter_uri,
+        "model": {"base_model": "smollm2-135m-instruct", "adapter": adapter_uri},
+        "previous_version": 2,
+        "decision_id": 17,
+        "dag_run_id": "scheduled__2026-12-06T02:00:00+00:00",
+    }
+    return Deployment(**{**fields, **overrides})
+
+
+def test_none_only_moves_the_registry() -> None:
+    assert deploy(NoDeployConfig(), deployment()) == {
+        "type": "none",
+        "status": "skipped",
+        "workload_id": "router",
+        "version": 3,
+    }
+
+
+def test_webhook_posts_the_champion_with_the_bearer_token(connection, http_server) -> None:
+    connection(
+        "promote_hook",
+        host=http_server.url,
+        schema="hooks/promote",
+        password=TOKEN,
+        extra={"headers": {"X-Team": "ml"}},
+    )
+
+    result = deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook"), deployment())
+
+    assert result == {
+        "type": "webhook",
+        "status": "deployed",
+        "url": f"{http_server.url}/hooks/promote",
+        "http_status": 200,
+        "attempts": 1,
+    }
+    (request,) = http_server.requests
+    assert (request.method, request.path) == ("POST", "/hooks/promote")
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["x-team"] == "ml"
+    assert request.body == {"event": "promote", **deployment().to_dict()}
+    assert request.body["adapter_uri"] == "s3://flywheel/models/router/v3/adapter"
+
+
+def test_deploy_hook_deploys_the_registry_champion_and_keeps_the_result(connection, http_server) -> None:
+    from flywheel.deliver.registry import VersionInfo
+
+    def version(number: int, adapter: str) -> VersionInfo:
+        model = {"base_model": "smollm2-135m-instruct", "adapter": adapter}
+        created = datetime(2026, 12, 6, tzinfo=UTC)
+        return VersionInfo(
+            number,
+            "router",
+            number,
+            "smollm2-135m",
+            "customized",
+            model["base_model"],
+            adapter,
+            model,
+            "ds-1",
+            5,
+            None,
+            created,
+        )
+
+    connection("promote_hook", host=http_server.url)
+    results: dict[str, Any] = {}
+    hook = deploy_hook(
+        WebhookDeployConfig(type="webhook", conn_id="promote_hook"),
+        "router",
+        decision_id=17,
+        dag_run_id="scheduled__2026-12-06T02:00:00+00:00",
+        results=results,
+    )
+
+    hook(
+        version(3, "s3://flywheel/models/router/v3/adapter"),
+        version(2, "s3://flywheel/models/router/v2/adapter"),
+    )
+
+    assert http_server.requests[0].body == {"event": "promote", **deployment().to_dict()}
+    assert (results["type"], results["status"]) == ("webhook", "deployed")
+    http_server.faults.append({"status": 400, "body": "no"})
+    with pytest.raises(DeployError, match="HTTP 400: no"):  # raised inside the registry's transaction
+        hook(version(3, "s3://x"), None)
+
+
+def test_webhook_retries_5xx_then_succeeds(connection, http_server) -> None:
+    connection("promote_hook", host=http_server.url.removeprefix("http://"), schema="http")
+    http_server.faults.extend([{"status": 503, "body": "warming up"}, {"status": 502, "body": "bad gateway"}])
+
+    result = deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook", max_retries=2), deployment())
+
+    assert (result["status"], result["attempts"], result["http_status"]) == ("deployed", 3, 200)
+    assert len(http_server.requests) == 3
+    assert "authorization" not in http_server.requests[0].headers
+
+
+def test_webhook_4xx_is_not_retried(connection, http_server) -> None:
+    connection("promote_hook", host=http_server.url, password=TOKEN)
+    http_server.faults.append({"status": 422, "body": {"detail": f"unknown workload router (token {TOKEN})"}})
+
+    with pytest.raises(
+        DeployError, match=r"HTTP 422: unknown workload router \(token \*\*\*\) \(not retried\)"
+    ) as raised:
+        deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook", max_retries=3), deployment())
+
+    assert raised.value.http_status == 422
+    assert len(http_server.requests) == 1
+    assert TOKEN not in str(raised.value)
+
+
+def test_webhook_connection_refused_fails_after_retries(connection, refused_url) -> None:
+    connection("promote_hook", host=refused_url, password=TOKEN)
+
+    with pytest.raises(DeployError, match="after 2 attempts: ConnectError") as raised:
+        deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook", max_retries=1), deployment())
+
+    assert raised.value.http_status is None
+    assert TOKEN not in str(raised.value)
+
+
+def test_vllm_loads_the_adapter_and_a_repeat_is_idempotent(connection, vllm_server, adapter_dir) -> None:
+    vllm_server.api_key = TOKEN
+    connection("vllm_router", host=vllm_server.url, password=TOKEN)
+    config = VllmDeployConfig(type="vllm", conn_id="vllm_router")
+
+    first = deploy(config, deployment(adapter_dir))
+    again = deploy(config, deployment(adapter_dir))  # a retried task
+
+    assert first == {
+        "type": "vllm",
+        "status": "deployed",
+        "adapter_name": "router-v3",
+        "already_loaded": False,
+        "url": f"{vllm_server.url}/v1/load_lora_adapter",
+        "http_status": 200,
+        "message": "Success: LoRA adapter 'router-v3' added successfully.",
+    }
+    assert (again["status"], again["already_loaded"], again["http_status"]) == ("deployed", True, 400)
+    assert vllm_server.loaded == {"router-v3": adapter_dir}
+    request = vllm_server.requests[0]
+    assert (request.method, request.path) == ("POST", "/v1/load_lora_adapter")
+    assert request.body == {"lora_name": "router-v3", "lora_path": adapter_dir}
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_vllm_refuses_a_name_loaded_from_another_path(connection, vllm_server, adapter_dir) -> None:
+    vllm_server.loaded["router-v3"] = "/adapters/an-older-router-v3"
+    connection("vllm_router", host=vllm_server.url)
+
+    with pytest.raises(
+        DeployError, match="already serves an adapter named 'router-v3' from '/adapters/an-older"
+    ):
+        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment(adapter_dir))
+
+
+def test_vllm_adapter_name_template_and_v1_base_url(connection, vllm_server, adapter_dir) -> None:
+    connection("vllm_router", host=f"{vllm_server.url}/v1")
+    config = VllmDeployConfig(
+        type="vllm", conn_id="vllm_router", adapter_name="flywheel-{workload_id}-{version}"
+    )
+
+    assert deploy(config, deployment(adapter_dir))["adapter_name"] == "flywheel-router-3"
+    assert vllm_server.requests[0].path == "/v1/load_lora_adapter"
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        (
+            {"status": 500, "body": {"error": {"message": "CUDA error: out of memory", "code": 500}}},
+            r"HTTP 500: CUDA error: out of memory$",
+        ),
+        (None, r"HTTP 404: Loading lora router-v3 failed: No adapter found for /no/such/adapter$"),
+    ],
+    ids=["server-error", "missing-adapter"],
+)
+def test_vllm_errors_carry_status_and_message(connection, vllm_server, fault, expected) -> None:
+    connection("vllm_router", host=vllm_server.url, password=TOKEN)
+    if fault:
+        vllm_server.faults.append(fault)
+
+    with pytest.raises(DeployError, match=expected) as raised:
+        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment("/no/such/adapter"))
+
+    assert raised.value.http_status == (500 if fault else 404)
+    assert vllm_server.loaded == {}
+    assert TOKEN not in str(raised.value)
+
+
+def test_vllm_without_runtime_lora_updating_says_so(connection, http_server) -> None:
+    http_server.faults.append({"status": 404, "body": {"detail": "Not Found"}})  # the route is not registered
+    connection("vllm_router", host=http_server.url)
+
+    with pytest.raises(DeployError, match=r"HTTP 404: Not Found .*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment())
+
+
+def test_vllm_cannot_deploy_a_variant_without_adapter(connection, vllm_server) -> None:
+    connection("vllm_router", host=vllm_server.url)
+
+    with pytest.raises(DeployError, match="'icl' variant of candidate 'smollm2-135m' has no LoRA adapter"):
+        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment(None, eval_type="icl"))
+
+    assert vllm_server.requests == []
+
+
+def test_vllm_unreachable(connection, refused_url) -> None:
+    connection("vllm_router", host=refused_url)
+
+    with pytest.raises(DeployError, match="cannot load adapter 'router-v3': ConnectError"):
+        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment())
+
+
+def test_the_fake_vllm_server_answers_like_vllm(vllm_server: VllmServer, adapter_dir) -> None:
+    import httpx
+
+    load = f"{vllm_server.url}/v1/load_lora_adapter"
+    assert httpx.post(load, json={"lora_name": "a"}).json()["error"] == {
+        "message": "Both 'lora_name' and 'lora_path' must be provided.",
+        "type": "InvalidUserInput",
+        "param": None,
+        "code": 400,
+    }
+    assert httpx.post(load, json={"lora_name": "a", "lora_path": adapter_dir}).status_code == 200
+    models = httpx.get(f"{vllm_server.url}/v1/models").json()["data"]
+    assert [(m["id"], m["parent"]) for m in models] == [("base-model", None), ("a", "base-model")]
+    assert httpx.get(f"{vllm_server.url}/v1/nothing").json() == {"detail": "Not Found"}

@@ -1,0 +1,242 @@
+"""The LoRA trainer on CPU: a tiny Llama through the same code path as real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import TrainingConfig, load_config
+from flywheel.dataset.build import build_dataset
+from flywheel.demo.seed import write_raw_partition
+from flywheel.jobs import EXIT_CONFIG
+from flywheel.storage import ArtifactStore
+from flywheel.train.models import SMOLLM2
+from flywheel.train.trainer import _collate, _length_grouped_batches, train
+from flywheel.validate.day import validate_day
+
+START = datetime(2026, 11, 20, 2, tzinfo=UTC)
+FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
+
+
+@pytest.fixture(scope="module")
+def dataset_uri(tmp_path_factory) -> str:
+    """A real dataset built by the pipeline from one day of router traffic."""
+    root = tmp_path_factory.mktemp("dataset")
+    workload = load_config().workload("customer_support_router")
+    store = ArtifactStore(str(root / "artifacts"))
+    write_raw_partition(store, workload, start=START, end=START + timedelta(days=1), count=200, seed=4)
+    validate_day(
+        store,
+        workload_id=workload.workload_id,
+        start=START,
+        end=START + timedelta(days=1),
+        rules=workload.data_quality,
+        build_docs=False,
+    )
+    return build_dataset(store, workload, START.date()).uri
+
+
+def test_training_reduces_validation_loss_and_writes_every_output(dataset_uri, tiny_model, tmp_path):
+    # Short sequences keep the test fast: the prompt is cut from the left, the answer is always kept.
+    config = TrainingConfig(
+        max_steps=15,
+        batch_size=4,
+        learning_rate=5e-3,
+        eval_every_steps=5,
+        early_stopping_patience=None,
+        max_seq_length=256,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+    )
+    output = tmp_path / "out"
+
+    result = train(dataset_uri, tiny_model, config, str(output))
+
+    curve = json.loads((output / "loss_curve.json").read_text())
+    evaluated = [p["validation_loss"] for p in curve if "validation_loss" in p]
+    assert len(evaluated) == 3
+    assert evaluated[-1] < evaluated[0]
+    assert result.best_validation_loss == min(evaluated)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"):
+        assert (output / "adapter" / name).exists(), name
+    written = json.loads((output / "result.json").read_text())
+    assert written["steps"] == 15
+    assert written["tokens_seen"] > 0
+    assert written["tokens_per_s"] > 0
+    assert 0 <= written["padding_share"] < 0.35
+    assert written["truncated_examples"] > 0
+    assert written["trainable_parameters"] > 0
+    assert written["dtype"] == "float32"
+
+
+def test_batched_loss_equals_token_weighted_per_example_loss(tiny_model, dataset_uri):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.train.formatting import encode_for_training
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    lines = (Path(dataset_uri.removeprefix("file://")) / "train.jsonl").read_text().splitlines()[:4]
+    examples = []
+    for line in lines:
+        record = json.loads(line)
+        encoded = encode_for_training(tokenizer, record["messages"], record["tools"], max_length=1024)
+        examples.append((encoded.input_ids, encoded.labels))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    with torch.no_grad():
+        batched = float(model(**_collate(examples, pad, "cpu")).loss)
+        total = weight = 0.0
+        for example in examples:
+            inputs = _collate([example], pad, "cpu")
+            supervised = int((inputs["labels"][:, 1:] != -100).sum())
+            total += float(model(**inputs).loss) * supervised
+            weight += supervised
+
+    # Padding never leaks into another example's tokens: the batch is the sum of its parts.
+    assert batched == pytest.approx(total / weight, rel=1e-4)
+
+
+def test_length_grouping_cuts_padding():
+    import random
+
+    rng = random.Random(0)
+    examples = [([1] * rng.randint(50, 2000), [1]) for _ in range(512)]
+
+    def padding(batches) -> float:
+        padded = real = 0
+        for _ in range(64):
+            batch = next(batches)
+            width = max(len(ids) for ids, _ in batch)
+            real += sum(len(ids) for ids, _ in batch)
+            padded += width * len(batch)
+        return 1 - real / padded
+
+    def random_batches():
+        while True:
+            yield rng.sample(examples, 8)
+
+    grouped = padding(_length_grouped_batches(examples, 8, seed=0))
+    assert grouped < 0.05
+    assert grouped < padding(random_batches()) / 5
+
+
+def test_a_bad_dataset_fails_with_a_config_exit_code_and_error_json(tiny_model, tmp_path):
+    output = tmp_path / "out"
+    process = subprocess.run(
+        [
+            FLYWHEEL,
+            "train",
+            "--dataset",
+            str(tmp_path / "missing"),
+            "--base-model",
+            tiny_model,
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+    assert process.returncode == EXIT_CONFIG
+    error = json.loads((output / "error.json").read_text())
+    assert error["error"] == "JobInputError"
+    assert error["retryable"] is False
+    assert "train.jsonl does not exist" in error["message"]
+
+
+@pytest.mark.slow
+def test_smollm2_fine_tunes_on_cpu(dataset_uri, tmp_path):
+    # A couple of dozen sequences: minutes on 2 CPU cores for a 135M-parameter model.
+    config = TrainingConfig(
+        max_steps=12,
+        batch_size=2,
+        learning_rate=3e-4,
+        eval_every_steps=6,
+        max_seq_length=384,
+        log_every_steps=2,
+    )
+
+    result = train(dataset_uri, SMOLLM2, config, str(tmp_path / "smollm2"))
+
+    curve = json.loads((tmp_path / "smollm2" / "loss_curve.json").read_text())
+    evaluated = [p["validation_loss"] for p in curve if "validation_loss" in p]
+    assert evaluated[-1] < evaluated[0]
+    assert result.best_validation_loss == min(evaluated)
+    assert (tmp_path / "smollm2" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_loss_with_logits_only_where_labels_are_equals_the_models_loss(tiny_model):
+    # train() skips the vocabulary projection on prompt positions: the loss must not change.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flywheel.train.trainer import _collate, _loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    rng = random.Random(0)
+    batch = []
+    for length in (40, 75, 120):
+        ids = [rng.randrange(1000) for _ in range(length)]
+        answer = rng.randint(2, 9)
+        batch.append((ids, [-100] * (length - answer) + ids[length - answer :]))
+    inputs = _collate(batch, 0, "cpu")
+
+    with torch.no_grad():
+        assert float(_loss(model, inputs)) == pytest.approx(float(model(**inputs).loss), rel=1e-5)
+
+
+def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(tiny_model):
+    # A router batch opens with the same system message and tool schemas: the trainer runs them once.
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from flywheel.config import LoraSettings
+    from flywheel.train.trainer import _batch_loss, _loss, lora_config, shared_prefix_length
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(model, lora_config(LoraSettings(dropout=0.0)))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the prefix's keys and values
+            torch.nn.init.normal_(parameter, std=0.02)
+    model.eval()
+    rng = random.Random(0)
+    prefix = [rng.randrange(1000) for _ in range(60)]
+    batch = []
+    for length in (12, 30, 45):
+        ids = prefix + [rng.randrange(1000) for _ in range(length)]
+        answer = rng.randint(2, 9)
+        batch.append((ids, [-100] * (len(ids) - answer) + ids[len(ids) - answer :]))
+    assert shared_prefix_length(batch) == 60
+
+    def loss_and_grads(share: bool):
+        model.zero_grad()
+        loss = (
+            _batch_loss(model, batch, 0, "cpu", share) if share else _loss(model, _collate(batch, 0, "cpu"))
+        )
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss.detach()), grads
+
+    whole, whole_grads = loss_and_grads(False)
+    shared, shared_grads = loss_and_grads(True)
+    assert shared == pytest.approx(whole, rel=1e-5)
+    for name, grad in whole_grads.items():
+        assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_shared_prefix_stops_before_the_first_supervised_token():
+    from flywheel.train.trainer import shared_prefix_length
+
+    ids = [5, 6, 7, 8, 9]
+    # The token before the first label must stay in each row's suffix: it predicts that label.
+    assert shared_prefix_length([(ids, [-100, -100, -100, 8, 9]), (ids, [-100, -100, -100, 8, 9])]) == 2
+    assert shared_prefix_length([([1, 2, 3, 4], [-100] * 3 + [4]), ([1, 2, 9, 4], [-100] * 3 + [4])]) == 2

@@ -1,0 +1,817 @@
+"""Record-level rules: demo noise and a hostile corpus land on the right reason; clean records parse."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from flywheel.demo.traffic import NoiseKind, generate_traffic
+from flywheel.validate.records import (
+    NO_TOOL,
+    ROLES,
+    Conversation,
+    Reason,
+    ToolCall,
+    Violation,
+    check_record,
+)
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+END = datetime(2026, 3, 2, tzinfo=UTC)
+WORKLOAD = "router"
+MAX_BYTES = 1_000_000
+ANSWER = "response.choices[0].message"
+
+
+def check(row: dict[str, Any], **overrides: Any) -> Conversation | Violation:
+    kwargs: dict[str, Any] = {
+        "workload_id": WORKLOAD,
+        "start": START,
+        "end": END,
+        "max_record_bytes": MAX_BYTES,
+    } | overrides
+    return check_record(row, **kwargs)
+
+
+def raw_row(source: dict[str, Any]) -> dict[str, Any]:
+    """A raw-partition row as extraction builds it from one log document's ``_source``."""
+    ts = source.get("timestamp")
+    request, response = source.get("request"), source.get("response")
+    return {
+        "record_id": "r",
+        "timestamp": datetime.fromisoformat(ts) if ts else None,
+        "workload_id": source.get("workload_id"),
+        "client_id": source.get("client_id"),
+        "first_tool_name": None,
+        "request_json": orjson.dumps(request).decode() if "request" in source else None,
+        "response_json": orjson.dumps(response).decode() if "response" in source else None,
+        "extra_json": None,
+        "es_index": "logs-1",
+        "es_id": "1",
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Demo traffic
+
+EXPECTED = {
+    NoiseKind.ARGUMENTS_NOT_JSON: Reason.arguments_not_json,
+    NoiseKind.ARGUMENTS_NOT_OBJECT: Reason.arguments_not_object,
+    NoiseKind.MISSING_RESPONSE: Reason.missing_response,
+    NoiseKind.EMPTY_CHOICES: Reason.empty_choices,
+    NoiseKind.EMPTY_MESSAGES: Reason.empty_messages,
+    NoiseKind.UNKNOWN_ROLE: Reason.unknown_role,
+    NoiseKind.UNKNOWN_TOOL: Reason.unknown_tool,
+    NoiseKind.WRONG_TOOL_TYPE: Reason.wrong_tool_type,
+    NoiseKind.OUTSIDE_WINDOW: Reason.timestamp_outside_interval,
+}
+
+
+def wrong_types_reason(source: dict[str, Any]) -> Reason:
+    """The reason a WRONG_TYPES record must get, by which of the three variants it carries."""
+    messages = source["request"]["messages"]
+    if isinstance(messages, str):
+        return Reason.missing_messages
+    if any(isinstance(m.get("content"), int) for m in messages):
+        return Reason.invalid_message
+    calls = source["response"]["choices"][0]["message"]["tool_calls"]
+    assert any(isinstance(c["function"]["arguments"], dict) for c in calls)
+    return Reason.arguments_not_json
+
+
+@pytest.fixture(scope="module", params=["support_router", "bfcl_live"])
+def demo(request) -> list[tuple[dict[str, Any], NoiseKind | None, Conversation | Violation]]:
+    records = generate_traffic(
+        kind=request.param,
+        workload_id=WORKLOAD,
+        start=START,
+        end=END,
+        count=3000,
+        seed=7,
+        client_ids=["web", "app"],
+    )
+    return [(r.source, r.noise, check(raw_row(r.source))) for r in records]
+
+
+def test_every_demo_noise_kind_gets_its_reason(demo):
+    seen: Counter[NoiseKind | None] = Counter()
+    for source, noise, result in demo:
+        seen[noise] += 1
+        if noise is None or noise in (NoiseKind.EXACT_DUPLICATE, NoiseKind.NEAR_DUPLICATE):
+            assert isinstance(result, Conversation), (noise, result)
+        elif noise is NoiseKind.WRONG_TYPES:
+            assert isinstance(result, Violation)
+            assert result.reason == wrong_types_reason(source), result
+        else:
+            assert isinstance(result, Violation), (noise, source)
+            assert result.reason == EXPECTED[noise], (noise, result)
+    assert set(seen) == {None, *NoiseKind}
+    assert seen[None] > 2500
+
+
+def test_demo_violation_fields_point_at_the_defect(demo):
+    for _, noise, result in demo:
+        if noise is NoiseKind.ARGUMENTS_NOT_JSON or noise is NoiseKind.ARGUMENTS_NOT_OBJECT:
+            assert result.field.startswith(f"{ANSWER}.tool_calls[")
+            assert result.field.endswith("].function.arguments")
+        elif noise is NoiseKind.WRONG_TOOL_TYPE:
+            assert result.field.startswith(f"{ANSWER}.tool_calls[") and result.field.endswith("].type")
+        elif noise is NoiseKind.UNKNOWN_TOOL:
+            assert result.field.endswith("].function.name")
+        elif noise is NoiseKind.UNKNOWN_ROLE:
+            assert result.field.startswith("request.messages[") and result.field.endswith("].role")
+            assert "'bot'" in result.detail or "'narrator'" in result.detail
+        elif noise is NoiseKind.EMPTY_MESSAGES:
+            assert result.field == "request.messages"
+        elif noise is NoiseKind.MISSING_RESPONSE:
+            assert result.field == "response"
+        elif noise is NoiseKind.OUTSIDE_WINDOW:
+            assert result.field == "timestamp"
+
+
+def test_demo_wrong_types_variants_each_get_their_reason():
+    """Over both workloads, all three WRONG_TYPES variants occur and each maps to its own reason."""
+    reasons: Counter[Reason] = Counter()
+    for kind in ("support_router", "bfcl_live"):
+        for seed in range(3):
+            for r in generate_traffic(
+                kind=kind, workload_id=WORKLOAD, start=START, end=END, count=1500, seed=seed, client_ids=["c"]
+            ):
+                if r.noise is NoiseKind.WRONG_TYPES:
+                    result = check(raw_row(r.source))
+                    assert result.reason == wrong_types_reason(r.source)
+                    reasons[result.reason] += 1
+    assert set(reasons) == {Reason.missing_messages, Reason.invalid_message, Reason.arguments_not_json}
+
+
+def test_clean_demo_records_parse_to_their_conversation(demo):
+    labels: Counter[str] = Counter()
+    for source, noise, result in demo:
+        if noise is not None:
+            continue
+        answer = source["response"]["choices"][0]["message"]
+        assert result.messages == source["request"]["messages"]
+        assert result.tools == source["request"]["tools"]
+        calls = answer.get("tool_calls") or []
+        assert result.tool_calls == [
+            ToolCall(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls
+        ]
+        assert result.label == (calls[0]["function"]["name"] if calls else NO_TOOL)
+        assert result.content == (answer["content"] or None)
+        labels[result.label] += 1
+    assert len(labels) >= 3
+
+
+def test_demo_duplicates_are_not_record_level_defects(demo):
+    duplicates = [r for _, noise, r in demo if noise in (NoiseKind.EXACT_DUPLICATE, NoiseKind.NEAR_DUPLICATE)]
+    assert duplicates
+    assert all(isinstance(r, Conversation) for r in duplicates)
+
+
+def test_throughput_smoke():
+    records = generate_traffic(
+        kind="support_router",
+        workload_id=WORKLOAD,
+        start=START,
+        end=END,
+        count=2000,
+        seed=3,
+        client_ids=["c"],
+    )
+    results = [check(raw_row(r.source)) for r in records]
+    assert len(results) == 2000
+    clean = sum(isinstance(r, Conversation) for r in results)
+    assert 1700 < clean < 2000
+
+
+# --------------------------------------------------------------------------------------------------
+# Hand-written hostile corpus
+
+
+class Text(str):
+    """JSON text used verbatim (not re-encoded) for request_json / response_json."""
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_order_status",
+            "description": "Look up an order.",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "track_shipment",
+            "description": "Track a package.",
+            "parameters": {"type": "object", "properties": {"tracking_number": {"type": "string"}}},
+        },
+    },
+]
+
+
+def request(messages: Any = None, tools: Any = TOOLS, **extra: Any) -> dict[str, Any]:
+    if messages is None:
+        messages = [
+            {"role": "system", "content": "You route support requests."},
+            {"role": "user", "content": "where is order A-12345?"},
+        ]
+    out: dict[str, Any] = {"model": "teacher", "messages": messages, **extra}
+    if tools is not ...:
+        out["tools"] = tools
+    return out
+
+
+def call(name: str = "get_order_status", arguments: Any = '{"order_id":"A-12345"}', **extra: Any) -> dict:
+    return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}} | extra
+
+
+def response(*calls: Any, content: Any = None, message: Any = ..., choices: Any = ...) -> dict[str, Any]:
+    if message is ...:
+        message = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = list(calls)
+    if choices is ...:
+        choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
+    return {"id": "chatcmpl-1", "object": "chat.completion", "choices": choices}
+
+
+def row(req: Any = ..., resp: Any = ..., **fields: Any) -> dict[str, Any]:
+    """A raw row around a request and response; ``...`` means the clean default, None an absent key."""
+    req = request() if req is ... else req
+    resp = response(call()) if resp is ... else resp
+    out = {
+        "record_id": "r",
+        "timestamp": START + timedelta(hours=3),
+        "workload_id": WORKLOAD,
+        "client_id": "web",
+        "first_tool_name": None,
+        "request_json": _text(req),
+        "response_json": _text(resp),
+        "extra_json": None,
+        "es_index": "logs-1",
+        "es_id": "1",
+    }
+    out.update(fields)
+    return out
+
+
+def _text(value: Any) -> Any:
+    if value is None or isinstance(value, Text | bytes | int):
+        return value
+    return json.dumps(value)  # ensure_ascii: lone surrogates become "\ud800" escapes, as some loggers write
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def with_user(content: Any, **message: Any) -> dict[str, Any]:
+    return request([{"role": "system", "content": "sys"}, {"role": "user", "content": content, **message}])
+
+
+def with_role(role: Any) -> dict[str, Any]:
+    return request([{"role": "system", "content": "sys"}, {"role": role, "content": "hi"}])
+
+
+def without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+NULL_ROW = dict.fromkeys(
+    (
+        "record_id",
+        "timestamp",
+        "workload_id",
+        "client_id",
+        "first_tool_name",
+        "request_json",
+        "response_json",
+        "extra_json",
+        "es_index",
+        "es_id",
+    )
+)
+MSG0 = "request.messages[0]"
+MSG1 = "request.messages[1]"
+CALL0 = f"{ANSWER}.tool_calls[0]"
+ARGS0 = f"{CALL0}.function.arguments"
+
+HOSTILE: list[tuple[str, dict[str, Any], Reason, str]] = [
+    # whole-row and envelope
+    ("null everything", NULL_ROW, Reason.workload_mismatch, "workload_id"),
+    ("empty mapping", {}, Reason.workload_mismatch, "workload_id"),
+    ("workload mismatch", row(workload_id="billing"), Reason.workload_mismatch, "workload_id"),
+    ("workload not text", row(workload_id=["router"]), Reason.workload_mismatch, "workload_id"),
+    ("huge record", row(with_user("x" * 2_000_000)), Reason.record_too_large, "record"),
+    ("huge response", row(resp=response(content="y" * 1_500_000)), Reason.record_too_large, "record"),
+    ("timestamp null", row(timestamp=None), Reason.timestamp_missing, "timestamp"),
+    ("timestamp text", row(timestamp="2026-03-01T03:00:00Z"), Reason.timestamp_missing, "timestamp"),
+    ("timestamp epoch", row(timestamp=1772334000000), Reason.timestamp_missing, "timestamp"),
+    ("timestamp at end", row(timestamp=END), Reason.timestamp_outside_interval, "timestamp"),
+    (
+        "timestamp before start",
+        row(timestamp=START - timedelta(milliseconds=1)),
+        Reason.timestamp_outside_interval,
+        "timestamp",
+    ),
+    (
+        "timestamp far future",
+        row(timestamp=END + timedelta(days=400)),
+        Reason.timestamp_outside_interval,
+        "timestamp",
+    ),
+    # request
+    ("request absent", row(None), Reason.missing_request, "request"),
+    ("request null", row(Text("null")), Reason.missing_request, "request"),
+    ("request is a string", row("hello"), Reason.missing_request, "request"),
+    ("request is a number", row(42.5), Reason.missing_request, "request"),
+    ("request is a list", row([request()]), Reason.missing_request, "request"),
+    ("request truncated", row(Text('{"messages": [{"role": "user"')), Reason.unreadable_json, "request"),
+    ("request empty text", row(Text("")), Reason.unreadable_json, "request"),
+    ("request not text", row(12345), Reason.unreadable_json, "request"),
+    ("request NaN", row(Text('{"messages": NaN}')), Reason.unreadable_json, "request"),
+    ("request trailing junk", row(Text('{"messages": []} x')), Reason.unreadable_json, "request"),
+    ("request 5000-deep list", row(Text(nested(5000))), Reason.unreadable_json, "request"),
+    (
+        "request 5000-deep inside messages",
+        row(Text('{"messages": ' + nested(5000) + "}")),
+        Reason.unreadable_json,
+        "request",
+    ),
+    ("raw NUL byte in JSON text", row(Text('{"messages": "a\x00b"}')), Reason.unreadable_json, "request"),
+    ("request bytes not UTF-8", row(b'{"messages": "\xff\xfe"}'), Reason.invalid_text, "request"),
+    ("messages absent", row(without(request(), "messages")), Reason.missing_messages, "request.messages"),
+    (
+        "messages null",
+        row(request(messages=None) | {"messages": None}),
+        Reason.missing_messages,
+        "request.messages",
+    ),
+    ("messages a string", row(request("where is my order")), Reason.missing_messages, "request.messages"),
+    ("messages an object", row(request({"role": "user"})), Reason.missing_messages, "request.messages"),
+    ("messages empty", row(request([])), Reason.empty_messages, "request.messages"),
+    ("message a string", row(request(["hello"])), Reason.invalid_message, MSG0),
+    ("message null", row(request([None])), Reason.invalid_message, MSG0),
+    ("deeply nested junk message", row(request([json.loads(nested(60))])), Reason.invalid_message, MSG0),
+    ("content a number", row(with_user(12345)), Reason.invalid_message, f"{MSG1}.content"),
+    ("content an object", row(with_user({"text": "hi"})), Reason.invalid_message, f"{MSG1}.content"),
+    ("content part a string", row(with_user(["hi"])), Reason.invalid_message, f"{MSG1}.content[0]"),
+    (
+        "content text part without text",
+        row(with_user([{"type": "text", "text": None}])),
+        Reason.invalid_message,
+        f"{MSG1}.content[0]",
+    ),
+    (
+        "history tool_calls not a list",
+        row(with_user("hi", tool_calls={"id": "x"})),
+        Reason.invalid_message,
+        f"{MSG1}.tool_calls",
+    ),
+    (
+        "history tool_calls on a user message",
+        row(with_user("hi", tool_calls=[call()])),
+        Reason.invalid_message,
+        f"{MSG1}.tool_calls",
+    ),
+    ("role lookalike", row(with_role("ᴜser")), Reason.unknown_role, f"{MSG1}.role"),
+    ("role null", row(with_role(None)), Reason.unknown_role, f"{MSG1}.role"),
+    ("role capitalised", row(with_role("User")), Reason.unknown_role, f"{MSG1}.role"),
+    ("role a list", row(with_role(["user"])), Reason.unknown_role, f"{MSG1}.role"),
+    ("role legacy function", row(with_role("function")), Reason.unknown_role, f"{MSG1}.role"),
+    ("role absent", row(request([{"content": "hi"}])), Reason.unknown_role, f"{MSG0}.role"),
+    ("tools an object", row(request(tools={"get_order_status": {}})), Reason.invalid_tools, "request.tools"),
+    (
+        "tool type retrieval",
+        row(request(tools=[TOOLS[0], {"type": "retrieval"}])),
+        Reason.invalid_tools,
+        "request.tools[1].type",
+    ),
+    (
+        "tool without name",
+        row(request(tools=[{"type": "function", "function": {"description": "x"}}])),
+        Reason.invalid_tools,
+        "request.tools[0].function.name",
+    ),
+    ("tool a string", row(request(tools=["get_order_status"])), Reason.invalid_tools, "request.tools[0]"),
+    # invalid text
+    ("NUL escape in content", row(with_user("order\u0000A-1")), Reason.invalid_text, f"{MSG1}.content"),
+    (
+        "bell in system prompt",
+        row(request([{"role": "system", "content": "a\x07"}])),
+        Reason.invalid_text,
+        f"{MSG0}.content",
+    ),
+    ("DEL in content", row(with_user("abc\x7f")), Reason.invalid_text, f"{MSG1}.content"),
+    ("lone surrogate in content", row(with_user("hi \ud800 there")), Reason.invalid_text, f"{MSG1}.content"),
+    ("lone low surrogate", row(with_user("\udc80")), Reason.invalid_text, f"{MSG1}.content"),
+    ("lone surrogate in model", row(request(model="t\udfff")), Reason.invalid_text, "request.model"),
+    ("replacement char in content", row(with_user("caf\ufffd")), Reason.invalid_text, f"{MSG1}.content"),
+    (
+        "control char in text part",
+        row(with_user([{"type": "text", "text": "a\x1b[31m"}])),
+        Reason.invalid_text,
+        f"{MSG1}.content[0].text",
+    ),
+    (
+        "replacement char in answer",
+        row(resp=response(content="sorry \ufffd")),
+        Reason.invalid_text,
+        f"{ANSWER}.content",
+    ),
+    (
+        "control char in argument value",
+        row(resp=response(call(arguments='{"order_id":"A-1\\u0001"}'))),
+        Reason.invalid_text,
+        ARGS0,
+    ),
+    (
+        "lone surrogate in arguments",
+        row(resp=response(call(arguments='{"order_id":"\\ud800"}'))),
+        Reason.invalid_text,
+        f"{ARGS0}.order_id",
+    ),
+    (
+        "lone surrogate in response id",
+        row(resp=response(call()) | {"id": "\ud801"}),
+        Reason.invalid_text,
+        "response.id",
+    ),
+    # response
+    ("response absent", row(resp=None), Reason.missing_response, "response"),
+    ("response null", row(resp=Text("null")), Reason.missing_response, "response"),
+    ("response a list", row(resp=[response(call())]), Reason.missing_response, "response"),
+    ("response truncated", row(resp=Text('{"choices": [')), Reason.unreadable_json, "response"),
+    ("response 5000-deep", row(resp=Text(nested(5000))), Reason.unreadable_json, "response"),
+    ("choices absent", row(resp={"id": "x"}), Reason.missing_choices, "response.choices"),
+    ("choices a string", row(resp=response(choices="none")), Reason.missing_choices, "response.choices"),
+    ("choices null", row(resp=response(choices=None)), Reason.missing_choices, "response.choices"),
+    ("choices empty", row(resp=response(choices=[])), Reason.empty_choices, "response.choices"),
+    ("choices [null]", row(resp=response(choices=[None])), Reason.invalid_answer, "response.choices[0]"),
+    ("message a list", row(resp=response(message=[])), Reason.invalid_answer, ANSWER),
+    ("message absent", row(resp=response(choices=[{"index": 0}])), Reason.invalid_answer, ANSWER),
+    (
+        "answer role user",
+        row(resp=response(message={"role": "user", "content": "hi"})),
+        Reason.invalid_answer,
+        f"{ANSWER}.role",
+    ),
+    ("answer content a list", row(resp=response(content=["hi"])), Reason.invalid_answer, f"{ANSWER}.content"),
+    ("answer neither text nor calls", row(resp=response(content=None)), Reason.invalid_answer, ANSWER),
+    ("answer blank text", row(resp=response(content="  \n")), Reason.invalid_answer, ANSWER),
+    (
+        "answer empty tool_calls, no text",
+        row(resp=response(message={"role": "assistant", "content": "", "tool_calls": []})),
+        Reason.invalid_answer,
+        ANSWER,
+    ),
+    (
+        "tool_calls an object",
+        row(resp=response(message={"role": "assistant", "tool_calls": call()})),
+        Reason.invalid_answer,
+        f"{ANSWER}.tool_calls",
+    ),
+    (
+        "tool_calls a string",
+        row(resp=response(message={"role": "assistant", "tool_calls": "get_order_status"})),
+        Reason.invalid_answer,
+        f"{ANSWER}.tool_calls",
+    ),
+    ("tool call null", row(resp=response(None)), Reason.invalid_answer, CALL0),
+    (
+        "function absent",
+        row(resp=response({"id": "c", "type": "function"})),
+        Reason.invalid_answer,
+        f"{CALL0}.function",
+    ),
+    (
+        "function without name",
+        row(resp=response({"type": "function", "function": {"arguments": "{}"}})),
+        Reason.invalid_answer,
+        f"{CALL0}.function.name",
+    ),
+    (
+        "function name a number",
+        row(resp=response(call(name=123))),
+        Reason.invalid_answer,
+        f"{CALL0}.function.name",
+    ),
+    (
+        "function name empty",
+        row(resp=response(call(name=""))),
+        Reason.invalid_answer,
+        f"{CALL0}.function.name",
+    ),
+    (
+        "call type retrieval",
+        row(resp=response(call(type="retrieval"))),
+        Reason.wrong_tool_type,
+        f"{CALL0}.type",
+    ),
+    (
+        "call type a list",
+        row(resp=response(call(type=["function"]))),
+        Reason.wrong_tool_type,
+        f"{CALL0}.type",
+    ),
+    (
+        "unknown tool",
+        row(resp=response(call(name="get_weather"))),
+        Reason.unknown_tool,
+        f"{CALL0}.function.name",
+    ),
+    (
+        "second call unknown",
+        row(resp=response(call(), call(name="Get_Order_Status"))),
+        Reason.unknown_tool,
+        f"{ANSWER}.tool_calls[1].function.name",
+    ),
+    ("call with no tools offered", row(request(tools=...)), Reason.unknown_tool, f"{CALL0}.function.name"),
+    ("call with tools null", row(request(tools=None)), Reason.unknown_tool, f"{CALL0}.function.name"),
+    (
+        "arguments truncated",
+        row(resp=response(call(arguments='{"order_id": "A-1'))),
+        Reason.arguments_not_json,
+        ARGS0,
+    ),
+    ("arguments empty string", row(resp=response(call(arguments=""))), Reason.arguments_not_json, ARGS0),
+    (
+        "arguments an object",
+        row(resp=response(call(arguments={"order_id": "A-1"}))),
+        Reason.arguments_not_json,
+        ARGS0,
+    ),
+    ("arguments null value", row(resp=response(call(arguments=None))), Reason.arguments_not_json, ARGS0),
+    (
+        "arguments absent",
+        row(resp=response({"type": "function", "function": {"name": "track_shipment"}})),
+        Reason.arguments_not_json,
+        ARGS0,
+    ),
+    (
+        "arguments python repr",
+        row(resp=response(call(arguments="{'order_id': 'A-1'}"))),
+        Reason.arguments_not_json,
+        ARGS0,
+    ),
+    (
+        "arguments 5000-deep",
+        row(resp=response(call(arguments=nested(5000)))),
+        Reason.arguments_not_json,
+        ARGS0,
+    ),
+    (
+        "arguments out of range",
+        row(resp=response(call(arguments='{"n": 1e400}'))),
+        Reason.arguments_not_json,
+        ARGS0,
+    ),
+    ("arguments 'null'", row(resp=response(call(arguments="null"))), Reason.arguments_not_object, ARGS0),
+    ("arguments '[]'", row(resp=response(call(arguments="[]"))), Reason.arguments_not_object, ARGS0),
+    (
+        "arguments a JSON string",
+        row(resp=response(call(arguments=json.dumps('{"order_id":"A-1"}')))),
+        Reason.arguments_not_object,
+        ARGS0,
+    ),
+    ("arguments a number", row(resp=response(call(arguments="42"))), Reason.arguments_not_object, ARGS0),
+    (
+        "second call arguments broken",
+        row(resp=response(call(), call(arguments="{"))),
+        Reason.arguments_not_json,
+        f"{ANSWER}.tool_calls[1].function.arguments",
+    ),
+]
+
+
+def test_hostile_corpus_is_large_enough():
+    assert len(HOSTILE) >= 30
+    assert len({name for name, *_ in HOSTILE}) == len(HOSTILE)
+    assert {reason for _, _, reason, _ in HOSTILE} == set(Reason) - {Reason.check_error}
+
+
+@pytest.mark.parametrize(("name", "raw", "reason", "field"), HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_record_gets_reason_and_field(name, raw, reason, field):
+    result = check(raw)
+    assert isinstance(result, Violation), result
+    assert (result.reason, result.field) == (reason, field), result.detail
+    assert 0 < len(result.detail) <= 200
+
+
+def test_details_say_what_was_found():
+    assert "string" in check(row(request("where is my order"))).detail
+    assert "absent" in check(row(without(request(), "messages"))).detail
+    assert (
+        "expected a JSON string, got object"
+        in check(row(resp=response(call(arguments={"order_id": "A-1"})))).detail
+    )
+    assert "'get_weather'" in check(row(resp=response(call(name="get_weather")))).detail
+    assert "\\u1d1c" in check(row(with_role("ᴜser"))).detail
+    assert "U+0000" in check(row(with_user("a\u0000b"))).detail
+    assert "bytes, limit 1000000" in check(row(with_user("x" * 2_000_000))).detail
+
+
+def test_size_counts_utf8_bytes_not_characters():
+    clean = row()
+    limit = len(clean["request_json"]) + len(clean["response_json"])
+    assert isinstance(check(clean, max_record_bytes=limit), Conversation)
+    assert check(clean, max_record_bytes=limit - 1).reason == Reason.record_too_large
+    wide = row(with_user("é" * 100), timestamp=START)
+    wide["request_json"] = json.dumps(json.loads(wide["request_json"]), ensure_ascii=False)
+    chars = len(wide["request_json"]) + len(wide["response_json"])
+    assert check(wide, max_record_bytes=chars).reason == Reason.record_too_large
+    assert isinstance(check(wide, max_record_bytes=chars + 100), Conversation)
+
+
+def test_timestamps_at_start_inside_and_naive():
+    assert isinstance(check(row(timestamp=START)), Conversation)
+    assert isinstance(check(row(timestamp=END - timedelta(microseconds=1))), Conversation)
+    assert isinstance(check(row(timestamp=datetime(2026, 3, 1, 12))), Conversation)  # naive: UTC
+    assert check(row(timestamp=datetime(2026, 3, 2))).reason == Reason.timestamp_outside_interval
+
+
+def test_naive_interval_is_a_caller_error():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        check(row(), start=datetime(2026, 3, 1))
+
+
+def test_rows_that_are_not_mappings_are_quarantined_not_raised():
+    for junk in (None, 42, "row", ["request_json"]):
+        result = check(junk)  # type: ignore[arg-type]
+        assert isinstance(result, Violation)
+        assert result.reason == Reason.check_error
+
+
+def test_bytes_columns_are_read_as_utf8():
+    raw = row()
+    raw["request_json"] = raw["request_json"].encode()
+    raw["response_json"] = raw["response_json"].encode()
+    assert check(raw).label == "get_order_status"
+
+
+def test_first_failing_rule_wins():
+    # workload and timestamp come before anything in the JSON; the request before the response
+    both = row(request([]), response(choices=[]), workload_id="other", timestamp=END)
+    assert check(both).reason == Reason.workload_mismatch
+    assert check(both | {"workload_id": WORKLOAD}).reason == Reason.timestamp_outside_interval
+    assert check(both | {"workload_id": WORKLOAD, "timestamp": START}).reason == Reason.empty_messages
+
+
+# --------------------------------------------------------------------------------------------------
+# Clean shapes
+
+
+def test_plain_text_answer_with_tools_offered_is_clean_and_labelled():
+    result = check(row(resp=response(content="Happy to help! Anything else?")))
+    assert isinstance(result, Conversation)
+    assert result.label == NO_TOOL
+    assert result.tool_calls == []
+    assert result.content == "Happy to help! Anything else?"
+    assert [t["function"]["name"] for t in result.tools] == ["get_order_status", "track_shipment"]
+
+
+def test_tool_call_answer_parses_arguments():
+    result = check(row(resp=response(call(), call("track_shipment", '{"tracking_number":"1Z9"}'))))
+    assert result == Conversation(
+        messages=request()["messages"],
+        tools=TOOLS,
+        tool_calls=[
+            ToolCall("get_order_status", {"order_id": "A-12345"}),
+            ToolCall("track_shipment", {"tracking_number": "1Z9"}),
+        ],
+        content=None,
+    )
+    assert result.label == "get_order_status"
+
+
+def test_multi_turn_history_with_tool_calls_and_tool_results_is_clean():
+    messages = [
+        {"role": "system", "content": "You route support requests."},
+        {"role": "user", "content": "where is order A-12345?"},
+        {"role": "assistant", "content": None, "tool_calls": [call()]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped", "tracking": "1Z9"}'},
+        {"role": "assistant", "content": "It shipped! Tracking number 1Z9."},
+        {"role": "user", "content": [{"type": "text", "text": "can you track it?"}]},
+    ]
+    result = check(row(request(messages), response(call("track_shipment", '{"tracking_number":"1Z9"}'))))
+    assert isinstance(result, Conversation)
+    assert result.messages == messages
+    assert result.label == "track_shipment"
+
+
+def test_other_clean_shapes():
+    developer = request([{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert isinstance(check(row(developer)), Conversation)
+    image = with_user(
+        [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}, {"type": "text", "text": "?"}]
+    )
+    assert isinstance(check(row(image)), Conversation)
+    untyped = {"id": "c", "function": {"name": "get_order_status", "arguments": "{}"}}  # no "type": function
+    assert check(row(resp=response(untyped))).tool_calls == [ToolCall("get_order_status", {})]
+    big = check(row(resp=response(call(arguments='{"n": 123456789012345678901234567890}'))))
+    assert big.tool_calls[0].arguments == {"n": 123456789012345678901234567890}
+    text_and_call = check(row(resp=response(call(), content="Let me check.")))
+    assert (text_and_call.label, text_and_call.content) == ("get_order_status", "Let me check.")
+    unicode = check(row(with_user("Grüße, où est ma commande? 注文 \t\r\n 😀")))
+    assert isinstance(unicode, Conversation)
+    escaped = check(row(resp=response(call(arguments='{"order_id":"A-1\\n\\u00e9"}'))))
+    assert escaped.tool_calls[0].arguments == {"order_id": "A-1\né"}
+
+
+def test_roles_accepted():
+    assert {"system", "user", "assistant", "tool", "developer"} == ROLES
+
+
+def test_reason_values_are_stable_strings():
+    assert all(reason.value == reason.name for reason in Reason)
+    assert Reason("arguments_not_json") is Reason.arguments_not_json
+
+
+def test_shared_tool_definitions_are_checked_once_and_consistently():
+    bad = row(request(tools=[{"type": "retrieval"}]))
+    for _ in range(3):
+        assert check(bad).reason == Reason.invalid_tools
+        assert isinstance(check(row()), Conversation)
+
+
+JUNK: list[Any] = [
+    None,
+    True,
+    0,
+    -1.5,
+    "",
+    "x\u0000",
+    "\ud800",
+    "\ufffd",
+    [],
+    {},
+    [None],
+    {"role": None},
+    "{",
+    "[]",
+    "null",
+    10**30,
+    [[[[[]]]]],
+]
+
+
+def _nodes(value: Any, path: tuple = ()) -> list[tuple]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            out.extend(_nodes(sub, (*path, key)))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            out.extend(_nodes(sub, (*path, i)))
+    return out
+
+
+def _replace(value: Any, path: tuple, new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {k: _replace(v, rest, new) if k == head else v for k, v in value.items()}
+    return [_replace(v, rest, new) if i == head else v for i, v in enumerate(value)]
+
+
+def test_random_damage_never_raises_nor_reaches_the_safety_net():
+    """Replace one random node of a clean document by junk, many times: every result is a known outcome."""
+    rng = random.Random(11)
+    sources = [
+        r.source
+        for kind in ("support_router", "bfcl_live")
+        for r in generate_traffic(
+            kind=kind,
+            workload_id=WORKLOAD,
+            start=START,
+            end=END,
+            count=60,
+            seed=5,
+            client_ids=["c"],
+            noise_rate=0,
+        )
+    ]
+    outcomes: Counter[str] = Counter()
+    for _ in range(3000):
+        source = rng.choice(sources)
+        doc = {"request": source["request"], "response": source["response"]}
+        path = rng.choice(_nodes(doc)[1:])
+        damaged = _replace(doc, path, rng.choice(JUNK))
+        raw = row(damaged["request"], damaged["response"])
+        result = check(raw)
+        if isinstance(result, Violation):
+            assert result.reason != Reason.check_error, (path, result)
+            outcomes[result.reason] += 1
+        else:
+            outcomes["clean"] += 1
+    assert len(outcomes) >= 12
