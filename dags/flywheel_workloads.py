@@ -23,16 +23,10 @@ from airflow.sdk import (
 )
 from airflow.sdk.definitions.mappedoperator import MappedOperator
 
-from flywheel.config import ConfigError, FlywheelConfig, WorkloadConfig, load_config
+from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
 from flywheel.context import RunContext
 from flywheel.deliver.alerts import FlywheelNotifier
-from flywheel.errors import (
-    DataQualityError,
-    EvaluationFailedError,
-    NonRetryableJobError,
-    PromotionFailedError,
-    TrainingFailedError,
-)
+from flywheel.errors import PermanentError, RetryableError
 from flywheel.report.links import RunReportLink
 
 DOC_MD = """
@@ -97,23 +91,15 @@ Drop `--dry-run` once the listed logical dates are the ones you want. A manual r
 interval that ends at its logical date (or, without one, the latest complete interval).
 """
 
-# Retrying cannot fix a bad configuration or a batch that failed its expectations: fail at once.
+# One rule per kind of error (flywheel.errors): a permanent one fails the task at once.
 RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
-        RetryRule(exception=ConfigError, action=RetryAction.FAIL, reason="configuration error"),
-        RetryRule(exception=DataQualityError, action=RetryAction.FAIL, reason="data quality failed"),
         RetryRule(
-            exception=NonRetryableJobError,
+            exception=PermanentError,
             action=RetryAction.FAIL,
-            reason="job failed with bad configuration or out of memory",
+            reason="retrying cannot fix it (configuration, input, data quality, a job that failed for good)",
         ),
-        RetryRule(exception=TrainingFailedError, action=RetryAction.FAIL, reason="every candidate failed"),
-        RetryRule(exception=EvaluationFailedError, action=RetryAction.FAIL, reason="every evaluation failed"),
-        RetryRule(
-            exception=PromotionFailedError,
-            action=RetryAction.FAIL,
-            reason="promotion failed after the deploy hook's own retries; the champion is unchanged",
-        ),
+        RetryRule(exception=RetryableError, action=RetryAction.RETRY, reason="a retry may succeed"),
     ]
 )
 

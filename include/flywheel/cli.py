@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from flywheel.config import EVAL_TYPES, ConfigError, TrainingConfig, load_config
+from flywheel.config import EVAL_TYPES, TrainingConfig, load_config
+from flywheel.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

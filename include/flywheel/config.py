@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flywheel.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 """The repository root (``include/flywheel/config.py`` -> ``.``); the package is installed editable."""
 
@@ -30,10 +32,6 @@ WORKLOAD_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
 # A reference whose default holds no further reference; nested ones expand innermost first.
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:[^${}]|\$(?!\{))*))?\}")
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or invalid; the message says where and why."""
 
 
 class _Strict(BaseModel):

@@ -1,16 +1,38 @@
-"""Errors a stage raises on purpose, importable without its heavy dependencies (DAG files use them)."""
+"""The errors the flywheel raises on purpose, in one hierarchy (importable without heavy dependencies).
+
+Every error a DAG task lets out is either a :class:`RetryableError` (a retry may succeed: a lost node,
+a storage or network hiccup, logs that arrive late) or a :class:`PermanentError` (retrying the same
+task cannot fix it: a bad configuration or input, a batch that failed its expectations, a job that ran
+out of memory). The DAG's retry policy has one rule per kind.
+"""
 
 
-class DataQualityError(RuntimeError):
+class FlywheelError(Exception):
+    """Base of every error the flywheel raises on purpose."""
+
+
+class RetryableError(FlywheelError):
+    """A retry of the same task may succeed."""
+
+
+class PermanentError(FlywheelError):
+    """Retrying the same task cannot fix it: the task fails at once."""
+
+
+class ConfigError(PermanentError, ValueError):
+    """The configuration file is missing, unreadable or invalid; the message says where and why."""
+
+
+class DataQualityError(PermanentError):
     """A day's batch failed its expectations; its partitions and evidence are committed for inspection."""
 
 
-class AccountingError(RuntimeError):
+class AccountingError(RetryableError):
     """Records were lost or invented between extraction and validation; nothing was committed."""
 
 
-class JobFailedError(RuntimeError):
-    """A job (``flywheel train`` ...) exited non-zero; a retry may help (a lost node, a storage hiccup).
+class JobFailedError(FlywheelError):
+    """A job (``flywheel train`` ...) exited non-zero; its subclass says whether a retry may help.
 
     ``error`` is the job's own ``error.json`` when it wrote one.
     """
@@ -21,19 +43,23 @@ class JobFailedError(RuntimeError):
         self.error = error
 
 
-class NonRetryableJobError(JobFailedError):
+class TransientJobError(JobFailedError, RetryableError):
+    """A job failed in a way a retry may fix (a lost node, a storage hiccup)."""
+
+
+class NonRetryableJobError(JobFailedError, PermanentError):
     """A job failed in a way the same job cannot fix on retry: bad configuration or inputs, out of memory."""
 
 
-class TrainingFailedError(RuntimeError):
+class TrainingFailedError(PermanentError):
     """No candidate of the run produced an adapter."""
 
 
-class EvaluationFailedError(RuntimeError):
+class EvaluationFailedError(PermanentError):
     """No evaluation of the run produced a result."""
 
 
-class AlertDeliveryError(RuntimeError):
+class AlertDeliveryError(RetryableError):
     """One or more alert channels failed after every channel was tried.
 
     ``deliveries`` holds one record per channel (``channel``, ``conn_id``, ``status``, ``error``).
@@ -44,7 +70,7 @@ class AlertDeliveryError(RuntimeError):
         self.deliveries = deliveries
 
 
-class DeployError(RuntimeError):
+class DeployError(RetryableError):
     """Promoting a model to serving failed; the message names the target, the HTTP status and the reply.
 
     ``http_status`` is the last HTTP status received (None: no answer, or refused before any request).
@@ -55,6 +81,6 @@ class DeployError(RuntimeError):
         self.http_status = http_status
 
 
-class PromotionFailedError(RuntimeError):
+class PromotionFailedError(PermanentError):
     """The promote branch could not move the champion alias (the deploy hook failed, or the champion
     moved during the run); the registry is unchanged and an alert went out."""

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from flywheel.config import ConfigError, format_validation_error
+from flywheel.config import format_validation_error
+from flywheel.errors import ConfigError, PermanentError
 from flywheel.storage import storage_options_from_env
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ EXIT_OUT_OF_MEMORY = 3
 Settings = TypeVar("Settings", bound=BaseModel)
 
 
-class JobInputError(ValueError):
+class JobInputError(PermanentError, ValueError):
     """The job's inputs cannot be used as given (empty split, unreadable file, missing model...)."""
 
 

@@ -167,7 +167,7 @@ class ArtifactStore:
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Storage options from FLYWHEEL_STORAGE_OPTIONS in ``env`` (default: os.environ); {} when unset."""
-    from flywheel.config import ConfigError
+    from flywheel.errors import ConfigError
 
     text = (os.environ if env is None else env).get(STORAGE_OPTIONS_ENV)
     if not text:

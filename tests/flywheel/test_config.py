@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from conftest import write_config
-from flywheel.config import DEFAULT_CONFIG_PATH, ConfigError, FlywheelConfig, load_config
+from flywheel.config import DEFAULT_CONFIG_PATH, FlywheelConfig, load_config
+from flywheel.errors import ConfigError
 
 Raw = dict[str, Any]
 

@@ -19,7 +19,7 @@ from datetime import date
 from typing import Any
 
 from flywheel.config import CandidateConfig, FlywheelConfig, ModelConfig, WorkloadConfig
-from flywheel.errors import JobFailedError, NonRetryableJobError
+from flywheel.errors import JobFailedError, NonRetryableJobError, TransientJobError
 from flywheel.storage import STORAGE_OPTIONS_ENV
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def job_failure(
             exit_code=exit_code,
             error=error,
         )
-    return JobFailedError(
+    return TransientJobError(
         f"{where} failed with exit code {exit_code}: {detail}", exit_code=exit_code, error=error
     )
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from flywheel.config import WorkloadConfig
 from flywheel.dataset.splits import Candidate, Split, golden_selection, plan_splits
+from flywheel.errors import RetryableError
 from flywheel.storage import ArtifactStore, PartitionNotFound
 from flywheel.validate.keys import KEY_VERSION
 
@@ -67,7 +68,8 @@ class DatasetResult:
         return asdict(self)
 
 
-class EmptyWindowError(RuntimeError):
+class EmptyWindowError(RetryableError):
+    # Retryable: logs that arrive late can fill the window on a later try.
     """No validated day in the training window: there is nothing to build a dataset from."""
 
 

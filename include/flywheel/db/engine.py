@@ -11,7 +11,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from flywheel.config import ConfigError, MetadataConfig
+from flywheel.config import MetadataConfig
+from flywheel.errors import ConfigError
 
 
 def resolve_url(metadata: MetadataConfig) -> URL:

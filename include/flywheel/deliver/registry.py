@@ -21,12 +21,13 @@ from sqlalchemy.orm import Session
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
 from flywheel.db.models import AliasEvent, ModelAlias, ModelVersion, as_utc, utcnow
+from flywheel.errors import PermanentError
 
 CHAMPION = "champion"
 """The alias the serving side follows: the workload's production model."""
 
 
-class RegistryError(RuntimeError):
+class RegistryError(PermanentError):
     """A registry operation cannot be done as asked (unknown version, nothing to roll back to, a race)."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from flywheel.config import FlywheelConfig, LogSourceConfig, WorkloadConfig
 from flywheel.demo.traffic import DemoRecord, generate_traffic
+from flywheel.errors import PermanentError
 from flywheel.intervals import Interval, latest_intervals
 from flywheel.storage import ArtifactStore
 
@@ -40,7 +41,7 @@ DEFAULT_CLIENT_IDS = ("web-shop", "mobile-app", "partner-api")
 TEMPLATE_NAME = "flywheel-demo-logs"
 
 
-class SeedError(RuntimeError):
+class SeedError(PermanentError):
     """The log store rejected documents, or no configured workload has demo traffic."""
 
 

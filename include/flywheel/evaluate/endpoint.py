@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from flywheel.config import EndpointConfig, GenerationConfig
+from flywheel.errors import RetryableError
 from flywheel.evaluate.examples import openai_call
 from flywheel.evaluate.generation import Generation, Prompt
 
@@ -40,7 +41,7 @@ PROGRESS_EVERY = 50
 _BODY_EXCERPT = 300
 
 
-class EndpointError(RuntimeError):
+class EndpointError(RetryableError):
     """A chat-completions request failed for good: the message says why and after how many attempts.
 
     ``status`` is the last HTTP status (``None`` when the last attempt got no response).

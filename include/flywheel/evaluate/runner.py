@@ -24,7 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from flywheel.config import ConfigError, EvalType, EvaluationConfig, ModelConfig
+from flywheel.config import EvalType, EvaluationConfig, ModelConfig
+from flywheel.errors import ConfigError, RetryableError
 from flywheel.evaluate.examples import EvalExample, examples_hash, load_examples, load_train_examples
 from flywheel.evaluate.generation import Generation, Generator, Prompt
 from flywheel.evaluate.parsing import ParsedAnswer, parse_generation
@@ -53,7 +54,7 @@ _SCORE_OF = {
 }
 
 
-class GenerationErrorsError(RuntimeError):
+class GenerationErrorsError(RetryableError):
     """Too many examples got no answer at all (the endpoint kept failing): the evaluation is not usable."""
 
 

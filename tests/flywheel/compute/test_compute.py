@@ -212,7 +212,7 @@ def test_storage_options_reach_the_job_and_the_reader(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["not json", "[1, 2]"])
 def test_malformed_storage_options_are_a_config_error(text: str) -> None:
-    from flywheel.config import ConfigError
+    from flywheel.errors import ConfigError
     from flywheel.storage import STORAGE_OPTIONS_ENV, storage_options_from_env
 
     with pytest.raises(ConfigError, match=STORAGE_OPTIONS_ENV):

@@ -21,10 +21,11 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from flywheel.config import ConfigError, MetadataConfig
+from flywheel.config import MetadataConfig
 from flywheel.db.engine import get_engine, resolve_url, session_scope
 from flywheel.db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
 from flywheel.db.models import Base, Evaluation, Run, RunStage
+from flywheel.errors import ConfigError
 from flywheel.tracking import StageRecord, ensure_run, record_evaluation, record_stage
 from postgres import PostgresServer, pg_binary
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from elasticsearch.serializer import OrjsonSerializer
 
-from flywheel.config import ConfigError, LogSourceConfig
+from flywheel.config import LogSourceConfig
+from flywheel.errors import ConfigError
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from flywheel.config import ConfigError, LogSourceConfig
+from flywheel.config import LogSourceConfig
+from flywheel.errors import ConfigError
 from flywheel.extract.partition import extract_interval
 from flywheel.extract.sources.elasticsearch import HitPages, connect, interval_query
 from flywheel.storage import ArtifactStore
