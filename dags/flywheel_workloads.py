@@ -18,11 +18,10 @@ from airflow.sdk import (
     RetryAction,
     RetryRule,
     TriggerRule,
-    XComArg,
     task,
 )
-from airflow.sdk.definitions.mappedoperator import MappedOperator
 
+from flywheel.compute.backend import compute_backend
 from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
 from flywheel.context import RunContext
 from flywheel.deliver.alerts import FlywheelNotifier
@@ -74,7 +73,7 @@ Notifications ({channels}) go out on promotion, alerts and task failures; `flywh
 --workload {workload_id}` prints the champion's history, `flywheel registry rollback` restores the
 previous one.
 
-**Log source**: index `{index}` on connection `{conn_id}`{clients}.
+**Log source**: `{source_type}`, reading `{source_location}`{clients}.
 **Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
 (`runs`, `run_stages`).
 
@@ -103,17 +102,13 @@ RETRY_POLICY = ExceptionRetryPolicy(
     ]
 )
 
-BACKEND_DOCS = {
-    "local": "a subprocess of the worker, output streamed into this log",
-    "kubernetes": "a GPU pod from `k8s_templates/<train|evaluate>-pod.yaml`, logs streamed into this log",
-}
-
 
 def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
     """The flywheel DAG of one workload."""
     workload_id = workload.workload_id
     source = workload.log_source
     defaults = config.airflow
+    backend = compute_backend(config)
     with DAG(
         dag_id=workload.dag_id,
         description=f"Nightly data flywheel for workload {workload_id}",
@@ -127,8 +122,8 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             dag_id=workload.dag_id,
             description=workload.description.strip() or "(no description)",
             schedule=workload.schedule,
-            index=source.index,
-            conn_id=source.conn_id,
+            source_type=source.type,
+            source_location=source.location,
             clients=f", clients {', '.join(workload.client_ids)}" if workload.client_ids else ", all clients",
             artifact_root=config.artifact_store.root,
             window=workload.training_window_days,
@@ -140,7 +135,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 (["`champion`"] if workload.evaluation.champion else [])
                 + [f"`{t}`" for t in workload.evaluation.eval_types]
             ),
-            backend_doc=BACKEND_DOCS[config.compute.backend],
+            backend_doc=backend.doc,
             policy=f"primary metric `{workload.decision.primary_metric}`, alpha {workload.decision.alpha}, "
             f"floor {workload.decision.floor}, at least {workload.decision.min_examples} examples",
             deploy=workload.deploy.type,
@@ -164,7 +159,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 type="integer",
                 minimum=10,
                 maximum=10_000,
-                description="Hits per Elasticsearch page for this run.",
+                description="Log records per page read from the log source for this run.",
             ),
             "client_ids": Param(
                 workload.client_ids,
@@ -178,7 +173,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
         render_template_as_native_obj=True,
     ) as dag:
 
-        @task(task_id="extract", doc_md="Stream the data interval's logs from Elasticsearch into Parquet.")
+        @task(task_id="extract", doc_md="Stream the data interval's logs from the log source into Parquet.")
         def extract(params: dict) -> dict:
             from flywheel.extract import tasks
 
@@ -280,12 +275,13 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
         dataset = build_dataset()
         extract() >> validate() >> dataset
         train_plan = plan_training(dataset)
-        trained = job_tasks(config, "train", train_plan) >> collect_training(dataset, train_plan)
+        # The compute backend makes the mapped job tasks: one `train` / `evaluate` instance per planned job.
+        training = backend.mapped_task("train", train_plan, doc_md=JOB_DOCS["train"])
+        trained = training >> collect_training(dataset, train_plan)
         evaluation_plan = plan_evaluation(dataset, train_plan)
         trained >> evaluation_plan
-        evaluated = job_tasks(config, "evaluate", evaluation_plan) >> collect_evaluation(
-            dataset, evaluation_plan
-        )
+        evaluation = backend.mapped_task("evaluate", evaluation_plan, doc_md=JOB_DOCS["evaluate"])
+        evaluated = evaluation >> collect_evaluation(dataset, evaluation_plan)
         decision = decide()
         evaluated >> decision
         outcomes = [promote(decision), alert(decision), no_change(decision)]
@@ -308,40 +304,6 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 )
 def watcher() -> None:
     raise RuntimeError("a task of this run failed: see the failed task's log and the run report")
-
-
-def job_tasks(config: FlywheelConfig, kind: str, jobs: XComArg) -> XComArg | MappedOperator:
-    """The mapped ``kind`` task (``train``, ``evaluate``) on the configured compute backend: one per job.
-
-    Each mapped task is labelled in the UI with its candidate id (and eval type for evaluations).
-    """
-    doc_md = JOB_DOCS[kind]
-    suffix = "/{}" if kind == "evaluate" else ""
-    if config.compute.backend == "kubernetes":
-        from flywheel.compute.kubernetes import FlywheelJobPodOperator, job_pod_arguments, job_pod_defaults
-
-        label = "{{ task.labels['flywheel.io/candidate'] }}"
-        return FlywheelJobPodOperator.partial(
-            task_id=kind,
-            doc_md=doc_md,
-            map_index_template=label + suffix.format("{{ task.labels['flywheel.io/eval-type'] }}"),
-            **job_pod_defaults(config.compute.kubernetes, kind),
-        ).expand_kwargs(jobs.map(job_pod_arguments))
-
-    local_label = "{{ candidate_id }}" + suffix.format("{{ eval_type }}")
-
-    @task(task_id=kind, doc_md=doc_md, map_index_template=local_label)
-    def run_job(job: dict) -> None:
-        from airflow.sdk import get_current_context
-
-        from flywheel.compute import local
-
-        context = get_current_context()
-        context["candidate_id"] = job["labels"]["flywheel.io/candidate"]
-        context["eval_type"] = job["labels"].get("flywheel.io/eval-type")
-        local.run_job(job)
-
-    return run_job.expand(job=jobs)
 
 
 JOB_DOCS = {

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from flywheel.config import LogSourceConfig
 from flywheel.demo.seed import log_index_template
-from flywheel.extract.sources.elasticsearch import connect
+from flywheel.extract.sources.elasticsearch import ElasticsearchSource, connect
 
 START = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 END = START + timedelta(days=1)
@@ -45,7 +44,14 @@ def log_doc(moment: datetime, n: int, *, client: str = "web", workload: str = WO
     }
 
 
-def index_docs(source: LogSourceConfig, docs: list[dict]) -> None:
+def clean_doc(moment: datetime, n: int, **kwargs: str) -> dict:
+    """A log document that passes validation: :func:`log_doc` with the called tool offered."""
+    doc = log_doc(moment, n, **kwargs)
+    doc["request"]["tools"] = [{"type": "function", "function": {"name": "get_order_status"}}]
+    return doc
+
+
+def index_docs(source: ElasticsearchSource, docs: list[dict]) -> None:
     """Write documents into a fresh index matching ``source.index`` through the production client path."""
     from elasticsearch.helpers import bulk
 

@@ -234,7 +234,8 @@ def _config_check(args: argparse.Namespace) -> int:
     for workload in config.workloads:
         clients = ",".join(workload.client_ids) if workload.client_ids else "all clients"
         candidates = ", ".join(f"{c.candidate_id}={c.base_model}" for c in workload.training.candidates)
-        print(f"  {workload.dag_id}: {workload.log_source.index} ({clients}), schedule {workload.schedule!r}")
+        where = workload.log_source.location
+        print(f"  {workload.dag_id}: {where} ({clients}), schedule {workload.schedule!r}")
         print(f"    candidates: {candidates}")
         champion = workload.evaluation.champion
         shown = "none" if champion is None else describe(champion)
@@ -261,7 +262,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _registry_show(args: argparse.Namespace) -> int:
-    from flywheel import registry
+    from flywheel.deliver import registry
 
     config = load_config(args.config)
     workload_id = config.workload(args.workload).workload_id
@@ -299,7 +300,7 @@ def _registry_show(args: argparse.Namespace) -> int:
 
 
 def _registry_rollback(args: argparse.Namespace) -> int:
-    from flywheel import registry
+    from flywheel.deliver import registry
 
     config = load_config(args.config)
     workload = config.workload(args.workload)
@@ -317,7 +318,7 @@ def _registry_rollback(args: argparse.Namespace) -> int:
 
 
 def _registry_promote(args: argparse.Namespace) -> int:
-    from flywheel import registry
+    from flywheel.deliver import registry
 
     config = load_config(args.config)
     workload = config.workload(args.workload)
@@ -348,7 +349,7 @@ def _registry_call(move: Callable[[Any], Any], workload: Any, args: argparse.Nam
     from flywheel.errors import DeployError
 
     deployment: dict[str, Any] = {}
-    hook = None if args.no_deploy else deploy_hook(workload.deploy, workload.workload_id, results=deployment)
+    hook = None if args.no_deploy else deploy_hook(workload.deploy, results=deployment)
     try:
         result = move(hook)
     except (RegistryError, DeployError) as exc:

@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from flywheel.errors import ConfigError
 
@@ -40,19 +52,62 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LogSourceConfig(_Strict):
-    """Where a workload's production logs live in Elasticsearch and how to page through them."""
+class PluginConfig(_Strict):
+    """A block whose ``type`` picks its implementation from a registry (:mod:`flywheel.plugins`).
 
-    conn_id: str = Field("flywheel_logs", description="Airflow connection id of the Elasticsearch cluster.")
-    index: str = Field(..., min_length=1, description="Index, alias or pattern, e.g. 'llm-logs-*'.")
-    timestamp_field: str = "timestamp"
-    workload_field: str = "workload_id"
-    client_field: str = "client_id"
-    page_size: int = Field(1000, ge=10, le=10_000, description="Hits per page (PIT/search_after or scroll).")
-    keep_alive: str = Field(
-        "5m", pattern=r"^\d+[smh]$", description="PIT / scroll context lifetime per page."
-    )
-    request_timeout_s: float = Field(120.0, gt=0)
+    The implementation subclasses this model and declares its own options as fields, beside its code
+    (a deploy hook, an alert channel): the block is validated by the model that ``type`` names, so a
+    user's own implementation, named by dotted path, checks its own options.
+    """
+
+    # Validators are built on first use: a config names one implementation of the several defined.
+    model_config = ConfigDict(defer_build=True)
+
+    type: str
+
+
+def by_type(registry: str) -> WrapValidator:
+    """Validation of a :class:`PluginConfig` block by the model its ``type`` names in ``registry``.
+
+    ``registry`` is the import path of the :class:`~flywheel.plugins.Registry`, imported when a config
+    is validated (its implementations import this module); its built-ins live in modules that import
+    nothing heavy. Errors name the key: ``<block>.type`` for an unknown type, ``<block>.<option>`` for
+    a bad option.
+    """
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> PluginConfig:
+        if not isinstance(value, dict):
+            return handler(value)  # an instance passes as it is
+        kind = value.get("type")
+        if not isinstance(kind, str):
+            # Missing or not text: that is the error, not the options no implementation declared.
+            return handler({"type": kind} if "type" in value else {})
+        from flywheel.plugins import PluginNotFoundError, import_object
+
+        try:
+            model = import_object(registry).resolve(kind)
+        except PluginNotFoundError as exc:
+            error = InitErrorDetails(type="value_error", loc=("type",), input=kind, ctx={"error": exc})
+            raise ValidationError.from_exception_data(PluginConfig.__name__, [error]) from None
+        return model.model_validate(value)
+
+    return WrapValidator(validate)
+
+
+def _elasticsearch_by_default(value: Any) -> Any:
+    # Configs written before log sources had types are Elasticsearch blocks without a ``type``.
+    if isinstance(value, dict) and "type" not in value:
+        return {"type": "elasticsearch", **value}
+    return value
+
+
+LogSourceConfig = Annotated[
+    SerializeAsAny[PluginConfig],
+    by_type("flywheel.extract.sources:LOG_SOURCES"),
+    BeforeValidator(_elasticsearch_by_default),
+]
+"""A workload's ``log_source`` block: a :class:`flywheel.extract.sources.LogSource` (``elasticsearch``, the
+default when ``type`` is absent, ``files`` or the dotted path of the user's own) with its options."""
 
 
 class AirflowDefaults(_Strict):
@@ -302,6 +357,23 @@ class EvaluationConfig(_Strict):
         le=1,
         description="Fail the job when more examples than this share got no answer (endpoint errors).",
     )
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Your own per-example metrics (dotted paths, 'package.module:Name'), computed besides "
+        "the built-in ones.",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_known(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            try:
+                _metric(name, per_example=True)
+            except ValueError as exc:
+                raise ValueError(f"{i}: {exc}") from None
+        if len(set(value)) != len(value):
+            raise ValueError("lists a metric twice")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -348,27 +420,19 @@ class WorkloadEvaluationConfig(_Strict):
         return value
 
 
-ACCURACY_METRICS = (
-    "function_name_accuracy",
-    "function_name_and_args_accuracy",
-    "tool_call_ast_accuracy",
-    "no_call_accuracy",
-)
-"""Per-example binary metrics where higher is better: a decision's primary metric is one of these."""
+def _metric(name: str, *, per_example: bool = False, higher_is_better: bool = False) -> str:
+    """``name`` if it names a metric (built-in or dotted path) of the required kind; else ValueError.
 
-AccuracyMetric = Literal[
-    "function_name_accuracy", "function_name_and_args_accuracy", "tool_call_ast_accuracy", "no_call_accuracy"
-]
-GuardrailMetric = Literal[
-    "function_name_accuracy",
-    "function_name_and_args_accuracy",
-    "tool_call_ast_accuracy",
-    "no_call_accuracy",
-    "parse_error_rate",
-    "latency_p95_s",
-]
-LOWER_IS_BETTER = ("parse_error_rate", "latency_p95_s")
-"""Guardrail metrics where a larger value is worse."""
+    The definitions come from :mod:`flywheel.evaluate.metrics`, which is light: no ``evaluate`` import.
+    """
+    from flywheel.evaluate.metrics import ExampleMetric, get_metric
+
+    metric = get_metric(name)
+    if per_example and not isinstance(metric, ExampleMetric):
+        raise ValueError(f"{name!r} is a run statistic, not a metric scored per example")
+    if higher_is_better and not metric.higher_is_better:
+        raise ValueError(f"{name!r} is lower-is-better; the primary metric must be higher-is-better")
+    return name
 
 
 class GuardrailConfig(_Strict):
@@ -400,7 +464,10 @@ class DecisionPolicyConfig(_Strict):
     considered) by at least ``min_effect``, reach ``floor``, and stay non-inferior on every guardrail.
     """
 
-    primary_metric: AccuracyMetric = "function_name_and_args_accuracy"
+    primary_metric: str = Field(
+        "function_name_and_args_accuracy",
+        description="A higher-is-better per-example metric: a built-in name or the dotted path of your own.",
+    )
     alpha: float = Field(0.05, gt=0, le=0.5, description="Significance level of the superiority test.")
     min_effect: float = Field(
         0.02, ge=0, lt=1, description="Smallest improvement of the primary metric worth a promotion."
@@ -412,7 +479,10 @@ class DecisionPolicyConfig(_Strict):
         None, ge=0, le=1, description="Below this on fresh data the champion has drifted; null: floor."
     )
     min_examples: int = Field(100, ge=1, description="Fewer paired examples: no promotion.")
-    guardrails: dict[GuardrailMetric, GuardrailConfig] = Field(default_factory=_default_guardrails)
+    guardrails: dict[str, GuardrailConfig] = Field(
+        default_factory=_default_guardrails,
+        description="Metric (a built-in name or the dotted path of your own) to its non-inferiority margin.",
+    )
     bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
     challenger_eval_types: list[Literal["base", "icl", "customized"]] = Field(
         default_factory=lambda: ["base", "icl", "customized"],
@@ -420,83 +490,36 @@ class DecisionPolicyConfig(_Strict):
         description="Variants that may become the challenger.",
     )
 
+    @field_validator("primary_metric")
+    @classmethod
+    def _primary_metric_known(cls, value: str) -> str:
+        return _metric(value, per_example=True, higher_is_better=True)
+
+    @field_validator("guardrails")
+    @classmethod
+    def _guardrail_metrics_known(cls, value: dict[str, GuardrailConfig]) -> dict[str, GuardrailConfig]:
+        for name in value:
+            try:
+                _metric(name)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return value
+
     @property
     def drift_floor(self) -> float:
         """The primary metric below which the champion counts as drifted."""
         return self.floor if self.champion_floor is None else self.champion_floor
 
 
-class NoDeployConfig(_Strict):
-    """Promotion moves the registry alias only (the serving side polls the registry)."""
-
-    type: Literal["none"] = "none"
-
-
-class WebhookDeployConfig(_Strict):
-    """Promotion POSTs the new champion (JSON) to an HTTP endpoint named by an Airflow connection."""
-
-    type: Literal["webhook"]
-    conn_id: str = Field(..., min_length=1, description="Airflow connection (http) of the webhook URL.")
-    timeout_s: float = Field(30.0, gt=0)
-    max_retries: int = Field(2, ge=0, le=10, description="Retries after a connection error or a 5xx.")
-
-
-class VllmDeployConfig(_Strict):
-    """Promotion loads the champion's adapter into a running vLLM server (``POST /v1/load_lora_adapter``).
-
-    The server must run with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; it reads the adapter from
-    ``adapter_uri`` as it sees that path (a shared volume or a URL its resolver understands).
-    """
-
-    type: Literal["vllm"]
-    conn_id: str = Field(..., min_length=1, description="Airflow connection (http) of the vLLM server.")
-    adapter_name: str = Field(
-        "{workload_id}-v{version}",
-        min_length=1,
-        description="Name the adapter is served under; {workload_id} and {version} are filled in.",
-    )
-    timeout_s: float = Field(120.0, gt=0)
-
-    @field_validator("adapter_name")
-    @classmethod
-    def _known_fields(cls, value: str) -> str:
-        try:
-            value.format(workload_id="w", version=1)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"only {{workload_id}} and {{version}} may be used ({exc})") from None
-        return value
-
-
-DeployConfig = Annotated[NoDeployConfig | WebhookDeployConfig | VllmDeployConfig, Field(discriminator="type")]
-
-
-class SlackChannelConfig(_Strict):
-    """Alerts to Slack through an incoming-webhook connection (apache-airflow-providers-slack)."""
-
-    type: Literal["slack"]
-    conn_id: str = Field("slack_default", min_length=1, description="A slackwebhook connection.")
-
-
-class EmailChannelConfig(_Strict):
-    """Alerts by e-mail through an SMTP connection (apache-airflow-providers-smtp)."""
-
-    type: Literal["email"]
-    conn_id: str = Field("smtp_default", min_length=1, description="An smtp connection.")
-    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(..., min_length=1)
-    from_email: str | None = Field(None, description="Sender; null: the connection's from_email.")
-
-
-class WebhookChannelConfig(_Strict):
-    """Alerts as a JSON POST to an HTTP connection (apache-airflow-providers-http)."""
-
-    type: Literal["webhook"]
-    conn_id: str = Field(..., min_length=1, description="An http connection.")
-    endpoint: str = Field("", description="Path appended to the connection's URL.")
-
+DeployConfig = Annotated[SerializeAsAny[PluginConfig], by_type("flywheel.deliver.deploy:DEPLOY_HOOKS")]
+"""A workload's ``deploy`` block: a :class:`flywheel.deliver.deploy.DeployHook` (``none``, ``webhook``,
+``vllm`` or the dotted path of the user's own) with its options."""
 
 AlertChannelConfig = Annotated[
-    SlackChannelConfig | EmailChannelConfig | WebhookChannelConfig, Field(discriminator="type")
+    SerializeAsAny[PluginConfig], by_type("flywheel.deliver.channels:ALERT_CHANNELS")
 ]
+"""One of ``alerts.channels``: a :class:`flywheel.deliver.channels.AlertChannel` (``slack``, ``email``,
+``webhook`` or the dotted path of the user's own) with its options."""
 
 NotifyEvent = Literal["promote", "alert", "no_change", "task_failure"]
 
@@ -533,7 +556,7 @@ class WorkloadConfig(_Strict):
     training: WorkloadTrainingConfig = Field(default_factory=WorkloadTrainingConfig)
     evaluation: WorkloadEvaluationConfig = Field(default_factory=WorkloadEvaluationConfig)
     decision: DecisionPolicyConfig = Field(default_factory=DecisionPolicyConfig)
-    deploy: DeployConfig = Field(default_factory=NoDeployConfig)
+    deploy: DeployConfig = Field({"type": "none"}, validate_default=True)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     tags: list[str] = Field(default_factory=list)
 
@@ -561,6 +584,21 @@ class WorkloadConfig(_Strict):
         if any(b - a != timedelta(days=1) for a, b in itertools.pairwise(fires)):
             raise ValueError(f"{value!r} does not fire exactly once a day (e.g. '0 2 * * *')")
         return value
+
+    @model_validator(mode="after")
+    def _decision_metrics_evaluated(self) -> WorkloadConfig:
+        from flywheel.evaluate.metrics import METRICS
+
+        evaluated = set(self.evaluation.settings.metrics)
+        named = {"decision.primary_metric": [self.decision.primary_metric]}
+        named["decision.guardrails"] = list(self.decision.guardrails)
+        for key, names in named.items():
+            for name in names:
+                if name not in METRICS.builtin_names and name not in evaluated:
+                    raise ValueError(
+                        f"{key}: {name!r} is not evaluated; add it to evaluation.settings.metrics"
+                    )
+        return self
 
     @property
     def dag_id(self) -> str:
@@ -626,14 +664,31 @@ class KubernetesComputeConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
-    """Where heavy jobs (training, evaluation) run: pods on Kubernetes or local processes."""
+    """Where heavy jobs (training, evaluation) run: pods on Kubernetes, local processes, or the user's own."""
 
-    backend: Literal["local", "kubernetes"] = "local"
+    backend: str = Field(
+        "local",
+        description="A :class:`flywheel.compute.backend.ComputeBackend`: 'local', 'kubernetes' or the dotted "
+        "path of the user's own ('package.module:Name').",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Non-secret environment of every job, on both backends (secrets: kubernetes.secret_env).",
     )
     kubernetes: KubernetesComputeConfig | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_known(cls, value: str) -> str:
+        from flywheel.compute.backend import COMPUTE_BACKENDS
+        from flywheel.plugins import is_dotted_path
+
+        # A built-in is imported only when the DAG uses it (the kubernetes provider is slow to import);
+        # the user's own is imported now, so that a wrong path is an error of this key.
+        if is_dotted_path(value):
+            COMPUTE_BACKENDS.resolve(value)
+            return value
+        return COMPUTE_BACKENDS.check(value)
 
     @model_validator(mode="after")
     def _kubernetes_block_when_used(self) -> ComputeConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from flywheel import artifacts
 from flywheel.config import format_validation_error
 from flywheel.errors import ConfigError, PermanentError
 from flywheel.storage import storage_options_from_env
@@ -70,8 +70,8 @@ def clear_outputs(output_uri: str, outputs: Iterable[str]) -> None:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
-    for name in {*outputs, "result.json", "error.json"}:
-        path = posixpath.join(root, name)
+    for name in {*outputs, artifacts.RESULT, artifacts.ERROR}:
+        path = artifacts.job_uri(root, name)
         if fs.exists(path):
             fs.rm(path, recursive=True)
 
@@ -90,7 +90,7 @@ def write_error(output_uri: str, exc: BaseException, code: int) -> None:
             "retryable": code == EXIT_FAILED,
             "traceback": traceback.format_exception(exc)[-5:],
         }
-        fs.pipe_file(posixpath.join(root, "error.json"), json.dumps(payload, indent=2).encode())
+        fs.pipe_file(artifacts.job_uri(root, artifacts.ERROR), json.dumps(payload, indent=2).encode())
     except Exception as write_error:
         log.error("could not write error.json to %s: %s", output_uri, write_error)
 
@@ -101,7 +101,9 @@ def write_result(output_uri: str, result: dict[str, Any]) -> None:
 
     fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(posixpath.join(root, "result.json"), json.dumps(result, indent=2, default=str).encode())
+    fs.pipe_file(
+        artifacts.job_uri(root, artifacts.RESULT), json.dumps(result, indent=2, default=str).encode()
+    )
 
 
 def load_settings(source: str | None, model: type[Settings], flag: str) -> Settings:

@@ -47,9 +47,11 @@ def is_dotted_path(name: str) -> bool:
 class Registry(Generic[T]):
     """The implementations of one extension point, built-in by name and the user's own by dotted path."""
 
-    def __init__(self, kind: str, builtins: Mapping[str, str]) -> None:
-        """``kind`` names the extension point in errors; ``builtins`` maps each ``type`` to an import path."""
+    def __init__(self, kind: str, builtins: Mapping[str, str], *, base: type | None = None) -> None:
+        """``kind`` names the extension point in errors; ``builtins`` maps each ``type`` to an import path;
+        ``base``, when given, is the class every implementation must subclass."""
         self.kind = kind
+        self.base = base
         self._builtins = dict(builtins)
 
     @property
@@ -67,5 +69,11 @@ class Registry(Generic[T]):
         )
 
     def resolve(self, name: str) -> T:
-        """The implementation named ``name``, imported now."""
-        return import_object(self._builtins.get(self.check(name), name))
+        """The implementation named ``name``, imported now (checked to subclass ``base`` when one is set)."""
+        implementation = import_object(self._builtins.get(self.check(name), name))
+        if self.base is not None and not (
+            isinstance(implementation, type) and issubclass(implementation, self.base)
+        ):
+            base = f"{self.base.__module__}.{self.base.__qualname__}"
+            raise PluginNotFoundError(f"{self.kind} {name!r} is not a subclass of {base}")
+        return implementation

@@ -1,14 +1,7 @@
 """The artifact store: one fsspec URL root holding every file the flywheel produces.
 
-Layout under the root (``docs/artifact-store.md`` explains each part)::
-
-    raw/<workload_id>/<YYYY-MM-DD>/_partition.json            commit record of the day's partition
-    raw/<workload_id>/<YYYY-MM-DD>/v-<version>/part-00000.parquet
-    clean/<workload_id>/<YYYY-MM-DD>/...                        validated, PII-scrubbed records (same layout)
-    quarantine/<workload_id>/<YYYY-MM-DD>/...                   records that broke a rule, with the reason
-    datasets/<workload_id>/<dataset_id>/...
-    runs/<workload_id>/<run_key>/...
-    reports/<workload_id>/<run_key>/...
+The layout under the root is built in :mod:`flywheel.artifacts` (``docs/artifact-store.md`` explains
+each part); this module turns its relative paths into filesystem paths and URLs and commits atomically.
 
 A day partition (of any layer) is written as a new version directory whose name starts with
 ``_tmp-`` (readers such as pyarrow and Spark skip ``_``-prefixed paths), renamed to ``v-<version>``
@@ -32,14 +25,10 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
-PARTITION_MARKER = "_partition.json"
-_TMP_PREFIX = "_tmp-"
-_VERSION_PREFIX = "v-"
+from flywheel import artifacts
+
 STORAGE_OPTIONS_ENV = "FLYWHEEL_STORAGE_OPTIONS"
 """Hands ``artifact_store.storage_options`` (non-secret, JSON) to job processes, which read no config file."""
-
-LAYERS = ("raw", "clean", "quarantine")
-"""Day-partitioned layers: extracted records, validated records, rejected records."""
 
 
 class PartitionNotFound(FileNotFoundError):
@@ -57,7 +46,7 @@ class StagedPartition:
     path: str
 
     def part_path(self, index: int) -> str:
-        return posixpath.join(self.path, f"part-{index:05d}.parquet")
+        return posixpath.join(self.path, artifacts.part_name(index))
 
 
 class ArtifactStore:
@@ -78,9 +67,8 @@ class ArtifactStore:
         return self.fs.unstrip_protocol(path)
 
     def day_path(self, workload_id: str, day: date, layer: str = "raw") -> str:
-        if layer not in LAYERS:
-            raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(LAYERS)}")
-        return self.path(layer, workload_id, day.isoformat())
+        """Filesystem path of the day partition of ``layer`` (ValueError for an unknown layer)."""
+        return self.path(artifacts.day_dir(layer, workload_id, day))
 
     def raw_day_path(self, workload_id: str, day: date) -> str:
         return self.day_path(workload_id, day, "raw")
@@ -98,7 +86,7 @@ class ArtifactStore:
             workload_id,
             day,
             version,
-            posixpath.join(self.day_path(workload_id, day, layer), _TMP_PREFIX + version),
+            artifacts.staging_dir(self.day_path(workload_id, day, layer), version),
         )
         self.fs.makedirs(staged.path, exist_ok=True)
         try:
@@ -114,7 +102,7 @@ class ArtifactStore:
         version and the part files; the complete commit record is returned.
         """
         day_path = self.day_path(staged.workload_id, staged.day, staged.layer)
-        final = posixpath.join(day_path, _VERSION_PREFIX + staged.version)
+        final = artifacts.version_dir(day_path, staged.version)
         self.fs.mv(staged.path, final, recursive=True)
         parts = sorted(p for p in self.fs.ls(final, detail=False) if p.endswith(".parquet"))
         commit = {
@@ -127,16 +115,17 @@ class ArtifactStore:
             "parts": [posixpath.basename(p) for p in parts],
             "committed_at": datetime.now(UTC).isoformat(),
         }
-        self.write_json_atomic(posixpath.join(day_path, PARTITION_MARKER), commit)
+        self.write_json_atomic(artifacts.marker(day_path), commit)
+        kept = posixpath.basename(final)
         for entry in self.fs.ls(day_path, detail=False):
             name = posixpath.basename(entry.rstrip("/"))
-            if name.startswith((_VERSION_PREFIX, _TMP_PREFIX)) and name != _VERSION_PREFIX + staged.version:
+            if name.startswith((artifacts.VERSION_PREFIX, artifacts.STAGING_PREFIX)) and name != kept:
                 self._remove(entry)
         return commit
 
     def read_partition_record(self, workload_id: str, day: date, layer: str = "raw") -> dict[str, Any]:
         """The commit record of the day's partition; PartitionNotFound if none was committed."""
-        marker = posixpath.join(self.day_path(workload_id, day, layer), PARTITION_MARKER)
+        marker = artifacts.marker(self.day_path(workload_id, day, layer))
         try:
             with self.fs.open(marker, "rb") as fh:
                 return json.load(fh)
@@ -146,7 +135,7 @@ class ArtifactStore:
     def partition_files(self, workload_id: str, day: date, layer: str = "raw") -> list[str]:
         """Paths of the committed Parquet parts of the day's partition, in order."""
         record = self.read_partition_record(workload_id, day, layer)
-        base = posixpath.join(self.day_path(workload_id, day, layer), _VERSION_PREFIX + record["version"])
+        base = artifacts.version_dir(self.day_path(workload_id, day, layer), record["version"])
         return [posixpath.join(base, name) for name in record["parts"]]
 
     def write_json_atomic(self, path: str, payload: dict[str, Any]) -> None:

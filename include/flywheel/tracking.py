@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import Column, Date, DateTime, select
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
@@ -91,18 +92,12 @@ def _finish(metadata: MetadataConfig, handle: StageRecord, status: str, error: s
 
 def record_partition(metadata: MetadataConfig, result: ExtractionResult, run_id: int) -> None:
     """Insert or replace the ``raw_partitions`` row of the extracted workload and day."""
-    _upsert(
+    _record(
         metadata,
         RawPartition,
-        {"workload_id": result.workload_id, "day": result.day},
-        interval_start=result.interval_start,
-        interval_end=result.interval_end,
-        record_count=result.records,
-        part_count=result.parts,
-        byte_count=result.bytes,
-        uri=result.uri,
-        version=result.version,
-        read_method=result.read_method,
+        result,
+        key=("workload_id", "day"),
+        renamed={"record_count": "records", "part_count": "parts", "byte_count": "bytes"},
         run_id=run_id,
         extracted_at=utcnow(),
     )
@@ -110,47 +105,54 @@ def record_partition(metadata: MetadataConfig, result: ExtractionResult, run_id:
 
 def record_validation(metadata: MetadataConfig, result: DayValidation, run_id: int | None) -> None:
     """Insert or replace the ``validated_partitions`` row of the validated workload and day."""
-    _upsert(
-        metadata,
-        ValidatedPartition,
-        {"workload_id": result.workload_id, "day": result.day},
-        extracted=result.extracted,
-        clean=result.clean,
-        quarantined=result.quarantined,
-        duplicates_in_day=result.duplicates_in_day,
-        success=result.success,
-        failed_expectations=result.failed_expectations,
-        reasons=result.reasons,
-        tool_shift=result.tool_shift,
-        clean_uri=result.clean_uri,
-        quarantine_uri=result.quarantine_uri,
-        validation_uri=result.validation_uri,
-        data_docs_uri=result.data_docs_uri,
-        run_id=run_id,
-        validated_at=utcnow(),
+    _record(
+        metadata, ValidatedPartition, result, key=("workload_id", "day"), run_id=run_id, validated_at=utcnow()
     )
 
 
 def record_dataset(metadata: MetadataConfig, result: DatasetResult, run_id: int | None) -> None:
     """Insert (or, for an identical rebuild, refresh) the ``datasets`` row."""
-    _upsert(
+    _record(
         metadata,
         Dataset,
-        {"dataset_id": result.dataset_id},
-        workload_id=result.workload_id,
-        uri=result.uri,
-        manifest_uri=result.manifest_uri,
-        train_records=result.counts["train"],
-        validation_records=result.counts["validation"],
-        evaluation_records=result.counts["evaluation"],
-        duplicates_removed=result.duplicates_removed,
-        first_day=date.fromisoformat(result.first_day),
-        last_day=date.fromisoformat(result.last_day),
-        content_hash=result.content_hash,
-        config_hash=result.config_hash,
+        result,
+        key=("dataset_id",),
         run_id=run_id,
         created_at=utcnow(),
+        **{f"{split}_records": count for split, count in result.counts.items()},
     )
+
+
+def _record(
+    metadata: MetadataConfig,
+    table: type[Base],
+    result: Any,
+    *,
+    key: tuple[str, ...],
+    renamed: Mapping[str, str] | None = None,
+    **values: Any,
+) -> None:
+    """Insert or replace the row of ``table`` that holds ``result`` (a dataclass), found by ``key`` columns.
+
+    Every column takes the result's field of the same name (or the field ``renamed`` names for it),
+    converted to the column's type where the result keeps it as text (ISO dates); ``values`` add the
+    columns the result does not hold. The table's own row id is never taken from a result.
+    """
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    row: dict[str, Any] = {}
+    for column in table.__table__.columns:
+        name = column.key if column.key in fields else (renamed or {}).get(column.key)
+        if name in fields and (column.key in key or not column.primary_key):
+            row[column.key] = _as_column_type(column, fields[name])
+    row |= values
+    _upsert(metadata, table, {column: row.pop(column) for column in key}, **row)
+
+
+def _as_column_type(column: Column[Any], value: Any) -> Any:
+    """``value`` as ``column`` stores it: ISO text becomes a date or datetime for such columns."""
+    if isinstance(value, str) and isinstance(column.type, Date | DateTime):
+        return (date if isinstance(column.type, Date) else datetime).fromisoformat(value)
+    return value
 
 
 def _upsert(metadata: MetadataConfig, table: type[Base], key: dict[str, Any], /, **values: Any) -> None:

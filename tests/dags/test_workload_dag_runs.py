@@ -139,3 +139,40 @@ def test_rerunning_a_day_replaces_its_partition(
         ).all()
         assert len(rows) == 1
         assert rows[0].version == second["version"]
+
+
+def test_a_day_from_the_files_log_source(dagbag, airflow_db, make_config, tiny_model, tmp_path: Path):
+    """The same DAG on a gateway's JSONL export (day folders under a file:// URL) instead of Elasticsearch."""
+    logs = tmp_path / "gateway-logs"
+    flywheel_config = make_config(log_source={"type": "files", "url": f"file://{logs}"})
+    workload = flywheel_config.workload("bfcl_live_assistant")
+    seed_logs(flywheel_config, days=1, records_per_day=200, now=NOW, workloads=[workload.workload_id])
+    ((start, end),) = latest_intervals(workload.schedule, 1, NOW)
+    in_window = sum(
+        start <= datetime.fromisoformat(doc["timestamp"]) < end
+        for path in sorted(logs.glob("dt=*/*.jsonl"))
+        for doc in map(json.loads, path.read_text().splitlines())
+    )
+    store = ArtifactStore(flywheel_config.artifact_store.root)
+
+    dag_run = dagbag.dags[workload.dag_id].test(logical_date=end)
+
+    assert dag_run.state == "success"
+    committed = store.read_partition_record(workload.workload_id, start.date())
+    assert committed["source"] == "files" and committed["read_method"] == "jsonl"
+    assert [Path(f).name for f in committed["day_folders"]] == [
+        f"dt={start.date().isoformat()}",
+        f"dt={end.date().isoformat()}",
+    ]
+    with session_scope(flywheel_config.metadata) as session:
+        (partition,) = session.scalars(select(RawPartition)).all()
+        assert partition.record_count == committed["records"] == in_window > 20
+        assert partition.read_method == "jsonl"
+        (validated,) = session.scalars(select(ValidatedPartition)).all()
+        assert validated.extracted == validated.clean + validated.quarantined == in_window
+        stages = session.scalars(select(RunStage).order_by(RunStage.id)).all()
+        assert [(s.stage, s.status) for s in stages][:2] == [
+            ("extract", "succeeded"),
+            ("validate", "succeeded"),
+        ]
+        assert stages[0].summary["read_method"] == "jsonl"

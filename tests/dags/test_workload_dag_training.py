@@ -172,6 +172,33 @@ def test_a_killed_training_job_is_retried(
     assert len(hashes) == 1
 
 
+def test_a_users_own_compute_backend_runs_the_jobs(
+    dagbag, airflow_db, empty_log_store, tiny_model, tmp_path, monkeypatch
+):
+    from flywheel.config import flywheel_home
+    from my_flywheel.compute import GpuLockBackend
+
+    config = configure(
+        tmp_path,
+        monkeypatch,
+        {**TEST_TRAINING, "candidates": [{"candidate_id": "tiny", "base_model": tiny_model}]},
+        compute={"backend": "my_flywheel.compute:GpuLockBackend"},
+    )
+    (flywheel_home() / "gpu.lock").unlink(missing_ok=True)
+
+    dag_run = run_latest_day(config)
+
+    assert GpuLockBackend.doc in workload_dag(config, WORKLOAD).doc_md
+    assert train_instances(dag_run)["tiny"].state == "success"
+    assert mapped_instances(dag_run, "evaluate")["tiny/customized"].state == "success"
+    assert dag_run.state == "success"
+    output = Path(config.artifact_store.root) / "runs" / WORKLOAD / "2026-11-20"
+    assert json.loads((output / "train" / "tiny" / "result.json").read_text())["steps"] == 2
+    assert (output / "evaluate" / "tiny" / "customized" / "result.json").is_file()
+    # The last job to hold the GPU lock was the evaluation.
+    assert (flywheel_home() / "gpu.lock").read_text() == "eval-customer-support-router-tiny-custom"
+
+
 def kill_first_job(output: str, killed: list[int], timeout: float = 300) -> None:
     """SIGKILL the first ``flywheel train`` process that writes to ``output``, once it has started."""
     deadline = time.monotonic() + timeout

@@ -400,7 +400,7 @@ def test_kubernetes_backend_reads_its_image_from_the_environment(monkeypatch: py
 
 def test_unknown_backend_is_rejected(edited_config: Callable[..., Path]) -> None:
     message = load_error(edited_config(lambda raw: raw["compute"].update(backend="slurm")))
-    assert "compute.backend: Input should be 'local' or 'kubernetes'" in message
+    assert "compute.backend: unknown compute backend 'slurm': use one of 'local', 'kubernetes'" in message
 
 
 def test_kubernetes_backend_needs_its_block(edited_config: Callable[..., Path]) -> None:
@@ -532,3 +532,131 @@ def test_unknown_eval_type_is_rejected(edited_config: Callable[..., Path]) -> No
         "workloads[0].evaluation.eval_types[1]: Input should be 'base', 'icl' or 'customized'"
         in load_error(edited_config(unknown))
     )
+
+
+# --- metrics: built-in by name, the user's own by dotted path -----------------------------------
+
+
+def test_primary_metric_must_be_higher_is_better(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0].setdefault("decision", {})["primary_metric"] = "parse_error_rate"
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].decision.primary_metric: 'parse_error_rate' is lower-is-better" in message
+
+
+def test_unknown_guardrail_metric_is_named(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0].setdefault("decision", {})["guardrails"] = {"no_cal_accuracy": {"margin": 0.05}}
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].decision.guardrails: no_cal_accuracy: unknown metric" in message
+    assert "'no_call_accuracy'" in message  # the built-ins are listed
+
+
+def test_evaluated_metric_must_be_a_metric(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        evaluation = raw["workloads"][0].setdefault("evaluation", {})
+        evaluation.setdefault("settings", {})["metrics"] = [
+            "custom_metrics:OfferedToolsOnly",
+            "conftest:log_store",
+        ]
+
+    message = load_error(edited_config(edit))
+
+    assert "workloads[0].evaluation.settings.metrics: 1: 'conftest:log_store' is not a metric" in message
+
+
+def test_own_metric_in_the_decision_must_be_evaluated(edited_config: Callable[..., Path]) -> None:
+    own = "custom_metrics:OfferedToolsOnly"
+
+    def guard(raw: Raw) -> None:
+        raw["workloads"][0].setdefault("decision", {})["guardrails"] = {own: {"margin": 0.02}}
+
+    def guard_and_evaluate(raw: Raw) -> None:
+        guard(raw)
+        raw["workloads"][0].setdefault("evaluation", {}).setdefault("settings", {})["metrics"] = [own]
+
+    message = load_error(edited_config(guard))
+    workload = load_config(edited_config(guard_and_evaluate)).workloads[0]
+
+    assert f"decision.guardrails: '{own}' is not evaluated; add it to evaluation.settings.metrics" in message
+    assert list(workload.decision.guardrails) == [own]
+    assert workload.evaluation.settings.metrics == [own]
+
+
+def test_deploy_and_alert_blocks_are_validated_by_the_model_their_type_names(
+    edited_config: Callable[..., Path],
+) -> None:
+    from flywheel.deliver.channels import EmailChannel
+    from flywheel.deliver.deploy import NoDeploy, VllmDeploy
+
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["deploy"] = {"type": "vllm", "conn_id": "vllm_router"}
+        raw["workloads"][0]["alerts"] = {"channels": [{"type": "email", "to": ["oncall@example.com"]}]}
+
+    config = load_config(edited_config(edit))
+    first, second = config.workloads[0], config.workloads[1]
+    assert first.deploy == VllmDeploy(conn_id="vllm_router", adapter_name="{workload_id}-v{version}")
+    assert first.alerts.channels == [EmailChannel(to=["oncall@example.com"], conn_id="smtp_default")]
+    assert second.deploy == NoDeploy()  # no deploy block: the registry alias only
+    assert config.model_dump()["workloads"][0]["deploy"]["conn_id"] == "vllm_router"
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (
+            {"deploy": {"type": "kubectl"}},
+            "workloads[0].deploy.type: unknown deploy hook 'kubectl': use one of 'none', 'webhook', 'vllm'",
+        ),
+        ({"deploy": {"conn_id": "x"}}, "workloads[0].deploy.type: Field required"),
+        ({"deploy": {"type": "vllm"}}, "workloads[0].deploy.conn_id: Field required"),
+        ({"deploy": {"type": "webhook", "conn_id": "x", "retries": 3}}, "workloads[0].deploy.retries: Extra"),
+        (
+            {"alerts": {"channels": [{"type": "pager"}]}},
+            "workloads[0].alerts.channels[0].type: unknown alert channel 'pager': use one of 'slack'",
+        ),
+        (
+            {"alerts": {"channels": [{"type": "email", "to": ["not an address"]}]}},
+            "workloads[0].alerts.channels[0].to[0]: String should match pattern",
+        ),
+        (
+            {"deploy": {"type": "my_flywheel.deploy:ChampionFile"}},
+            "workloads[0].deploy.path: Field required",
+        ),
+        (
+            {"deploy": {"type": "my_flywheel.deploy:NoSuchHook"}},
+            "workloads[0].deploy.type: module 'my_flywheel.deploy' has no 'NoSuchHook'",
+        ),
+        (
+            {"deploy": {"type": "my_flywheel.alerts:TeamsChannel", "conn_id": "teams"}},
+            "workloads[0].deploy.type: deploy hook 'my_flywheel.alerts:TeamsChannel' is not a subclass of "
+            "flywheel.deliver.deploy.DeployHook",
+        ),
+    ],
+    ids=[
+        "unknown-hook",
+        "no-type",
+        "missing-option",
+        "unknown-option",
+        "unknown-channel",
+        "bad-channel-option",
+        "own-hook-option",
+        "own-hook-missing",
+        "own-class-of-another-kind",
+    ],
+)
+def test_deploy_and_alert_errors_name_the_key(
+    edited_config: Callable[..., Path], block: dict[str, Any], expected: str
+) -> None:
+    assert expected in load_error(edited_config(lambda raw: raw["workloads"][0].update(block)))
+
+
+def test_own_compute_backend_is_imported_when_the_config_is_read(edited_config: Callable[..., Path]) -> None:
+    path = edited_config(lambda raw: raw["compute"].update(backend="my_flywheel.compute:GpuLockBackend"))
+    assert load_config(path).compute.backend == "my_flywheel.compute:GpuLockBackend"
+    missing = edited_config(lambda raw: raw["compute"].update(backend="my_flywheel.nowhere:Backend"))
+    assert "compute.backend: cannot import module 'my_flywheel.nowhere'" in load_error(missing)

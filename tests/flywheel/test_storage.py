@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.storage import PARTITION_MARKER, ArtifactStore, PartitionNotFound, StagedPartition
+from flywheel.artifacts import PARTITION_MARKER
+from flywheel.storage import ArtifactStore, PartitionNotFound, StagedPartition
 
 WORKLOAD = "customer_support_router"
 DAY = date(2026, 11, 20)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.config import CandidateConfig, FlywheelConfig, ModelConfig, WorkloadConfig
 from flywheel.errors import JobFailedError, NonRetryableJobError, TransientJobError
 from flywheel.storage import STORAGE_OPTIONS_ENV
@@ -64,8 +64,7 @@ class JobSpec:
 
 def train_output_uri(config: FlywheelConfig, workload_id: str, day: date, candidate_id: str) -> str:
     """Where the candidate's training job of the day writes its adapter: ``runs/<wl>/<day>/train/<c>``."""
-    root = config.artifact_store.root.rstrip("/")
-    return posixpath.join(root, "runs", workload_id, day.isoformat(), "train", candidate_id)
+    return artifacts.uri(config.artifact_store.root, artifacts.train_dir(workload_id, day, candidate_id))
 
 
 def train_job(
@@ -100,7 +99,7 @@ def train_job(
     )
 
 
-CHAMPION = "champion"
+CHAMPION_CANDIDATE_ID = "champion"
 """The candidate id under which the champion's evaluation is planned, stored and labelled."""
 
 
@@ -108,8 +107,8 @@ def evaluate_output_uri(
     config: FlywheelConfig, workload_id: str, day: date, candidate_id: str, eval_type: str
 ) -> str:
     """Where an evaluation writes: ``runs/<wl>/<day>/evaluate/<candidate>/<eval_type>``."""
-    root = config.artifact_store.root.rstrip("/")
-    return posixpath.join(root, "runs", workload_id, day.isoformat(), "evaluate", candidate_id, eval_type)
+    relative = artifacts.evaluate_dir(workload_id, day, candidate_id, eval_type)
+    return artifacts.uri(config.artifact_store.root, relative)
 
 
 def evaluate_job(
@@ -205,7 +204,7 @@ def job_failure(
 
     The job's ``error.json`` (when it wrote one) supplies the message and is attached to the error.
     """
-    error = read_job_file(output_uri, "error.json", storage_options)
+    error = read_job_file(output_uri, artifacts.ERROR, storage_options)
     detail = f"{error['error']}: {error['message']}" if error else "no error.json written"
     if exit_code in EXIT_CODES_NOT_RETRIED:
         return NonRetryableJobError(
@@ -226,7 +225,7 @@ def read_job_file(
     import fsspec
 
     try:
-        with fsspec.open(posixpath.join(output_uri, name), "rb", **(storage_options or {})) as handle:
+        with fsspec.open(artifacts.job_uri(output_uri, name), "rb", **(storage_options or {})) as handle:
             return json.loads(handle.read())
     except FileNotFoundError:
         return None
@@ -256,8 +255,8 @@ def read_outcomes(
     """The outcome of every planned job (``JobSpec.to_dict`` form), in plan order."""
     outcomes = []
     for spec in map(JobSpec.from_dict, jobs):
-        result = read_job_file(spec.output_uri, "result.json", storage_options)
-        error = None if result else read_job_file(spec.output_uri, "error.json", storage_options)
+        result = read_job_file(spec.output_uri, artifacts.RESULT, storage_options)
+        error = None if result else read_job_file(spec.output_uri, artifacts.ERROR, storage_options)
         outcomes.append(JobOutcome(spec, result, error))
     return outcomes
 

@@ -10,15 +10,37 @@ this module imports the cncf-kubernetes provider; DAG files import it only when 
 from __future__ import annotations
 
 import posixpath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.common.compat.sdk import AirflowException
 
-from flywheel.compute import JOB_ENTRYPOINT, JobSpec, job_failure
+from flywheel.compute import JOB_ENTRYPOINT, LABEL_PREFIX, JobSpec, job_failure
+from flywheel.compute.backend import ComputeBackend
 from flywheel.config import KubernetesComputeConfig
 from flywheel.storage import storage_options_from_env
+
+if TYPE_CHECKING:
+    from airflow.sdk import XComArg
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+
+class KubernetesBackend(ComputeBackend):
+    """Each job in its own pod (:class:`FlywheelJobPodOperator`) from ``compute.kubernetes``'s template."""
+
+    doc = "a GPU pod from `k8s_templates/<train|evaluate>-pod.yaml`, logs streamed into this log"
+
+    def mapped_task(self, kind: str, jobs: XComArg, *, doc_md: str) -> MappedOperator:
+        """A FlywheelJobPodOperator mapped over the jobs; the map index is read from the pod's labels."""
+        kubernetes = self.config.compute.kubernetes
+        assert kubernetes is not None  # the config requires the block for this backend
+        label = f"{{{{ task.labels['{LABEL_PREFIX}candidate'] }}}}"
+        if kind == "evaluate":
+            label += f"/{{{{ task.labels['{LABEL_PREFIX}eval-type'] }}}}"
+        return FlywheelJobPodOperator.partial(
+            task_id=kind, doc_md=doc_md, map_index_template=label, **job_pod_defaults(kubernetes, kind)
+        ).expand_kwargs(jobs.map(job_pod_arguments))
 
 
 class FlywheelJobPodOperator(KubernetesPodOperator):

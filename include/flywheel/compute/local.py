@@ -7,17 +7,44 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flywheel.compute import JobSpec, job_failure
+from flywheel.compute import LABEL_PREFIX, JobSpec, job_failure
+from flywheel.compute.backend import ComputeBackend
 from flywheel.storage import storage_options_from_env
+
+if TYPE_CHECKING:
+    from airflow.sdk import XComArg
 
 log = logging.getLogger(__name__)
 
 
-def run_job(job: dict[str, Any]) -> None:
-    """Body of the mapped ``train`` / ``evaluate`` task on the ``local`` backend: run one planned job."""
-    run_local(JobSpec.from_dict(job))
+class LocalBackend(ComputeBackend):
+    """Each job as a subprocess of the worker that runs its task (:func:`run_local`).
+
+    Subclass it and override :meth:`run` to change how a job runs on the worker and keep the task.
+    """
+
+    doc = "a subprocess of the worker, output streamed into this log"
+
+    def mapped_task(self, kind: str, jobs: XComArg, *, doc_md: str) -> XComArg:
+        """A ``@task`` mapped over the jobs; the map index is read from the job's labels."""
+        from airflow.sdk import get_current_context, task
+
+        label = "{{ candidate_id }}" + ("/{{ eval_type }}" if kind == "evaluate" else "")
+
+        @task(task_id=kind, doc_md=doc_md, map_index_template=label)
+        def run_job(job: dict[str, Any]) -> None:
+            context = get_current_context()
+            context["candidate_id"] = job["labels"][f"{LABEL_PREFIX}candidate"]
+            context["eval_type"] = job["labels"].get(f"{LABEL_PREFIX}eval-type")
+            self.run(JobSpec.from_dict(job))
+
+        return run_job.expand(job=jobs)
+
+    def run(self, job: JobSpec) -> None:
+        """Run one job in the task instance that owns it (the body of the mapped task)."""
+        run_local(job)
 
 
 def run_local(job: JobSpec, *, logger: logging.Logger | None = None) -> None:

@@ -6,7 +6,7 @@ the window on their conversation key (newest wins), then split by a salted hash 
 (:mod:`flywheel.dataset.splits`), so a record keeps its split from night to night and nothing seen
 in evaluation is ever trained on.
 
-Layout under ``datasets/<workload_id>/``::
+Layout under ``datasets/<workload_id>/`` (the paths are built in :mod:`flywheel.artifacts`)::
 
     <dataset_id>/train.jsonl        chat form for SFT: {"messages": [... , assistant answer], "tools": [...]}
     <dataset_id>/validation.jsonl   same form
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from typing import Any
 import msgspec
 import pyarrow.parquet as pq
 
+from flywheel import artifacts
 from flywheel.config import WorkloadConfig
 from flywheel.dataset.splits import Candidate, Split, golden_selection, plan_splits
 from flywheel.errors import RetryableError
@@ -73,7 +73,7 @@ class EmptyWindowError(RetryableError):
     """No validated day in the training window: there is nothing to build a dataset from."""
 
 
-def config_hash(workload: WorkloadConfig) -> str:
+def dataset_config_hash(workload: WorkloadConfig) -> str:
     """Hash of everything that decides a dataset's content besides the data itself."""
     settings = {
         "data_quality": workload.data_quality.model_dump(mode="json"),
@@ -118,13 +118,10 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         max_train_records=splits.max_train_records,
     )
 
-    base = store.path("datasets", workload.workload_id)
-    staging = posixpath.join(base, f"_tmp-{uuid.uuid4().hex[:8]}")
+    staging = store.path(artifacts.dataset_staging_dir(workload.workload_id, uuid.uuid4().hex[:8]))
     store.fs.makedirs(staging, exist_ok=True)
     try:
-        files = {
-            split: store.fs.open(posixpath.join(staging, f"{split.value}.jsonl"), "wb") for split in Split
-        }
+        files = {split: store.fs.open(artifacts.split_uri(staging, split.value), "wb") for split in Split}
         digests = {split: hashlib.sha256() for split in Split}
         per_label: dict[str, Counter[str]] = defaultdict(Counter)
         try:
@@ -168,11 +165,11 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             "pii": dict(sum((Counter(s["pii"]) for s in sources), Counter())),
             "accounting": {s["day"]: s["accounting"] for s in sources},
             "split_rules": workload.data_quality.splits.model_dump(mode="json"),
-            "config_hash": config_hash(workload),
+            "config_hash": dataset_config_hash(workload),
             "content_hash": content_hash,
         }
-        store.write_json_atomic(posixpath.join(staging, "manifest.json"), manifest)
-        final = posixpath.join(base, dataset_id)
+        store.write_json_atomic(artifacts.manifest_uri(staging), manifest)
+        final = store.path(artifacts.dataset_dir(workload.workload_id, dataset_id))
         if store.fs.exists(final):
             store.fs.rm(final, recursive=True)  # same inputs, same id: an identical rebuild
         store.fs.mv(staging, final, recursive=True)
@@ -181,13 +178,15 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             store.fs.rm(staging, recursive=True)
         raise
     _point_latest(
-        store, base, {"dataset_id": dataset_id, "uri": store.uri(final), "last_day": window[-1].isoformat()}
+        store,
+        workload.workload_id,
+        {"dataset_id": dataset_id, "uri": store.uri(final), "last_day": window[-1].isoformat()},
     )
     return DatasetResult(
         dataset_id=dataset_id,
         workload_id=workload.workload_id,
         uri=store.uri(final),
-        manifest_uri=store.uri(posixpath.join(final, "manifest.json")),
+        manifest_uri=store.uri(artifacts.manifest_uri(final)),
         counts=counts,
         duplicates_removed=manifest["duplicates_removed"],
         first_day=window[0].isoformat(),
@@ -259,7 +258,7 @@ def _example(row: dict[str, Any], split: Split) -> dict[str, Any]:
 
 
 def _golden_path(store: ArtifactStore, workload: WorkloadConfig) -> str:
-    return store.path("datasets", workload.workload_id, "golden", "evaluation.jsonl")
+    return store.path(artifacts.golden_path(workload.workload_id))
 
 
 def _golden(
@@ -301,10 +300,10 @@ def _read_rows(
             yield from batch.to_pylist()
 
 
-def _point_latest(store: ArtifactStore, base: str, pointer: dict[str, str]) -> None:
+def _point_latest(store: ArtifactStore, workload_id: str, pointer: dict[str, str]) -> None:
     """Point ``latest.json`` at this dataset unless one of a later window is already there
     (re-running an old day must not make training fall back to older data)."""
-    path = posixpath.join(base, "latest.json")
+    path = store.path(artifacts.latest_path(workload_id))
     if store.fs.exists(path):
         with store.fs.open(path, "rb") as handle:
             current = json.load(handle)

@@ -95,7 +95,7 @@ class RawPartition(Base):
     byte_count: Mapped[int] = mapped_column(BigInteger)
     uri: Mapped[str] = mapped_column(Text)
     version: Mapped[str] = mapped_column(String(64))
-    read_method: Mapped[str] = mapped_column(String(16))  # pit | scroll
+    read_method: Mapped[str] = mapped_column(String(16))  # the log source's: pit, scroll, jsonl, parquet...
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     extracted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

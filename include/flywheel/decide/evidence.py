@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 
+from flywheel import artifacts
 from flywheel.config import FlywheelConfig
 from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision as DecisionRow
@@ -23,13 +24,6 @@ from flywheel.decide.policy import UPSTREAM_FAILURES, Decision, Outcomes, Reason
 from flywheel.deliver.registry import VersionInfo, get_version, register_version
 
 log = logging.getLogger(__name__)
-
-REPORT_NAME = "run-report.html"
-
-
-def report_path(workload_id: str, day: date) -> str:
-    """Where a run's HTML report lives in the artifact store (next to the day's Data Docs)."""
-    return f"reports/{workload_id}/{day.isoformat()}/{REPORT_NAME}"
 
 
 def latest_stages(config: FlywheelConfig, run_id: int) -> dict[str, RunStage]:
@@ -53,19 +47,26 @@ def upstream_failures(stages: dict[str, RunStage]) -> list[Reason]:
     return []
 
 
-def evaluated_outcomes(config: FlywheelConfig, run_id: int) -> tuple[list[Evaluation], dict[int, Outcomes]]:
-    """The run's evaluation rows and, for each that succeeded, its per-example outcomes."""
+def evaluated_outcomes(
+    config: FlywheelConfig, run_id: int, metrics: Sequence[str] = ()
+) -> tuple[list[Evaluation], dict[int, Outcomes]]:
+    """The run's evaluation rows and, for each that succeeded, its per-example outcomes.
+
+    ``metrics``: the workload's own metrics (``evaluation.settings.metrics``), read besides the built-ins.
+    """
     with session_scope(config.metadata) as session:
         rows = session.scalars(
             select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id)
         ).all()
     options = config.artifact_store.storage_options
     return rows, {
-        row.id: outcomes_of(row, options) for row in rows if row.status == "succeeded" and row.examples_uri
+        row.id: outcomes_of(row, options, metrics)
+        for row in rows
+        if row.status == "succeeded" and row.examples_uri
     }
 
 
-def outcomes_of(row: Evaluation, storage_options: dict[str, Any]) -> Outcomes:
+def outcomes_of(row: Evaluation, storage_options: dict[str, Any], metrics: Sequence[str] = ()) -> Outcomes:
     """A succeeded evaluation's per-example outcomes, read from its ``examples.jsonl``."""
     import fsspec
 
@@ -79,7 +80,7 @@ def outcomes_of(row: Evaluation, storage_options: dict[str, Any]) -> Outcomes:
         "latency_p95_s": row.latency_p95_s,
     }
     return Outcomes.from_examples(
-        row.candidate_id, row.eval_type, records, latency_p95_s=row.latency_p95_s, info=info
+        row.candidate_id, row.eval_type, records, latency_p95_s=row.latency_p95_s, info=info, metrics=metrics
     )
 
 
@@ -89,7 +90,8 @@ def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[st
     policy = workload.decision
     stages = latest_stages(config, run_id)
     failures = upstream_failures(stages)
-    rows, outcomes = ([], {}) if failures else evaluated_outcomes(config, run_id)
+    own_metrics = workload.evaluation.settings.metrics
+    rows, outcomes = ([], {}) if failures else evaluated_outcomes(config, run_id, own_metrics)
     champion_rows = [r for r in rows if r.eval_type == "champion"]
     champion_outcomes = next((outcomes[r.id] for r in champion_rows if r.id in outcomes), None)
     variants = [outcomes[r.id] for r in rows if r.eval_type != "champion" and r.id in outcomes]
@@ -108,7 +110,7 @@ def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[st
     with session_scope(config.metadata) as session:
         run = session.get_one(Run, run_id)
         day = run.interval_start.date()
-        report_uri = _artifact_uri(config, report_path(workload_id, day))
+        report_uri = _artifact_uri(config, artifacts.report_path(workload_id, day))
         row = session.scalar(select(DecisionRow).where(DecisionRow.run_id == run_id)) or DecisionRow(
             run_id=run_id
         )
@@ -219,7 +221,7 @@ def _artifact_uri(config: FlywheelConfig, path: str) -> str:
     from flywheel.storage import ArtifactStore
 
     store = ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options)
-    return store.uri(store.path(*path.split("/")))
+    return store.uri(store.path(path))
 
 
 def _json_safe(value: Any) -> Any:

@@ -29,20 +29,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flywheel.config import LOWER_IS_BETTER, DecisionPolicyConfig, GuardrailConfig
+from flywheel.config import DecisionPolicyConfig, GuardrailConfig
 from flywheel.decide.paired import discordant_counts, mcnemar_exact, paired_bootstrap_interval
+from flywheel.evaluate.metrics import Metric, RunMetric, example_metrics, get_metric
 
 Outcome = Literal["promote", "alert", "no_change"]
 ExampleKey = tuple[str, str]
 """``(eval_set, example_id)``: one example of the evaluation split or of the golden set."""
 
-BINARY_METRICS = {
-    "function_name_accuracy": "function_name",
-    "function_name_and_args_accuracy": "function_name_and_args",
-    "tool_call_ast_accuracy": "ast",
-    "no_call_accuracy": "no_call",
-}
-"""Each accuracy metric and the key of its per-example score in ``examples.jsonl``."""
+LATENCY = "latency_p95_s"
+"""The run statistic that also breaks ranking ties (the faster variant wins)."""
 
 UPSTREAM_FAILURES = {
     "extract": "extract_failed",
@@ -67,11 +63,13 @@ class Reason:
 
 @dataclass
 class Outcomes:
-    """One evaluated variant: its per-example binary outcomes per metric and its p95 latency.
+    """One evaluated variant: its per-example binary outcomes per metric and its run statistics.
 
-    ``binary[metric][key]`` is whether the variant got example ``key`` right on ``metric`` (for
+    ``binary[metric][key]`` is the variant's score on example ``key`` for a per-example metric (for
     ``parse_error_rate``: whether its answer failed to parse). A metric that does not apply to an
     example (``no_call_accuracy`` on an example that needs a tool) has no entry for it.
+    ``statistics[metric]`` is the value of a run statistic (:class:`RunMetric`); the p95 latency is
+    also ``latency_p95_s``, the ranking's tie-break.
     """
 
     candidate_id: str
@@ -79,6 +77,10 @@ class Outcomes:
     binary: dict[str, dict[ExampleKey, bool]]
     latency_p95_s: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, float | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.statistics.setdefault(LATENCY, self.latency_p95_s)
 
     @property
     def name(self) -> str:
@@ -103,17 +105,29 @@ class Outcomes:
         *,
         latency_p95_s: float | None = None,
         info: dict[str, Any] | None = None,
+        metrics: Sequence[str] = (),
     ) -> Outcomes:
-        """Outcomes from the lines of an evaluation's ``examples.jsonl``."""
-        binary: dict[str, dict[ExampleKey, bool]] = {m: {} for m in (*BINARY_METRICS, "parse_error_rate")}
-        for record in records:
-            key = (str(record.get("eval_set") or "evaluation"), str(record["example_id"]))
-            scores = record.get("scores") or {}
-            for metric, score_key in BINARY_METRICS.items():
-                if score_key in scores:
-                    binary[metric][key] = bool(scores[score_key])
-            binary["parse_error_rate"][key] = record.get("tool_calls") is None
-        return cls(candidate_id, eval_type, binary, latency_p95_s, info or {})
+        """Outcomes from the lines of an evaluation's ``examples.jsonl``.
+
+        Each built-in metric is read back, and each of ``metrics`` (the workload's own, by dotted
+        path): a per-example metric's score of each line, a run statistic from the lines' values.
+        ``latency_p95_s``: the p95 latency the evaluation reported (else computed from the lines).
+        """
+        keyed = [((str(r.get("eval_set") or "evaluation"), str(r["example_id"])), r) for r in records]
+        binary = {
+            m.name: {key: outcome for key, r in keyed if (outcome := m.outcome(r)) is not None}
+            for m in example_metrics(metrics)
+        }
+        run_metrics = {
+            m.name: m for m in [get_metric(LATENCY), *map(get_metric, metrics)] if isinstance(m, RunMetric)
+        }
+        statistics = {
+            name: m.aggregate([r[m.field] for r in records if r.get(m.field) is not None])
+            for name, m in run_metrics.items()
+        }
+        if latency_p95_s is not None:
+            statistics[LATENCY] = latency_p95_s
+        return cls(candidate_id, eval_type, binary, statistics[LATENCY], info or {}, statistics)
 
 
 @dataclass
@@ -165,7 +179,7 @@ def decide(
     ``champion_expected``: the workload has a champion, so a missing ``champion`` means its
     evaluation failed (an alert) rather than that there is none yet.
     """
-    primary = policy.primary_metric
+    primary = get_metric(policy.primary_metric).name
     eligible = [v for v in variants if v.eval_type in policy.challenger_eval_types]
 
     def finish(
@@ -216,8 +230,9 @@ def decide(
     alpha = policy.alpha / len(eligible)
     comparisons = {primary: _primary(champion, challenger, primary, keys, alpha, policy, seed)}
     for metric, guardrail in policy.guardrails.items():
+        definition = get_metric(metric)
         comparisons.setdefault(
-            metric, _guardrail(champion, challenger, metric, guardrail, keys, policy, seed)
+            definition.name, _guardrail(champion, challenger, definition, guardrail, keys, policy, seed)
         )
     first = comparisons[primary]
     champion_value = first["champion"]
@@ -357,24 +372,17 @@ def _primary(
 def _guardrail(
     champion: Outcomes,
     challenger: Outcomes,
-    metric: str,
+    definition: Metric,
     guardrail: GuardrailConfig,
     keys: set[ExampleKey],
     policy: DecisionPolicyConfig,
     seed: int,
 ) -> dict[str, Any]:
-    lower_is_better = metric in LOWER_IS_BETTER
+    lower_is_better = not definition.higher_is_better
     entry: dict[str, Any] = {"role": "guardrail", "margin": guardrail.margin, "relative": guardrail.relative}
-    if metric == "latency_p95_s":
-        ours, theirs = challenger.latency_p95_s, champion.latency_p95_s
-        entry |= {"champion": theirs, "challenger": ours, "n": None, "ci_low": None, "ci_high": None}
-        if ours is None or theirs is None:
-            return entry | {"difference": None, "passed": None, "note": "latency not measured"}
-        limit = theirs * (1 + guardrail.margin) if guardrail.relative else theirs + guardrail.margin
-        passed = ours <= limit
-        note = f"p95 {ours:.3f} s vs champion {theirs:.3f} s (limit {limit:.3f} s)"
-        return entry | {"difference": ours - theirs, "limit": limit, "passed": passed, "note": note}
-    ours_flags, theirs_flags = _paired(champion, challenger, metric, keys)
+    if isinstance(definition, RunMetric):
+        return entry | _run_guardrail(definition, challenger, champion, guardrail)
+    ours_flags, theirs_flags = _paired(champion, challenger, definition.name, keys)
     n = len(ours_flags)
     if not n:
         return entry | {
@@ -416,6 +424,28 @@ def _guardrail(
         "passed": passed,
         "note": note,
     }
+
+
+def _run_guardrail(
+    metric: RunMetric, challenger: Outcomes, champion: Outcomes, guardrail: GuardrailConfig
+) -> dict[str, Any]:
+    """A run statistic's guardrail: the challenger's value within the margin of the champion's."""
+    ours, theirs = challenger.statistics.get(metric.name), champion.statistics.get(metric.name)
+    entry: dict[str, Any] = {
+        "champion": theirs,
+        "challenger": ours,
+        "n": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    if ours is None or theirs is None:
+        return entry | {"difference": None, "passed": None, "note": f"{metric.label} not measured"}
+    allowed = theirs * guardrail.margin if guardrail.relative else guardrail.margin
+    limit = theirs + allowed if not metric.higher_is_better else theirs - allowed
+    passed = ours <= limit if not metric.higher_is_better else ours >= limit
+    unit = metric.unit
+    note = f"{metric.label} {ours:.3f}{unit} vs champion {theirs:.3f}{unit} (limit {limit:.3f}{unit})"
+    return entry | {"difference": ours - theirs, "limit": limit, "passed": passed, "note": note}
 
 
 def _too_few(n: int, policy: DecisionPolicyConfig) -> Reason:

@@ -2,16 +2,14 @@
 
 A :class:`Notification` is what happened, in words and numbers. :func:`notify` sends it where the
 workload's ``alerts`` block says: the local sink (a log line and a JSON file under ``alerts/`` in the
-artifact store) and every configured channel through Airflow's provider notifiers (Slack incoming
-webhooks, SMTP e-mail, an HTTP webhook). Every channel is tried even when one fails; the failures are
-raised together afterwards as :class:`~flywheel.errors.AlertDeliveryError`.
+artifact store) and every configured channel (:mod:`flywheel.deliver.channels`: Slack incoming
+webhooks, SMTP e-mail, an HTTP webhook, or the user's own). Every channel is tried even when one
+fails; the failures are raised together afterwards as :class:`~flywheel.errors.AlertDeliveryError`.
 
-Reasons can quote production data (tool names, exception text), so the provider notifiers are called
-through their ``notify`` method: Airflow's ``__call__`` would render the message as a Jinja template.
-The HTML body is escaped, the Slack text has Slack's control characters escaped, and connection
-secrets are removed from delivery errors. :class:`FlywheelNotifier` is the ``on_failure_callback`` of
-a workload DAG's tasks; providers are imported only when a notification is sent, so DAG files that
-build it parse fast.
+Reasons can quote production data (tool names, exception text): the HTML body is escaped, and
+connection secrets are removed from delivery errors. :class:`FlywheelNotifier` is the
+``on_failure_callback`` of a workload DAG's tasks; providers are imported only when a notification is
+sent, so DAG files that build it parse fast.
 """
 
 from __future__ import annotations
@@ -22,22 +20,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from airflow.sdk import BaseNotifier
 
-from flywheel.config import (
-    AlertChannelConfig,
-    EmailChannelConfig,
-    FlywheelConfig,
-    NotifyEvent,
-    SlackChannelConfig,
-    WebhookChannelConfig,
-    WorkloadConfig,
-    load_config,
-)
+from flywheel import artifacts
+from flywheel.config import FlywheelConfig, NotifyEvent, WorkloadConfig, load_config
 from flywheel.errors import AlertDeliveryError
 from flywheel.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from flywheel.deliver.channels import AlertChannel
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +39,6 @@ EVENTS: tuple[str, ...] = get_args(NotifyEvent)
 
 WARNING_EVENTS = ("alert", "task_failure")
 """Events the local sink logs at WARNING (the others at INFO)."""
-
-WEBHOOK_TIMEOUT_S = 30.0
-"""Timeout of a webhook channel's POST unless its connection's extra sets ``timeout``."""
 
 MAX_ERROR_CHARS = 500
 """Delivery errors and exception texts are cut to this many characters."""
@@ -153,12 +143,12 @@ class Notification:
             parts.append("<p>" + "<br>".join(links) + "</p>")
         return "\n".join(parts)
 
-    def sink_path(self) -> tuple[str, ...]:
-        """Path parts of the local sink's JSON file under the artifact store root."""
+    def sink_path(self) -> str:
+        """The local sink's JSON file, relative to the artifact store root."""
         moment = self.interval_start or self.created_at
         day = moment.astimezone(UTC).date() if moment.tzinfo else moment.date()
         stamp = f"{self.created_at:%Y%m%dT%H%M%S%f}"
-        return ("alerts", self.workload_id, day.isoformat(), f"{stamp}-{self.event}.json")
+        return artifacts.alert_path(self.workload_id, day, stamp, self.event)
 
     def _reason_pairs(self) -> list[tuple[str, str]]:
         return [(str(r.get("code", "")), str(r.get("message", ""))) for r in self.reasons]
@@ -304,7 +294,7 @@ def _write_local_sink(config: FlywheelConfig, notification: Notification) -> dic
     record: dict[str, Any] = {"channel": "local", "conn_id": None, "status": "sent", "error": None}
     try:
         store = ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options)
-        path = store.path(*notification.sink_path())
+        path = store.path(notification.sink_path())
         store.write_json_atomic(path, notification.to_dict())
         record["uri"] = store.uri(path)
     except Exception as exc:
@@ -313,9 +303,7 @@ def _write_local_sink(config: FlywheelConfig, notification: Notification) -> dic
     return record
 
 
-def _deliver(
-    channel: AlertChannelConfig, notification: Notification, context: dict[str, Any]
-) -> dict[str, Any]:
+def _deliver(channel: AlertChannel, notification: Notification, context: dict[str, Any]) -> dict[str, Any]:
     from airflow.sdk import BaseHook
 
     record: dict[str, Any] = {
@@ -326,9 +314,10 @@ def _deliver(
     }
     secrets: list[str] = []
     try:
-        conn = BaseHook.get_connection(channel.conn_id)
-        secrets = [value for value in (conn.password, conn.login) if value]
-        _notifier(channel, notification, conn.extra_dejson).notify(context)
+        if channel.conn_id is not None:
+            conn = BaseHook.get_connection(channel.conn_id)
+            secrets = [value for value in (conn.password, conn.login) if value]
+        channel.send(notification, context)
         log.info(
             "Sent %s notification of %s via %s (%s)",
             notification.event,
@@ -342,48 +331,10 @@ def _deliver(
     return record
 
 
-def _notifier(
-    channel: AlertChannelConfig, notification: Notification, conn_extra: Mapping[str, Any]
-) -> BaseNotifier:
-    """The provider notifier that sends ``notification`` through ``channel`` (imported here: slow)."""
-    if isinstance(channel, SlackChannelConfig):
-        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
-
-        return SlackWebhookNotifier(
-            slack_webhook_conn_id=channel.conn_id, text=_slack_escape(notification.text())
-        )
-    if isinstance(channel, EmailChannelConfig):
-        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-        return SmtpNotifier(
-            smtp_conn_id=channel.conn_id,
-            to=list(channel.to),
-            from_email=channel.from_email,
-            subject=notification.subject,
-            html_content=notification.html(),
-        )
-    if isinstance(channel, WebhookChannelConfig):
-        from airflow.providers.http.notifications.http import HttpNotifier
-
-        return HttpNotifier(
-            http_conn_id=channel.conn_id,
-            endpoint=channel.endpoint or None,
-            json={**notification.to_dict(), "text": notification.text()},
-            headers={"Content-Type": "application/json"},
-            extra_options={"timeout": conn_extra.get("timeout", WEBHOOK_TIMEOUT_S)},
-        )
-    raise TypeError(f"unknown alert channel type {type(channel).__name__}")
-
-
 def _redact(text: str, secrets: Sequence[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
-
-
-def _slack_escape(text: str) -> str:
-    """Slack's mrkdwn treats ``<...>`` as links and mentions (``<!channel>``): escape &, < and >."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _html_link(uri: str) -> str:

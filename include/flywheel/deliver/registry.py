@@ -23,7 +23,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import AliasEvent, ModelAlias, ModelVersion, as_utc, utcnow
 from flywheel.errors import PermanentError
 
-CHAMPION = "champion"
+CHAMPION_ALIAS = "champion"
 """The alias the serving side follows: the workload's production model."""
 
 
@@ -163,7 +163,7 @@ def get_version(metadata: MetadataConfig, workload_id: str, version: int) -> Ver
 def champion(metadata: MetadataConfig, workload_id: str) -> VersionInfo | None:
     """The version that holds the workload's ``champion`` alias now, or None when there is none yet."""
     with session_scope(metadata) as session:
-        alias = _alias(session, workload_id, CHAMPION)
+        alias = _alias(session, workload_id, CHAMPION_ALIAS)
         return VersionInfo.of(alias.model_version) if alias is not None else None
 
 
@@ -176,7 +176,7 @@ def versions(metadata: MetadataConfig, workload_id: str) -> list[VersionInfo]:
         return [VersionInfo.of(row) for row in rows]
 
 
-def history(metadata: MetadataConfig, workload_id: str, alias: str = CHAMPION) -> list[AliasMove]:
+def history(metadata: MetadataConfig, workload_id: str, alias: str = CHAMPION_ALIAS) -> list[AliasMove]:
     """Every move of the alias, oldest first: each version held it from its row's time to the next row's."""
     with session_scope(metadata) as session:
         events = session.scalars(
@@ -265,14 +265,14 @@ def rollback(
     """
     with session_scope(metadata) as session:
         _lock_aliases(session, workload_id)
-        current = _alias(session, workload_id, CHAMPION, for_update=True)
+        current = _alias(session, workload_id, CHAMPION_ALIAS, for_update=True)
         if current is None:
             raise RegistryError(f"{workload_id} has no champion to roll back")
         promoted = session.scalar(
             select(AliasEvent)
             .where(
                 AliasEvent.workload_id == workload_id,
-                AliasEvent.alias == CHAMPION,
+                AliasEvent.alias == CHAMPION_ALIAS,
                 AliasEvent.model_version_id == current.model_version_id,
                 AliasEvent.action.in_(("promote", "manual_promote")),
             )
@@ -309,7 +309,7 @@ def _move(
 ) -> AliasMove:
     workload_id = target.workload_id
     _lock_aliases(session, workload_id)
-    alias = _alias(session, workload_id, CHAMPION, for_update=True)
+    alias = _alias(session, workload_id, CHAMPION_ALIAS, for_update=True)
     previous = alias.model_version if alias is not None else None
     held = previous.version if previous is not None else None
     if expected_champion is not _UNCHECKED and held != expected_champion:
@@ -320,13 +320,13 @@ def _move(
     if previous is not None and previous.id == target.id:
         raise RegistryError(f"{workload_id}: version {target.version} already is the champion")
     if alias is None:
-        alias = ModelAlias(workload_id=workload_id, alias=CHAMPION, model_version_id=target.id)
+        alias = ModelAlias(workload_id=workload_id, alias=CHAMPION_ALIAS, model_version_id=target.id)
         session.add(alias)
     alias.model_version_id = target.id
     alias.updated_at = utcnow()
     event = AliasEvent(
         workload_id=workload_id,
-        alias=CHAMPION,
+        alias=CHAMPION_ALIAS,
         action=action,
         model_version_id=target.id,
         previous_version_id=previous.id if previous is not None else None,
@@ -342,7 +342,7 @@ def _move(
     return AliasMove(
         event.id,
         workload_id,
-        CHAMPION,
+        CHAMPION_ALIAS,
         action,
         target.version,
         held,

@@ -42,7 +42,6 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
             expected_champion=decision["champion_version"],
             before_commit=deploy_hook(
                 ctx.workload.deploy,
-                ctx.workload_id,
                 decision_id=decision["decision_id"],
                 dag_run_id=ctx.dag_run_id,
                 results=deployment,

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from flywheel.demo.traffic import Conversation, arguments_json, estimate_tokens
+from flywheel.demo.conversation import Conversation, arguments_json, estimate_tokens
 
 CATEGORIES = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance")
 """BFCL v4 live categories in the sample; ``live_irrelevance`` rows have no correct call."""

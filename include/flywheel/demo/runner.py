@@ -83,7 +83,8 @@ def run_demo(
     chosen = [w for w, _ in demo_workloads(config, list(workloads or DEMO_WORKLOADS))]
     started = time.monotonic()
     with LocalLogStore.start() as log_store:
-        for conn_id in {w.log_source.conn_id for w in chosen}:
+        # Elasticsearch sources read the local log store; a files source reads its own url.
+        for conn_id in {w.log_source.conn_id for w in chosen if w.log_source.type == "elasticsearch"}:
             env.update(log_store.connection_env(conn_id))
         with _environment(env):
             _step(f"log store (osmem-server) at {log_store.url}")

@@ -1,8 +1,10 @@
-"""Seeding the log store with demo traffic, the way an LLM gateway would have logged it.
+"""Seeding the log source with demo traffic, the way an LLM gateway would have logged it.
 
-Documents go into daily indices (``flywheel-logs-2026.11.20`` for the pattern ``flywheel-logs-*``)
-under an index template whose mapping indexes the routing fields and keeps ``request`` / ``response``
-unindexed, as a production log index for arbitrary tool schemas would.
+For an ``elasticsearch`` source, documents go into daily indices (``flywheel-logs-2026.11.20`` for the
+pattern ``flywheel-logs-*``) under an index template whose mapping indexes the routing fields and keeps
+``request`` / ``response`` unindexed, as a production log index for arbitrary tool schemas would. For a
+``files`` source, they go into one JSONL file per workload in each UTC day's folder, as a gateway's
+log export would.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from flywheel.config import FlywheelConfig, LogSourceConfig, WorkloadConfig
+from flywheel.config import FlywheelConfig, WorkloadConfig
 from flywheel.demo.traffic import DemoRecord, generate_traffic
 from flywheel.errors import PermanentError
+from flywheel.extract.sources.elasticsearch import ElasticsearchSource
+from flywheel.extract.sources.files import FilesSource
 from flywheel.intervals import Interval, latest_intervals
 from flywheel.storage import ArtifactStore
 
@@ -63,7 +67,7 @@ class SeedReport:
         }
 
 
-def log_index_template(source: LogSourceConfig) -> dict[str, Any]:
+def log_index_template(source: ElasticsearchSource) -> dict[str, Any]:
     """Index template body for the log indices matched by ``source.index``."""
     return {
         "index_patterns": [source.index],
@@ -83,14 +87,18 @@ def log_index_template(source: LogSourceConfig) -> dict[str, Any]:
     }
 
 
-def daily_index(source: LogSourceConfig, timestamp: Any, fallback: datetime) -> str:
+def daily_index(source: ElasticsearchSource, timestamp: Any, fallback: datetime) -> str:
     """The daily index a document is written to: the pattern's prefix plus its UTC date."""
     if not source.index.endswith("*"):
         return source.index
-    day = (
+    return source.index[:-1] + _log_day(timestamp, fallback).replace("-", ".")
+
+
+def _log_day(timestamp: Any, fallback: datetime) -> str:
+    """The UTC date (``2026-11-20``) a document is filed under: its ISO timestamp's, else ``fallback``'s."""
+    return (
         timestamp[:10] if isinstance(timestamp, str) and len(timestamp) >= 10 else fallback.date().isoformat()
     )
-    return source.index[:-1] + day.replace("-", ".")
 
 
 def demo_workloads(
@@ -123,44 +131,90 @@ def seed_logs(
 
     ``records_per_day`` is the full-volume workload's count; quieter ones get their share of it.
 
-    Each workload's documents go through its own Airflow connection (``log_source.conn_id``).
+    An Elasticsearch source's documents go through its own Airflow connection (``log_source.conn_id``);
+    a files source's are written under its ``url``, replacing the workload's earlier demo files.
     """
-    from elasticsearch.helpers import streaming_bulk
-
-    from flywheel.extract.sources.elasticsearch import connect
-
     report = SeedReport()
     for workload, demo in demo_workloads(config, workloads):
         source = workload.log_source
-        client = connect(source.conn_id, source.request_timeout_s)
-        # One template per index pattern: workloads sharing a pattern share (and re-put) the template.
-        template_name = TEMPLATE_NAME + "-" + re.sub(r"[^a-z0-9_-]+", "-", source.index.lower()).strip("-")
-        client.indices.put_index_template(name=template_name, **log_index_template(source))
         intervals = latest_intervals(workload.schedule, days, now)
         noise: Counter[str] = Counter()
         per_day = max(1, round(records_per_day * demo.volume_share))
         records = _records(workload, demo.kind, intervals, per_day, seed, noise_rate)
-        written = 0
-        failures: list[Any] = []
-        for ok, item in streaming_bulk(
-            client,
-            _actions(records, source, noise),
-            chunk_size=2000,
-            raise_on_error=False,
-            max_retries=2,
-        ):
-            if ok:
-                written += 1
-            elif len(failures) < 5:
-                failures.append(item)
-        if failures:
-            raise SeedError(f"log store rejected documents of {workload.workload_id}: {failures}")
+        if isinstance(source, ElasticsearchSource):
+            written = _index_documents(source, workload.workload_id, records, noise)
+        elif isinstance(source, FilesSource):
+            written = _write_files(source, workload.workload_id, records, noise)
+        else:
+            raise SeedError(f"{workload.workload_id}: cannot seed a {source.type!r} log source")
         report.documents += written
         report.by_workload[workload.workload_id] = written
         report.noise[workload.workload_id] = dict(sorted(noise.items()))
         report.intervals[workload.workload_id] = [(s.isoformat(), e.isoformat()) for s, e in intervals]
-        client.indices.refresh(index=source.index)
     return report
+
+
+def _index_documents(
+    source: ElasticsearchSource,
+    workload_id: str,
+    records: Iterator[tuple[DemoRecord, datetime]],
+    noise: Counter[str],
+) -> int:
+    from elasticsearch.helpers import streaming_bulk
+
+    from flywheel.extract.sources.elasticsearch import connect
+
+    client = connect(source.conn_id, source.request_timeout_s)
+    # One template per index pattern: workloads sharing a pattern share (and re-put) the template.
+    template_name = TEMPLATE_NAME + "-" + re.sub(r"[^a-z0-9_-]+", "-", source.index.lower()).strip("-")
+    client.indices.put_index_template(name=template_name, **log_index_template(source))
+    written = 0
+    failures: list[Any] = []
+    for ok, item in streaming_bulk(
+        client,
+        _actions(records, source, noise),
+        chunk_size=2000,
+        raise_on_error=False,
+        max_retries=2,
+    ):
+        if ok:
+            written += 1
+        elif len(failures) < 5:
+            failures.append(item)
+    if failures:
+        raise SeedError(f"log store rejected documents of {workload_id}: {failures}")
+    client.indices.refresh(index=source.index)
+    return written
+
+
+def _write_files(
+    source: FilesSource,
+    workload_id: str,
+    records: Iterator[tuple[DemoRecord, datetime]],
+    noise: Counter[str],
+) -> int:
+    """Write the records as ``<day folder>/demo-<workload_id>.jsonl``, one file per UTC day."""
+    import fsspec
+    import msgspec
+
+    encode = msgspec.json.Encoder().encode
+    fs, root = fsspec.core.url_to_fs(source.url, **source.storage_options)
+    files: dict[str, Any] = {}
+    written = 0
+    try:
+        for record, interval_start in records:
+            noise[record.noise.value if record.noise else "clean"] += 1
+            day = date.fromisoformat(_log_day(record.source.get(source.timestamp_field), interval_start))
+            folder = f"{root.rstrip('/')}/{source.day_folder(day)}"
+            if folder not in files:
+                fs.makedirs(folder, exist_ok=True)
+                files[folder] = fs.open(f"{folder}/demo-{workload_id}.jsonl", "wb")
+            files[folder].write(encode(record.source) + b"\n")
+            written += 1
+    finally:
+        for handle in files.values():
+            handle.close()
+    return written
 
 
 def _records(
@@ -187,7 +241,7 @@ def _records(
 
 
 def _actions(
-    records: Iterator[tuple[DemoRecord, datetime]], source: LogSourceConfig, noise: Counter[str]
+    records: Iterator[tuple[DemoRecord, datetime]], source: ElasticsearchSource, noise: Counter[str]
 ) -> Iterator[dict[str, Any]]:
     for record, interval_start in records:
         noise[record.noise.value if record.noise else "clean"] += 1
@@ -206,13 +260,13 @@ def write_raw_partition(
 ) -> dict[str, Any]:
     """Commit a raw partition of demo traffic for one interval without a log store (tests, benchmarks).
 
-    Documents go through the extractor's own conversion, as if read from Elasticsearch, so everything
+    Documents go through the extractor's own conversion, as if read from the log source, so everything
     downstream sees exactly what an extraction would have written (outside-window records included).
     """
     import msgspec
 
-    from flywheel.extract.partition import PartWriter, batches_of_hits
-    from flywheel.extract.sources.elasticsearch import Hit
+    from flywheel.extract.documents import RawRecord
+    from flywheel.extract.partition import PartWriter, batches_of_records
     from flywheel.intervals import partition_day
 
     raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -226,13 +280,13 @@ def write_raw_partition(
         seed=seed,
         client_ids=workload.client_ids or list(DEFAULT_CLIENT_IDS),
     )
-    hits = (
-        Hit(index="demo", id=f"{start:%Y%m%d}-{number}", source=raw_source(encode(record.source)))
+    records = (
+        RawRecord(f"demo/{start:%Y%m%d}-{number}", raw_source(encode(record.source)))
         for number, record in enumerate(traffic)
     )
     with store.stage_partition(workload.workload_id, partition_day(start)) as staged:
         writer = PartWriter(store, staged.part_path)
-        for batch in batches_of_hits(hits, workload.log_source):
+        for batch in batches_of_records(records, workload.log_source, "demo"):
             writer.write(batch)
         writer.close()
         return store.commit_partition(staged, {"records": writer.rows, "interval_start": start.isoformat()})

@@ -20,7 +20,13 @@ from typing import Any
 
 import orjson
 
-from flywheel.demo.traffic import Conversation, arguments_json, estimate_tokens, function_tool, new_call_id
+from flywheel.demo.conversation import (
+    Conversation,
+    arguments_json,
+    estimate_tokens,
+    function_tool,
+    new_call_id,
+)
 
 SYSTEM_PROMPT = (
     "You are the customer-support assistant of Larkspur Goods, an online shop for electronics, home, "

@@ -3,11 +3,11 @@
 :func:`generate_traffic` streams documents shaped like the ``_source`` of a production log index:
 an OpenAI chat-completions request and the teacher model's response, tagged with ``workload_id``
 and ``client_id``. A workload module (:mod:`flywheel.demo.support_router`, :mod:`flywheel.demo.bfcl`)
-only produces clean conversations (:class:`Conversation`); this module turns them into documents and
-injects the noise that real logs carry (duplicates, broken tool-call arguments, missing responses,
-wrong types, records outside the window...). Which noise a record carries is returned next to it as
-ground truth (:class:`DemoRecord`) and is never written into the document itself, so the extractor and
-the validator must find it on their own.
+only produces clean conversations (:class:`~flywheel.demo.conversation.Conversation`); this module
+turns them into documents and injects the noise that real logs carry (duplicates, broken tool-call
+arguments, missing responses, wrong types, records outside the window...). Which noise a record
+carries is returned next to it as ground truth (:class:`DemoRecord`) and is never written into the
+document itself, so the extractor and the validator must find it on their own.
 
 Generation is a pure function of its arguments (the seed is mixed with the workload and the interval
 start), streams in constant memory and needs no I/O beyond reading the packaged BFCL sample.
@@ -24,9 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
+
+from flywheel.demo import bfcl, support_router
+from flywheel.demo.conversation import Conversation, new_call_id
 
 TEACHER_MODEL = "teacher-70b-instruct"
 """Model name the gateway logs for the production (teacher) model."""
@@ -58,43 +61,6 @@ class DemoRecord:
 
     source: dict[str, Any]
     noise: NoiseKind | None
-
-
-class Conversation(NamedTuple):
-    """A clean exchange produced by a workload: the request side and the teacher's correct answer.
-
-    ``messages`` must be fresh dicts on every call (noise injection edits them in place); ``tools`` is
-    shared and read-only, so documents of one workload reference the same tool definitions.
-    """
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]]
-    tools_tokens: int  # approximate prompt tokens taken by the tool definitions
-    tool_calls: list[tuple[str, str]]  # (function name, arguments as compact JSON text); [] = text answer
-    content: str | None  # the teacher's plain-text answer when tool_calls is empty
-
-
-def function_tool(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI ``tools`` entry for a function with a JSON-schema ``parameters`` object."""
-    return {
-        "type": "function",
-        "function": {"name": name, "description": description, "parameters": parameters},
-    }
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count of a text (about four characters per token), for logged ``usage`` figures."""
-    return len(text) // 4 + 1
-
-
-def new_call_id(rng: random.Random) -> str:
-    """A tool-call id in OpenAI's style (``call_`` + 24 hex digits)."""
-    return f"call_{rng.getrandbits(96):024x}"
-
-
-def arguments_json(arguments: dict[str, Any]) -> str:
-    """Tool-call arguments as the compact JSON text OpenAI-compatible servers return."""
-    return orjson.dumps(arguments).decode()
 
 
 def generate_traffic(
@@ -182,12 +148,7 @@ _OUTSIDE_MAX_MS = 5 * 60 * 1000
 
 
 def _conversation_maker(kind: str) -> Callable[[random.Random], Conversation]:
-    # Imported here: the workload modules import the builders of this module.
-    if kind == "support_router":
-        from flywheel.demo.support_router import make_conversation
-    else:
-        from flywheel.demo.bfcl import make_conversation
-    return make_conversation
+    return support_router.make_conversation if kind == "support_router" else bfcl.make_conversation
 
 
 def _generate(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.jobs import JobInputError, read_jsonl
 from flywheel.storage import storage_options_from_env
 
@@ -105,9 +105,7 @@ def _golden_uri(dataset_uri: str) -> str | None:
     import fsspec
 
     try:
-        with fsspec.open(
-            posixpath.join(dataset_uri.rstrip("/"), "manifest.json"), "rb", **storage_options_from_env()
-        ) as f:
+        with fsspec.open(artifacts.manifest_uri(dataset_uri), "rb", **storage_options_from_env()) as f:
             manifest = json.loads(f.read())
     except FileNotFoundError:
         return None
@@ -162,4 +160,4 @@ def label_of(calls: list[dict[str, Any]]) -> str:
 
 
 def _split_uri(dataset_uri: str, split: str) -> str:
-    return posixpath.join(dataset_uri.rstrip("/"), f"{split}.jsonl")
+    return artifacts.split_uri(dataset_uri, split)

@@ -2,13 +2,14 @@
 
 The job answers every evaluation example with the model (local transformers generation, or an
 OpenAI-compatible endpoint), optionally with few-shot examples from the training split (``icl``),
-parses each answer into tool calls, scores it with :func:`flywheel.evaluate.metrics.score_tool_calls`, has an
-optional LLM judge rate it, and writes under the output URI:
+parses each answer into tool calls, scores it once on each metric (the built-ins of
+:mod:`flywheel.evaluate.metrics` and the workload's own), has an optional LLM judge rate it, and writes
+under the output URI:
 
 * ``examples.jsonl``: one line per example: id, label, raw output, parsed calls, parse error, each
   score, the judge's rating, latency, tokens in and out, the few-shot example ids;
 * ``result.json`` (written last, the completion marker): each metric's value with its 95% interval and
-  count, computed by this repository's ``evaluate`` modules, a per-tool breakdown, latency and token
+  count (the share of the per-example scores), a per-tool breakdown, latency and token
   figures, the model, the eval type and the fingerprint of the evaluated examples.
 
 A failure writes ``error.json`` instead, with the exit code of :mod:`flywheel.jobs`.
@@ -18,16 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.config import EvalType, EvaluationConfig, ModelConfig
 from flywheel.errors import ConfigError, RetryableError
 from flywheel.evaluate.examples import EvalExample, examples_hash, load_examples, load_train_examples
 from flywheel.evaluate.generation import Generation, Generator, Prompt
+from flywheel.evaluate.metrics import ExampleMetric, example_metrics, get_metric
 from flywheel.evaluate.parsing import ParsedAnswer, parse_generation
 from flywheel.evaluate.stats import mean_interval, percentile, proportion
 from flywheel.jobs import run_job, write_result
@@ -35,23 +37,8 @@ from flywheel.storage import storage_options_from_env
 
 log = logging.getLogger(__name__)
 
-JOB_OUTPUTS = ("examples.jsonl",)
+JOB_OUTPUTS = (artifacts.EXAMPLES,)
 """What an evaluation job writes under its output URI besides ``result.json`` / ``error.json``."""
-
-METRICS = (
-    "function_name_accuracy",
-    "function_name_and_args_accuracy",
-    "tool_call_ast_accuracy",
-    "no_call_accuracy",
-    "parse_error_rate",
-)
-"""The summary's metrics, one ``evaluate`` module each (:mod:`flywheel.evaluate.metrics.modules`)."""
-
-_SCORE_OF = {
-    "function_name_accuracy": "function_name",
-    "function_name_and_args_accuracy": "function_name_and_args",
-    "tool_call_ast_accuracy": "ast",
-}
 
 
 class GenerationErrorsError(RetryableError):
@@ -65,7 +52,8 @@ class ScoredExample:
     example: EvalExample
     generation: Generation
     parsed: ParsedAnswer
-    scores: dict[str, bool]
+    scores: dict[ExampleMetric, bool]
+    """The example's score on each metric that applies to it."""
     shots: list[str]
     judge: dict[str, Any] | None = None
 
@@ -80,7 +68,7 @@ class ScoredExample:
             "tool_calls": self.parsed.tool_calls,
             "content": self.parsed.content,
             "parse_error": self.parsed.error,
-            "scores": self.scores,
+            "scores": {m.score_key: v for m, v in self.scores.items() if m.score_key is not None},
             "judge": self.judge,
             "latency_s": self.generation.latency_s,
             "tokens_in": self.generation.tokens_in,
@@ -135,8 +123,9 @@ def evaluate_model(
         close = getattr(generator, "close", None)
         if close is not None:
             close()
+    metrics = example_metrics(config.metrics)
     scored = [
-        _score(example, generation, [s.example_id for s in example_shots])
+        _score(example, generation, [s.example_id for s in example_shots], metrics)
         for example, generation, example_shots in zip(examples, generations, shots, strict=True)
     ]
     failed = sum(s.generation.error is not None for s in scored)
@@ -150,7 +139,7 @@ def evaluate_model(
     if config.judge is not None:
         _judge(scored, config)
     _write_examples(output_uri, scored)
-    result = summarize(scored)
+    result = summarize(scored, metrics)
     result |= {
         "eval_type": eval_type,
         "candidate_id": candidate_id,
@@ -166,42 +155,24 @@ def evaluate_model(
         "examples_per_s": round(len(scored) / generation_seconds, 4) if generation_seconds else None,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "config": config.model_dump(mode="json"),
-        "examples_uri": posixpath.join(output_uri, "examples.jsonl"),
+        "examples_uri": artifacts.job_uri(output_uri, artifacts.EXAMPLES),
     }
     write_result(output_uri, result)
     return result
 
 
-def summarize(scored: list[ScoredExample]) -> dict[str, Any]:
+def summarize(scored: list[ScoredExample], metrics: list[ExampleMetric]) -> dict[str, Any]:
     """Each metric with its 95% interval and count, per-tool breakdown, latency, tokens and judge."""
-    from flywheel.evaluate.metrics import modules
-
-    predictions = [s.parsed.tool_calls for s in scored]
-    references = [s.example.reference_calls for s in scored]
-    tools = [s.example.tools for s in scored]
-    metrics: dict[str, Any] = {}
-    for name in METRICS:
-        module = modules.load(name)
-        inputs = {"predictions": predictions}
-        if name != "parse_error_rate":
-            inputs["references"] = references
-        if name in _SCORE_OF:
-            inputs["tools"] = tools
-        value = module.compute(**inputs)[name]
-        flags = _flags(scored, name)
-        entry = proportion(flags)
-        if entry["value"] is not None and abs(entry["value"] - value) > 1e-9:
-            raise RuntimeError(f"{name}: the evaluate module gives {value}, the per-example scores {entry}")
-        metrics[name] = entry
+    summary_metrics = {m.name: proportion(_flags(scored, m)) for m in metrics}
     latencies = [s.generation.latency_s for s in scored]
     summary: dict[str, Any] = {
-        "metrics": metrics,
-        "per_tool": _per_tool(scored),
+        "metrics": summary_metrics,
+        "per_tool": _per_tool(scored, [m for m in metrics if m.per_tool]),
         "parse_errors": _count(s.parsed.reason for s in scored if s.parsed.reason),
         "latency_s": {
             "mean": round(sum(latencies) / len(latencies), 4),
             "p50": round(percentile(latencies, 50) or 0, 4),
-            "p95": round(percentile(latencies, 95) or 0, 4),
+            "p95": get_metric("latency_p95_s").aggregate(latencies),
         },
         "tokens_in": sum(s.generation.tokens_in for s in scored),
         "tokens_out": sum(s.generation.tokens_out for s in scored),
@@ -238,40 +209,28 @@ def describe(model: ModelConfig) -> str:
     return f"{model.base_model}" + (f" + adapter {model.adapter}" if model.adapter else "") + shots
 
 
-def _flags(scored: list[ScoredExample], metric: str) -> list[bool]:
-    if metric == "no_call_accuracy":
-        return [s.scores["no_call"] for s in scored if "no_call" in s.scores]
-    if metric == "parse_error_rate":
-        return [s.parsed.tool_calls is None for s in scored]
-    return [s.scores[_SCORE_OF[metric]] for s in scored]
+def _flags(scored: list[ScoredExample], metric: ExampleMetric) -> list[bool]:
+    """The scores of the examples ``metric`` applies to."""
+    return [s.scores[metric] for s in scored if metric in s.scores]
 
 
-def _per_tool(scored: list[ScoredExample]) -> dict[str, dict[str, Any]]:
+def _per_tool(scored: list[ScoredExample], metrics: list[ExampleMetric]) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[ScoredExample]] = defaultdict(list)
     for s in scored:
         groups[s.example.label].append(s)
     return {
-        label: {
-            "n": len(group),
-            **{name: proportion(_flags(group, name))["value"] for name in _SCORE_OF},
-            "parse_error_rate": proportion(_flags(group, "parse_error_rate"))["value"],
-        }
+        label: {"n": len(group), **{m.name: proportion(_flags(group, m))["value"] for m in metrics}}
         for label, group in sorted(groups.items())
     }
 
 
-def _score(example: EvalExample, generation: Generation, shots: list[str]) -> ScoredExample:
-    from flywheel.evaluate.metrics import score_tool_calls
-
+def _score(
+    example: EvalExample, generation: Generation, shots: list[str], metrics: list[ExampleMetric]
+) -> ScoredExample:
+    """Parse the answer and score it once on each metric that applies to the example."""
     parsed = parse_generation(generation)
-    raw = score_tool_calls(parsed.tool_calls, example.reference_calls, example.tools)
-    scores = {
-        "function_name": raw["function_name"],
-        "function_name_and_args": raw["exact"],
-        "ast": raw["ast"],
-    }
-    if not example.reference_calls:
-        scores["no_call"] = parsed.tool_calls == []
+    reference, tools = example.reference_calls, example.tools
+    scores = {m: m.score(parsed.tool_calls, reference, tools) for m in metrics if m.applies(reference)}
     return ScoredExample(example, generation, parsed, scores, shots)
 
 
@@ -351,7 +310,7 @@ def _write_examples(output_uri: str, scored: list[ScoredExample]) -> None:
     fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     fs.makedirs(root, exist_ok=True)
     lines = [json.dumps(s.record(), ensure_ascii=False, default=str) for s in scored]
-    fs.pipe_file(posixpath.join(root, "examples.jsonl"), ("\n".join(lines) + "\n").encode())
+    fs.pipe_file(artifacts.job_uri(root, artifacts.EXAMPLES), ("\n".join(lines) + "\n").encode())
 
 
 def _count(values: Any) -> dict[str, int]:

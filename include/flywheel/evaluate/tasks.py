@@ -10,6 +10,7 @@ import json
 import logging
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.config import ModelConfig
 from flywheel.context import RunContext
 
@@ -25,7 +26,7 @@ def plan_evaluation(
     training job published (a candidate whose training failed gets no customized evaluation). The
     champion, when the workload has one, is evaluated on the same examples.
     """
-    from flywheel.compute import CHAMPION, evaluate_job, read_outcomes
+    from flywheel.compute import CHAMPION_CANDIDATE_ID, evaluate_job, read_outcomes
 
     trained = {
         outcome.spec.labels["flywheel.io/candidate"]: outcome.spec.output_uri
@@ -35,14 +36,14 @@ def plan_evaluation(
     planned: list[tuple[str, str, ModelConfig]] = []
     champion, version = current_champion(ctx)
     if champion is not None:
-        planned.append((CHAMPION, "champion", champion))
+        planned.append((CHAMPION_CANDIDATE_ID, "champion", champion))
     for candidate in ctx.workload.training.candidates:
         name, base_model = candidate.candidate_id, candidate.base_model
         for eval_type in ctx.workload.evaluation.eval_types:
             if eval_type != "customized":
                 planned.append((name, eval_type, ModelConfig(base_model=base_model)))
             elif name in trained:
-                model = ModelConfig(base_model=base_model, adapter=f"{trained[name]}/adapter")
+                model = ModelConfig(base_model=base_model, adapter=artifacts.adapter_uri(trained[name]))
                 planned.append((name, eval_type, model))
             else:
                 log.warning("%s: no adapter from training, so no customized evaluation", name)
@@ -60,7 +61,7 @@ def plan_evaluation(
         for candidate_id, eval_type, model in planned
     ]
     for job in jobs:
-        if version is not None and job.labels["flywheel.io/candidate"] == CHAMPION:
+        if version is not None and job.labels["flywheel.io/candidate"] == CHAMPION_CANDIDATE_ID:
             # Which registry version was evaluated as the champion (collect_evaluation records it).
             job.labels["flywheel.io/champion-version"] = str(version)
         log.info("%s -> %s", job.name, job.output_uri)
@@ -112,7 +113,7 @@ def collect_evaluation(
                 eval_type=spec.labels["flywheel.io/eval-type"],
                 model=(result["model"] if result else _model_arguments(spec.arguments))
                 | _version_label(spec.labels),
-                result_uri=f"{spec.output_uri}/result.json",
+                result_uri=artifacts.job_uri(spec.output_uri, artifacts.RESULT),
                 result=result,
                 error=outcome.error,
             )

@@ -1,9 +1,10 @@
-"""Extraction: one workload's logs for one data interval, from Elasticsearch into a raw Parquet partition.
+"""Extraction: one workload's logs for one data interval, from its log source into a raw Parquet partition.
 
-Each page of hits becomes one Arrow record batch with the full request and response kept as JSON text
-and the flat columns later stages need. Pages are fetched one ahead on a background thread, so the
-cluster and this process work at the same time; memory holds at most three pages whatever the size
-of the day. The partition is committed atomically (see :mod:`flywheel.storage`).
+The source (:mod:`flywheel.extract.sources`) only reads; everything else is shared by every source.
+Each page of records becomes one Arrow record batch with the full request and response kept as JSON
+text and the flat columns later stages need. Pages are fetched one ahead on a background thread, so
+the source and this process work at the same time; memory holds at most three pages whatever the
+size of the day. The partition is committed atomically (see :mod:`flywheel.storage`).
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import date, datetime
+from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel.config import LogSourceConfig
-from flywheel.extract.sources.elasticsearch import Hit, HitPages, interval_query
+from flywheel.extract.documents import as_text, decode, epoch_ms
+from flywheel.extract.sources import LogSource, LogSourceError, LogWindow, ReadReport, SourceRecord
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore
-
-if TYPE_CHECKING:
-    from elasticsearch import Elasticsearch
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,22 @@ RAW_SCHEMA = pa.schema(
         pa.field("request_json", pa.string()),
         pa.field("response_json", pa.string()),
         pa.field("extra_json", pa.string()),
-        pa.field("es_index", pa.string(), nullable=False),
-        pa.field("es_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_record_id", pa.string(), nullable=False),
     ],
-    metadata={"flywheel.schema": "raw/v1"},
+    metadata={"flywheel.schema": "raw/v2"},
 )
 """Columns of a raw partition. ``request_json`` / ``response_json`` hold the logged objects verbatim
 (null when the key is absent); ``extra_json`` any other top-level fields of the log document.
-``record_id`` is stable across re-extractions: a hash of the document's index and id."""
+``source`` names the log source and ``source_record_id`` is the document's id there (``<index>/<_id>``
+in Elasticsearch, ``<file URL>/line-<n>`` or ``/row-<n>`` in files). ``record_id`` is stable across
+re-extractions: a hash of ``source_record_id``.
+
+Partitions written before v2 (``raw/v1``) have ``es_index`` and ``es_id`` instead of the last two
+columns; :func:`upgrade_raw_batch` reads them as v2."""
+
+MAX_READ_METHOD_CHARS = 16
+"""Longest read method a source may report (the ``raw_partitions.read_method`` column)."""
 
 ROWS_PER_PART = 250_000
 
@@ -86,29 +93,31 @@ class ExtractionResult:
 
 
 def extract_interval(
-    client: Elasticsearch,
+    source: LogSource,
     store: ArtifactStore,
     *,
     workload_id: str,
-    source: LogSourceConfig,
     start: datetime,
     end: datetime,
     client_ids: list[str] | None = None,
     page_size: int | None = None,
     on_page: Callable[[int, int], None] | None = None,
 ) -> ExtractionResult:
-    """Extract ``[start, end)`` of one workload into its day's raw partition, replacing any earlier one.
+    """Extract ``[start, end)`` of one workload from ``source`` into its day's raw partition, replacing
+    any earlier one.
 
-    ``on_page(pages, records)`` is called after each page is written (progress logging).
-    Raises on any read or write error, leaving the previously committed partition as it was.
+    ``page_size`` overrides the source's configured one; ``on_page(pages, records)`` is called after
+    each page is written (progress logging). Raises on any read or write error, leaving the previously
+    committed partition as it was.
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware datetimes")
     if not start < end:
         raise ValueError(f"empty interval: start {start.isoformat()} is not before end {end.isoformat()}")
     started = time.perf_counter()
-    query = interval_query(source, workload_id, start, end, client_ids)
-    pages = HitPages(client, source.index, query, page_size or source.page_size, source.keep_alive)
+    window = LogWindow(workload_id, start, end, client_ids)
+    page_limit = page_size or source.page_size
+    report = ReadReport()
     day = partition_day(start)
     fields = SourceFields(source)
     clients: Counter[str] = Counter()
@@ -116,19 +125,29 @@ def extract_interval(
     with cyclic_gc_paused(), store.stage_partition(workload_id, day) as staged:
         writer = PartWriter(store, staged.part_path)
         try:
-            for hits in _prefetch(pages):
-                batch = fields.to_batch(hits)
+            for page in _prefetch(source.pages(window, page_limit, report)):
+                if len(page) > page_limit:
+                    raise LogSourceError(
+                        f"log source {source.type!r} returned a page of {len(page)} records; "
+                        f"{page_limit} were asked for"
+                    )
+                batch = fields.to_batch(page)
                 writer.write(batch)
                 clients.update(
                     c if c is not None else "<none>" for c in batch.column("client_id").to_pylist()
                 )
-                records += len(hits)
+                records += len(page)
                 page_count += 1
                 if on_page is not None:
                     on_page(page_count, records)
         finally:
             writer.close()
-        assert pages.method is not None  # set as soon as iteration began
+        read_method = report.method
+        if not 0 < len(read_method) <= MAX_READ_METHOD_CHARS:
+            raise LogSourceError(
+                f"log source {source.type!r}: read method {read_method!r} must have 1 to "
+                f"{MAX_READ_METHOD_CHARS} characters"
+            )
         commit = store.commit_partition(
             staged,
             {
@@ -137,9 +156,9 @@ def extract_interval(
                 "records": records,
                 "pages": page_count,
                 "bytes": writer.bytes_written,
-                "read_method": pages.method,
-                "index": source.index,
-                "query": query,
+                "read_method": read_method,
+                "source": source.type,
+                **report.details,
                 "client_counts": dict(clients),
                 "schema": RAW_SCHEMA.metadata[b"flywheel.schema"].decode(),
             },
@@ -155,27 +174,28 @@ def extract_interval(
         bytes=writer.bytes_written,
         uri=commit["path"],
         version=commit["version"],
-        read_method=pages.method,
+        read_method=read_method,
         seconds=round(time.perf_counter() - started, 3),
         client_counts=dict(clients),
     )
 
 
 class SourceFields:
-    """Turns a page of hits into an Arrow batch in RAW_SCHEMA, tolerating any shape of ``_source``.
+    """Turns a page of source records into an Arrow batch in RAW_SCHEMA, tolerating any document shape.
 
-    ``request`` and ``response`` are copied as the raw JSON text the cluster returned; only the
+    ``request`` and ``response`` are copied as the raw JSON text the source returned; only the
     small routing fields and the response (for the first tool name) are decoded.
     """
 
-    def __init__(self, source: LogSourceConfig) -> None:
+    def __init__(self, source: LogSource, source_name: str | None = None) -> None:
         self.ts_field = source.timestamp_field
         self.workload_field = source.workload_field
         self.client_field = source.client_field
+        self.source_name = source_name or source.type
         self.known = {self.ts_field, self.workload_field, self.client_field, "request", "response"}
 
-    def to_batch(self, hits: list[Hit]) -> pa.RecordBatch:
-        n = len(hits)
+    def to_batch(self, records: list[SourceRecord]) -> pa.RecordBatch:
+        n = len(records)
         record_id: list[str] = [""] * n
         ts: list[int | None] = [None] * n
         workload: list[str | None] = [None] * n
@@ -184,24 +204,22 @@ class SourceFields:
         request: list[str | None] = [None] * n
         response: list[str | None] = [None] * n
         extra: list[str | None] = [None] * n
-        es_index: list[str] = [""] * n
-        es_id: list[str] = [""] * n
-        for i, hit in enumerate(hits):
-            src = hit.source
-            es_index[i] = hit.index
-            es_id[i] = hit.id
-            record_id[i] = hashlib.blake2b(f"{hit.index}/{hit.id}".encode(), digest_size=16).hexdigest()
+        source_record_id: list[str] = [""] * n
+        for i, record in enumerate(records):
+            src = record.document
+            source_record_id[i] = own_id = record.source_record_id
+            record_id[i] = hashlib.blake2b(own_id.encode(), digest_size=16).hexdigest()
             if (raw := src.get(self.ts_field)) is not None:
-                ts[i] = _epoch_ms(_decode(raw))
+                ts[i] = epoch_ms(decode(raw))
             if (raw := src.get(self.workload_field)) is not None:
-                workload[i] = _as_text(raw)
+                workload[i] = as_text(raw)
             if (raw := src.get(self.client_field)) is not None:
-                client[i] = _as_text(raw)
+                client[i] = as_text(raw)
             if (raw := src.get("request")) is not None:
                 request[i] = bytes(raw).decode()
             if (raw := src.get("response")) is not None:
                 response[i] = bytes(raw).decode()
-                tool[i] = _first_tool_name(_decode(raw))
+                tool[i] = _first_tool_name(decode(raw))
             if len(src) > len(self.known & src.keys()):
                 fields_json = (  # the other top-level fields, re-assembled from their raw JSON
                     f"{_json_text(k).decode()}:{bytes(v).decode()}"
@@ -219,26 +237,26 @@ class SourceFields:
                 pa.array(request, pa.string()),
                 pa.array(response, pa.string()),
                 pa.array(extra, pa.string()),
-                pa.array(es_index, pa.string()),
-                pa.array(es_id, pa.string()),
+                pa.array([self.source_name] * n, pa.string()),
+                pa.array(source_record_id, pa.string()),
             ],
             schema=RAW_SCHEMA,
         )
 
 
-_decode = msgspec.json.Decoder().decode
 _json_text = msgspec.json.Encoder().encode
 
 
-def batches_of_hits(
-    hits: Iterable[Hit], source: LogSourceConfig, chunk_rows: int = 5_000
+def batches_of_records(
+    records: Iterable[SourceRecord], source: LogSource, source_name: str, chunk_rows: int = 5_000
 ) -> Iterator[pa.RecordBatch]:
-    """Raw batches (RAW_SCHEMA) from hits that did not come out of a search (a JSONL file, generated
-    demo traffic), converted exactly as extraction converts a page."""
-    fields = SourceFields(source)
-    page: list[Hit] = []
-    for hit in hits:
-        page.append(hit)
+    """Raw batches (RAW_SCHEMA) from records that ``source`` did not read (a JSONL file given to
+    ``flywheel validate``, generated demo traffic), converted exactly as extraction converts a page:
+    field names are ``source``'s, the ``source`` column says ``source_name``."""
+    fields = SourceFields(source, source_name)
+    page: list[SourceRecord] = []
+    for record in records:
+        page.append(record)
         if len(page) == chunk_rows:
             yield fields.to_batch(page)
             page = []
@@ -246,27 +264,32 @@ def batches_of_hits(
         yield fields.to_batch(page)
 
 
-def _as_text(raw: msgspec.Raw) -> str | None:
-    """A routing field as text: strings as they are, JSON null as None, anything else as its JSON."""
-    value = _decode(raw)
-    if value is None or isinstance(value, str):
-        return value
-    return bytes(raw).decode()
+_V1_SOURCE_COLUMNS = ("es_index", "es_id")
 
 
-def _epoch_ms(value: Any) -> int | None:
-    """Epoch milliseconds of a logged timestamp (ISO 8601 text or epoch millis); None if unreadable."""
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return int(value) if value.isdigit() else None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return int(parsed.timestamp() * 1000)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    return None
+def upgrade_raw_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a raw partition written with ``schema`` reads as (see :func:`upgrade_raw_batch`)."""
+    if _V1_SOURCE_COLUMNS[0] not in schema.names:
+        return schema
+    kept = [f for f in schema if f.name not in _V1_SOURCE_COLUMNS]
+    added = [RAW_SCHEMA.field("source"), RAW_SCHEMA.field("source_record_id")]
+    return pa.schema([*kept, *added], metadata=RAW_SCHEMA.metadata)
+
+
+def upgrade_raw_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch of a raw partition with the current source columns, whichever version wrote it.
+
+    ``raw/v1`` partitions (Elasticsearch only) named them ``es_index`` and ``es_id``: they read as
+    source ``elasticsearch`` and ``<es_index>/<es_id>``, from which their ``record_id`` was hashed, so
+    every record keeps its id. Other columns pass through as they are (drift is validation's to judge).
+    """
+    schema = upgrade_raw_schema(batch.schema)
+    if schema is batch.schema:
+        return batch
+    kept = [batch.column(f.name) for f in schema if f.name not in ("source", "source_record_id")]
+    source = pa.array(["elasticsearch"] * batch.num_rows, pa.string())
+    own_id = pc.binary_join_element_wise(batch.column("es_index"), batch.column("es_id"), "/")
+    return pa.RecordBatch.from_arrays([*kept, source, own_id], schema=schema)
 
 
 def _first_tool_name(response: Any) -> str | None:
@@ -338,7 +361,7 @@ def cyclic_gc_paused() -> Iterator[None]:
 _DONE = object()
 
 
-def _prefetch(pages: Iterable[list[Hit]]) -> Iterator[list[Hit]]:
+def _prefetch(pages: Iterable[list[SourceRecord]]) -> Iterator[list[SourceRecord]]:
     """Iterate ``pages`` with the next page fetched on a background thread while this one is processed.
 
     At most one page waits in the hand-off queue, so memory stays bounded by page size. Errors of the

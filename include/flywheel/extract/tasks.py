@@ -19,26 +19,24 @@ def extract(
     param); ``None`` keeps the configured one.
     """
     from flywheel.extract.partition import extract_interval
-    from flywheel.extract.sources.elasticsearch import connect
     from flywheel.tracking import record_partition
 
     source = ctx.workload.log_source
     clients = client_ids if client_ids is not None else ctx.workload.client_ids
     with ctx.stage("extract") as stage:
-        client = connect(source.conn_id, source.request_timeout_s, raw_hits=True)
         log.info(
-            "extracting %s [%s, %s) from %s (clients: %s)",
+            "extracting %s [%s, %s) from %s %s (clients: %s)",
             ctx.workload_id,
             ctx.interval_start.isoformat(),
             ctx.interval_end.isoformat(),
-            source.index,
+            source.type,
+            source.location,
             ", ".join(clients) if clients else "all",
         )
         result = extract_interval(
-            client,
+            source,
             ctx.store,
             workload_id=ctx.workload_id,
-            source=source,
             start=ctx.interval_start,
             end=ctx.interval_end,
             client_ids=clients,

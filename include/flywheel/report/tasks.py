@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def report(ctx: RunContext) -> str | None:
     """Render the run's HTML report (whatever stages ran) into the artifact store; return its URI."""
-    from flywheel.decide.evidence import report_path
+    from flywheel.artifacts import report_path
     from flywheel.report.data import report_data
     from flywheel.report.render import render_report, write_report
 

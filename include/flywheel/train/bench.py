@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import posixpath
 import shutil
 import statistics
 import sys
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.config import TrainingConfig
 from flywheel.train.trainer import peak_memory_mb
 
@@ -384,8 +384,8 @@ def _copy_train_split(dataset: str, target: Path) -> None:
 
     target.mkdir(parents=True)
     with (
-        fsspec.open(posixpath.join(dataset.rstrip("/"), "train.jsonl"), "rb") as source,
-        (target / "train.jsonl").open("wb") as copy,
+        fsspec.open(artifacts.split_uri(dataset, "train"), "rb") as source,
+        (target / artifacts.split_name("train")).open("wb") as copy,
     ):
         shutil.copyfileobj(source, copy)
-    (target / "validation.jsonl").write_text("")
+    (target / artifacts.split_name("validation")).write_text("")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def collect_training(ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[s
     def figures(outcome: JobOutcome) -> dict[str, Any]:
         assert outcome.result is not None
         return {
-            "adapter_uri": f"{outcome.spec.output_uri}/adapter",
+            "adapter_uri": artifacts.adapter_uri(outcome.spec.output_uri),
             **{key: outcome.result[key] for key in TRAIN_FIGURES},
         }
 

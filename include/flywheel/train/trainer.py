@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flywheel import artifacts
 from flywheel.config import LoraSettings, TrainingConfig
 from flywheel.jobs import JobInputError, read_jsonl, run_job, write_result
 from flywheel.storage import storage_options_from_env
@@ -63,7 +64,8 @@ class TrainingInputError(JobInputError):
     """The dataset or model cannot be trained on as given (empty split, unreadable file...)."""
 
 
-def config_hash(config: TrainingConfig, base_model: str) -> str:
+def training_config_hash(config: TrainingConfig, base_model: str) -> str:
+    """Hash of the training settings and the base model: equal hashes mean equal training runs."""
     import hashlib
 
     payload = json.dumps({"config": config.model_dump(mode="json"), "base_model": base_model}, sort_keys=True)
@@ -85,7 +87,7 @@ def run_training_job(dataset_uri: str, base_model: str, config: TrainingConfig, 
     return run_job(output_uri, JOB_OUTPUTS, body, what="training")
 
 
-JOB_OUTPUTS = ("loss_curve.json", "adapter")
+JOB_OUTPUTS = (artifacts.LOSS_CURVE, artifacts.ADAPTER)
 """What a training job writes under its output URI besides ``result.json`` / ``error.json``."""
 
 
@@ -241,7 +243,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         wall_seconds=round(time.perf_counter() - started, 2),
         peak_memory_mb=peak_memory_mb(device),
         trainable_parameters=trainable,
-        config_hash=config_hash(config, base_model),
+        config_hash=training_config_hash(config, base_model),
         config=config.model_dump(mode="json"),
     )
     _publish(model, tokenizer, result, curve, output_uri)
@@ -264,7 +266,7 @@ def encode_split(tokenizer: Any, dataset_uri: str, name: str, max_seq_length: in
     from flywheel.train.formatting import AnswerTooLongError, encode_for_training
 
     split = EncodedSplit([], 0, 0)
-    for _, record in read_jsonl(posixpath.join(dataset_uri.rstrip("/"), f"{name}.jsonl")):
+    for _, record in read_jsonl(artifacts.split_uri(dataset_uri, name)):
         try:
             encoded = encode_for_training(
                 tokenizer, record["messages"], record.get("tools") or [], max_length=max_seq_length
@@ -472,13 +474,13 @@ def _publish(
     fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     with tempfile.TemporaryDirectory(prefix="flywheel-train-") as tmp:
         local = Path(tmp)
-        model.save_pretrained(local / "adapter")
-        tokenizer.save_pretrained(local / "adapter")
-        (local / "loss_curve.json").write_text(json.dumps(curve, indent=1))
+        model.save_pretrained(local / artifacts.ADAPTER)
+        tokenizer.save_pretrained(local / artifacts.ADAPTER)
+        (local / artifacts.LOSS_CURVE).write_text(json.dumps(curve, indent=1))
         fs.makedirs(root, exist_ok=True)
         for path in sorted(local.rglob("*")):
             if path.is_file():
-                target = posixpath.join(root, path.relative_to(local).as_posix())
+                target = artifacts.job_uri(root, path.relative_to(local).as_posix())
                 fs.makedirs(posixpath.dirname(target), exist_ok=True)
                 fs.put_file(str(path), target)
     write_result(output_uri, asdict(result))

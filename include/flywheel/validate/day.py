@@ -23,9 +23,17 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.config import DataQualityConfig, LogSourceConfig
+from flywheel import artifacts
+from flywheel.config import DataQualityConfig
 from flywheel.errors import AccountingError
-from flywheel.extract.partition import RAW_SCHEMA, PartWriter, cyclic_gc_paused
+from flywheel.extract.partition import (
+    RAW_SCHEMA,
+    PartWriter,
+    cyclic_gc_paused,
+    upgrade_raw_batch,
+    upgrade_raw_schema,
+)
+from flywheel.extract.sources import LogSource
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore, PartitionNotFound
 from flywheel.validate.keys import conversation_key
@@ -121,8 +129,12 @@ def validate_day(
     raw_record = store.read_partition_record(workload_id, day)
     files = store.partition_files(workload_id, day)
     parquet = pq.ParquetDataset(files, filesystem=store.fs)
-    raw_columns = list(parquet.schema.names)
-    batches = (b for f in files for b in pq.ParquetFile(f, filesystem=store.fs).iter_batches(CHUNK_ROWS))
+    raw_columns = list(upgrade_raw_schema(parquet.schema).names)  # partitions of every schema version read
+    batches = (
+        upgrade_raw_batch(b)
+        for f in files
+        for b in pq.ParquetFile(f, filesystem=store.fs).iter_batches(CHUNK_ROWS)
+    )
     result = validate_batches(
         store,
         batches,
@@ -213,7 +225,7 @@ def validate_batches(
                 f"extracted {extracted} != clean {clean_writer.rows} + quarantined {quarantine_writer.rows}"
             )
         frame = summary.frame()
-        reports = f"reports/{workload_id}/{day.isoformat()}"
+        docs_path = store.path(artifacts.data_docs_dir(workload_id, day))
         verdict = validate_batch(
             frame,
             raw_columns,
@@ -221,9 +233,9 @@ def validate_batches(
             rules=rules,
             interval=(start, end),
             baseline_labels=baseline_labels,
-            docs_target=(store, store.path(reports, "data_docs")) if build_docs else None,
+            docs_target=(store, docs_path) if build_docs else None,
         )
-        validation_path = store.path(reports, "validation.json")
+        validation_path = store.path(artifacts.validation_result(workload_id, day))
         store.write_json_atomic(validation_path, verdict.result_json)
         accounting = {
             "extracted": extracted,
@@ -430,21 +442,22 @@ def validate_jsonl(
     start: datetime,
     end: datetime,
     rules: DataQualityConfig,
-    source: LogSourceConfig,
+    source: LogSource,
     build_docs: bool = True,
 ) -> DayValidation:
     """Validate a JSONL file of log documents into ``store`` exactly as the nightly stage would.
 
     Writes the day's clean and quarantine partitions, the GX result and Data Docs, plus
-    ``quarantine.jsonl`` (record id, reason, field, detail per rejected line) at the store's root for
-    reading without Parquet tools. Field names (timestamp, workload, client) are those of ``source``.
+    ``quarantine.jsonl`` (the line's ``<file>/line-<n>``, record id, reason, field, detail per rejected
+    line) at the store's root for reading without Parquet tools. Field names (timestamp, workload,
+    client) are those of ``source``.
     Returns the verdict instead of raising when the batch fails.
     """
     day = partition_day(start)
     with path.open("rb") as lines:
         result = validate_batches(
             store,
-            iter_jsonl_batches(lines, source=source, source_name=path.name),
+            iter_jsonl_batches(lines, source=source, file_name=path.name),
             workload_id=workload_id,
             day=day,
             start=start,
@@ -455,39 +468,34 @@ def validate_jsonl(
             baseline_labels={},
             build_docs=build_docs,
         )
-    columns = ["es_id", "record_id", "reason", "field", "detail"]
+    columns = ["source_record_id", "record_id", "reason", "field", "detail"]
     rows = [
         row
         for part in store.partition_files(workload_id, day, "quarantine")
         for row in pq.read_table(part, columns=columns, filesystem=store.fs).to_pylist()
     ]
-    store.write_bytes_atomic(store.path("quarantine.jsonl"), b"".join(_encode(row) + b"\n" for row in rows))
+    store.write_bytes_atomic(
+        store.path(artifacts.QUARANTINE_EXPORT), b"".join(_encode(row) + b"\n" for row in rows)
+    )
     return result
 
 
 def iter_jsonl_batches(
-    lines: Iterable[bytes], *, source: LogSourceConfig, source_name: str, chunk_rows: int = CHUNK_ROWS
+    lines: Iterable[bytes], *, source: LogSource, file_name: str, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[pa.RecordBatch]:
-    """Raw record batches from JSONL lines of Elasticsearch ``_source`` documents (``flywheel validate``).
+    """Raw record batches from JSONL lines of log documents (``flywheel validate``).
 
     Each line goes through the extractor's own conversion, so a file validates exactly as the same
-    documents would after extraction. A line that is not a JSON object becomes a record holding the
-    line as an extra field (quarantined by the rules), never an exception.
+    documents would after extraction; a record's source is ``file`` and its id ``<file_name>/line-<n>``. A
+    line that is not a JSON object becomes a record holding the line as an extra field (quarantined by
+    the rules), never an exception.
     """
-    from flywheel.extract.partition import batches_of_hits
-    from flywheel.extract.sources.elasticsearch import Hit
+    from flywheel.extract.documents import RawRecord, decode_document
+    from flywheel.extract.partition import batches_of_records
 
-    decode = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-
-    def hits() -> Iterator[Hit]:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                document = decode(line)
-            except msgspec.DecodeError:
-                # Kept (as an extra field) so the quarantine record shows what the line held.
-                document = {"unparseable_line": msgspec.Raw(_encode(line.decode("utf-8", errors="replace")))}
-            yield Hit(index=source_name, id=f"line-{number}", source=document)
-
-    return batches_of_hits(hits(), source, chunk_rows)
+    records = (
+        RawRecord(f"{file_name}/line-{number}", decode_document(line))
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    )
+    return batches_of_records(records, source, "file", chunk_rows)

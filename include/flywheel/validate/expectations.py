@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flywheel import artifacts
 from flywheel.config import DataQualityConfig
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def _publish(store: ArtifactStore, docs_dir: Path, target: str) -> str:
     if store.fs.exists(target):
         store.fs.rm(target, recursive=True)
     store.fs.put(str(docs_dir), target, recursive=True)
-    return store.uri(f"{target}/index.html")
+    return store.uri(artifacts.data_docs_index(target))
 
 
 def _observed(result: dict[str, Any]) -> Any:

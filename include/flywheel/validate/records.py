@@ -2,8 +2,9 @@
 
 :func:`check_record` takes one row of a raw partition (:data:`flywheel.extract.partition.RAW_SCHEMA`) and
 returns either a :class:`Conversation` (the request's messages and tools and the teacher's answer, parsed
-and checked) or a :class:`Violation` (a stable :class:`Reason` code, the JSON path of the offending field
-and a short explanation) for the quarantine partition. It never raises, whatever the row holds.
+and checked) or a :class:`Violation` (a stable :class:`QuarantineReason` code, the JSON path of the
+offending field and a short explanation) for the quarantine partition. It never raises, whatever the
+row holds.
 
 Rules run cheapest first and the first failing rule wins: record size, workload, timestamp, then the
 request (messages, roles, tools), then the response (choices, the answer, its tool calls and their
@@ -32,7 +33,7 @@ from typing import Any
 import msgspec
 
 
-class Reason(StrEnum):
+class QuarantineReason(StrEnum):
     """Why a record was quarantined. The values are stored and queried: never rename one."""
 
     record_too_large = "record_too_large"
@@ -135,7 +136,7 @@ class Conversation:
 class Violation:
     """Why a record goes to quarantine: reason code, JSON path of the offending field, explanation."""
 
-    reason: Reason
+    reason: QuarantineReason
     field: str  # e.g. "response.choices[0].message.tool_calls[1].function.arguments"
     detail: str  # short human explanation including what was found (at most DETAIL_CHARS)
 
@@ -154,7 +155,9 @@ def check_record(
     try:
         return _check(row, workload_id, start, end, max_record_bytes)
     except Exception as exc:  # the contract is to quarantine, never to raise
-        return _violation(Reason.check_error, "record", f"checker failed: {type(exc).__name__}: {exc}")
+        return _violation(
+            QuarantineReason.check_error, "record", f"checker failed: {type(exc).__name__}: {exc}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def _check(
     size = _utf8_len(request_text) + _utf8_len(response_text)
     if size > max_record_bytes:
         return _violation(
-            Reason.record_too_large,
+            QuarantineReason.record_too_large,
             "record",
             f"request and response take {size} bytes, limit {max_record_bytes}",
         )
@@ -188,7 +191,7 @@ def _check(
     found_workload = row.get("workload_id")
     if found_workload != workload_id:
         return _violation(
-            Reason.workload_mismatch,
+            QuarantineReason.workload_mismatch,
             "workload_id",
             f"expected {workload_id!r}, found {_show(found_workload)}",
         )
@@ -198,19 +201,19 @@ def _check(
         detail = "no timestamp (absent or unreadable in the log document)"
         if ts is not None:
             detail = f"expected a datetime, found {type(ts).__name__} {_show(ts)}"
-        return _violation(Reason.timestamp_missing, "timestamp", detail)
+        return _violation(QuarantineReason.timestamp_missing, "timestamp", detail)
     if ts.utcoffset() is None:
         ts = ts.replace(tzinfo=UTC)
     if not start <= ts < end:
         return _violation(
-            Reason.timestamp_outside_interval,
+            QuarantineReason.timestamp_outside_interval,
             "timestamp",
             f"{ts.isoformat()} is not in [{start.isoformat()}, {end.isoformat()})",
         )
 
     # ---- request
     if request_text is None:
-        return _violation(Reason.missing_request, "request", "no request logged")
+        return _violation(QuarantineReason.missing_request, "request", "no request logged")
     if type(request_text) is not str:
         request_text = _as_text(request_text, "request")
         if type(request_text) is Violation:
@@ -224,15 +227,15 @@ def _check(
         if type(messages) is Violation:
             return messages
         what = "absent" if "messages" not in request else f"expected an array, found {_kind(messages)}"
-        return _violation(Reason.missing_messages, "request.messages", what)
+        return _violation(QuarantineReason.missing_messages, "request.messages", what)
     if not messages:
-        return _violation(Reason.empty_messages, "request.messages", "no messages")
+        return _violation(QuarantineReason.empty_messages, "request.messages", "no messages")
 
     texts: list[str] = []  # every text the invalid-text scan covers (see _text_fields for the same walk)
     for i, message in enumerate(messages):
         if type(message) is not dict:
             return _violation(
-                Reason.invalid_message,
+                QuarantineReason.invalid_message,
                 f"request.messages[{i}]",
                 f"expected an object, found {_kind(message)}",
             )
@@ -240,7 +243,9 @@ def _check(
         if type(role) is not str or role not in ROLES:
             what = "absent" if "role" not in message else _show(role)
             return _violation(
-                Reason.unknown_role, f"request.messages[{i}].role", f"role {what} is not one of {_ROLE_LIST}"
+                QuarantineReason.unknown_role,
+                f"request.messages[{i}].role",
+                f"role {what} is not one of {_ROLE_LIST}",
             )
         content = message.get("content")
         if type(content) is str:
@@ -249,10 +254,12 @@ def _check(
             problem = _content_parts(content, texts)
             if problem is not None:
                 j, what = problem
-                return _violation(Reason.invalid_message, f"request.messages[{i}].content[{j}]", what)
+                return _violation(
+                    QuarantineReason.invalid_message, f"request.messages[{i}].content[{j}]", what
+                )
         elif content is not None:
             return _violation(
-                Reason.invalid_message,
+                QuarantineReason.invalid_message,
                 f"request.messages[{i}].content",
                 f"expected a string, null or content parts, found {_kind(content)} {_show(content)}",
             )
@@ -261,7 +268,9 @@ def _check(
             problem = _history_calls(calls, role, texts)
             if problem is not None:
                 where, what = problem
-                return _violation(Reason.invalid_message, f"request.messages[{i}].tool_calls{where}", what)
+                return _violation(
+                    QuarantineReason.invalid_message, f"request.messages[{i}].tool_calls{where}", what
+                )
 
     offered = _offered_tools(request.get("tools"))
     if type(offered) is Violation:
@@ -271,41 +280,47 @@ def _check(
     # ---- response
     if response_text is None:
         return _violation(
-            Reason.missing_response, "response", "no response logged (upstream timeout or error)"
+            QuarantineReason.missing_response, "response", "no response logged (upstream timeout or error)"
         )
     if type(response_text) is not str:
         response_text = _as_text(response_text, "response")
         if type(response_text) is Violation:
             return response_text
-    response = _load(response_text, "response", Reason.unreadable_json)
+    response = _load(response_text, "response", QuarantineReason.unreadable_json)
     if type(response) is Violation:
         return response
     if type(response) is not dict:
-        return _violation(Reason.missing_response, "response", f"expected an object, found {_kind(response)}")
+        return _violation(
+            QuarantineReason.missing_response, "response", f"expected an object, found {_kind(response)}"
+        )
     choices = response.get("choices")
     if type(choices) is not list:
         what = "absent" if "choices" not in response else f"expected an array, found {_kind(choices)}"
-        return _violation(Reason.missing_choices, "response.choices", what)
+        return _violation(QuarantineReason.missing_choices, "response.choices", what)
     if not choices:
-        return _violation(Reason.empty_choices, "response.choices", "no choices")
+        return _violation(QuarantineReason.empty_choices, "response.choices", "no choices")
     choice = choices[0]
     if type(choice) is not dict:
         return _violation(
-            Reason.invalid_answer, "response.choices[0]", f"expected an object, found {_kind(choice)}"
+            QuarantineReason.invalid_answer,
+            "response.choices[0]",
+            f"expected an object, found {_kind(choice)}",
         )
     answer = choice.get("message")
     if type(answer) is not dict:
         what = "absent" if "message" not in choice else f"expected an object, found {_kind(answer)}"
-        return _violation(Reason.invalid_answer, _ANSWER, what)
+        return _violation(QuarantineReason.invalid_answer, _ANSWER, what)
     role = answer.get("role")
     if role is not None and role != "assistant":
         return _violation(
-            Reason.invalid_answer, f"{_ANSWER}.role", f"expected 'assistant', found {_show(role)}"
+            QuarantineReason.invalid_answer, f"{_ANSWER}.role", f"expected 'assistant', found {_show(role)}"
         )
     text = answer.get("content")
     if text is not None and type(text) is not str:
         return _violation(
-            Reason.invalid_answer, f"{_ANSWER}.content", f"expected a string or null, found {_kind(text)}"
+            QuarantineReason.invalid_answer,
+            f"{_ANSWER}.content",
+            f"expected a string or null, found {_kind(text)}",
         )
 
     calls = answer.get("tool_calls")
@@ -313,11 +328,15 @@ def _check(
     if calls is None or calls == []:
         if not text or text.isspace():
             return _violation(
-                Reason.invalid_answer, _ANSWER, f"neither text content nor tool calls (content {_show(text)})"
+                QuarantineReason.invalid_answer,
+                _ANSWER,
+                f"neither text content nor tool calls (content {_show(text)})",
             )
     elif type(calls) is not list:
         return _violation(
-            Reason.invalid_answer, f"{_ANSWER}.tool_calls", f"expected an array, found {_kind(calls)}"
+            QuarantineReason.invalid_answer,
+            f"{_ANSWER}.tool_calls",
+            f"expected an array, found {_kind(calls)}",
         )
     else:
         for k, call in enumerate(calls):
@@ -348,11 +367,13 @@ def _split_request(text: Any) -> dict[str, Any] | Violation:
         return _decode_members(text)
     except _DECODE_ERRORS:
         pass
-    request = _load(text, "request", Reason.unreadable_json)
+    request = _load(text, "request", QuarantineReason.unreadable_json)
     if type(request) is Violation:
         return request
     if type(request) is not dict:
-        return _violation(Reason.missing_request, "request", f"expected an object, found {_kind(request)}")
+        return _violation(
+            QuarantineReason.missing_request, "request", f"expected an object, found {_kind(request)}"
+        )
     return request
 
 
@@ -360,7 +381,7 @@ def _member(members: dict[str, Any], key: str, field: str) -> Any:
     """Decoded value of a top-level member (None when absent), or a Violation if it does not decode."""
     value = members.get(key)
     if type(value) is msgspec.Raw:
-        return _load(value, field, Reason.unreadable_json)
+        return _load(value, field, QuarantineReason.unreadable_json)
     return value
 
 
@@ -371,7 +392,7 @@ def _offered_tools(raw: Any) -> tuple[list[dict[str, Any]], frozenset[str]] | Vi
     key = bytes(raw)
     entry = _TOOLS_CACHE.get(key)
     if entry is None:
-        tools = _load(raw, "request.tools", Reason.unreadable_json)
+        tools = _load(raw, "request.tools", QuarantineReason.unreadable_json)
         entry = tools if type(tools) is Violation else _check_tools(tools)
         if len(_TOOLS_CACHE) >= _TOOLS_CACHE_SIZE:
             _TOOLS_CACHE.clear()
@@ -383,13 +404,15 @@ def _check_tools(tools: Any) -> tuple[list[dict[str, Any]], frozenset[str]] | Vi
     if tools is None:
         return [], frozenset()
     if type(tools) is not list:
-        return _violation(Reason.invalid_tools, "request.tools", f"expected an array, found {_kind(tools)}")
+        return _violation(
+            QuarantineReason.invalid_tools, "request.tools", f"expected an array, found {_kind(tools)}"
+        )
     names = []
     for i, tool in enumerate(tools):
         problem = _tool_problem(tool)
         if problem is not None:
             where, what = problem
-            return _violation(Reason.invalid_tools, f"request.tools[{i}]{where}", what)
+            return _violation(QuarantineReason.invalid_tools, f"request.tools[{i}]{where}", what)
         names.append(tool["function"]["name"])
     return tools, frozenset(names)
 
@@ -452,27 +475,29 @@ def _answer_call(call: Any, k: int, names: frozenset[str]) -> ToolCall | Violati
     """Check one tool call of the teacher's answer and parse its arguments."""
     if type(call) is not dict:
         return _violation(
-            Reason.invalid_answer, f"{_ANSWER}.tool_calls[{k}]", f"expected an object, found {_kind(call)}"
+            QuarantineReason.invalid_answer,
+            f"{_ANSWER}.tool_calls[{k}]",
+            f"expected an object, found {_kind(call)}",
         )
     kind = call.get("type")
     if kind is not None and kind != "function":
         return _violation(
-            Reason.wrong_tool_type,
+            QuarantineReason.wrong_tool_type,
             f"{_ANSWER}.tool_calls[{k}].type",
             f"expected 'function', found {_show(kind)}",
         )
     function = call.get("function")
     if type(function) is not dict:
         what = "absent" if "function" not in call else f"expected an object, found {_kind(function)}"
-        return _violation(Reason.invalid_answer, f"{_ANSWER}.tool_calls[{k}].function", what)
+        return _violation(QuarantineReason.invalid_answer, f"{_ANSWER}.tool_calls[{k}].function", what)
     name = function.get("name")
     if type(name) is not str or not name:
         what = "absent" if "name" not in function else f"expected a non-empty string, found {_show(name)}"
-        return _violation(Reason.invalid_answer, f"{_ANSWER}.tool_calls[{k}].function.name", what)
+        return _violation(QuarantineReason.invalid_answer, f"{_ANSWER}.tool_calls[{k}].function.name", what)
     if name not in names:
         offered = ", ".join(sorted(names)) if names else "none"
         return _violation(
-            Reason.unknown_tool,
+            QuarantineReason.unknown_tool,
             f"{_ANSWER}.tool_calls[{k}].function.name",
             f"{name!r} is not among the tools offered ({offered})",
         )
@@ -480,13 +505,13 @@ def _answer_call(call: Any, k: int, names: frozenset[str]) -> ToolCall | Violati
     field = f"{_ANSWER}.tool_calls[{k}].function.arguments"
     if type(arguments) is not str:
         what = "absent" if "arguments" not in function else _kind(arguments)
-        return _violation(Reason.arguments_not_json, field, f"expected a JSON string, got {what}")
-    parsed = _load(arguments, field, Reason.arguments_not_json)
+        return _violation(QuarantineReason.arguments_not_json, field, f"expected a JSON string, got {what}")
+    parsed = _load(arguments, field, QuarantineReason.arguments_not_json)
     if type(parsed) is Violation:
         return parsed
     if type(parsed) is not dict:
         return _violation(
-            Reason.arguments_not_object,
+            QuarantineReason.arguments_not_object,
             field,
             f"expected a JSON object, found {_kind(parsed)} {_show(arguments)}",
         )
@@ -497,7 +522,7 @@ def _answer_call(call: Any, k: int, names: frozenset[str]) -> ToolCall | Violati
 # JSON decoding
 
 
-def _load(text: Any, field: str, reason: Reason) -> Any:
+def _load(text: Any, field: str, reason: QuarantineReason) -> Any:
     """The JSON value of `text`, or a :class:`Violation` with `reason` at `field` when it is not JSON.
 
     msgspec rejects lone surrogate escapes (``"\\ud800"``) as malformed; when the stdlib decoder reads
@@ -515,11 +540,11 @@ def _as_text(value: Any, field: str) -> Any:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
-            return _violation(Reason.invalid_text, field, f"not UTF-8 text: {exc}")
+            return _violation(QuarantineReason.invalid_text, field, f"not UTF-8 text: {exc}")
     return value  # not text: the decoder's error says so
 
 
-def _load_slow(text: Any, field: str, reason: Reason, error: Exception) -> Any:
+def _load_slow(text: Any, field: str, reason: QuarantineReason, error: Exception) -> Any:
     text = _as_text(text, field)
     if type(text) is Violation:
         return text
@@ -537,7 +562,7 @@ def _load_slow(text: Any, field: str, reason: Reason, error: Exception) -> Any:
     except RecursionError:
         return _violation(reason, field, f"not valid JSON ({message}): {_show(text)}")
     if found is not None:
-        return _violation(Reason.invalid_text, found, "lone surrogate (broken encoding)")
+        return _violation(QuarantineReason.invalid_text, found, "lone surrogate (broken encoding)")
     return value  # valid JSON that msgspec declined (so far: none known); the other rules decide
 
 
@@ -588,11 +613,11 @@ def _bad_text_violation(messages: list[dict[str, Any]], answer: dict[str, Any]) 
             at = match.start()
             context = text[max(0, at - 20) : at + 20]
             return _violation(
-                Reason.invalid_text,
+                QuarantineReason.invalid_text,
                 field,
                 f"character U+{ord(match.group()):04X} at offset {at}: {_show(context)}",
             )
-    return _violation(Reason.invalid_text, "record", "invalid character in conversation text")
+    return _violation(QuarantineReason.invalid_text, "record", "invalid character in conversation text")
 
 
 def _text_fields(messages: list[dict[str, Any]], answer: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -660,7 +685,7 @@ def _utf8_len(text: Any) -> int:
     return 0
 
 
-def _violation(reason: Reason, field: str, detail: str) -> Violation:
+def _violation(reason: QuarantineReason, field: str, detail: str) -> Violation:
     if len(detail) > DETAIL_CHARS:
         detail = detail[: DETAIL_CHARS - 3] + "..."
     return Violation(reason, field, detail)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import write_config
 from flywheel.compute import (
-    CHAMPION,
+    CHAMPION_CANDIDATE_ID,
     JobSpec,
     dns_label,
     evaluate_job,
@@ -238,7 +238,7 @@ def test_evaluate_jobs_name_the_model_and_share_the_evaluation_settings(tmp_path
         workload,
         ModelConfig(endpoint=endpoint),
         eval_type="champion",
-        candidate_id=CHAMPION,
+        candidate_id=CHAMPION_CANDIDATE_ID,
         **common,
     )
 

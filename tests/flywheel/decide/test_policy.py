@@ -236,6 +236,40 @@ def test_lower_is_better_guardrails() -> None:
     assert decide(guarded, champion=champion, variants=[faster]).outcome == "promote"
 
 
+def examples_jsonl(right: int, offered: int, n: int = 200) -> list[dict[str, object]]:
+    """``examples.jsonl`` lines: the first ``right`` right on the primary metric, the first ``offered``
+    calling only offered tools (the metric of tests/custom_metrics.py), each answered in 1 s."""
+    return [
+        {
+            "example_id": f"e{i:04d}",
+            "eval_set": "evaluation",
+            "tool_calls": [],
+            "scores": {"function_name_and_args": i < right, "offered_tools_only": i < offered},
+            "latency_s": 1.0,
+        }
+        for i in range(n)
+    ]
+
+
+def test_a_metric_of_your_own_guards_the_promotion() -> None:
+    own = "custom_metrics:OfferedToolsOnly"
+    guarded = policy(guardrails={own: {"margin": 0.02}})
+    champion = Outcomes.from_examples("champion", "champion", examples_jsonl(100, 200), metrics=[own])
+    inventive = Outcomes.from_examples("m", "customized", examples_jsonl(150, 170), metrics=[own])
+    careful = Outcomes.from_examples("m", "customized", examples_jsonl(150, 200), metrics=[own])
+
+    decision = decide(guarded, champion=champion, variants=[inventive])
+
+    # Better on the primary metric, but it invents tools on 15% of the examples.
+    assert decision.outcome == "no_change"
+    assert codes(decision.reasons) == ["guardrail_failed"]
+    assert decision.reasons[0].message.startswith("offered_tools_only: difference -0.150")
+    guard = decision.comparisons["offered_tools_only"]
+    assert (guard["champion"], guard["challenger"], guard["passed"]) == (1.0, 0.85, False)
+    assert inventive.statistics["latency_p95_s"] == inventive.latency_p95_s == 1.0  # from the lines
+    assert decide(guarded, champion=champion, variants=[careful]).outcome == "promote"
+
+
 def test_a_guardrail_without_examples_does_not_block() -> None:
     champion = outcomes("champion", "champion", 100)
     challenger = outcomes("m", "customized", 150)

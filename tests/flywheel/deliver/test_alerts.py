@@ -212,6 +212,25 @@ def test_webhook_channel_posts_the_notification_json(make_config, connections, h
     assert request.body == {**notification.to_dict(), "text": notification.text()}
 
 
+def test_a_users_own_channel_receives_the_notification(make_config, connections, http_server) -> None:
+    connections("teams_oncall", conn_type="http", host=f"{http_server.url}/webhookb2/flywheel")
+    channel = {"type": "my_flywheel.alerts:TeamsChannel", "conn_id": "teams_oncall"}
+    config = make_config({"channels": [channel], "local_sink": False})
+    notification = alert(config.workloads[0].workload_id)
+
+    (delivery,) = notify(config, notification)
+
+    assert delivery == {
+        "channel": "my_flywheel.alerts:TeamsChannel",
+        "conn_id": "teams_oncall",
+        "status": "sent",
+        "error": None,
+    }
+    (request,) = http_server.requests
+    assert (request.method, request.path) == ("POST", "/webhookb2/flywheel")
+    assert request.body == {"text": notification.text()}
+
+
 def test_a_failing_channel_does_not_stop_the_others(
     make_config, connections, http_server: RecordingServer, refused_url, smtp_inbox, caplog
 ) -> None:

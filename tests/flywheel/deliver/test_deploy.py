@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from flywheel.config import NoDeployConfig, VllmDeployConfig, WebhookDeployConfig
-from flywheel.deliver.deploy import Deployment, deploy, deploy_hook
+from flywheel.deliver.deploy import NoDeploy, PromotionContext, VllmDeploy, WebhookDeploy, deploy, deploy_hook
+from flywheel.deliver.registry import VersionInfo
 from flywheel.errors import DeployError
 
 if TYPE_CHECKING:
@@ -42,26 +42,51 @@ def adapter_dir(tmp_path: Path) -> str:
     return str(path)
 
 
-def deployment(
-    adapter_uri: str | None = "s3://flywheel/models/router/v3/adapter", **overrides: Any
-) -> Deployment:
+def version(
+    number: int = 3, adapter_uri: str | None = "s3://flywheel/models/router/v3/adapter", **overrides: Any
+) -> VersionInfo:
+    """The registry's snapshot of version ``number`` of the router's smollm2-135m candidate."""
     fields: dict[str, Any] = {
+        "id": number,
         "workload_id": "router",
-        "version": 3,
+        "version": number,
         "candidate_id": "smollm2-135m",
         "eval_type": "customized",
         "base_model": "smollm2-135m-instruct",
         "adapter_uri": adapter_uri,
         "model": {"base_model": "smollm2-135m-instruct", "adapter": adapter_uri},
-        "previous_version": 2,
-        "decision_id": 17,
-        "dag_run_id": "scheduled__2026-12-06T02:00:00+00:00",
+        "dataset_id": "ds-1",
+        "run_id": 5,
+        "metrics": None,
+        "created_at": datetime(2026, 12, 6, tzinfo=UTC),
     }
-    return Deployment(**{**fields, **overrides})
+    return VersionInfo(**{**fields, **overrides})
+
+
+PROMOTION = PromotionContext(
+    previous=version(2, "s3://flywheel/models/router/v2/adapter"),
+    decision_id=17,
+    dag_run_id="scheduled__2026-12-06T02:00:00+00:00",
+)
+
+PAYLOAD = {
+    "event": "promote",
+    "workload_id": "router",
+    "version": 3,
+    "candidate_id": "smollm2-135m",
+    "eval_type": "customized",
+    "base_model": "smollm2-135m-instruct",
+    "adapter_uri": "s3://flywheel/models/router/v3/adapter",
+    "model": {"base_model": "smollm2-135m-instruct", "adapter": "s3://flywheel/models/router/v3/adapter"},
+    "previous_version": 2,
+    "decision_id": 17,
+    "dag_run_id": "scheduled__2026-12-06T02:00:00+00:00",
+}
+"""What the webhook hook POSTs for version 3 replacing version 2 (the wire format serving reads)."""
 
 
 def test_none_only_moves_the_registry() -> None:
-    assert deploy(NoDeployConfig(), deployment()) == {
+    assert deploy(NoDeploy(), version(), PROMOTION) == {
         "type": "none",
         "status": "skipped",
         "workload_id": "router",
@@ -78,7 +103,7 @@ def test_webhook_posts_the_champion_with_the_bearer_token(connection, http_serve
         extra={"headers": {"X-Team": "ml"}},
     )
 
-    result = deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook"), deployment())
+    result = deploy(WebhookDeploy(conn_id="promote_hook"), version(), PROMOTION)
 
     assert result == {
         "type": "webhook",
@@ -91,36 +116,15 @@ def test_webhook_posts_the_champion_with_the_bearer_token(connection, http_serve
     assert (request.method, request.path) == ("POST", "/hooks/promote")
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     assert request.headers["x-team"] == "ml"
-    assert request.body == {"event": "promote", **deployment().to_dict()}
+    assert request.body == PAYLOAD
     assert request.body["adapter_uri"] == "s3://flywheel/models/router/v3/adapter"
 
 
 def test_deploy_hook_deploys_the_registry_champion_and_keeps_the_result(connection, http_server) -> None:
-    from flywheel.deliver.registry import VersionInfo
-
-    def version(number: int, adapter: str) -> VersionInfo:
-        model = {"base_model": "smollm2-135m-instruct", "adapter": adapter}
-        created = datetime(2026, 12, 6, tzinfo=UTC)
-        return VersionInfo(
-            number,
-            "router",
-            number,
-            "smollm2-135m",
-            "customized",
-            model["base_model"],
-            adapter,
-            model,
-            "ds-1",
-            5,
-            None,
-            created,
-        )
-
     connection("promote_hook", host=http_server.url)
     results: dict[str, Any] = {}
     hook = deploy_hook(
-        WebhookDeployConfig(type="webhook", conn_id="promote_hook"),
-        "router",
+        WebhookDeploy(conn_id="promote_hook"),
         decision_id=17,
         dag_run_id="scheduled__2026-12-06T02:00:00+00:00",
         results=results,
@@ -131,7 +135,7 @@ def test_deploy_hook_deploys_the_registry_champion_and_keeps_the_result(connecti
         version(2, "s3://flywheel/models/router/v2/adapter"),
     )
 
-    assert http_server.requests[0].body == {"event": "promote", **deployment().to_dict()}
+    assert http_server.requests[0].body == PAYLOAD
     assert (results["type"], results["status"]) == ("webhook", "deployed")
     http_server.faults.append({"status": 400, "body": "no"})
     with pytest.raises(DeployError, match="HTTP 400: no"):  # raised inside the registry's transaction
@@ -142,7 +146,7 @@ def test_webhook_retries_5xx_then_succeeds(connection, http_server) -> None:
     connection("promote_hook", host=http_server.url.removeprefix("http://"), schema="http")
     http_server.faults.extend([{"status": 503, "body": "warming up"}, {"status": 502, "body": "bad gateway"}])
 
-    result = deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook", max_retries=2), deployment())
+    result = deploy(WebhookDeploy(conn_id="promote_hook", max_retries=2), version(), PROMOTION)
 
     assert (result["status"], result["attempts"], result["http_status"]) == ("deployed", 3, 200)
     assert len(http_server.requests) == 3
@@ -156,7 +160,7 @@ def test_webhook_4xx_is_not_retried(connection, http_server) -> None:
     with pytest.raises(
         DeployError, match=r"HTTP 422: unknown workload router \(token \*\*\*\) \(not retried\)"
     ) as raised:
-        deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook", max_retries=3), deployment())
+        deploy(WebhookDeploy(conn_id="promote_hook", max_retries=3), version(), PROMOTION)
 
     assert raised.value.http_status == 422
     assert len(http_server.requests) == 1
@@ -167,7 +171,7 @@ def test_webhook_connection_refused_fails_after_retries(connection, refused_url)
     connection("promote_hook", host=refused_url, password=TOKEN)
 
     with pytest.raises(DeployError, match="after 2 attempts: ConnectError") as raised:
-        deploy(WebhookDeployConfig(type="webhook", conn_id="promote_hook", max_retries=1), deployment())
+        deploy(WebhookDeploy(conn_id="promote_hook", max_retries=1), version(), PROMOTION)
 
     assert raised.value.http_status is None
     assert TOKEN not in str(raised.value)
@@ -176,10 +180,10 @@ def test_webhook_connection_refused_fails_after_retries(connection, refused_url)
 def test_vllm_loads_the_adapter_and_a_repeat_is_idempotent(connection, vllm_server, adapter_dir) -> None:
     vllm_server.api_key = TOKEN
     connection("vllm_router", host=vllm_server.url, password=TOKEN)
-    config = VllmDeployConfig(type="vllm", conn_id="vllm_router")
+    hook = VllmDeploy(conn_id="vllm_router")
 
-    first = deploy(config, deployment(adapter_dir))
-    again = deploy(config, deployment(adapter_dir))  # a retried task
+    first = deploy(hook, version(3, adapter_dir), PROMOTION)
+    again = deploy(hook, version(3, adapter_dir), PROMOTION)  # a retried task
 
     assert first == {
         "type": "vllm",
@@ -205,16 +209,14 @@ def test_vllm_refuses_a_name_loaded_from_another_path(connection, vllm_server, a
     with pytest.raises(
         DeployError, match="already serves an adapter named 'router-v3' from '/adapters/an-older"
     ):
-        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment(adapter_dir))
+        deploy(VllmDeploy(conn_id="vllm_router"), version(3, adapter_dir), PROMOTION)
 
 
 def test_vllm_adapter_name_template_and_v1_base_url(connection, vllm_server, adapter_dir) -> None:
     connection("vllm_router", host=f"{vllm_server.url}/v1")
-    config = VllmDeployConfig(
-        type="vllm", conn_id="vllm_router", adapter_name="flywheel-{workload_id}-{version}"
-    )
+    hook = VllmDeploy(conn_id="vllm_router", adapter_name="flywheel-{workload_id}-{version}")
 
-    assert deploy(config, deployment(adapter_dir))["adapter_name"] == "flywheel-router-3"
+    assert deploy(hook, version(3, adapter_dir), PROMOTION)["adapter_name"] == "flywheel-router-3"
     assert vllm_server.requests[0].path == "/v1/load_lora_adapter"
 
 
@@ -235,7 +237,7 @@ def test_vllm_errors_carry_status_and_message(connection, vllm_server, fault, ex
         vllm_server.faults.append(fault)
 
     with pytest.raises(DeployError, match=expected) as raised:
-        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment("/no/such/adapter"))
+        deploy(VllmDeploy(conn_id="vllm_router"), version(3, "/no/such/adapter"), PROMOTION)
 
     assert raised.value.http_status == (500 if fault else 404)
     assert vllm_server.loaded == {}
@@ -247,14 +249,14 @@ def test_vllm_without_runtime_lora_updating_says_so(connection, http_server) -> 
     connection("vllm_router", host=http_server.url)
 
     with pytest.raises(DeployError, match=r"HTTP 404: Not Found .*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
-        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment())
+        deploy(VllmDeploy(conn_id="vllm_router"), version(), PROMOTION)
 
 
 def test_vllm_cannot_deploy_a_variant_without_adapter(connection, vllm_server) -> None:
     connection("vllm_router", host=vllm_server.url)
 
     with pytest.raises(DeployError, match="'icl' variant of candidate 'smollm2-135m' has no LoRA adapter"):
-        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment(None, eval_type="icl"))
+        deploy(VllmDeploy(conn_id="vllm_router"), version(3, None, eval_type="icl"), PROMOTION)
 
     assert vllm_server.requests == []
 
@@ -263,7 +265,7 @@ def test_vllm_unreachable(connection, refused_url) -> None:
     connection("vllm_router", host=refused_url)
 
     with pytest.raises(DeployError, match="cannot load adapter 'router-v3': ConnectError"):
-        deploy(VllmDeployConfig(type="vllm", conn_id="vllm_router"), deployment())
+        deploy(VllmDeploy(conn_id="vllm_router"), version(), PROMOTION)
 
 
 def test_the_fake_vllm_server_answers_like_vllm(vllm_server: VllmServer, adapter_dir) -> None:
@@ -280,3 +282,69 @@ def test_the_fake_vllm_server_answers_like_vllm(vllm_server: VllmServer, adapter
     models = httpx.get(f"{vllm_server.url}/v1/models").json()["data"]
     assert [(m["id"], m["parent"]) for m in models] == [("base-model", None), ("a", "base-model")]
     assert httpx.get(f"{vllm_server.url}/v1/nothing").json() == {"detail": "Not Found"}
+
+
+def test_a_users_own_hook_deploys_inside_a_real_promotion(tmp_path: Path, monkeypatch) -> None:
+    from conftest import write_config
+    from flywheel.config import load_config
+    from flywheel.db.engine import get_engine
+    from flywheel.db.migrate import upgrade
+    from flywheel.deliver.registry import champion, promote, register_version
+    from flywheel.tracking import ensure_run
+    from my_flywheel.deploy import ChampionFile
+
+    served = tmp_path / "champion.json"
+    hook_block = {"type": "my_flywheel.deploy:ChampionFile", "path": str(served)}
+    config = load_config(write_config(tmp_path, deploy=hook_block))  # SQLite metadata in tmp_path
+    upgrade(get_engine(config.metadata))
+    workload = config.workloads[0]
+    assert workload.deploy == ChampionFile(type="my_flywheel.deploy:ChampionFile", path=str(served))
+    run_id = ensure_run(
+        config.metadata,
+        workload_id=workload.workload_id,
+        dag_id=workload.dag_id,
+        dag_run_id="manual",
+        interval_start=datetime(2026, 12, 5, 2, tzinfo=UTC),
+        interval_end=datetime(2026, 12, 6, 2, tzinfo=UTC),
+    )
+    v1, v2 = (
+        register_version(
+            config.metadata,
+            workload_id=workload.workload_id,
+            run_id=run_id,
+            candidate_id="smollm2-135m",
+            eval_type=eval_type,
+            model={"base_model": "smollm2-135m-instruct", "adapter": f"/adapters/{eval_type}"},
+            dataset_id="ds-1",
+        )
+        for eval_type in ("base", "customized")
+    )
+    promote(config.metadata, workload.workload_id, v1.version, actor="dag", reason="first")
+
+    results: dict[str, Any] = {}
+    hook = deploy_hook(workload.deploy, decision_id=None, dag_run_id="manual", results=results)
+    move = promote(
+        config.metadata, workload.workload_id, v2.version, actor="dag", reason="better", before_commit=hook
+    )
+
+    assert (move.version, move.previous_version) == (2, 1)
+    assert results == {"type": "my_flywheel.deploy:ChampionFile", "status": "deployed", "path": str(served)}
+    assert json.loads(served.read_text()) == {
+        "workload_id": workload.workload_id,
+        "version": 2,
+        "base_model": "smollm2-135m-instruct",
+        "adapter_uri": "/adapters/customized",
+        "previous_version": 1,
+    }
+    # The hook fails (its folder is gone): the alias move rolls back and the champion stays.
+    broken = ChampionFile(type="my_flywheel.deploy:ChampionFile", path=str(tmp_path / "gone" / "c.json"))
+    with pytest.raises(FileNotFoundError):
+        promote(
+            config.metadata,
+            workload.workload_id,
+            v1.version,
+            actor="dag",
+            reason="back",
+            before_commit=deploy_hook(broken),
+        )
+    assert champion(config.metadata, workload.workload_id).version == 2

@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flywheel.config import LogSourceConfig
 from flywheel.demo.seed import SeedError, daily_index, demo_workloads, seed_logs
-from flywheel.extract.sources.elasticsearch import connect
+from flywheel.extract.sources.elasticsearch import ElasticsearchSource, connect
 
 NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 
@@ -37,11 +36,11 @@ def test_seed_writes_every_record_into_daily_indices(log_store, flywheel_config)
 
 
 def test_daily_index_follows_the_record_timestamp():
-    source = LogSourceConfig(index="llm-logs-*")
+    source = ElasticsearchSource(index="llm-logs-*")
     fallback = datetime(2026, 1, 2, tzinfo=UTC)
     assert daily_index(source, "2026-11-20T23:59:59.999Z", fallback) == "llm-logs-2026.11.20"
     assert daily_index(source, 1234, fallback) == "llm-logs-2026.01.02"
-    assert daily_index(LogSourceConfig(index="llm-logs"), "2026-11-20T00:00:00Z", fallback) == "llm-logs"
+    assert daily_index(ElasticsearchSource(index="llm-logs"), "2026-11-20T00:00:00Z", fallback) == "llm-logs"
 
 
 def test_unknown_demo_workload_is_an_error(flywheel_config):

@@ -24,9 +24,9 @@ import pytest
 
 from flywheel.config import EndpointConfig, EvaluationConfig, GenerationConfig, ModelConfig
 from flywheel.evaluate.examples import examples_hash, load_examples
-from flywheel.evaluate.metrics import score_tool_calls
+from flywheel.evaluate.metrics import example_metrics, score_tool_calls
 from flywheel.evaluate.parsing import parse_text
-from flywheel.evaluate.runner import METRICS, run_evaluation_job
+from flywheel.evaluate.runner import run_evaluation_job
 from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ REASONS = {
     "arguments_not_object",
     "generation_failed",
 }
+METRICS = [m.name for m in example_metrics()]
+"""The metrics every evaluation reports (the built-in per-example ones)."""
 SCORE_OF = {
     "function_name_accuracy": "function_name",
     "function_name_and_args_accuracy": "function_name_and_args",
@@ -644,6 +646,35 @@ def test_endpoint_metrics_are_the_expected_fractions(
         assert body["max_tokens"] == 64
         assert body["temperature"] == 0
         assert [m["role"] for m in body["messages"]] == ["system", "user"]
+
+
+def test_a_metric_of_your_own_is_scored_and_reported(
+    openai_server: OpenAIServer, dataset: str, tmp_path: Path
+) -> None:
+    """A metric named by its dotted path (tests/custom_metrics.py) is scored per example like a built-in."""
+    openai_server.responder = answer
+
+    code, result, lines = evaluate(
+        dataset, tmp_path / "out", served(openai_server), metrics=["custom_metrics:OfferedToolsOnly"]
+    )
+
+    assert code == 0
+    # Every answer calls only offered tools, or none; ex-04's cut-off arguments make it unreadable.
+    assert {line["example_id"]: line["scores"]["offered_tools_only"] for line in lines} == {
+        "ex-01": True,
+        "ex-02": True,
+        "ex-03": True,
+        "ex-04": False,
+        "ex-05": True,
+        "ex-06": True,
+        "ex-07": True,
+    }
+    assert result["metrics"]["offered_tools_only"]["value"] == 6 / 7
+    assert result["metrics"]["offered_tools_only"]["n"] == 7
+    assert set(result["metrics"]) == {*METRICS, "offered_tools_only"}
+    assert result["per_tool"]["start_return"]["offered_tools_only"] == 0.0
+    assert result["per_tool"]["search_products"]["offered_tools_only"] == 1.0
+    assert result["config"]["metrics"] == ["custom_metrics:OfferedToolsOnly"]
 
 
 def test_judge_ratings_and_missing_ones(openai_server: OpenAIServer, dataset: str, tmp_path: Path) -> None:

@@ -10,18 +10,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.config import LogSourceConfig
 from flywheel.extract.partition import RAW_SCHEMA, extract_interval
-from flywheel.extract.sources.elasticsearch import connect
+from flywheel.extract.sources.elasticsearch import ElasticsearchSource
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore
 from logdocs import END, START, WORKLOAD, index_docs, iso, log_doc
 
 
 @pytest.fixture
-def source(log_store) -> LogSourceConfig:
+def source(log_store) -> ElasticsearchSource:
     """A log source on its own index pattern, so tests sharing the server never see each other's data."""
-    return LogSourceConfig(index=f"logs-{uuid.uuid4().hex[:10]}-*", page_size=50)
+    return ElasticsearchSource(index=f"logs-{uuid.uuid4().hex[:10]}-*", page_size=50)
 
 
 @pytest.fixture
@@ -29,11 +28,8 @@ def store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore(str(tmp_path / "artifacts"))
 
 
-def run_extract(source: LogSourceConfig, store: ArtifactStore, **kwargs):
-    client = connect(source.conn_id, raw_hits=True)
-    return extract_interval(
-        client, store, workload_id=WORKLOAD, source=source, start=START, end=END, **kwargs
-    )
+def run_extract(source: ElasticsearchSource, store: ArtifactStore, **kwargs):
+    return extract_interval(source, store, workload_id=WORKLOAD, start=START, end=END, **kwargs)
 
 
 def read_partition(store: ArtifactStore):
@@ -114,7 +110,7 @@ def test_failed_attempt_leaves_previous_partition_untouched(tmp_path):
     from flywheel.embedded import LocalLogStore
 
     with LocalLogStore.start() as private:
-        source = LogSourceConfig(conn_id="flywheel_logs_private", index="logs-private-*", page_size=25)
+        source = ElasticsearchSource(conn_id="flywheel_logs_private", index="logs-private-*", page_size=25)
         env = private.connection_env(source.conn_id)
         with pytest.MonkeyPatch.context() as mp:
             for key, value in env.items():
@@ -144,7 +140,7 @@ def test_failed_first_attempt_leaves_nothing_visible(tmp_path):
 
     store = ArtifactStore(str(tmp_path / "artifacts"))
     with LocalLogStore.start() as private, pytest.MonkeyPatch.context() as mp:
-        source = LogSourceConfig(conn_id="flywheel_logs_private", index="logs-private-*", page_size=25)
+        source = ElasticsearchSource(conn_id="flywheel_logs_private", index="logs-private-*", page_size=25)
         for key, value in private.connection_env(source.conn_id).items():
             mp.setenv(key, value)
         index_docs(source, [log_doc(START + timedelta(minutes=i), i) for i in range(100)])
@@ -215,10 +211,7 @@ def test_record_id_is_stable_and_first_tool_extracted(source, store):
 
 
 def test_rejects_naive_or_empty_interval(source, store):
-    client = connect(source.conn_id, raw_hits=True)
     with pytest.raises(ValueError, match="timezone-aware"):
-        extract_interval(
-            client, store, workload_id=WORKLOAD, source=source, start=START.replace(tzinfo=None), end=END
-        )
+        extract_interval(source, store, workload_id=WORKLOAD, start=START.replace(tzinfo=None), end=END)
     with pytest.raises(ValueError, match="empty interval"):
-        extract_interval(client, store, workload_id=WORKLOAD, source=source, start=END, end=START)
+        extract_interval(source, store, workload_id=WORKLOAD, start=END, end=START)

@@ -1,4 +1,5 @@
-"""Tests of the run report: a full run, a run stopped by validation, hostile text, missing values, writing."""
+"""Tests of the run report page: a full run, a run stopped by validation, hostile text, missing values,
+writing. The plots alone are tested in test_plots.py."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any
 import pytest
 
 from flywheel.evaluate.stats import proportion
+from flywheel.report.data import metric_views
 from flywheel.report.render import render_report, write_report
 from flywheel.storage import ArtifactStore
 
 HOSTILE = "<script>alert(1)</script>"
+PER_TOOL_METRICS = ("function_name_accuracy", "function_name_and_args_accuracy")
 N = 200
 SECTIONS = (
     "key-figures",
@@ -48,9 +51,9 @@ def per_tool(scores: dict[str, tuple[int, float, float]]) -> dict[str, Any]:
     return {
         label: {
             "n": n,
-            "function_name": name,
-            "function_name_and_args": args,
-            "ast": args,
+            "function_name_accuracy": name,
+            "function_name_and_args_accuracy": args,
+            "tool_call_ast_accuracy": args,
             "parse_error_rate": 0.0,
         }
         for label, (n, name, args) in scores.items()
@@ -124,7 +127,7 @@ def full_run_data() -> dict[str, Any]:
     champion["latency_p95_s"] = 1.1
     customized = evaluation("smollm2-135m", "customized", metrics(186, 142, 139, 35, 2))
     customized["per_tool"] = per_tool(better)
-    return {
+    data = {
         "workload_id": "customer_support_router",
         "dag_id": "flywheel_customer_support_router",
         "dag_run_id": "scheduled__2026-11-20T00:00:00+00:00",
@@ -244,6 +247,7 @@ def full_run_data() -> dict[str, Any]:
             "policy": {"alpha": 0.05, "min_effect": 0.02, "floor": 0.5},
         },
     }
+    return data | {"metrics": metric_views(data["evaluations"], data["decision"], [])}
 
 
 @pytest.fixture
@@ -344,7 +348,7 @@ def test_key_figures_show_each_comparison(full_page: str) -> None:
     for text in ("1.10 s", "1.40 s", "+0.300 s", "margin 25% of the champion's, limit 1.38 s"):
         assert text in latency[0]
     assert '<span class="fail">fail</span>' in latency[0]
-    model = "<code>{&quot;endpoint&quot;: {&quot;model&quot;: &quot;router-v3&quot;}}</code>"
+    model = "<code>{&#34;endpoint&#34;: {&#34;model&#34;: &#34;router-v3&#34;}}</code>"  # Jinja2's escaping
     assert f"<b>champion</b>, version 3, model {model}" in figures
     assert "below the floor" in figures
 
@@ -423,8 +427,16 @@ def test_hostile_strings_are_escaped_everywhere(full_run: dict[str, Any]) -> Non
     run = copy.deepcopy(full_run)
     for ev in run["evaluations"]:
         if ev["per_tool"]:
-            ev["per_tool"][HOSTILE] = {"n": 300, "function_name": 0.5, "function_name_and_args": 0.5}
-            ev["per_tool"]["$\\frac{a}{$"] = {"n": 1, "function_name": 1.0, "function_name_and_args": 1.0}
+            ev["per_tool"][HOSTILE] = {
+                "n": 300,
+                "function_name_accuracy": 0.5,
+                "function_name_and_args_accuracy": 0.5,
+            }
+            ev["per_tool"]["$\\frac{a}{$"] = {
+                "n": 1,
+                "function_name_accuracy": 1.0,
+                "function_name_and_args_accuracy": 1.0,
+            }
     run["evaluations"].append(evaluation(HOSTILE, "icl", metrics(100, 50, 50, 20, 10), error=HOSTILE))
     run["decision"]["reasons"].append({"code": HOSTILE, "message": HOSTILE})
     run["decision"]["candidates"][0]["candidate_id"] = HOSTILE
@@ -442,8 +454,42 @@ def test_hostile_strings_are_escaped_everywhere(full_run: dict[str, Any]) -> Non
     assert page.count(escaped) >= 8
     assert "$\\frac{a}{$" in section(page, "per-tool")  # drawn as text, not parsed as math
     assert 'href="javascript' not in page
-    assert "<code>javascript:alert(&quot;x&quot;)</code>" in page
+    assert "<code>javascript:alert(&#34;x&#34;)</code>" in page
     assert f'<a href="https://docs.example/?q={escaped}">' in page
+
+
+def test_a_hostile_candidate_id_and_error_message_are_escaped_where_they_are_shown(
+    full_run: dict[str, Any],
+) -> None:
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    full_run["training"][0]["candidate_id"] = HOSTILE
+    full_run["training"][1]["error"] = {"error": "RuntimeError", "message": HOSTILE}
+    full_run["evaluations"][1].update(candidate_id=HOSTILE, status="failed", error=HOSTILE)
+    full_run["stages"][2].update(status="failed", error=HOSTILE)
+
+    page = render_report(full_run)
+
+    assert "<script" not in page
+    training = section(page, "training")
+    assert f"<tr><td>{escaped}</td>" in training
+    assert f"<pre>RuntimeError: {escaped}</pre>" in training
+    assert f"{escaped} train</text>" in training  # the loss plot's legend, escaped by matplotlib
+    evaluations = section(page, "evaluations")
+    assert f"<tr><td>{escaped}/base</td>" in evaluations
+    assert f"<td><pre>{escaped}</pre></td></tr>" in evaluations
+    assert re.search(
+        rf"<tr><td>build_dataset</td>.*?<pre>{re.escape(escaped)}</pre>", section(page, "stages")
+    )
+    assert f"<li>adapter of {escaped}: <code>s3://" in section(page, "links")
+
+
+def test_only_the_plots_are_inserted_as_markup(full_run: dict[str, Any]) -> None:
+    full_run["decision"]["reasons"][0]["message"] = '<svg onload="alert(1)">'
+
+    page = render_report(full_run)
+
+    assert page.count("<svg ") == page.count('<svg role="img" aria-labelledby="') == 6
+    assert "&lt;svg onload=&#34;alert(1)&#34;&gt;" in page
 
 
 def test_missing_metric_values_do_not_crash(full_run: dict[str, Any]) -> None:
@@ -482,3 +528,18 @@ def test_write_report_stores_the_page_and_returns_its_uri(root: str, tmp_path: P
     ] == []
     if root == "local":
         assert Path(uri.removeprefix("file://")).read_text(encoding="utf-8") == page
+
+
+def test_the_per_tool_plot_draws_the_challengers_bars_on_a_night_without_a_champion(
+    full_run: dict[str, Any],
+) -> None:
+    full_run["evaluations"] = [e for e in full_run["evaluations"] if e["eval_type"] != "champion"]
+    full_run["decision"]["champion"] = None
+    full_run["metrics"] = metric_views(full_run["evaluations"], full_run["decision"], [])
+
+    per_tool_section = section(render_report(full_run), "per-tool")
+
+    # One bar per tool in the challenger's colour, none in the champion's (the keys are metric names,
+    # as the evaluation job writes them).
+    assert len(re.findall(r"fill: ?#0969da", per_tool_section)) >= 3
+    assert "fill: #8c959f" not in per_tool_section

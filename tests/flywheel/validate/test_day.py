@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,11 +16,11 @@ from flywheel.config import DataQualityConfig, load_config
 from flywheel.demo.seed import seed_logs
 from flywheel.demo.traffic import NoiseKind, generate_traffic
 from flywheel.errors import DataQualityError
-from flywheel.extract.partition import extract_interval
-from flywheel.extract.sources.elasticsearch import connect
+from flywheel.extract.partition import RAW_SCHEMA, PartWriter, extract_interval
 from flywheel.intervals import latest_intervals
 from flywheel.storage import ArtifactStore
 from flywheel.validate.day import CLEAN_SCHEMA, QUARANTINE_SCHEMA, validate_day, validate_jsonl
+from logdocs import END, START, WORKLOAD, clean_doc
 
 NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 
@@ -38,16 +39,10 @@ def extracted_days(log_store, tmp_path, monkeypatch):
     upgrade(get_engine(config.metadata))
     seed_logs(config, days=3, records_per_day=400, now=NOW, seed=3)
     store = ArtifactStore(config.artifact_store.root)
-    client = connect("flywheel_logs", raw_hits=True)
     for workload in config.workloads:
         for start, end in latest_intervals(workload.schedule, 3, NOW):
             extract_interval(
-                client,
-                store,
-                workload_id=workload.workload_id,
-                source=workload.log_source,
-                start=start,
-                end=end,
+                workload.log_source, store, workload_id=workload.workload_id, start=start, end=end
             )
     return config, store
 
@@ -227,10 +222,56 @@ def test_validate_jsonl_debugs_a_batch_without_airflow(tmp_path: Path):
     assert result.clean + result.quarantined == 303
     rejected = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert len(rejected) == result.quarantined
-    junk = [r for r in rejected if r["es_id"] in ("line-301", "line-302", "line-304")]
+    junk_ids = {f"batch.jsonl/line-{n}" for n in (301, 302, 304)}
+    junk = [r for r in rejected if r["source_record_id"] in junk_ids]
     assert len(junk) == 3
     assert all(r["reason"] == "workload_mismatch" for r in junk)
     expected_bad = sum(
         r.noise not in (None, NoiseKind.EXACT_DUPLICATE, NoiseKind.NEAR_DUPLICATE) for r in records
     )
     assert result.quarantined == expected_bad + 3
+
+
+def test_validation_reads_a_raw_partition_of_the_old_schema(tmp_path: Path):
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    """A raw/v1 partition (es_index, es_id) validates as it did: records keep their ids and sources."""
+    import hashlib
+
+    v1 = pa.schema(
+        [f for f in RAW_SCHEMA if f.name not in ("source", "source_record_id")]
+        + [pa.field("es_index", pa.string(), nullable=False), pa.field("es_id", pa.string(), nullable=False)],
+        metadata={"flywheel.schema": "raw/v1"},
+    )
+    docs = [clean_doc(START + timedelta(minutes=i), i) for i in range(3)]
+    rows = [
+        {
+            "record_id": hashlib.blake2b(f"logs-2026.11.20/{i}".encode(), digest_size=16).hexdigest(),
+            "timestamp": START + timedelta(minutes=i),
+            "workload_id": WORKLOAD,
+            "client_id": "web",
+            "first_tool_name": "get_order_status",
+            "request_json": json.dumps(d["request"]),
+            "response_json": json.dumps(d["response"]) if i else None,  # one broken record
+            "extra_json": None,
+            "es_index": "logs-2026.11.20",
+            "es_id": str(i),
+        }
+        for i, d in enumerate(docs)
+    ]
+    with store.stage_partition(WORKLOAD, START.date()) as staged:
+        writer = PartWriter(store, staged.part_path, v1)
+        writer.write(pa.RecordBatch.from_pylist(rows, schema=v1))
+        writer.close()
+        store.commit_partition(staged, {"records": 3, "interval_start": START.isoformat()})
+
+    result = validate_day(
+        store, workload_id=WORKLOAD, start=START, end=END, rules=DataQualityConfig(), build_docs=False
+    )
+
+    assert (result.extracted, result.clean, result.quarantined) == (3, 2, 1)
+    assert "raw_schema" not in " ".join(result.failed_expectations)
+    (quarantined,) = pq.read_table(store.partition_files(WORKLOAD, START.date(), "quarantine")).to_pylist()
+    assert quarantined["source"] == "elasticsearch"
+    assert quarantined["source_record_id"] == "logs-2026.11.20/0"
+    assert quarantined["record_id"] == rows[0]["record_id"]
+    assert quarantined["reason"] == "missing_response"

@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
+from flywheel.demo.conversation import function_tool
 from flywheel.demo.support_router import TOOLS
-from flywheel.demo.traffic import NoiseKind, function_tool, generate_traffic
+from flywheel.demo.traffic import NoiseKind, generate_traffic
 from flywheel.validate.keys import conversation_key, normalise_text, tool_signature
 
 START = datetime(2026, 11, 20, tzinfo=UTC)

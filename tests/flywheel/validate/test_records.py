@@ -16,7 +16,7 @@ from flywheel.validate.records import (
     NO_TOOL,
     ROLES,
     Conversation,
-    Reason,
+    QuarantineReason,
     ToolCall,
     Violation,
     check_record,
@@ -52,8 +52,8 @@ def raw_row(source: dict[str, Any]) -> dict[str, Any]:
         "request_json": orjson.dumps(request).decode() if "request" in source else None,
         "response_json": orjson.dumps(response).decode() if "response" in source else None,
         "extra_json": None,
-        "es_index": "logs-1",
-        "es_id": "1",
+        "source": "elasticsearch",
+        "source_record_id": "logs-1/1",
     }
 
 
@@ -61,28 +61,28 @@ def raw_row(source: dict[str, Any]) -> dict[str, Any]:
 # Demo traffic
 
 EXPECTED = {
-    NoiseKind.ARGUMENTS_NOT_JSON: Reason.arguments_not_json,
-    NoiseKind.ARGUMENTS_NOT_OBJECT: Reason.arguments_not_object,
-    NoiseKind.MISSING_RESPONSE: Reason.missing_response,
-    NoiseKind.EMPTY_CHOICES: Reason.empty_choices,
-    NoiseKind.EMPTY_MESSAGES: Reason.empty_messages,
-    NoiseKind.UNKNOWN_ROLE: Reason.unknown_role,
-    NoiseKind.UNKNOWN_TOOL: Reason.unknown_tool,
-    NoiseKind.WRONG_TOOL_TYPE: Reason.wrong_tool_type,
-    NoiseKind.OUTSIDE_WINDOW: Reason.timestamp_outside_interval,
+    NoiseKind.ARGUMENTS_NOT_JSON: QuarantineReason.arguments_not_json,
+    NoiseKind.ARGUMENTS_NOT_OBJECT: QuarantineReason.arguments_not_object,
+    NoiseKind.MISSING_RESPONSE: QuarantineReason.missing_response,
+    NoiseKind.EMPTY_CHOICES: QuarantineReason.empty_choices,
+    NoiseKind.EMPTY_MESSAGES: QuarantineReason.empty_messages,
+    NoiseKind.UNKNOWN_ROLE: QuarantineReason.unknown_role,
+    NoiseKind.UNKNOWN_TOOL: QuarantineReason.unknown_tool,
+    NoiseKind.WRONG_TOOL_TYPE: QuarantineReason.wrong_tool_type,
+    NoiseKind.OUTSIDE_WINDOW: QuarantineReason.timestamp_outside_interval,
 }
 
 
-def wrong_types_reason(source: dict[str, Any]) -> Reason:
+def wrong_types_reason(source: dict[str, Any]) -> QuarantineReason:
     """The reason a WRONG_TYPES record must get, by which of the three variants it carries."""
     messages = source["request"]["messages"]
     if isinstance(messages, str):
-        return Reason.missing_messages
+        return QuarantineReason.missing_messages
     if any(isinstance(m.get("content"), int) for m in messages):
-        return Reason.invalid_message
+        return QuarantineReason.invalid_message
     calls = source["response"]["choices"][0]["message"]["tool_calls"]
     assert any(isinstance(c["function"]["arguments"], dict) for c in calls)
-    return Reason.arguments_not_json
+    return QuarantineReason.arguments_not_json
 
 
 @pytest.fixture(scope="module", params=["support_router", "bfcl_live"])
@@ -137,7 +137,7 @@ def test_demo_violation_fields_point_at_the_defect(demo):
 
 def test_demo_wrong_types_variants_each_get_their_reason():
     """Over both workloads, all three WRONG_TYPES variants occur and each maps to its own reason."""
-    reasons: Counter[Reason] = Counter()
+    reasons: Counter[QuarantineReason] = Counter()
     for kind in ("support_router", "bfcl_live"):
         for seed in range(3):
             for r in generate_traffic(
@@ -147,7 +147,11 @@ def test_demo_wrong_types_variants_each_get_their_reason():
                     result = check(raw_row(r.source))
                     assert result.reason == wrong_types_reason(r.source)
                     reasons[result.reason] += 1
-    assert set(reasons) == {Reason.missing_messages, Reason.invalid_message, Reason.arguments_not_json}
+    assert set(reasons) == {
+        QuarantineReason.missing_messages,
+        QuarantineReason.invalid_message,
+        QuarantineReason.arguments_not_json,
+    }
 
 
 def test_clean_demo_records_parse_to_their_conversation(demo):
@@ -257,8 +261,8 @@ def row(req: Any = ..., resp: Any = ..., **fields: Any) -> dict[str, Any]:
         "request_json": _text(req),
         "response_json": _text(resp),
         "extra_json": None,
-        "es_index": "logs-1",
-        "es_id": "1",
+        "source": "elasticsearch",
+        "source_record_id": "logs-1/1",
     }
     out.update(fields)
     return out
@@ -296,8 +300,8 @@ NULL_ROW = dict.fromkeys(
         "request_json",
         "response_json",
         "extra_json",
-        "es_index",
-        "es_id",
+        "source",
+        "source_record_id",
     )
 )
 MSG0 = "request.messages[0]"
@@ -305,289 +309,419 @@ MSG1 = "request.messages[1]"
 CALL0 = f"{ANSWER}.tool_calls[0]"
 ARGS0 = f"{CALL0}.function.arguments"
 
-HOSTILE: list[tuple[str, dict[str, Any], Reason, str]] = [
+HOSTILE: list[tuple[str, dict[str, Any], QuarantineReason, str]] = [
     # whole-row and envelope
-    ("null everything", NULL_ROW, Reason.workload_mismatch, "workload_id"),
-    ("empty mapping", {}, Reason.workload_mismatch, "workload_id"),
-    ("workload mismatch", row(workload_id="billing"), Reason.workload_mismatch, "workload_id"),
-    ("workload not text", row(workload_id=["router"]), Reason.workload_mismatch, "workload_id"),
-    ("huge record", row(with_user("x" * 2_000_000)), Reason.record_too_large, "record"),
-    ("huge response", row(resp=response(content="y" * 1_500_000)), Reason.record_too_large, "record"),
-    ("timestamp null", row(timestamp=None), Reason.timestamp_missing, "timestamp"),
-    ("timestamp text", row(timestamp="2026-03-01T03:00:00Z"), Reason.timestamp_missing, "timestamp"),
-    ("timestamp epoch", row(timestamp=1772334000000), Reason.timestamp_missing, "timestamp"),
-    ("timestamp at end", row(timestamp=END), Reason.timestamp_outside_interval, "timestamp"),
+    ("null everything", NULL_ROW, QuarantineReason.workload_mismatch, "workload_id"),
+    ("empty mapping", {}, QuarantineReason.workload_mismatch, "workload_id"),
+    ("workload mismatch", row(workload_id="billing"), QuarantineReason.workload_mismatch, "workload_id"),
+    ("workload not text", row(workload_id=["router"]), QuarantineReason.workload_mismatch, "workload_id"),
+    ("huge record", row(with_user("x" * 2_000_000)), QuarantineReason.record_too_large, "record"),
+    (
+        "huge response",
+        row(resp=response(content="y" * 1_500_000)),
+        QuarantineReason.record_too_large,
+        "record",
+    ),
+    ("timestamp null", row(timestamp=None), QuarantineReason.timestamp_missing, "timestamp"),
+    (
+        "timestamp text",
+        row(timestamp="2026-03-01T03:00:00Z"),
+        QuarantineReason.timestamp_missing,
+        "timestamp",
+    ),
+    ("timestamp epoch", row(timestamp=1772334000000), QuarantineReason.timestamp_missing, "timestamp"),
+    ("timestamp at end", row(timestamp=END), QuarantineReason.timestamp_outside_interval, "timestamp"),
     (
         "timestamp before start",
         row(timestamp=START - timedelta(milliseconds=1)),
-        Reason.timestamp_outside_interval,
+        QuarantineReason.timestamp_outside_interval,
         "timestamp",
     ),
     (
         "timestamp far future",
         row(timestamp=END + timedelta(days=400)),
-        Reason.timestamp_outside_interval,
+        QuarantineReason.timestamp_outside_interval,
         "timestamp",
     ),
     # request
-    ("request absent", row(None), Reason.missing_request, "request"),
-    ("request null", row(Text("null")), Reason.missing_request, "request"),
-    ("request is a string", row("hello"), Reason.missing_request, "request"),
-    ("request is a number", row(42.5), Reason.missing_request, "request"),
-    ("request is a list", row([request()]), Reason.missing_request, "request"),
-    ("request truncated", row(Text('{"messages": [{"role": "user"')), Reason.unreadable_json, "request"),
-    ("request empty text", row(Text("")), Reason.unreadable_json, "request"),
-    ("request not text", row(12345), Reason.unreadable_json, "request"),
-    ("request NaN", row(Text('{"messages": NaN}')), Reason.unreadable_json, "request"),
-    ("request trailing junk", row(Text('{"messages": []} x')), Reason.unreadable_json, "request"),
-    ("request 5000-deep list", row(Text(nested(5000))), Reason.unreadable_json, "request"),
+    ("request absent", row(None), QuarantineReason.missing_request, "request"),
+    ("request null", row(Text("null")), QuarantineReason.missing_request, "request"),
+    ("request is a string", row("hello"), QuarantineReason.missing_request, "request"),
+    ("request is a number", row(42.5), QuarantineReason.missing_request, "request"),
+    ("request is a list", row([request()]), QuarantineReason.missing_request, "request"),
+    (
+        "request truncated",
+        row(Text('{"messages": [{"role": "user"')),
+        QuarantineReason.unreadable_json,
+        "request",
+    ),
+    ("request empty text", row(Text("")), QuarantineReason.unreadable_json, "request"),
+    ("request not text", row(12345), QuarantineReason.unreadable_json, "request"),
+    ("request NaN", row(Text('{"messages": NaN}')), QuarantineReason.unreadable_json, "request"),
+    ("request trailing junk", row(Text('{"messages": []} x')), QuarantineReason.unreadable_json, "request"),
+    ("request 5000-deep list", row(Text(nested(5000))), QuarantineReason.unreadable_json, "request"),
     (
         "request 5000-deep inside messages",
         row(Text('{"messages": ' + nested(5000) + "}")),
-        Reason.unreadable_json,
+        QuarantineReason.unreadable_json,
         "request",
     ),
-    ("raw NUL byte in JSON text", row(Text('{"messages": "a\x00b"}')), Reason.unreadable_json, "request"),
-    ("request bytes not UTF-8", row(b'{"messages": "\xff\xfe"}'), Reason.invalid_text, "request"),
-    ("messages absent", row(without(request(), "messages")), Reason.missing_messages, "request.messages"),
+    (
+        "raw NUL byte in JSON text",
+        row(Text('{"messages": "a\x00b"}')),
+        QuarantineReason.unreadable_json,
+        "request",
+    ),
+    ("request bytes not UTF-8", row(b'{"messages": "\xff\xfe"}'), QuarantineReason.invalid_text, "request"),
+    (
+        "messages absent",
+        row(without(request(), "messages")),
+        QuarantineReason.missing_messages,
+        "request.messages",
+    ),
     (
         "messages null",
         row(request(messages=None) | {"messages": None}),
-        Reason.missing_messages,
+        QuarantineReason.missing_messages,
         "request.messages",
     ),
-    ("messages a string", row(request("where is my order")), Reason.missing_messages, "request.messages"),
-    ("messages an object", row(request({"role": "user"})), Reason.missing_messages, "request.messages"),
-    ("messages empty", row(request([])), Reason.empty_messages, "request.messages"),
-    ("message a string", row(request(["hello"])), Reason.invalid_message, MSG0),
-    ("message null", row(request([None])), Reason.invalid_message, MSG0),
-    ("deeply nested junk message", row(request([json.loads(nested(60))])), Reason.invalid_message, MSG0),
-    ("content a number", row(with_user(12345)), Reason.invalid_message, f"{MSG1}.content"),
-    ("content an object", row(with_user({"text": "hi"})), Reason.invalid_message, f"{MSG1}.content"),
-    ("content part a string", row(with_user(["hi"])), Reason.invalid_message, f"{MSG1}.content[0]"),
+    (
+        "messages a string",
+        row(request("where is my order")),
+        QuarantineReason.missing_messages,
+        "request.messages",
+    ),
+    (
+        "messages an object",
+        row(request({"role": "user"})),
+        QuarantineReason.missing_messages,
+        "request.messages",
+    ),
+    ("messages empty", row(request([])), QuarantineReason.empty_messages, "request.messages"),
+    ("message a string", row(request(["hello"])), QuarantineReason.invalid_message, MSG0),
+    ("message null", row(request([None])), QuarantineReason.invalid_message, MSG0),
+    (
+        "deeply nested junk message",
+        row(request([json.loads(nested(60))])),
+        QuarantineReason.invalid_message,
+        MSG0,
+    ),
+    ("content a number", row(with_user(12345)), QuarantineReason.invalid_message, f"{MSG1}.content"),
+    (
+        "content an object",
+        row(with_user({"text": "hi"})),
+        QuarantineReason.invalid_message,
+        f"{MSG1}.content",
+    ),
+    ("content part a string", row(with_user(["hi"])), QuarantineReason.invalid_message, f"{MSG1}.content[0]"),
     (
         "content text part without text",
         row(with_user([{"type": "text", "text": None}])),
-        Reason.invalid_message,
+        QuarantineReason.invalid_message,
         f"{MSG1}.content[0]",
     ),
     (
         "history tool_calls not a list",
         row(with_user("hi", tool_calls={"id": "x"})),
-        Reason.invalid_message,
+        QuarantineReason.invalid_message,
         f"{MSG1}.tool_calls",
     ),
     (
         "history tool_calls on a user message",
         row(with_user("hi", tool_calls=[call()])),
-        Reason.invalid_message,
+        QuarantineReason.invalid_message,
         f"{MSG1}.tool_calls",
     ),
-    ("role lookalike", row(with_role("ᴜser")), Reason.unknown_role, f"{MSG1}.role"),
-    ("role null", row(with_role(None)), Reason.unknown_role, f"{MSG1}.role"),
-    ("role capitalised", row(with_role("User")), Reason.unknown_role, f"{MSG1}.role"),
-    ("role a list", row(with_role(["user"])), Reason.unknown_role, f"{MSG1}.role"),
-    ("role legacy function", row(with_role("function")), Reason.unknown_role, f"{MSG1}.role"),
-    ("role absent", row(request([{"content": "hi"}])), Reason.unknown_role, f"{MSG0}.role"),
-    ("tools an object", row(request(tools={"get_order_status": {}})), Reason.invalid_tools, "request.tools"),
+    ("role lookalike", row(with_role("ᴜser")), QuarantineReason.unknown_role, f"{MSG1}.role"),
+    ("role null", row(with_role(None)), QuarantineReason.unknown_role, f"{MSG1}.role"),
+    ("role capitalised", row(with_role("User")), QuarantineReason.unknown_role, f"{MSG1}.role"),
+    ("role a list", row(with_role(["user"])), QuarantineReason.unknown_role, f"{MSG1}.role"),
+    ("role legacy function", row(with_role("function")), QuarantineReason.unknown_role, f"{MSG1}.role"),
+    ("role absent", row(request([{"content": "hi"}])), QuarantineReason.unknown_role, f"{MSG0}.role"),
+    (
+        "tools an object",
+        row(request(tools={"get_order_status": {}})),
+        QuarantineReason.invalid_tools,
+        "request.tools",
+    ),
     (
         "tool type retrieval",
         row(request(tools=[TOOLS[0], {"type": "retrieval"}])),
-        Reason.invalid_tools,
+        QuarantineReason.invalid_tools,
         "request.tools[1].type",
     ),
     (
         "tool without name",
         row(request(tools=[{"type": "function", "function": {"description": "x"}}])),
-        Reason.invalid_tools,
+        QuarantineReason.invalid_tools,
         "request.tools[0].function.name",
     ),
-    ("tool a string", row(request(tools=["get_order_status"])), Reason.invalid_tools, "request.tools[0]"),
+    (
+        "tool a string",
+        row(request(tools=["get_order_status"])),
+        QuarantineReason.invalid_tools,
+        "request.tools[0]",
+    ),
     # invalid text
-    ("NUL escape in content", row(with_user("order\u0000A-1")), Reason.invalid_text, f"{MSG1}.content"),
+    (
+        "NUL escape in content",
+        row(with_user("order\u0000A-1")),
+        QuarantineReason.invalid_text,
+        f"{MSG1}.content",
+    ),
     (
         "bell in system prompt",
         row(request([{"role": "system", "content": "a\x07"}])),
-        Reason.invalid_text,
+        QuarantineReason.invalid_text,
         f"{MSG0}.content",
     ),
-    ("DEL in content", row(with_user("abc\x7f")), Reason.invalid_text, f"{MSG1}.content"),
-    ("lone surrogate in content", row(with_user("hi \ud800 there")), Reason.invalid_text, f"{MSG1}.content"),
-    ("lone low surrogate", row(with_user("\udc80")), Reason.invalid_text, f"{MSG1}.content"),
-    ("lone surrogate in model", row(request(model="t\udfff")), Reason.invalid_text, "request.model"),
-    ("replacement char in content", row(with_user("caf\ufffd")), Reason.invalid_text, f"{MSG1}.content"),
+    ("DEL in content", row(with_user("abc\x7f")), QuarantineReason.invalid_text, f"{MSG1}.content"),
+    (
+        "lone surrogate in content",
+        row(with_user("hi \ud800 there")),
+        QuarantineReason.invalid_text,
+        f"{MSG1}.content",
+    ),
+    ("lone low surrogate", row(with_user("\udc80")), QuarantineReason.invalid_text, f"{MSG1}.content"),
+    (
+        "lone surrogate in model",
+        row(request(model="t\udfff")),
+        QuarantineReason.invalid_text,
+        "request.model",
+    ),
+    (
+        "replacement char in content",
+        row(with_user("caf\ufffd")),
+        QuarantineReason.invalid_text,
+        f"{MSG1}.content",
+    ),
     (
         "control char in text part",
         row(with_user([{"type": "text", "text": "a\x1b[31m"}])),
-        Reason.invalid_text,
+        QuarantineReason.invalid_text,
         f"{MSG1}.content[0].text",
     ),
     (
         "replacement char in answer",
         row(resp=response(content="sorry \ufffd")),
-        Reason.invalid_text,
+        QuarantineReason.invalid_text,
         f"{ANSWER}.content",
     ),
     (
         "control char in argument value",
         row(resp=response(call(arguments='{"order_id":"A-1\\u0001"}'))),
-        Reason.invalid_text,
+        QuarantineReason.invalid_text,
         ARGS0,
     ),
     (
         "lone surrogate in arguments",
         row(resp=response(call(arguments='{"order_id":"\\ud800"}'))),
-        Reason.invalid_text,
+        QuarantineReason.invalid_text,
         f"{ARGS0}.order_id",
     ),
     (
         "lone surrogate in response id",
         row(resp=response(call()) | {"id": "\ud801"}),
-        Reason.invalid_text,
+        QuarantineReason.invalid_text,
         "response.id",
     ),
     # response
-    ("response absent", row(resp=None), Reason.missing_response, "response"),
-    ("response null", row(resp=Text("null")), Reason.missing_response, "response"),
-    ("response a list", row(resp=[response(call())]), Reason.missing_response, "response"),
-    ("response truncated", row(resp=Text('{"choices": [')), Reason.unreadable_json, "response"),
-    ("response 5000-deep", row(resp=Text(nested(5000))), Reason.unreadable_json, "response"),
-    ("choices absent", row(resp={"id": "x"}), Reason.missing_choices, "response.choices"),
-    ("choices a string", row(resp=response(choices="none")), Reason.missing_choices, "response.choices"),
-    ("choices null", row(resp=response(choices=None)), Reason.missing_choices, "response.choices"),
-    ("choices empty", row(resp=response(choices=[])), Reason.empty_choices, "response.choices"),
-    ("choices [null]", row(resp=response(choices=[None])), Reason.invalid_answer, "response.choices[0]"),
-    ("message a list", row(resp=response(message=[])), Reason.invalid_answer, ANSWER),
-    ("message absent", row(resp=response(choices=[{"index": 0}])), Reason.invalid_answer, ANSWER),
+    ("response absent", row(resp=None), QuarantineReason.missing_response, "response"),
+    ("response null", row(resp=Text("null")), QuarantineReason.missing_response, "response"),
+    ("response a list", row(resp=[response(call())]), QuarantineReason.missing_response, "response"),
+    ("response truncated", row(resp=Text('{"choices": [')), QuarantineReason.unreadable_json, "response"),
+    ("response 5000-deep", row(resp=Text(nested(5000))), QuarantineReason.unreadable_json, "response"),
+    ("choices absent", row(resp={"id": "x"}), QuarantineReason.missing_choices, "response.choices"),
+    (
+        "choices a string",
+        row(resp=response(choices="none")),
+        QuarantineReason.missing_choices,
+        "response.choices",
+    ),
+    ("choices null", row(resp=response(choices=None)), QuarantineReason.missing_choices, "response.choices"),
+    ("choices empty", row(resp=response(choices=[])), QuarantineReason.empty_choices, "response.choices"),
+    (
+        "choices [null]",
+        row(resp=response(choices=[None])),
+        QuarantineReason.invalid_answer,
+        "response.choices[0]",
+    ),
+    ("message a list", row(resp=response(message=[])), QuarantineReason.invalid_answer, ANSWER),
+    ("message absent", row(resp=response(choices=[{"index": 0}])), QuarantineReason.invalid_answer, ANSWER),
     (
         "answer role user",
         row(resp=response(message={"role": "user", "content": "hi"})),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{ANSWER}.role",
     ),
-    ("answer content a list", row(resp=response(content=["hi"])), Reason.invalid_answer, f"{ANSWER}.content"),
-    ("answer neither text nor calls", row(resp=response(content=None)), Reason.invalid_answer, ANSWER),
-    ("answer blank text", row(resp=response(content="  \n")), Reason.invalid_answer, ANSWER),
+    (
+        "answer content a list",
+        row(resp=response(content=["hi"])),
+        QuarantineReason.invalid_answer,
+        f"{ANSWER}.content",
+    ),
+    (
+        "answer neither text nor calls",
+        row(resp=response(content=None)),
+        QuarantineReason.invalid_answer,
+        ANSWER,
+    ),
+    ("answer blank text", row(resp=response(content="  \n")), QuarantineReason.invalid_answer, ANSWER),
     (
         "answer empty tool_calls, no text",
         row(resp=response(message={"role": "assistant", "content": "", "tool_calls": []})),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         ANSWER,
     ),
     (
         "tool_calls an object",
         row(resp=response(message={"role": "assistant", "tool_calls": call()})),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{ANSWER}.tool_calls",
     ),
     (
         "tool_calls a string",
         row(resp=response(message={"role": "assistant", "tool_calls": "get_order_status"})),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{ANSWER}.tool_calls",
     ),
-    ("tool call null", row(resp=response(None)), Reason.invalid_answer, CALL0),
+    ("tool call null", row(resp=response(None)), QuarantineReason.invalid_answer, CALL0),
     (
         "function absent",
         row(resp=response({"id": "c", "type": "function"})),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{CALL0}.function",
     ),
     (
         "function without name",
         row(resp=response({"type": "function", "function": {"arguments": "{}"}})),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{CALL0}.function.name",
     ),
     (
         "function name a number",
         row(resp=response(call(name=123))),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{CALL0}.function.name",
     ),
     (
         "function name empty",
         row(resp=response(call(name=""))),
-        Reason.invalid_answer,
+        QuarantineReason.invalid_answer,
         f"{CALL0}.function.name",
     ),
     (
         "call type retrieval",
         row(resp=response(call(type="retrieval"))),
-        Reason.wrong_tool_type,
+        QuarantineReason.wrong_tool_type,
         f"{CALL0}.type",
     ),
     (
         "call type a list",
         row(resp=response(call(type=["function"]))),
-        Reason.wrong_tool_type,
+        QuarantineReason.wrong_tool_type,
         f"{CALL0}.type",
     ),
     (
         "unknown tool",
         row(resp=response(call(name="get_weather"))),
-        Reason.unknown_tool,
+        QuarantineReason.unknown_tool,
         f"{CALL0}.function.name",
     ),
     (
         "second call unknown",
         row(resp=response(call(), call(name="Get_Order_Status"))),
-        Reason.unknown_tool,
+        QuarantineReason.unknown_tool,
         f"{ANSWER}.tool_calls[1].function.name",
     ),
-    ("call with no tools offered", row(request(tools=...)), Reason.unknown_tool, f"{CALL0}.function.name"),
-    ("call with tools null", row(request(tools=None)), Reason.unknown_tool, f"{CALL0}.function.name"),
+    (
+        "call with no tools offered",
+        row(request(tools=...)),
+        QuarantineReason.unknown_tool,
+        f"{CALL0}.function.name",
+    ),
+    (
+        "call with tools null",
+        row(request(tools=None)),
+        QuarantineReason.unknown_tool,
+        f"{CALL0}.function.name",
+    ),
     (
         "arguments truncated",
         row(resp=response(call(arguments='{"order_id": "A-1'))),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         ARGS0,
     ),
-    ("arguments empty string", row(resp=response(call(arguments=""))), Reason.arguments_not_json, ARGS0),
+    (
+        "arguments empty string",
+        row(resp=response(call(arguments=""))),
+        QuarantineReason.arguments_not_json,
+        ARGS0,
+    ),
     (
         "arguments an object",
         row(resp=response(call(arguments={"order_id": "A-1"}))),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         ARGS0,
     ),
-    ("arguments null value", row(resp=response(call(arguments=None))), Reason.arguments_not_json, ARGS0),
+    (
+        "arguments null value",
+        row(resp=response(call(arguments=None))),
+        QuarantineReason.arguments_not_json,
+        ARGS0,
+    ),
     (
         "arguments absent",
         row(resp=response({"type": "function", "function": {"name": "track_shipment"}})),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         ARGS0,
     ),
     (
         "arguments python repr",
         row(resp=response(call(arguments="{'order_id': 'A-1'}"))),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         ARGS0,
     ),
     (
         "arguments 5000-deep",
         row(resp=response(call(arguments=nested(5000)))),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         ARGS0,
     ),
     (
         "arguments out of range",
         row(resp=response(call(arguments='{"n": 1e400}'))),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         ARGS0,
     ),
-    ("arguments 'null'", row(resp=response(call(arguments="null"))), Reason.arguments_not_object, ARGS0),
-    ("arguments '[]'", row(resp=response(call(arguments="[]"))), Reason.arguments_not_object, ARGS0),
+    (
+        "arguments 'null'",
+        row(resp=response(call(arguments="null"))),
+        QuarantineReason.arguments_not_object,
+        ARGS0,
+    ),
+    (
+        "arguments '[]'",
+        row(resp=response(call(arguments="[]"))),
+        QuarantineReason.arguments_not_object,
+        ARGS0,
+    ),
     (
         "arguments a JSON string",
         row(resp=response(call(arguments=json.dumps('{"order_id":"A-1"}')))),
-        Reason.arguments_not_object,
+        QuarantineReason.arguments_not_object,
         ARGS0,
     ),
-    ("arguments a number", row(resp=response(call(arguments="42"))), Reason.arguments_not_object, ARGS0),
+    (
+        "arguments a number",
+        row(resp=response(call(arguments="42"))),
+        QuarantineReason.arguments_not_object,
+        ARGS0,
+    ),
     (
         "second call arguments broken",
         row(resp=response(call(), call(arguments="{"))),
-        Reason.arguments_not_json,
+        QuarantineReason.arguments_not_json,
         f"{ANSWER}.tool_calls[1].function.arguments",
     ),
 ]
@@ -596,7 +730,7 @@ HOSTILE: list[tuple[str, dict[str, Any], Reason, str]] = [
 def test_hostile_corpus_is_large_enough():
     assert len(HOSTILE) >= 30
     assert len({name for name, *_ in HOSTILE}) == len(HOSTILE)
-    assert {reason for _, _, reason, _ in HOSTILE} == set(Reason) - {Reason.check_error}
+    assert {reason for _, _, reason, _ in HOSTILE} == set(QuarantineReason) - {QuarantineReason.check_error}
 
 
 @pytest.mark.parametrize(("name", "raw", "reason", "field"), HOSTILE, ids=[c[0] for c in HOSTILE])
@@ -624,11 +758,11 @@ def test_size_counts_utf8_bytes_not_characters():
     clean = row()
     limit = len(clean["request_json"]) + len(clean["response_json"])
     assert isinstance(check(clean, max_record_bytes=limit), Conversation)
-    assert check(clean, max_record_bytes=limit - 1).reason == Reason.record_too_large
+    assert check(clean, max_record_bytes=limit - 1).reason == QuarantineReason.record_too_large
     wide = row(with_user("é" * 100), timestamp=START)
     wide["request_json"] = json.dumps(json.loads(wide["request_json"]), ensure_ascii=False)
     chars = len(wide["request_json"]) + len(wide["response_json"])
-    assert check(wide, max_record_bytes=chars).reason == Reason.record_too_large
+    assert check(wide, max_record_bytes=chars).reason == QuarantineReason.record_too_large
     assert isinstance(check(wide, max_record_bytes=chars + 100), Conversation)
 
 
@@ -636,7 +770,7 @@ def test_timestamps_at_start_inside_and_naive():
     assert isinstance(check(row(timestamp=START)), Conversation)
     assert isinstance(check(row(timestamp=END - timedelta(microseconds=1))), Conversation)
     assert isinstance(check(row(timestamp=datetime(2026, 3, 1, 12))), Conversation)  # naive: UTC
-    assert check(row(timestamp=datetime(2026, 3, 2))).reason == Reason.timestamp_outside_interval
+    assert check(row(timestamp=datetime(2026, 3, 2))).reason == QuarantineReason.timestamp_outside_interval
 
 
 def test_naive_interval_is_a_caller_error():
@@ -648,7 +782,7 @@ def test_rows_that_are_not_mappings_are_quarantined_not_raised():
     for junk in (None, 42, "row", ["request_json"]):
         result = check(junk)  # type: ignore[arg-type]
         assert isinstance(result, Violation)
-        assert result.reason == Reason.check_error
+        assert result.reason == QuarantineReason.check_error
 
 
 def test_bytes_columns_are_read_as_utf8():
@@ -661,9 +795,11 @@ def test_bytes_columns_are_read_as_utf8():
 def test_first_failing_rule_wins():
     # workload and timestamp come before anything in the JSON; the request before the response
     both = row(request([]), response(choices=[]), workload_id="other", timestamp=END)
-    assert check(both).reason == Reason.workload_mismatch
-    assert check(both | {"workload_id": WORKLOAD}).reason == Reason.timestamp_outside_interval
-    assert check(both | {"workload_id": WORKLOAD, "timestamp": START}).reason == Reason.empty_messages
+    assert check(both).reason == QuarantineReason.workload_mismatch
+    assert check(both | {"workload_id": WORKLOAD}).reason == QuarantineReason.timestamp_outside_interval
+    assert (
+        check(both | {"workload_id": WORKLOAD, "timestamp": START}).reason == QuarantineReason.empty_messages
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -732,14 +868,14 @@ def test_roles_accepted():
 
 
 def test_reason_values_are_stable_strings():
-    assert all(reason.value == reason.name for reason in Reason)
-    assert Reason("arguments_not_json") is Reason.arguments_not_json
+    assert all(reason.value == reason.name for reason in QuarantineReason)
+    assert QuarantineReason("arguments_not_json") is QuarantineReason.arguments_not_json
 
 
 def test_shared_tool_definitions_are_checked_once_and_consistently():
     bad = row(request(tools=[{"type": "retrieval"}]))
     for _ in range(3):
-        assert check(bad).reason == Reason.invalid_tools
+        assert check(bad).reason == QuarantineReason.invalid_tools
         assert isinstance(check(row()), Conversation)
 
 
@@ -810,7 +946,7 @@ def test_random_damage_never_raises_nor_reaches_the_safety_net():
         raw = row(damaged["request"], damaged["response"])
         result = check(raw)
         if isinstance(result, Violation):
-            assert result.reason != Reason.check_error, (path, result)
+            assert result.reason != QuarantineReason.check_error, (path, result)
             outcomes[result.reason] += 1
         else:
             outcomes["clean"] += 1

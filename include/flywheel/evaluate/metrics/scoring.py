@@ -23,7 +23,18 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["bfcl_tools", "normalize_schema", "score_tool_calls", "standardize_string"]
+__all__ = ["BFCL_CITATION", "bfcl_tools", "normalize_schema", "score_tool_calls", "standardize_string"]
+
+BFCL_CITATION = """\
+@misc{berkeley-function-calling-leaderboard,
+  title={Berkeley Function Calling Leaderboard},
+  author={Fanjia Yan and Huanzhi Mao and Charlie Cheng-Jie Ji and Tianjun Zhang and Shishir G. Patil
+          and Ion Stoica and Joseph E. Gonzalez},
+  howpublished={\\url{https://gorilla.cs.berkeley.edu/blogs/8_berkeley_function_calling_leaderboard.html}},
+  year={2024},
+}
+"""
+"""BibTeX of the Berkeley Function Calling Leaderboard, whose AST checker rules this module follows."""
 
 _MISSING = object()
 _TYPE_ALIASES = {"dict": "object", "float": "number", "tuple": "array", "any": None}

@@ -1,1 +1,111 @@
-"""Log sources the extract stage reads from."""
+"""Log sources: where the extract stage reads a workload's production logs from.
+
+A log source reads one data interval ``[start, end)`` of one workload (optionally only some clients) as
+pages of raw records: each record is one log document, its top-level fields kept as undecoded JSON,
+with the id the source itself gives it. Everything after the read (the raw Parquet partition, its
+atomic commit, the accounting) is shared by every source: see
+:func:`flywheel.extract.partition.extract_interval`.
+
+A source is its own ``log_source`` config block: a :class:`LogSource` subclass declares its options as
+fields and reads with them. ``log_source.type`` names it in :data:`LOG_SOURCES`: ``elasticsearch`` (the
+default) and ``files`` are built in; the user's own is named by its dotted path. The config is validated
+at DAG parse time, so the modules of sources import nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import Field
+
+from flywheel.config import PluginConfig
+from flywheel.errors import PermanentError
+from flywheel.plugins import Registry
+
+if TYPE_CHECKING:
+    import msgspec
+
+
+class SourceRecord(Protocol):
+    """One log document as a source read it: its top-level fields as raw JSON, and the source's own id."""
+
+    @property
+    def source_record_id(self) -> str:
+        """The document's id in its source, stable across re-reads (an index and ``_id``, a file and line)."""
+        ...
+
+    @property
+    def document(self) -> Mapping[str, msgspec.Raw]:
+        """The document's top-level fields, each value its undecoded JSON text."""
+        ...
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """What one read selects: a workload's records with ``start <= timestamp < end``, some clients or all."""
+
+    workload_id: str
+    start: datetime
+    end: datetime
+    client_ids: list[str] | None = None
+
+
+@dataclass
+class ReadReport:
+    """What a source tells about one read, filled in while it reads.
+
+    ``method`` names how it read (``pit``, ``scroll``, ``jsonl``...; 1 to 16 characters) for the run's
+    summary; ``details`` what it selected and saw, for the raw partition's record.
+    """
+
+    method: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class LogSource(PluginConfig):
+    """A place logs are read from, configured by a workload's ``log_source`` block.
+
+    Subclass it to add one: declare the source's options as fields (``type`` included) and implement
+    :meth:`pages`. The fields here are the names of the routing fields of a log document, which every
+    source filters by and the raw partition's writer reads, and the page size.
+    """
+
+    timestamp_field: str = "timestamp"
+    workload_field: str = "workload_id"
+    client_field: str = "client_id"
+    page_size: int = Field(
+        1000, ge=10, le=10_000, description="Records per page read (memory holds about three pages)."
+    )
+
+    @property
+    def location(self) -> str:
+        """What the source reads, in a few plain words (``flywheel config check``, the DAG's docs)."""
+        return self.type
+
+    @abstractmethod
+    def pages(self, window: LogWindow, page_size: int, report: ReadReport) -> Iterator[list[SourceRecord]]:
+        """The window's records, a page (a list of at most ``page_size`` records) at a time.
+
+        A record whose timestamp cannot be read is yielded anyway, never dropped: validation quarantines
+        it with a reason. Set ``report.method`` once the read has begun. Closing the iterator early (a
+        failed write) must release whatever the read holds open. May run on a background thread.
+        """
+
+
+class LogSourceError(PermanentError):
+    """A log source broke its contract: a page larger than asked for, no or too long a read method."""
+
+
+LOG_SOURCES: Registry[type[LogSource]] = Registry(
+    "log source",
+    {
+        "elasticsearch": "flywheel.extract.sources.elasticsearch:ElasticsearchSource",
+        "files": "flywheel.extract.sources.files:FilesSource",
+    },
+    base=LogSource,
+)
+"""``log_source.type`` -> its :class:`LogSource`; the user's own by dotted path."""

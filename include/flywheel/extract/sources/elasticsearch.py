@@ -1,38 +1,49 @@
-"""Reading production logs out of Elasticsearch, page by page, through the Elasticsearch provider's hook.
+"""The ``elasticsearch`` log source: production logs read out of Elasticsearch, page by page, through the
+Elasticsearch provider's hook.
 
 The client is built from an Airflow connection (host, port, ``schema`` as URL scheme, login/password,
 and client options in the connection's extra). Reads use a point in time with ``search_after`` where
 the cluster has the ``_pit`` API (Elasticsearch 7.10+), and fall back to the scroll API otherwise
 (OpenSearch and ES-compatible servers). Either way only one page of hits is held at a time.
+
+The config is validated (at DAG parse time) by importing this module: the Elasticsearch client, which
+takes seconds to import, is imported on first use only.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-from elasticsearch.serializer import OrjsonSerializer
+from pydantic import Field
 
-from flywheel.config import LogSourceConfig
 from flywheel.errors import ConfigError
+from flywheel.extract.sources import LogSource, LogWindow, ReadReport
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
+    from elasticsearch.serializer import OrjsonSerializer
 
 log = logging.getLogger(__name__)
 
 
 class Hit(msgspec.Struct):
-    """One search hit whose ``_source`` fields are kept as raw JSON text, undecoded."""
+    """One search hit whose ``_source`` fields are kept as raw JSON text, undecoded (a SourceRecord)."""
 
     index: str = msgspec.field(name="_index")
     id: str = msgspec.field(name="_id")
-    source: dict[str, msgspec.Raw] = msgspec.field(name="_source", default_factory=dict)
+    document: dict[str, msgspec.Raw] = msgspec.field(name="_source", default_factory=dict)
     sort: list[Any] | None = None
+
+    @property
+    def source_record_id(self) -> str:
+        """``<index>/<_id>``: the concrete index and the document's id (``GET <index>/_doc/<_id>``)."""
+        return f"{self.index}/{self.id}"
 
 
 class _Hits(msgspec.Struct):
@@ -50,26 +61,33 @@ class _Envelope(msgspec.Struct):
     status: int | None = None
 
 
-class RawHitsSerializer(OrjsonSerializer):
-    """Decodes responses so that each hit's ``_source`` values stay raw JSON (:class:`Hit`).
+@functools.cache
+def raw_hits_serializer() -> type[OrjsonSerializer]:
+    """The serializer class of clients made for :class:`HitPages` (defined on first use, see above)."""
+    from elasticsearch.serializer import OrjsonSerializer
 
-    A page of log records is mostly request/response JSON that extraction stores as text anyway:
-    keeping it raw avoids building and re-serialising a Python object tree per record, which is
-    about ten times faster than a full decode. Only for clients used by :class:`HitPages`.
-    """
+    class RawHitsSerializer(OrjsonSerializer):
+        """Decodes responses so that each hit's ``_source`` values stay raw JSON (:class:`Hit`).
 
-    _decoder = msgspec.json.Decoder(_Envelope)
+        A page of log records is mostly request/response JSON that extraction stores as text anyway:
+        keeping it raw avoids building and re-serialising a Python object tree per record, which is
+        about ten times faster than a full decode. Only for clients used by :class:`HitPages`.
+        """
 
-    def loads(self, data: bytes) -> dict[str, Any]:
-        try:
-            envelope = self._decoder.decode(data)
-        except msgspec.DecodeError:
-            return super().loads(data)  # not a search envelope (e.g. a proxy's error page)
-        out = {f.encode_name: getattr(envelope, f.name) for f in msgspec.structs.fields(envelope)}
-        out = {key: value for key, value in out.items() if value is not None}
-        if envelope.hits is not None:
-            out["hits"] = {"hits": envelope.hits.hits}
-        return out
+        _decoder = msgspec.json.Decoder(_Envelope)
+
+        def loads(self, data: bytes) -> dict[str, Any]:
+            try:
+                envelope = self._decoder.decode(data)
+            except msgspec.DecodeError:
+                return super().loads(data)  # not a search envelope (e.g. a proxy's error page)
+            out = {f.encode_name: getattr(envelope, f.name) for f in msgspec.structs.fields(envelope)}
+            out = {key: value for key, value in out.items() if value is not None}
+            if envelope.hits is not None:
+                out["hits"] = {"hits": envelope.hits.hits}
+            return out
+
+    return RawHitsSerializer
 
 
 # Client options a connection's extra may carry, passed through to elasticsearch.Elasticsearch.
@@ -97,6 +115,7 @@ def connect(conn_id: str, request_timeout_s: float = 120.0, *, raw_hits: bool = 
     """
     from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchPythonHook
     from airflow.sdk import BaseHook
+    from elasticsearch.serializer import OrjsonSerializer
 
     conn = BaseHook.get_connection(conn_id)
     host = conn.host or "localhost"
@@ -105,7 +124,7 @@ def connect(conn_id: str, request_timeout_s: float = 120.0, *, raw_hits: bool = 
         "request_timeout": request_timeout_s,
         "max_retries": 3,
         "retry_on_timeout": True,
-        "serializer": RawHitsSerializer() if raw_hits else OrjsonSerializer(),
+        "serializer": raw_hits_serializer()() if raw_hits else OrjsonSerializer(),
     }
     if conn.login:
         args["basic_auth"] = (conn.login, conn.password or "")
@@ -128,7 +147,7 @@ def _import_object(path: str, conn_id: str) -> Any:
 
 
 def interval_query(
-    source: LogSourceConfig,
+    source: ElasticsearchSource,
     workload_id: str,
     start: datetime,
     end: datetime,
@@ -163,7 +182,8 @@ class HitPages:
     def __init__(
         self, client: Elasticsearch, index: str, query: dict[str, Any], page_size: int, keep_alive: str
     ) -> None:
-        if not isinstance(client.transport.serializers.get_serializer("application/json"), RawHitsSerializer):
+        serializer = client.transport.serializers.get_serializer("application/json")
+        if not isinstance(serializer, raw_hits_serializer()):
             raise TypeError("HitPages needs a client made by connect(..., raw_hits=True)")
         self.client = client
         self.index = index
@@ -237,3 +257,29 @@ class HitPages:
             close()
         except Exception as exc:
             log.warning("could not release search context early: %s", exc)
+
+
+class ElasticsearchSource(LogSource):
+    """The ``elasticsearch`` log source: one term + range (+ terms) query over an index, read by
+    :class:`HitPages` through the Airflow connection ``conn_id``."""
+
+    type: Literal["elasticsearch"] = "elasticsearch"
+    conn_id: str = Field("flywheel_logs", description="Airflow connection id of the Elasticsearch cluster.")
+    index: str = Field(..., min_length=1, description="Index, alias or pattern, e.g. 'llm-logs-*'.")
+    keep_alive: str = Field(
+        "5m", pattern=r"^\d+[smh]$", description="PIT / scroll context lifetime per page."
+    )
+    request_timeout_s: float = Field(120.0, gt=0)
+
+    @property
+    def location(self) -> str:
+        return self.index
+
+    def pages(self, window: LogWindow, page_size: int, report: ReadReport) -> Iterator[list[Hit]]:
+        client = connect(self.conn_id, self.request_timeout_s, raw_hits=True)
+        query = interval_query(self, window.workload_id, window.start, window.end, window.client_ids)
+        report.details.update(index=self.index, query=query)
+        hit_pages = HitPages(client, self.index, query, page_size, self.keep_alive)
+        iterator = iter(hit_pages)  # opens the point in time (or the scroll) and so sets its method
+        report.method = hit_pages.method or ""
+        yield from iterator

@@ -1,4 +1,4 @@
-"""Tests for the offline Hugging Face ``evaluate`` metric modules in flywheel.evaluate.metrics.modules."""
+"""The metrics' Hugging Face ``evaluate`` modules, loaded offline from their metric modules' files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import pytest
 
 evaluate = pytest.importorskip("evaluate")
 
-from flywheel.evaluate.metrics import modules  # noqa: E402
+from flywheel.evaluate.metrics import (  # noqa: E402
+    ExampleMetric,
+    builtin_metrics,
+    evaluate_module_path,
+    load_evaluate_module,
+)
+from flywheel.plugins import PluginNotFoundError  # noqa: E402
+
+MODULE_NAMES = [m.name for m in builtin_metrics() if isinstance(m, ExampleMetric)]
 
 TOOLS = [
     {
@@ -85,10 +93,10 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("offline")
-@pytest.mark.parametrize("name", modules.MODULE_NAMES)
+@pytest.mark.parametrize("name", MODULE_NAMES)
 def test_module_loads_offline(name: str) -> None:
     """Every module loads from its local folder and describes itself."""
-    metric = modules.load(name)
+    metric = load_evaluate_module(name)
     assert isinstance(metric, evaluate.Metric)
     assert metric.name == name
     assert metric.description.strip()
@@ -98,23 +106,30 @@ def test_module_loads_offline(name: str) -> None:
 
 @pytest.mark.usefixtures("offline")
 def test_load_by_script_path() -> None:
-    """``evaluate.load`` also accepts the module's ``.py`` file."""
-    path = modules.module_path("tool_call_ast_accuracy") / "tool_call_ast_accuracy.py"
+    """``evaluate.load`` takes the metric module's ``.py`` file."""
+    path = evaluate_module_path("tool_call_ast_accuracy")
+    assert path.name == "tool_call_ast_accuracy.py"
     metric = evaluate.load(str(path))
     assert "Berkeley Function Calling Leaderboard" in metric.citation
 
 
 def test_unknown_module_name() -> None:
     """Asking for a module that does not exist fails clearly."""
-    with pytest.raises(ValueError, match="Unknown metric module"):
-        modules.module_path("nope")
+    with pytest.raises(PluginNotFoundError, match="unknown metric 'nope'"):
+        evaluate_module_path("nope")
+
+
+def test_a_run_statistic_has_no_module() -> None:
+    """The p95 latency is a statistic of the whole run, not a per-example score: no evaluate module."""
+    with pytest.raises(PluginNotFoundError, match="run statistic"):
+        evaluate_module_path("latency_p95_s")
 
 
 @pytest.mark.usefixtures("offline")
 @pytest.mark.parametrize(("name", "expected"), EXPECTED.items())
 def test_accuracy_modules(name: str, expected: float) -> None:
     """The three accuracy modules average the scorer's bools, with a tools list and a BFCL reference."""
-    metric = modules.load(name)
+    metric = load_evaluate_module(name)
     tools = [json.dumps(TOOLS)] * len(PREDICTIONS)
     assert metric.compute(predictions=PREDICTIONS, references=REFERENCES, tools=tools) == {name: expected}
 
@@ -123,7 +138,7 @@ def test_accuracy_modules(name: str, expected: float) -> None:
 @pytest.mark.parametrize("name", EXPECTED)
 def test_accuracy_modules_accept_json_text_and_batches(name: str) -> None:
     """Predictions as JSON text, references as lists, tools as lists and incremental batches agree."""
-    metric = modules.load(name)
+    metric = load_evaluate_module(name)
     for pred, ref in zip(PREDICTIONS, REFERENCES, strict=True):
         metric.add_batch(predictions=[json.dumps(pred)], references=[json.loads(ref)], tools=[TOOLS])
     assert metric.compute() == {name: EXPECTED[name]}
@@ -132,7 +147,7 @@ def test_accuracy_modules_accept_json_text_and_batches(name: str) -> None:
 @pytest.mark.usefixtures("offline")
 def test_tools_are_optional() -> None:
     """Without tools the BFCL reference still scores (no schema checks); the tools column defaults to None."""
-    metric = modules.load("tool_call_ast_accuracy")
+    metric = load_evaluate_module("tool_call_ast_accuracy")
     assert metric.compute(predictions=PREDICTIONS[:2], references=REFERENCES[:2]) == {
         "tool_call_ast_accuracy": 1.0
     }
@@ -141,7 +156,7 @@ def test_tools_are_optional() -> None:
 @pytest.mark.usefixtures("offline")
 def test_no_call_accuracy_mixed_batch() -> None:
     """Only no-call references count; an unparseable prediction is not a correct abstention."""
-    metric = modules.load("no_call_accuracy")
+    metric = load_evaluate_module("no_call_accuracy")
     predictions = [[], PARIS, None, [], PARIS]
     references = ["[]", "[]", "[]", json.dumps(PARIS), json.dumps(PARIS)]
     result = metric.compute(predictions=predictions, references=references)
@@ -151,7 +166,7 @@ def test_no_call_accuracy_mixed_batch() -> None:
 @pytest.mark.usefixtures("offline")
 def test_no_call_accuracy_without_no_call_examples() -> None:
     """With no "no call" reference the accuracy is NaN and the count is zero."""
-    metric = modules.load("no_call_accuracy")
+    metric = load_evaluate_module("no_call_accuracy")
     result = metric.compute(predictions=[PARIS], references=[json.dumps(PARIS)])
     assert math.isnan(result["no_call_accuracy"])
     assert result["no_call_examples"] == 0
@@ -160,7 +175,7 @@ def test_no_call_accuracy_without_no_call_examples() -> None:
 @pytest.mark.usefixtures("offline")
 def test_parse_error_rate_mixed_batch() -> None:
     """None, undecodable text and malformed arguments are parse errors; [] and good calls are not."""
-    metric = modules.load("parse_error_rate")
+    metric = load_evaluate_module("parse_error_rate")
     predictions = [
         [],
         PARIS,
@@ -175,7 +190,18 @@ def test_parse_error_rate_mixed_batch() -> None:
 @pytest.mark.usefixtures("offline")
 def test_parse_error_rate_single_adds() -> None:
     """``add`` takes one example at a time, None included."""
-    metric = modules.load("parse_error_rate")
+    metric = load_evaluate_module("parse_error_rate")
     for prediction in ([], None, PARIS, None):
         metric.add(prediction=prediction)
     assert metric.compute() == {"parse_error_rate": 0.5}
+
+
+@pytest.mark.usefixtures("offline")
+def test_a_metric_of_your_own_has_its_evaluate_module_too() -> None:
+    """The module of tests/custom_metrics.py, named by its dotted path, loads with ``evaluate.load``."""
+    metric = load_evaluate_module("custom_metrics:OfferedToolsOnly")
+    invented = [call("get_forecast", '{"city": "Paris"}')]
+
+    assert metric.name == "offered_tools_only"
+    result = metric.compute(predictions=[PARIS, [], invented, None], references=["[]"] * 4, tools=[TOOLS] * 4)
+    assert result == {"offered_tools_only": 0.5}

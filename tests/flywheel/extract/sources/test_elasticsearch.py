@@ -21,10 +21,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from flywheel.config import LogSourceConfig
 from flywheel.errors import ConfigError
 from flywheel.extract.partition import extract_interval
-from flywheel.extract.sources.elasticsearch import HitPages, connect, interval_query
+from flywheel.extract.sources.elasticsearch import ElasticsearchSource, HitPages, connect, interval_query
 from flywheel.storage import ArtifactStore
 from logdocs import END, START, WORKLOAD, index_docs, log_doc
 
@@ -108,12 +107,13 @@ def es_pit_gateway(log_store, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_point_in_time_with_search_after_when_cluster_has_pit(es_pit_gateway, tmp_path):
-    source = LogSourceConfig(conn_id="flywheel_logs_es", index=f"logs-{uuid.uuid4().hex[:8]}-*", page_size=15)
+    source = ElasticsearchSource(
+        conn_id="flywheel_logs_es", index=f"logs-{uuid.uuid4().hex[:8]}-*", page_size=15
+    )
     index_docs(source, [log_doc(START + timedelta(minutes=3 * i), i) for i in range(100)])
-    client = connect(source.conn_id, raw_hits=True)
 
     result = extract_interval(
-        client, ArtifactStore(str(tmp_path)), workload_id=WORKLOAD, source=source, start=START, end=END
+        source, ArtifactStore(str(tmp_path)), workload_id=WORKLOAD, start=START, end=END
     )
 
     assert result.read_method == "pit"
@@ -126,7 +126,7 @@ def test_point_in_time_with_search_after_when_cluster_has_pit(es_pit_gateway, tm
 
 
 def test_scroll_when_cluster_has_no_pit(log_store):
-    source = LogSourceConfig(index=f"logs-{uuid.uuid4().hex[:8]}-*", page_size=10)
+    source = ElasticsearchSource(index=f"logs-{uuid.uuid4().hex[:8]}-*", page_size=10)
     index_docs(source, [log_doc(START + timedelta(minutes=i), i) for i in range(35)])
     query = interval_query(source, WORKLOAD, START, END, None)
     pages = HitPages(connect(source.conn_id, raw_hits=True), source.index, query, 10, "1m")
@@ -138,7 +138,7 @@ def test_scroll_when_cluster_has_no_pit(log_store):
 
 
 def test_abandoned_read_releases_its_context(log_store):
-    source = LogSourceConfig(index=f"logs-{uuid.uuid4().hex[:8]}-*", page_size=10)
+    source = ElasticsearchSource(index=f"logs-{uuid.uuid4().hex[:8]}-*", page_size=10)
     index_docs(source, [log_doc(START + timedelta(minutes=i), i) for i in range(30)])
     pages = iter(HitPages(connect(source.conn_id, raw_hits=True), source.index, {"match_all": {}}, 10, "1m"))
 
@@ -164,7 +164,7 @@ def test_hit_pages_needs_a_raw_hits_client(log_store):
 
 
 def test_interval_query_filters_workload_window_and_clients():
-    source = LogSourceConfig(index="logs-*", timestamp_field="@timestamp", client_field="app")
+    source = ElasticsearchSource(index="logs-*", timestamp_field="@timestamp", client_field="app")
     start = datetime(2026, 11, 20, 2, tzinfo=UTC)
 
     query = interval_query(source, "router", start, start + timedelta(days=1), ["web"])
