@@ -560,7 +560,7 @@ def test_evaluated_metric_must_be_a_metric(edited_config: Callable[..., Path]) -
     def edit(raw: Raw) -> None:
         evaluation = raw["workloads"][0].setdefault("evaluation", {})
         evaluation.setdefault("settings", {})["metrics"] = [
-            "custom_metrics:OfferedToolsOnly",
+            "my_flywheel.metrics:OfferedToolsOnly",
             "conftest:log_store",
         ]
 
@@ -570,7 +570,7 @@ def test_evaluated_metric_must_be_a_metric(edited_config: Callable[..., Path]) -
 
 
 def test_own_metric_in_the_decision_must_be_evaluated(edited_config: Callable[..., Path]) -> None:
-    own = "custom_metrics:OfferedToolsOnly"
+    own = "my_flywheel.metrics:OfferedToolsOnly"
 
     def guard(raw: Raw) -> None:
         raw["workloads"][0].setdefault("decision", {})["guardrails"] = {own: {"margin": 0.02}}

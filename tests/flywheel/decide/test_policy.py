@@ -238,7 +238,7 @@ def test_lower_is_better_guardrails() -> None:
 
 def examples_jsonl(right: int, offered: int, n: int = 200) -> list[dict[str, object]]:
     """``examples.jsonl`` lines: the first ``right`` right on the primary metric, the first ``offered``
-    calling only offered tools (the metric of tests/custom_metrics.py), each answered in 1 s."""
+    calling only offered tools (the metric of docs/examples/my_flywheel/metrics.py), each answered in 1 s."""
     return [
         {
             "example_id": f"e{i:04d}",
@@ -252,7 +252,7 @@ def examples_jsonl(right: int, offered: int, n: int = 200) -> list[dict[str, obj
 
 
 def test_a_metric_of_your_own_guards_the_promotion() -> None:
-    own = "custom_metrics:OfferedToolsOnly"
+    own = "my_flywheel.metrics:OfferedToolsOnly"
     guarded = policy(guardrails={own: {"margin": 0.02}})
     champion = Outcomes.from_examples("champion", "champion", examples_jsonl(100, 200), metrics=[own])
     inventive = Outcomes.from_examples("m", "customized", examples_jsonl(150, 170), metrics=[own])

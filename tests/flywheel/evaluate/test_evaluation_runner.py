@@ -651,11 +651,11 @@ def test_endpoint_metrics_are_the_expected_fractions(
 def test_a_metric_of_your_own_is_scored_and_reported(
     openai_server: OpenAIServer, dataset: str, tmp_path: Path
 ) -> None:
-    """A metric named by its dotted path (tests/custom_metrics.py) is scored per example like a built-in."""
+    """A metric named by its dotted path (docs/examples/my_flywheel/metrics.py) is scored like a built-in."""
     openai_server.responder = answer
 
     code, result, lines = evaluate(
-        dataset, tmp_path / "out", served(openai_server), metrics=["custom_metrics:OfferedToolsOnly"]
+        dataset, tmp_path / "out", served(openai_server), metrics=["my_flywheel.metrics:OfferedToolsOnly"]
     )
 
     assert code == 0
@@ -674,7 +674,7 @@ def test_a_metric_of_your_own_is_scored_and_reported(
     assert set(result["metrics"]) == {*METRICS, "offered_tools_only"}
     assert result["per_tool"]["start_return"]["offered_tools_only"] == 0.0
     assert result["per_tool"]["search_products"]["offered_tools_only"] == 1.0
-    assert result["config"]["metrics"] == ["custom_metrics:OfferedToolsOnly"]
+    assert result["config"]["metrics"] == ["my_flywheel.metrics:OfferedToolsOnly"]
 
 
 def test_judge_ratings_and_missing_ones(openai_server: OpenAIServer, dataset: str, tmp_path: Path) -> None:

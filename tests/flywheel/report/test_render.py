@@ -543,3 +543,21 @@ def test_the_per_tool_plot_draws_the_challengers_bars_on_a_night_without_a_champ
     # as the evaluation job writes them).
     assert len(re.findall(r"fill: ?#0969da", per_tool_section)) >= 3
     assert "fill: #8c959f" not in per_tool_section
+
+
+def test_a_metric_of_your_own_is_drawn_in_the_report(full_run: dict[str, Any]) -> None:
+    own = ["my_flywheel.metrics:OfferedToolsOnly"]  # docs/examples/my_flywheel/metrics.py
+    for share, evaluation_ in zip((190, 150, 170, 196), full_run["evaluations"], strict=True):
+        evaluation_["metrics"]["offered_tools_only"] = metric(share)
+    full_run["decision"]["comparisons"]["offered_tools_only"] = comparison(
+        "guardrail", 0.85, 0.98, ci_low=0.05, ci_high=0.2, margin=0.02, relative=False
+    )
+    full_run["metrics"] = metric_views(full_run["evaluations"], full_run["decision"], own)
+
+    page = render_report(full_run)
+
+    evaluations = section(page, "evaluations")
+    assert "<th>offered_tools_only</th>" in evaluations  # a column of the evaluations table
+    assert "offered tools only" in evaluations  # the definition's label, on the metrics plot's axis
+    assert "offered tools only" in section(page, "differences")  # a guardrail row of the forest plot
+    assert "<code>offered_tools_only</code>" in section(page, "key-figures")

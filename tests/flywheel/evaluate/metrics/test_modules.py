@@ -198,8 +198,8 @@ def test_parse_error_rate_single_adds() -> None:
 
 @pytest.mark.usefixtures("offline")
 def test_a_metric_of_your_own_has_its_evaluate_module_too() -> None:
-    """The module of tests/custom_metrics.py, named by its dotted path, loads with ``evaluate.load``."""
-    metric = load_evaluate_module("custom_metrics:OfferedToolsOnly")
+    """The worked example's metric (docs/examples/my_flywheel/metrics.py) loads with ``evaluate.load``."""
+    metric = load_evaluate_module("my_flywheel.metrics:OfferedToolsOnly")
     invented = [call("get_forecast", '{"city": "Paris"}')]
 
     assert metric.name == "offered_tools_only"

@@ -16,13 +16,13 @@ def test_a_dotted_path_must_name_a_metric_definition() -> None:
 def test_built_in_and_own_metrics_resolve_to_their_definitions() -> None:
     assert get_metric("no_call_accuracy").applies([]) is True
     assert get_metric("no_call_accuracy").applies([{"function": {"name": "f"}}]) is False
-    assert get_metric("custom_metrics:OfferedToolsOnly").name == "offered_tools_only"
+    assert get_metric("my_flywheel.metrics:OfferedToolsOnly").name == "offered_tools_only"
 
 
 def test_report_metrics_lists_built_ins_first_with_direction_and_per_tool_key() -> None:
     names = ["offered_tools_only", "retired_metric", "parse_error_rate", "no_call_accuracy", "latency_p95_s"]
 
-    views = report_metrics(names, own=["custom_metrics:OfferedToolsOnly"])
+    views = report_metrics(names, own=["my_flywheel.metrics:OfferedToolsOnly"])
 
     assert views == [
         MetricView("no_call_accuracy", "no call", True, None),  # applies to no-call examples only

@@ -1,5 +1,5 @@
 """The log-source seam: ``log_source.type`` picks a built-in or the user's own source by dotted path
-(``tests/own_log_source.py``, the worked example), and configs without a type read Elasticsearch."""
+(``docs/examples/my_flywheel/sources.py``, the worked example); configs without a type read Elasticsearch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from my_flywheel.sources import ArchiveSource
 
 from conftest import write_config
 from flywheel.config import load_config
@@ -18,7 +19,6 @@ from flywheel.extract.partition import extract_interval
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore
 from logdocs import END, START, WORKLOAD, log_doc
-from own_log_source import ArchiveSource
 
 MS = timedelta(milliseconds=1)
 
@@ -39,7 +39,7 @@ def test_a_users_own_source_by_dotted_path(tmp_path, store):
     )
     (archive / "2026-11-21T01.jsonl").write_text(json.dumps({**log_doc(END - MS, 9), "timestamp": "soon"}))
     path = write_config(
-        tmp_path, log_source={"type": "own_log_source:ArchiveSource", "root": str(tmp_path / "archive")}
+        tmp_path, log_source={"type": "my_flywheel.sources:ArchiveSource", "root": str(tmp_path / "archive")}
     )
     source = load_config(path).workloads[0].log_source
 
@@ -53,14 +53,14 @@ def test_a_users_own_source_by_dotted_path(tmp_path, store):
     table = pq.ParquetDataset(
         store.partition_files(WORKLOAD, partition_day(START)), filesystem=store.fs
     ).read()
-    assert set(table.column("source").to_pylist()) == {"own_log_source:ArchiveSource"}
+    assert set(table.column("source").to_pylist()) == {"my_flywheel.sources:ArchiveSource"}
     assert table.column("source_record_id").to_pylist()[0] == f"{archive}/2026-11-20T02.jsonl/line-1"
 
 
 def test_a_users_own_source_with_a_bad_option_or_path(tmp_path):
     for block, expected in [
-        ({"type": "own_log_source:ArchiveSource"}, r"log_source\.root: Field required"),
-        ({"type": "own_log_source:Nowhere"}, r"log_source\.type: .*has no 'Nowhere'"),
+        ({"type": "my_flywheel.sources:ArchiveSource"}, r"log_source\.root: Field required"),
+        ({"type": "my_flywheel.sources:Nowhere"}, r"log_source\.type: .*has no 'Nowhere'"),
         ({"type": "conftest:write_config"}, r"log_source\.type: .*not a subclass of .*LogSource"),
         ({"type": "filez"}, r"log_source\.type: .*unknown log source 'filez'"),
     ]:

@@ -5,10 +5,10 @@ workload's config names it by its dotted path, to be computed and (here) guarded
 
     evaluation:
       settings:
-        metrics: ["custom_metrics:OfferedToolsOnly"]
+        metrics: ["my_flywheel.metrics:OfferedToolsOnly"]
     decision:
       guardrails:
-        custom_metrics:OfferedToolsOnly: {margin: 0.02}
+        my_flywheel.metrics:OfferedToolsOnly: {margin: 0.02}
 """
 
 from flywheel.evaluate.metrics import ExampleMetric, evaluate_module

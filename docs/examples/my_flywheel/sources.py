@@ -1,4 +1,4 @@
-"""A user's own log source, named in a config by its dotted path: ``own_log_source:ArchiveSource``.
+"""A user's own log source, named in a config by its dotted path: ``my_flywheel.sources:ArchiveSource``.
 
 It reads an archive that keeps one JSONL file per workload and hour, ``<root>/<workload_id>/<hour>.jsonl``
 with the hour as ``2026-11-20T02``, and shows everything a source provides: its options as fields,
@@ -20,7 +20,7 @@ from flywheel.extract.sources import LogSource, LogWindow, ReadReport
 class ArchiveSource(LogSource):
     """Hourly JSONL files of one workload each, in a local folder."""
 
-    type: str = "own_log_source:ArchiveSource"
+    type: str = "my_flywheel.sources:ArchiveSource"
     root: str = Field(..., min_length=1, description="Folder holding one subfolder per workload.")
 
     def pages(self, window: LogWindow, page_size: int, report: ReadReport) -> Iterator[list[RawRecord]]:
