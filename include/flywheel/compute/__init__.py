@@ -48,6 +48,8 @@ class JobSpec:
     """Artifact-store directory of the job's ``result.json`` or ``error.json``."""
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    """The evaluated model as planned (an evaluation job's; recorded when the job writes no result)."""
 
     @property
     def command(self) -> list[str]:
@@ -126,10 +128,12 @@ def evaluate_job(
     output_uri = evaluate_output_uri(config, workload.workload_id, day, candidate_id, eval_type)
     if model.endpoint is not None:
         model_arguments = ["--endpoint", _compact_json(model.endpoint.model_dump(mode="json"))]
+        planned = {"endpoint": {"base_url": model.endpoint.base_url, "model": model.endpoint.model}}
     else:
         assert model.base_model is not None
         model_arguments = ["--base-model", model.base_model]
         model_arguments += ["--adapter", model.adapter] if model.adapter else []
+        planned = {"base_model": model.base_model} | ({"adapter": model.adapter} if model.adapter else {})
     labels = job_labels(workload.workload_id, dag_run_id, candidate_id, "evaluate")
     return JobSpec(
         kind="evaluate",
@@ -153,6 +157,7 @@ def evaluate_job(
         output_uri=output_uri,
         env=job_env(config),
         labels=labels | {f"{LABEL_PREFIX}eval-type": label_value(eval_type)},
+        model=planned,
     )
 
 

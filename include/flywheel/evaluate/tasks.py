@@ -6,7 +6,6 @@ itself is ``flywheel evaluate`` (:mod:`flywheel.evaluate.runner`).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -111,8 +110,7 @@ def collect_evaluation(
                 dataset_id=dataset["dataset_id"],
                 candidate_id=spec.labels["flywheel.io/candidate"],
                 eval_type=spec.labels["flywheel.io/eval-type"],
-                model=(result["model"] if result else _model_arguments(spec.arguments))
-                | _version_label(spec.labels),
+                model=(result["model"] if result else spec.model or {}) | _version_label(spec.labels),
                 result_uri=artifacts.job_uri(spec.output_uri, artifacts.RESULT),
                 result=result,
                 error=outcome.error,
@@ -135,13 +133,3 @@ def _version_label(labels: dict[str, str]) -> dict[str, int]:
     """``{"version": N}`` for the evaluation of registry version N as the champion, else nothing."""
     version = labels.get("flywheel.io/champion-version")
     return {"version": int(version)} if version else {}
-
-
-def _model_arguments(command: list[str]) -> dict[str, Any]:
-    """The evaluated model as named on a job's command line (for a job that wrote no result)."""
-    arguments = dict(zip(command[1::2], command[2::2], strict=False))
-    if "--endpoint" in arguments:
-        endpoint = json.loads(arguments["--endpoint"])
-        return {"endpoint": {"base_url": endpoint["base_url"], "model": endpoint["model"]}}
-    model = {"base_model": arguments["--base-model"]}
-    return model | ({"adapter": arguments["--adapter"]} if "--adapter" in arguments else {})

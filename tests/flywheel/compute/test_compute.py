@@ -254,3 +254,6 @@ def test_evaluate_jobs_name_the_model_and_share_the_evaluation_settings(tmp_path
     assert shown == endpoint.model_dump(mode="json")  # the key's variable name, never a key
     assert "--base-model" not in champion.arguments
     assert champion.output_uri.endswith("/evaluate/champion/champion")
+    # What a job that writes no result is recorded as: the model as planned, without secrets.
+    assert customized.model == {"base_model": "/models/a", "adapter": "s3://r/train/a/adapter"}
+    assert champion.model == {"endpoint": {"base_url": "http://vllm:8000/v1", "model": "router"}}
