@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from my_flywheel.sources import ArchiveSource
 
 from conftest import write_config
 from flywheel.config import load_config
@@ -19,6 +18,7 @@ from flywheel.extract.partition import extract_interval
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore
 from logdocs import END, START, WORKLOAD, log_doc
+from my_flywheel.sources import ArchiveSource
 
 MS = timedelta(milliseconds=1)
 
