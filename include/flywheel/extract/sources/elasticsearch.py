@@ -13,7 +13,6 @@ takes seconds to import, is imported on first use only.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime
@@ -139,10 +138,11 @@ def connect(conn_id: str, request_timeout_s: float = 120.0, *, raw_hits: bool = 
 
 
 def _import_object(path: str, conn_id: str) -> Any:
-    module, _, name = str(path).partition(":")
+    from flywheel.plugins import PluginNotFoundError, import_object
+
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
+        return import_object(str(path))
+    except PluginNotFoundError as exc:
         raise ConfigError(f"connection {conn_id!r}: node_class {path!r} cannot be imported ({exc})") from None
 
 
