@@ -8,6 +8,7 @@ helpers below, which turn anything unexpected into "no value" instead of an erro
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -145,6 +146,15 @@ def variant_name(row: dict[str, Any]) -> str:
     if candidate in (None, "", eval_type):
         return str(eval_type)
     return f"{candidate}/{eval_type}"
+
+
+MetricViews = Mapping[str, Mapping[str, Any]]
+"""How each metric is shown, by name (the report data's ``metrics``: label, direction, per-tool key, unit)."""
+
+
+def higher_is_better(metric: str, views: MetricViews) -> bool:
+    """Whether a larger value of ``metric`` is better (a metric without a view counts as such)."""
+    return bool(views.get(metric, {}).get("higher_is_better", True))
 
 
 def metric_views(

@@ -13,12 +13,21 @@ from __future__ import annotations
 import functools
 import io
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from flywheel.report.data import as_dict, curve_points, metric_of, number, tool_count, variant_name
+from flywheel.report.data import (
+    MetricViews,
+    as_dict,
+    curve_points,
+    higher_is_better,
+    metric_of,
+    number,
+    tool_count,
+    variant_name,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,17 +64,9 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "…"
 
 
-MetricViews = Mapping[str, Mapping[str, Any]]
-"""How each metric is shown, by name (the report data's ``metrics``: label, direction, per-tool key)."""
-
-
-def _higher_is_better(metric: str, views: MetricViews) -> bool:
-    return bool(views.get(metric, {}).get("higher_is_better", True))
-
-
 def _metric_label(metric: str, views: MetricViews) -> str:
     label = str(views.get(metric, {}).get("label") or metric.replace("_", " "))
-    return label if _higher_is_better(metric, views) else f"{label}\n(lower is better)"
+    return label if higher_is_better(metric, views) else f"{label}\n(lower is better)"
 
 
 @contextmanager
@@ -176,7 +177,7 @@ def forest_plot(
         else:
             margin = number(c.get("margin"))
             if margin is not None:
-                bound = -margin if _higher_is_better(metric, views) else margin
+                bound = -margin if higher_is_better(metric, views) else margin
                 ax.plot(bound, y, "|", color="#cf222e", markersize=18, mew=2, label=once("guardrail margin"))
     ax.axvline(0, color="#57606a", linestyle="--", linewidth=1)
     ax.set_yticks(

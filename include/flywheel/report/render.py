@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flywheel.report import plots
-from flywheel.report.data import as_dict, curve_points, dicts, metric_of, number, tool_count, variant_name
+from flywheel.report.data import (
+    as_dict,
+    curve_points,
+    dicts,
+    higher_is_better,
+    metric_of,
+    number,
+    tool_count,
+    variant_name,
+)
 from flywheel.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -245,9 +254,7 @@ def _evaluations(run: _Run) -> dict[str, Any]:
         "empty": None,
         "plot": plots.metrics_plot(scored, names, run.metrics) if scored else None,
         "names": names,
-        "lower_is_better": [
-            m for m in names if not as_dict(run.metrics.get(m)).get("higher_is_better", True)
-        ],
+        "lower_is_better": [m for m in names if not higher_is_better(m, run.metrics)],
         "rows": [(e, [metric_of(e, m) for m in names]) for e in run.evaluations],
     }
 
