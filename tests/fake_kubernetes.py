@@ -78,7 +78,9 @@ NOT_FAITHFUL = """\
   A container's ``/`` is its own directory only for workingDir and the termination message file:
   absolute paths in its command are this machine's.
 - Containers are never restarted: every restartPolicy behaves as Never. Probes, lifecycle hooks,
-  resources (no OOMKilled), securityContext, hostAliases, ports and images are not applied.
+  securityContext, hostAliases, ports and images are not applied. Of ``resources`` only a memory limit
+  is, and only to the container's first process: its RSS, polled, over the limit SIGKILLs the container
+  (reason ``OOMKilled``, exit code 137); a short peak between polls goes unnoticed.
 - The container's environment is the host variables the test passed, HOSTNAME and the pod's env; no
   service-link variables (KUBERNETES_SERVICE_HOST...); resourceFieldRef env is a config error.
 - stdout and stderr are merged into one stream; long lines are not split into 16 KiB parts.
@@ -528,6 +530,9 @@ class _Container:
     message: str | None = None
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     next_start_attempt: float = 0.0
+    memory_limit: int | None = None
+    """``resources.limits.memory`` in bytes: the container is ``OOMKilled`` when its RSS goes over it."""
+    oom_killed: bool = False
 
     @property
     def name(self) -> str:
@@ -1287,6 +1292,7 @@ class FakeKubernetes:
                 spec=c,
                 init=init,
                 root=base / c["name"],
+                memory_limit=_memory_bytes(((c.get("resources") or {}).get("limits") or {}).get("memory")),
                 waiting_reason="PodInitializing"
                 if not init and spec.get("initContainers")
                 else "ContainerCreating",
@@ -1390,6 +1396,11 @@ class FakeKubernetes:
             return
         changed = False
         for c in rt.all_containers():
+            if c.state == "running" and c.memory_limit is not None and not c.oom_killed:
+                assert c.process is not None
+                if _rss_bytes(c.process.pid) > c.memory_limit:
+                    _kill_group(c.process, signal.SIGKILL)  # the cgroup's OOM killer
+                    c.oom_killed = True
             if c.state == "running" and c.process is not None and c.process.poll() is not None:
                 self._finish_container(rt, c)
                 changed = True
@@ -1627,7 +1638,7 @@ class FakeKubernetes:
                 self._cond.acquire()
         code = c.process.returncode
         c.exit_code = code if code >= 0 else 128 - code
-        c.reason = "Completed" if c.exit_code == 0 else "Error"
+        c.reason = "OOMKilled" if c.oom_killed else "Completed" if c.exit_code == 0 else "Error"
         c.finished_at = _now()
         path = c.root / c.spec.get("terminationMessagePath", "/dev/termination-log").lstrip("/")
         message = path.read_bytes()[:4096].decode("utf-8", "replace") if path.is_file() else ""
@@ -2047,6 +2058,34 @@ def _kill_group(process: subprocess.Popen | None, sig: int) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
+
+
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[kMGTPE]|[eE][0-9]+)?")
+_BINARY_SUFFIXES = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_SUFFIXES = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+
+
+def _memory_bytes(quantity: str | int | None) -> int | None:
+    """A memory quantity (``48Gi``, ``512M``, ``129e6``, ``1000``) in bytes; None for none."""
+    if quantity is None:
+        return None
+    match = _QUANTITY.fullmatch(str(quantity))
+    if match is None:
+        raise ValueError(f"unsupported memory quantity {quantity!r}")
+    number, suffix = float(match["number"]), match["suffix"] or ""
+    if suffix in _BINARY_SUFFIXES:
+        return int(number * 1024 ** _BINARY_SUFFIXES[suffix])
+    if suffix in _DECIMAL_SUFFIXES:
+        return int(number * 1000 ** _DECIMAL_SUFFIXES[suffix])
+    return int(number * 10 ** int(suffix[1:] or 0))
+
+
+def _rss_bytes(pid: int) -> int:
+    """The resident set size of a process (0 once it has exited)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError):
+        return 0
 
 
 def _secret_values(secret: dict | None) -> dict[str, str]:

@@ -114,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         help="training settings: a YAML/JSON file, or a JSON object inline (default: the defaults)",
     )
     train.add_argument("--max-steps", type=int, help="override max_steps")
+    train.add_argument(
+        "--init-adapter",
+        metavar="URI",
+        help="start from this LoRA adapter (the champion's: a warm start) instead of a fresh one",
+    )
+    train.add_argument(
+        "--parent-version",
+        metavar="N",
+        type=int,
+        help="the registry version of the champion whose adapter --init-adapter is (for lineage)",
+    )
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -368,7 +379,9 @@ def _actor(args: argparse.Namespace) -> str:
 
 def _describe_version(version: Any) -> str:
     adapter = f" + adapter {version.adapter_uri}" if version.adapter_uri else ""
-    return f"v{version.version} ({version.candidate_id}/{version.eval_type}: {version.base_model}{adapter})"
+    parent = f", warm-started from v{version.parent_version}" if version.parent_version is not None else ""
+    model = f"{version.base_model}{adapter}{parent}"
+    return f"v{version.version} ({version.candidate_id}/{version.eval_type}: {model})"
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -420,6 +433,8 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.training_config, TrainingConfig, "--training-config")
+        if args.parent_version is not None and args.init_adapter is None:
+            raise ConfigError("--parent-version names the champion of an --init-adapter; none given")
     except ConfigError as exc:
         # The orchestrator reads the failure from the output URI, whatever stage it happened in, and
         # must not find an earlier attempt's result.json next to it.
@@ -428,7 +443,14 @@ def _train(args: argparse.Namespace) -> int:
         raise
     if args.max_steps is not None:
         settings = settings.model_copy(update={"max_steps": args.max_steps})
-    return run_training_job(args.dataset, args.base_model, settings, args.output)
+    return run_training_job(
+        args.dataset,
+        args.base_model,
+        settings,
+        args.output,
+        init_adapter=args.init_adapter,
+        parent_version=args.parent_version,
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:

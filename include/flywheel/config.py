@@ -191,6 +191,18 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(2048, ge=32)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    init_from: Literal["base", "champion"] = Field(
+        "base",
+        description="Where the adapter starts: a fresh LoRA, or (planned by the DAG) the champion's adapter "
+        "when the champion is a fine-tuned adapter of the same base model, else a fresh LoRA.",
+    )
+    label_balance: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Each epoch draws label L (the answer's first tool, or no_call) in proportion to "
+        "count(L) ** label_balance: 1 keeps the data's mix, 0 draws every label equally often.",
+    )
     seed: int = 0
     eval_every_steps: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")
     max_validation_examples: int | None = Field(
@@ -200,6 +212,22 @@ class TrainingConfig(_Strict):
         3, ge=1, description="Stop after N evaluations without a better validation loss; null: never."
     )
     gradient_checkpointing: bool = False
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="auto: bf16 weights on a GPU; on a CPU, bf16 autocast where it has bf16 instructions "
+        "(avx512_bf16, AMX), else float32. bfloat16: bf16 weights on a GPU, bf16 autocast on a CPU.",
+    )
+    prefix_gradients: bool = Field(
+        False,
+        description="Back-propagate through a shared prefix's keys and values (exact); false runs the prefix "
+        "once per batch without gradients (docs/training.md measures the difference).",
+    )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=256,
+        description="Memory a CPU job may use; batches that would not fit run as micro-batches. "
+        "null: 85% of the machine's or the container's memory.",
+    )
     log_every_steps: int = Field(10, ge=1)
 
 
@@ -295,7 +323,20 @@ class EndpointConfig(_Strict):
 class GenerationConfig(_Strict):
     """How every evaluated model answers: greedy by default, the same limits for every model."""
 
-    max_new_tokens: int = Field(256, ge=1, le=8192)
+    max_new_tokens: Literal["auto"] | Annotated[int, Field(ge=1, le=8192)] = Field(
+        "auto",
+        description="Tokens an answer may take. 'auto': sized from the evaluation set's longest reference "
+        "answer (its token length as training formats it, x1.25 + 8), at most max_new_tokens_limit; an "
+        "integer is a fixed cap.",
+    )
+    max_new_tokens_limit: int = Field(
+        1024, ge=1, le=8192, description="The largest cap 'auto' may choose (an endpoint's cap under 'auto')."
+    )
+    stop_after_tool_call: Literal["auto"] | bool = Field(
+        "auto",
+        description="Local generation: an answer ends as soon as it completes a </tool_call> block. 'auto': "
+        "when no reference answer of the evaluation set makes more than one tool call.",
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy decoding.")
     tool_choice: Literal["auto", "required", "none"] = Field(
         "auto", description="Sent to endpoints; local models always choose for themselves ('auto')."

@@ -51,6 +51,14 @@ class NonRetryableJobError(JobFailedError, PermanentError):
     """A job failed in a way the same job cannot fix on retry: bad configuration or inputs, out of memory."""
 
 
+class OutOfMemoryJobError(NonRetryableJobError):
+    """A job ran out of memory: it caught an out-of-memory error (exit code 3), or the kernel's OOM
+    killer ended it (a local process killed by SIGKILL that wrote no ``error.json``, a pod ``OOMKilled``).
+
+    The same job runs out again on a retry: it needs a smaller batch or sequence length, or more memory.
+    """
+
+
 class TrainingFailedError(PermanentError):
     """No candidate of the run produced an adapter."""
 

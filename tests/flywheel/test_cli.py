@@ -215,6 +215,7 @@ def registered(config, days: int) -> list[int]:
             eval_type="customized",
             model={"base_model": "smollm2-135m-instruct", "adapter": f"/artifacts/day-{day}/adapter"},
             dataset_id=f"ds-{day}",
+            parent_version=numbers[-1] if numbers else None,  # each warm-started from the one before
         )
         numbers.append(version.version)
     return numbers
@@ -249,10 +250,13 @@ def test_registry_promote_show_and_rollback_are_audited(
     assert "manual_promote v2 (was v1)  by ann: better" in out
     assert "rollback       v1 (was v2)  by bob: v2 loops" in out
     assert " *v1 (" in out and "  v2 (" in out
+    assert "  v2 (smollm2-135m/customized: smollm2-135m-instruct + adapter /artifacts/day-2/adapter, " in out
+    assert "/day-2/adapter, warm-started from v1)  dataset ds-2" in out
 
     assert main(["registry", "show", *router, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["champion"]["version"] == 1
+    assert [(v["version"], v["parent_version"]) for v in shown["versions"]] == [(1, None), (2, 1)]
     assert [(m["action"], m["actor"]) for m in shown["history"]] == [
         ("manual_promote", "ann"),
         ("manual_promote", "ann"),

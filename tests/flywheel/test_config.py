@@ -430,6 +430,18 @@ def test_candidate_override_of_an_unknown_key_is_rejected(edited_config: Callabl
     )
 
 
+def test_init_from_is_base_or_champion(edited_config: Callable[..., Path]) -> None:
+    from flywheel.config import TrainingConfig
+
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["training"]["candidates"][0]["settings"] = {"init_from": "latest"}
+
+    assert TrainingConfig().init_from == "base"
+    assert "candidates[0].settings.init_from: Input should be 'base' or 'champion'" in load_error(
+        edited_config(edit)
+    )
+
+
 def test_duplicate_candidate_id(edited_config: Callable[..., Path]) -> None:
     def edit(raw: Raw) -> None:
         candidates = raw["workloads"][0]["training"]["candidates"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -19,7 +20,8 @@ from typing import Any
 
 from flywheel import artifacts
 from flywheel.config import CandidateConfig, FlywheelConfig, ModelConfig, WorkloadConfig
-from flywheel.errors import JobFailedError, NonRetryableJobError, TransientJobError
+from flywheel.errors import JobFailedError, NonRetryableJobError, OutOfMemoryJobError, TransientJobError
+from flywheel.jobs import EXIT_OUT_OF_MEMORY
 from flywheel.storage import STORAGE_OPTIONS_ENV
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,15 @@ JOB_ENTRYPOINT = "flywheel"
 
 EXIT_CODES_NOT_RETRIED = {2: "bad configuration or inputs", 3: "out of memory"}
 """Exit codes of ``flywheel`` jobs that retrying the same job cannot fix (see flywheel.train.trainer)."""
+
+SIGKILL_EXIT_CODES = frozenset({-signal.SIGKILL, 128 + signal.SIGKILL})
+"""How a process killed by SIGKILL exits: -9 as a subprocess, 137 through a shell or a container runtime."""
+
+OUT_OF_MEMORY_ADVICE = (
+    "lower batch_size or max_seq_length in its settings, set training.memory_budget_mb, "
+    "or give the job more memory"
+)
+"""What to do about a job that ran out of memory, at the end of its error message."""
 
 LABEL_PREFIX = "flywheel.io/"
 _LABEL_VALUE_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -50,6 +61,9 @@ class JobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     model: dict[str, Any] | None = None
     """The evaluated model as planned (an evaluation job's; recorded when the job writes no result)."""
+    init_from: dict[str, Any] | None = None
+    """Where a training job's adapter starts, as planned: ``{"parent_version": N, "adapter": URI}`` (a warm
+    start from the champion's) or ``{"base": why not}`` (:func:`flywheel.train.tasks.warm_start`)."""
 
     @property
     def command(self) -> list[str]:
@@ -77,10 +91,20 @@ def train_job(
     dataset_uri: str,
     day: date,
     dag_run_id: str,
+    init_from: dict[str, Any] | None = None,
 ) -> JobSpec:
-    """The training job of one candidate on the run's dataset."""
+    """The training job of one candidate on the run's dataset.
+
+    ``init_from`` (see :attr:`JobSpec.init_from`) with an ``adapter``: the job starts from that adapter
+    (``--init-adapter``) and records its ``--parent-version``; otherwise it trains a fresh LoRA.
+    """
     settings = workload.training.settings_for(candidate)
     output_uri = train_output_uri(config, workload.workload_id, day, candidate.candidate_id)
+    warm_start = (
+        ["--init-adapter", init_from["adapter"], "--parent-version", str(init_from["parent_version"])]
+        if init_from and "adapter" in init_from
+        else []
+    )
     return JobSpec(
         kind="train",
         name=dns_label(f"train-{workload.workload_id}-{candidate.candidate_id}"),
@@ -94,10 +118,12 @@ def train_job(
             _compact_json(settings.model_dump(mode="json")),
             "--output",
             output_uri,
+            *warm_start,
         ],
         output_uri=output_uri,
         env=job_env(config),
         labels=job_labels(workload.workload_id, dag_run_id, candidate.candidate_id, "train"),
+        init_from=init_from,
     )
 
 
@@ -203,16 +229,38 @@ def dns_label(text: str) -> str:
 
 
 def job_failure(
-    exit_code: int | None, output_uri: str, where: str, storage_options: dict[str, Any] | None = None
+    exit_code: int | None,
+    output_uri: str,
+    where: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    reason: str | None = None,
+    peak_rss_bytes: int | None = None,
 ) -> JobFailedError:
-    """The error for a job that exited with ``exit_code``: not retried for codes retrying cannot fix.
+    """The error for a job that exited with ``exit_code``: not retried for failures retrying cannot fix.
 
     The job's ``error.json`` (when it wrote one) supplies the message and is attached to the error.
+    ``reason`` is why the platform says the job ended (a Kubernetes container's ``OOMKilled``,
+    ``Error`` ...), None where it has no say (a local process); ``peak_rss_bytes`` is the job's peak
+    memory where it was measured. A job that ran out of memory fails with :class:`OutOfMemoryJobError`:
+    one that exited 3 (it caught the error itself), one ``OOMKilled``, and one killed by SIGKILL with
+    no ``reason`` that wrote neither ``result.json`` nor ``error.json``, which is how the kernel's OOM
+    killer ends a process. For the last two an ``error.json`` is written on the job's behalf.
     """
     error = read_job_file(output_uri, artifacts.ERROR, storage_options)
+    if reason == "OOMKilled" or (
+        reason is None
+        and exit_code in SIGKILL_EXIT_CODES
+        and error is None
+        and read_job_file(output_uri, artifacts.RESULT, storage_options) is None
+    ):
+        return _killed_out_of_memory(
+            exit_code, output_uri, where, storage_options, reason, peak_rss_bytes, error
+        )
     detail = f"{error['error']}: {error['message']}" if error else "no error.json written"
     if exit_code in EXIT_CODES_NOT_RETRIED:
-        return NonRetryableJobError(
+        kind = OutOfMemoryJobError if exit_code == EXIT_OUT_OF_MEMORY else NonRetryableJobError
+        return kind(
             f"{where} failed with exit code {exit_code} ({EXIT_CODES_NOT_RETRIED[exit_code]}; "
             f"not retried): {detail}",
             exit_code=exit_code,
@@ -221,6 +269,39 @@ def job_failure(
     return TransientJobError(
         f"{where} failed with exit code {exit_code}: {detail}", exit_code=exit_code, error=error
     )
+
+
+def _killed_out_of_memory(
+    exit_code: int | None,
+    output_uri: str,
+    where: str,
+    storage_options: dict[str, Any] | None,
+    reason: str | None,
+    peak_rss_bytes: int | None,
+    error: dict[str, Any] | None,
+) -> OutOfMemoryJobError:
+    """The error of a job an OOM killer ended; writes its ``error.json`` unless the job wrote one."""
+    if reason == "OOMKilled":
+        how = f"its container was OOMKilled (exit code {exit_code}), over its memory limit"
+    else:
+        how = (
+            f"killed by SIGKILL (exit code {exit_code}) without writing error.json, "
+            "most likely by the kernel's OOM killer"
+        )
+    peak_rss_mb = round(peak_rss_bytes / 2**20, 1) if peak_rss_bytes else None
+    peak = f" (peak RSS {peak_rss_mb:,.0f} MiB)" if peak_rss_mb else ""
+    message = f"{where} ran out of memory: {how}{peak}; not retried. To fix it, {OUT_OF_MEMORY_ADVICE}."
+    if error is None:
+        error = {
+            "error": "OutOfMemory",
+            "message": message,
+            "exit_code": exit_code,
+            "retryable": False,
+            "reason": reason or "SIGKILL",
+            "peak_rss_mb": peak_rss_mb,
+        }
+        write_job_file(output_uri, artifacts.ERROR, error, storage_options)
+    return OutOfMemoryJobError(message, exit_code=exit_code, error=error)
 
 
 def read_job_file(
@@ -234,6 +315,20 @@ def read_job_file(
             return json.loads(handle.read())
     except FileNotFoundError:
         return None
+
+
+def write_job_file(
+    output_uri: str, name: str, content: dict[str, Any], storage_options: dict[str, Any] | None = None
+) -> None:
+    """Write a job's file on its behalf (best effort: logs, never raises, so it cannot mask a failure)."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(output_uri, **(storage_options or {}))
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(artifacts.job_uri(root, name), json.dumps(content, indent=2).encode())
+    except Exception as exc:
+        log.error("could not write %s to %s: %s", name, output_uri, exc)
 
 
 @dataclass(frozen=True)

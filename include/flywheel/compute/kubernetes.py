@@ -51,8 +51,9 @@ class FlywheelJobPodOperator(KubernetesPodOperator):
     (``delete_succeeded_pod``), logs streamed into the task log, pod events logged on failure, the
     container's log tail as its termination message, no XCom sidecar, and synchronous execution
     (deferrable mode loses XCom and logs in provider 10.x). A pod whose job exits with a code that
-    retrying cannot fix (``flywheel.compute.EXIT_CODES_NOT_RETRIED``) raises
-    :class:`~flywheel.errors.NonRetryableJobError`, which the DAG's retry policy fails at once.
+    retrying cannot fix (``flywheel.compute.EXIT_CODES_NOT_RETRIED``), or whose container was
+    ``OOMKilled``, raises :class:`~flywheel.errors.NonRetryableJobError`, which the DAG's retry policy
+    fails at once (:func:`~flywheel.compute.job_failure` decides).
 
     ``output_uri`` is where the job writes ``result.json`` / ``error.json``; ``secret_env`` lists
     ``{"env", "secret", "key"}`` mappings turned into environment variables read from Kubernetes
@@ -97,19 +98,23 @@ class FlywheelJobPodOperator(KubernetesPodOperator):
         try:
             super().cleanup(pod, remote_pod, xcom_result, context)
         except AirflowException as exc:
-            code = base_container_exit_code(remote_pod, self.base_container_name)
+            code, reason = base_container_termination(remote_pod, self.base_container_name)
             name = pod.metadata.name if pod is not None and pod.metadata else self.name
             env = {var.name: var.value for var in self.env_vars or [] if var.value is not None}
-            raise job_failure(code, self.output_uri, f"pod {name}", storage_options_from_env(env)) from exc
+            options = storage_options_from_env(env)
+            raise job_failure(code, self.output_uri, f"pod {name}", options, reason=reason) from exc
 
 
-def base_container_exit_code(remote_pod: Any, container_name: str = "base") -> int | None:
-    """Exit code of the pod's job container, or None while it has not terminated (or never started)."""
+def base_container_termination(
+    remote_pod: Any, container_name: str = "base"
+) -> tuple[int | None, str | None]:
+    """Exit code and reason (``Error``, ``OOMKilled`` ...) of the pod's job container; (None, None)
+    while it has not terminated (or never started)."""
     statuses = (remote_pod.status.container_statuses if remote_pod and remote_pod.status else None) or []
     for status in statuses:
         if status.name == container_name and status.state and status.state.terminated:
-            return status.state.terminated.exit_code
-    return None
+            return status.state.terminated.exit_code, status.state.terminated.reason
+    return None, None
 
 
 def job_pod_defaults(kubernetes: KubernetesComputeConfig, kind: str) -> dict[str, Any]:

@@ -201,6 +201,8 @@ class ModelVersion(Base):
     evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="SET NULL"))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     training: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the candidate's training figures
+    # Lineage: the version (number) of the champion whose adapter training started from; null: a fresh LoRA.
+    parent_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -196,6 +196,9 @@ def _register_challenger(
     model = {k: v for k, v in challenger.info["model"].items() if k != "version"}
     if challenger.eval_type == "icl":
         model["few_shot"] = True  # served (and re-evaluated as the champion) with its few-shot prompts
+    customized = training if challenger.eval_type == "customized" else None
+    # A warm start's adapter descends from the champion it started from (collect_training's init_from).
+    parent_version = ((customized or {}).get("init_from") or {}).get("parent_version")
     return register_version(
         config.metadata,
         workload_id=workload_id,
@@ -206,7 +209,8 @@ def _register_challenger(
         dataset_id=dataset_id,
         evaluation_id=challenger.info["evaluation_id"],
         metrics=challenger.info["metrics"],
-        training=training if challenger.eval_type == "customized" else None,
+        training=customized,
+        parent_version=parent_version,
     )
 
 

@@ -47,6 +47,8 @@ class VersionInfo:
     run_id: int | None
     metrics: dict[str, Any] | None
     created_at: datetime
+    parent_version: int | None = None
+    """The version of the champion whose adapter this one's training started from (a warm start)."""
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionInfo:
@@ -63,6 +65,7 @@ class VersionInfo:
             row.run_id,
             row.metrics,
             as_utc(row.created_at),
+            row.parent_version,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,8 +103,11 @@ def register_version(
     evaluation_id: int | None = None,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    parent_version: int | None = None,
 ) -> VersionInfo:
     """Register one variant of a run as a model version; the same run's variant maps to the same version.
+
+    ``parent_version``: the version of the champion whose adapter the variant's training started from.
 
     Versions count up per workload; two runs registering at once are serialised by the unique
     constraint (the loser retries with the next number).
@@ -131,6 +137,7 @@ def register_version(
                 row.evaluation_id = evaluation_id
                 row.metrics = metrics
                 row.training = training
+                row.parent_version = parent_version
                 session.flush()
                 return VersionInfo.of(row)
         except IntegrityError:

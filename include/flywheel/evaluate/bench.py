@@ -24,7 +24,7 @@ from typing import Any
 
 from flywheel.config import GenerationConfig
 from flywheel.evaluate.examples import load_examples
-from flywheel.evaluate.generation import Prompt
+from flywheel.evaluate.generation import AnswerLimits, Prompt
 
 DEFAULT_EXAMPLES = 32
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -54,7 +54,7 @@ def bench_eval(
     prompts = [generator.encode(Prompt(e.messages, e.tools)) for e in chosen]
     _say(quiet, f"{len(prompts)} prompts, {sum(map(len, prompts)) / len(prompts):.0f} tokens on average")
 
-    generator.generate_ids(prompts[:2], max_new_tokens=2)  # warm-up: first calls allocate and plan
+    generator.generate_ids(prompts[:2], AnswerLimits(2))  # warm-up: first calls allocate and plan
     _baseline(generator, prompts[:1], 2)
 
     generator.reset_prefix_cache()  # the warm-up's prefix must not make the timed run look faster

@@ -25,7 +25,7 @@ import httpx
 from flywheel.config import EndpointConfig, GenerationConfig
 from flywheel.errors import RetryableError
 from flywheel.evaluate.examples import openai_call
-from flywheel.evaluate.generation import Generation, Prompt
+from flywheel.evaluate.generation import AnswerLimits, Generation, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,10 @@ class EndpointGenerator:
     """The :class:`~flywheel.evaluate.generation.Generator` of a served model: one request per prompt.
 
     Requests run ``endpoint.concurrency`` at a time; answers come back in prompt order. A prompt whose
-    request fails for good gets a :class:`Generation` with ``error`` set (never an exception).
+    request fails for good gets a :class:`Generation` with ``error`` set (never an exception). The
+    token cap is sent as ``max_tokens``; the response's ``finish_reason`` (``length``: the cap cut
+    the answer) is kept. Where an answer ends is the server's business: ``stop_after_tool_call``
+    does not apply.
     """
 
     def __init__(
@@ -176,24 +179,26 @@ class EndpointGenerator:
         self.generation = generation
         self.client = ChatClient(endpoint, api_key=api_key)
 
-    def request_body(self, prompt: Prompt) -> dict[str, Any]:
+    def request_body(self, prompt: Prompt, limits: AnswerLimits | None = None) -> dict[str, Any]:
         """The chat-completions request of one prompt (without ``model``, which the client adds)."""
+        limits = limits or AnswerLimits.of(self.generation)
         body: dict[str, Any] = {
             "messages": wire_messages(prompt.messages),
             "temperature": self.generation.temperature,
-            "max_tokens": self.generation.max_new_tokens,
+            "max_tokens": limits.max_new_tokens,
         }
         if prompt.tools:
             body["tools"] = prompt.tools
             body["tool_choice"] = self.generation.tool_choice
         return body
 
-    def generate(self, prompts: list[Prompt]) -> list[Generation]:
-        """Answer every prompt (bounded concurrency), in the prompts' order."""
+    def generate(self, prompts: list[Prompt], limits: AnswerLimits | None = None) -> list[Generation]:
+        """Answer every prompt (bounded concurrency), in the prompts' order, within ``limits``."""
+        limits = limits or AnswerLimits.of(self.generation)
         results: list[Generation | None] = [None] * len(prompts)
         progress = _Progress(f"{self.endpoint.model} at {self.endpoint.base_url}", len(prompts))
         with ThreadPoolExecutor(max_workers=self.endpoint.concurrency, thread_name_prefix="endpoint") as pool:
-            futures = {pool.submit(self._generate_one, prompt): i for i, prompt in enumerate(prompts)}
+            futures = {pool.submit(self._generate_one, prompt, limits): i for i, prompt in enumerate(prompts)}
             for future in as_completed(futures):
                 generation = future.result()
                 results[futures[future]] = generation
@@ -201,10 +206,10 @@ class EndpointGenerator:
         progress.finish()
         return [g for g in results if g is not None]
 
-    def _generate_one(self, prompt: Prompt) -> Generation:
+    def _generate_one(self, prompt: Prompt, limits: AnswerLimits) -> Generation:
         started = time.perf_counter()
         try:
-            result = self.client.complete(self.request_body(prompt))
+            result = self.client.complete(self.request_body(prompt, limits))
         except Exception as exc:  # one bad example must not fail the others
             log.warning("%s: request failed: %s", self.endpoint.model, exc)
             return Generation(
@@ -222,6 +227,7 @@ class EndpointGenerator:
             tokens_in=result.prompt_tokens,
             tokens_out=result.completion_tokens,
             message=result.message,
+            finish_reason=result.finish_reason,
         )
 
     def close(self) -> None:

@@ -16,6 +16,9 @@ from flywheel import artifacts
 from flywheel.jobs import JobInputError, read_jsonl
 from flywheel.storage import storage_options_from_env
 
+NO_CALL = "no_call"
+"""The label of an example whose reference answer calls no tool (small talk, policy questions)."""
+
 
 class EvaluationInputError(JobInputError):
     """The dataset cannot be evaluated as given (no examples, a record that is not an example)."""
@@ -33,7 +36,8 @@ class EvalExample:
     """The reference answer's OpenAI ``tool_calls`` (``[]`` when the right answer calls no tool)."""
     reference_content: str | None
     label: str
-    """The reference's tool names joined by ``+``, or ``<no_tool>``: the per-tool breakdown's key."""
+    """The per-label breakdown's key, :func:`label_of` the reference calls: the first tool called, or
+    :data:`NO_CALL`."""
     eval_set: str = "evaluation"
     """``evaluation`` (the dataset's evaluation split) or ``golden`` (the workload's frozen golden set)."""
 
@@ -92,7 +96,7 @@ def _example(where: str, record: dict[str, Any], eval_set: str) -> EvalExample:
             tools=list(record.get("tools") or []),
             reference_calls=calls,
             reference_content=reference.get("content"),
-            label=record.get("label") or label_of(calls),
+            label=label_of(calls),
             eval_set=eval_set,
         )
     except (KeyError, TypeError, AttributeError) as exc:
@@ -154,9 +158,8 @@ def openai_call(call: dict[str, Any], index: int = 0) -> dict[str, Any]:
 
 
 def label_of(calls: list[dict[str, Any]]) -> str:
-    """``+``-joined called tool names, or ``<no_tool>``."""
-    names = [call.get("function", call).get("name", "") for call in calls]
-    return "+".join(names) if names else "<no_tool>"
+    """The name of the first tool called, or :data:`NO_CALL`: the label that training balances on."""
+    return calls[0].get("function", calls[0]).get("name", "") if calls else NO_CALL
 
 
 def _split_uri(dataset_uri: str, split: str) -> str:

@@ -11,7 +11,9 @@ schemas come first and only the user's request differs. :class:`LocalGenerator` 
    every row, and runs only each row's own suffix: ``[prefix][padding][suffix]``, with position ids
    that skip the padding, so each row sees exactly the positions it would see alone;
 4. decodes greedily (or samples, at a temperature above 0) with the KV cache, dropping rows from the
-   batch as they finish.
+   batch as they finish: at a stop token, at the token cap (``finish_reason`` ``length``: the answer
+   is marked truncated), or, with ``stop_after_tool_call``, as soon as the row's text completes a
+   ``</tool_call>`` block (:class:`ToolCallEnd`).
 
 The shared prefix is where most of the compute of a small model's evaluation goes (a router prompt is
 about 1,200 tokens of system text and schemas around a 20-token request); computing it once per
@@ -29,7 +31,9 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from flywheel.config import GenerationConfig
-from flywheel.evaluate.generation import Generation, Prompt
+from flywheel.evaluate.generation import TRUNCATED, AnswerLimits, Generation, Prompt
+from flywheel.shared_prefix import SharedPrefix, use_shared_prefix_attention
+from flywheel.train.formatting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,9 @@ class LocalGenerator:
                 # Merged once: evaluation then runs at the base model's speed.
                 model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         self.model = model.to(self.device).eval()
+        self.shared_prefix_attention = use_shared_prefix_attention(self.model)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.tool_call_end = ToolCallEnd(self.tokenizer)
         self._prefix_ids: list[int] = []
         self._prefix_kv: list[tuple[Any, Any]] = []
         self.prefix_tokens_computed = 0
@@ -78,18 +84,16 @@ class LocalGenerator:
 
         return encode_prompt(self.tokenizer, prompt.messages, prompt.tools)
 
-    def generate(self, prompts: list[Prompt]) -> list[Generation]:
-        """Answer every prompt (in order)."""
-        return self.generate_ids([self.encode(prompt) for prompt in prompts])
+    def generate(self, prompts: list[Prompt], limits: AnswerLimits | None = None) -> list[Generation]:
+        """Answer every prompt (in order) within ``limits`` (None: those the settings fix)."""
+        return self.generate_ids([self.encode(prompt) for prompt in prompts], limits)
 
     def generate_ids(
-        self, prompts: Sequence[list[int]], *, max_new_tokens: int | None = None
+        self, prompts: Sequence[list[int]], limits: AnswerLimits | None = None
     ) -> list[Generation]:
-        """Answer prompts given as token ids (in order), batched by shared prefix.
-
-        ``max_new_tokens`` overrides the configured limit for this call.
-        """
-        limit = max_new_tokens or self.generation.max_new_tokens
+        """Answer prompts given as token ids (in order), batched by shared prefix, within ``limits``
+        (None: :meth:`AnswerLimits.of` the settings)."""
+        limits = limits or AnswerLimits.of(self.generation)
         results: list[Generation | None] = [None] * len(prompts)
         size = self.generation.batch_size
         order = batch_order(prompts, size)
@@ -97,7 +101,7 @@ class LocalGenerator:
         with torch.inference_mode():
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                answers = self._generate_batch([prompts[i] for i in batch], limit)
+                answers = self._generate_batch([prompts[i] for i in batch], limits)
                 for index, generation in zip(batch, answers, strict=True):
                     results[index] = generation
                 done = min(start + size, len(order))
@@ -106,14 +110,21 @@ class LocalGenerator:
                     log.info("generated %d/%d answers (%.2f examples/s)", done, len(order), done / elapsed)
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int) -> list[Generation]:
+    def _generate_batch(self, rows: list[list[int]], limits: AnswerLimits) -> list[Generation]:
+        max_new_tokens = limits.max_new_tokens
+        tool_call_end = self.tool_call_end if limits.stop_after_tool_call else None
         started = time.perf_counter()
         shared = common_prefix_length(rows) if self.generation.prefix_cache else 0
         shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps a token to run
-        capacity = max(len(r) for r in rows) + max_new_tokens
+        prefix = self._prefix(rows[0][:shared]) if shared > 0 else []
+        # With shared-prefix attention the cache holds only each row's own tokens; the prefix's keys and
+        # values stay at batch size 1. Otherwise they are copied to every row of the cache.
+        separate = bool(prefix) and self.shared_prefix_attention
+        capacity = max(len(r) for r in rows) - (shared if separate else 0) + max_new_tokens
         cache = self._new_cache(capacity)
-        if shared > 0:
-            for layer, (keys, values) in enumerate(self._prefix(rows[0][:shared])):
+        forward: dict[str, Any] = {"shared_prefix": SharedPrefix(prefix)} if separate else {}
+        if prefix and not separate:
+            for layer, (keys, values) in enumerate(prefix):
                 cache.update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1), layer)
         suffixes = [r[shared:] for r in rows]
         width = max(len(s) for s in suffixes)
@@ -123,14 +134,16 @@ class LocalGenerator:
         for row, suffix in enumerate(suffixes):
             input_ids[row, width - len(suffix) :] = torch.tensor(suffix)
             suffix_mask[row, width - len(suffix) :] = 1
-        attention = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), suffix_mask], dim=1)
+        attention = suffix_mask
+        if not separate:
+            attention = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), suffix_mask], dim=1)
         # Positions continue the prefix and skip the padding: each row is computed as if it were alone.
         positions = (shared + suffix_mask.cumsum(dim=1) - 1).clamp(min=shared)
         attention, positions, input_ids = (t.to(self.device) for t in (attention, positions, input_ids))
 
         generated: list[list[int]] = [[] for _ in rows]
         finished_at = [0.0] * len(rows)
-        stopped = [False] * len(rows)
+        finish_reason = [TRUNCATED] * len(rows)  # until the row ends otherwise
         live = list(range(len(rows)))  # batch row -> index in rows
         sampler = _Sampler(self.generation.temperature)
         stop = set(self.stop_ids)
@@ -142,6 +155,7 @@ class LocalGenerator:
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **forward,
             ).logits[:, -1, :]
             tokens = sampler(logits).tolist()
             now = time.perf_counter() - started
@@ -149,9 +163,12 @@ class LocalGenerator:
             for batch_row, token in enumerate(tokens):
                 index = live[batch_row]
                 if token in stop:
-                    finished_at[index], stopped[index] = now, True
+                    finished_at[index], finish_reason[index] = now, "stop"
                     continue
                 generated[index].append(token)
+                if tool_call_end is not None and tool_call_end(generated[index]):
+                    finished_at[index], finish_reason[index] = now, "tool_call"
+                    continue
                 keep.append(batch_row)
             if not keep:
                 break
@@ -172,7 +189,8 @@ class LocalGenerator:
                 text=self.tokenizer.decode(tokens, skip_special_tokens=False),
                 latency_s=round(finished_at[i], 4),
                 tokens_in=len(rows[i]),
-                tokens_out=len(tokens) + stopped[i],  # the stop token was generated too
+                tokens_out=len(tokens) + (finish_reason[i] == "stop"),  # the stop token was generated too
+                finish_reason=finish_reason[i],
             )
             for i, tokens in enumerate(generated)
         ]
@@ -214,6 +232,38 @@ class LocalGenerator:
         if set(layer_types) != {"full_attention"}:
             return DynamicCache(config=self.model.config)
         return Cache(layers=[_BufferLayer(capacity) for _ in range(config.num_hidden_layers)])
+
+
+class ToolCallEnd:
+    """Says whether a row's generated tokens have just completed a ``<tool_call>`` block.
+
+    Called on a row after each new token, it decodes only when it must: the new token's own text
+    must end with ``>`` (whitespace aside), the last character of ``</tool_call>``, which a memo per
+    token id answers after the first time; then the last few tokens (the tag is at most as many
+    tokens as characters) must decode to text ending with the tag; then the whole row must hold an
+    opening ``<tool_call>``. The row's text is then exactly what the model would have answered had
+    it emitted its end-of-turn token next, so stopping there changes no parsed answer.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._may_close: dict[int, bool] = {}
+
+    def __call__(self, ids: Sequence[int]) -> bool:
+        if not ids or not self.may_close(ids[-1]):
+            return False
+        tail = self.tokenizer.decode(ids[-len(TOOL_CALL_CLOSE) :], skip_special_tokens=False)
+        if not tail.rstrip().endswith(TOOL_CALL_CLOSE):
+            return False
+        return TOOL_CALL_OPEN in self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def may_close(self, token: int) -> bool:
+        """Whether ``token``'s text ends with ``>`` (trailing whitespace aside): it may end the tag."""
+        known = self._may_close.get(token)
+        if known is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            known = self._may_close[token] = text.rstrip().endswith(TOOL_CALL_CLOSE[-1])
+        return known
 
 
 class _BufferLayer(DynamicLayer):

@@ -7,10 +7,16 @@ parses each answer into tool calls, scores it once on each metric (the built-ins
 under the output URI:
 
 * ``examples.jsonl``: one line per example: id, label, raw output, parsed calls, parse error, each
-  score, the judge's rating, latency, tokens in and out, the few-shot example ids;
+  score, the judge's rating, latency, tokens in and out, why the answer ended and whether the token
+  cap cut it (``truncated``), the few-shot example ids;
 * ``result.json`` (written last, the completion marker): each metric's value with its 95% interval and
-  count (the share of the per-example scores), a per-tool breakdown, latency and token
-  figures, the model, the eval type and the fingerprint of the evaluated examples.
+  count (the share of the per-example scores), a per-label breakdown (``per_tool``), the answers cut
+  by the token cap (``truncated_examples``) and the cap itself (``answer_limits``,
+  :mod:`flywheel.evaluate.limits`), latency and token figures, the model, the eval type and the
+  fingerprint of the evaluated examples.
+
+A truncated answer is scored on what it says, like any other: cut off, it is almost always unreadable
+and so wrong; it is counted apart so that "cut off" can be told from "wrong".
 
 A failure writes ``error.json`` instead, with the exit code of :mod:`flywheel.jobs`.
 """
@@ -29,6 +35,7 @@ from flywheel.config import EvalType, EvaluationConfig, ModelConfig
 from flywheel.errors import ConfigError, RetryableError
 from flywheel.evaluate.examples import EvalExample, examples_hash, load_examples, load_train_examples
 from flywheel.evaluate.generation import Generation, Generator, Prompt
+from flywheel.evaluate.limits import answer_limits
 from flywheel.evaluate.metrics import ExampleMetric, example_metrics, get_metric
 from flywheel.evaluate.parsing import ParsedAnswer, parse_generation
 from flywheel.evaluate.stats import mean_interval, percentile, proportion
@@ -73,6 +80,8 @@ class ScoredExample:
             "latency_s": self.generation.latency_s,
             "tokens_in": self.generation.tokens_in,
             "tokens_out": self.generation.tokens_out,
+            "finish_reason": self.generation.finish_reason,
+            "truncated": self.generation.truncated,
             "icl_shots": self.shots,
         }
 
@@ -114,10 +123,11 @@ def evaluate_model(
     log.info("evaluating %s (%s): %d examples of %s", describe(model), eval_type, len(examples), dataset_uri)
     generator, tokenizer = _generator(model, config)
     try:
+        limits = answer_limits(config.generation, examples, tokenizer)
         shots = _shots(eval_type, examples, dataset_uri, config, tokenizer, model)
         prompts = [Prompt(_with_shots(e.messages, s), e.tools) for e, s in zip(examples, shots, strict=True)]
         generation_started = time.perf_counter()
-        generations = generator.generate(prompts)
+        generations = generator.generate(prompts, limits.limits)
         generation_seconds = time.perf_counter() - generation_started
     finally:
         close = getattr(generator, "close", None)
@@ -151,6 +161,7 @@ def evaluate_model(
         "examples_per_set": _count(e.eval_set for e in examples),
         "examples_hash": examples_hash(examples),
         "generation_errors": failed,
+        "answer_limits": limits.record(config.generation),
         "generation_seconds": round(generation_seconds, 2),
         "examples_per_s": round(len(scored) / generation_seconds, 4) if generation_seconds else None,
         "wall_seconds": round(time.perf_counter() - started, 2),
@@ -162,12 +173,14 @@ def evaluate_model(
 
 
 def summarize(scored: list[ScoredExample], metrics: list[ExampleMetric]) -> dict[str, Any]:
-    """Each metric with its 95% interval and count, per-tool breakdown, latency, tokens and judge."""
+    """Each metric with its 95% interval and count, per-label breakdown, truncated answers, latency,
+    tokens and judge."""
     summary_metrics = {m.name: proportion(_flags(scored, m)) for m in metrics}
     latencies = [s.generation.latency_s for s in scored]
     summary: dict[str, Any] = {
         "metrics": summary_metrics,
         "per_tool": _per_tool(scored, [m for m in metrics if m.per_tool]),
+        "truncated_examples": sum(s.generation.truncated for s in scored),
         "parse_errors": _count(s.parsed.reason for s in scored if s.parsed.reason),
         "latency_s": {
             "mean": round(sum(latencies) / len(latencies), 4),
@@ -191,12 +204,14 @@ def summarize(scored: list[ScoredExample], metrics: list[ExampleMetric]) -> dict
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The few figures a log line or an XCom carries: each metric's value, examples, examples/s."""
+    """The few figures a log line or an XCom carries: each metric's value, examples, examples/s, the
+    answers the token cap cut."""
     return {
         "eval_type": result["eval_type"],
         "candidate_id": result.get("candidate_id"),
         "examples": result["examples"],
         "examples_per_s": result.get("examples_per_s"),
+        "truncated_examples": result.get("truncated_examples"),
         **{name: entry["value"] for name, entry in result["metrics"].items()},
     }
 
@@ -215,11 +230,17 @@ def _flags(scored: list[ScoredExample], metric: ExampleMetric) -> list[bool]:
 
 
 def _per_tool(scored: list[ScoredExample], metrics: list[ExampleMetric]) -> dict[str, dict[str, Any]]:
+    """Per example label (the reference's first tool, or ``<no_tool>``): the examples, each metric's
+    value over them and how many answers the token cap cut."""
     groups: dict[str, list[ScoredExample]] = defaultdict(list)
     for s in scored:
         groups[s.example.label].append(s)
     return {
-        label: {"n": len(group), **{m.name: proportion(_flags(group, m))["value"] for m in metrics}}
+        label: {
+            "n": len(group),
+            **{m.name: proportion(_flags(group, m))["value"] for m in metrics},
+            "truncated": sum(s.generation.truncated for s in group),
+        }
         for label, group in sorted(groups.items())
     }
 

@@ -78,6 +78,8 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
                 "metrics": row.metrics,
                 "latency_p95_s": row.latency_p95_s,
                 "per_tool": (result or {}).get("per_tool"),
+                "truncated_examples": (result or {}).get("truncated_examples"),
+                "max_new_tokens": as_dict((result or {}).get("answer_limits")).get("max_new_tokens"),
                 "error": row.error,
             }
         )

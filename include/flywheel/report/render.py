@@ -338,13 +338,38 @@ def _per_tool(run: _Run) -> dict[str, Any]:
         set(champion) | set(challenger), key=lambda label: (-tool_count(champion, challenger, label), label)
     )
     shown = labels[:_MAX_TOOLS]
+    entries = [as_dict(side.get(label)) for side in (champion, challenger) for label in labels]
+    # Every per-tool score the definitions name and the blocks hold, in the definitions' order.
+    columns = [
+        str(view["per_tool_key"])
+        for view in run.metrics.values()
+        if view.get("per_tool_key") and any(view["per_tool_key"] in entry for entry in entries)
+    ]
     return {
         "empty": None,
         "plot": plots.per_tool_plot(shown, champion, challenger, key, run.metrics),
         "key": key,
         "shown": len(shown),
         "labels": len(labels),
+        "columns": columns,
+        "rows": [
+            {
+                "label": label,
+                "n": tool_count(champion, challenger, label),
+                "cells": [_sides(champion, challenger, label, column) for column in columns],
+                "truncated": tuple(
+                    None if count is None else int(count)
+                    for count in _sides(champion, challenger, label, "truncated")
+                ),
+            }
+            for label in labels
+        ],
     }
+
+
+def _sides(champion: dict[str, Any], challenger: dict[str, Any], label: str, key: str) -> tuple[Any, Any]:
+    """``key`` of ``label`` in the champion's and the challenger's ``per_tool`` blocks (None: absent)."""
+    return tuple(number(as_dict(side.get(label)).get(key)) for side in (champion, challenger))
 
 
 def _training(run: _Run) -> dict[str, Any]:

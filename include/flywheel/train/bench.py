@@ -62,12 +62,16 @@ class BenchSettings:
     peak_tflops: float
 
     def training_config(self) -> TrainingConfig:
-        """The TrainingConfig of both sides: defaults, but for the benchmark's size settings."""
+        """The TrainingConfig of both sides: defaults, but for the benchmark's size settings.
+
+        ``label_balance=1``: ours draws the data's natural mix, as the baseline's random sampler does.
+        """
         return TrainingConfig(
             max_steps=self.steps,
             batch_size=self.batch_size,
             max_seq_length=self.max_seq_length,
             early_stopping_patience=None,
+            label_balance=1.0,
         )
 
 

@@ -8,10 +8,14 @@ The mapped ``train`` task between them runs each planned job on the compute back
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel import artifacts
+from flywheel.config import CandidateConfig, WorkloadConfig
 from flywheel.context import RunContext
+
+if TYPE_CHECKING:
+    from flywheel.deliver.registry import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +34,59 @@ TRAIN_FIGURES = (
 def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, Any]]:
     """One training job per candidate of the workload, on the dataset ``build_dataset`` summarised.
 
-    Returns the jobs as plain dicts (the XCom that the mapped ``train`` task expands over).
+    A candidate whose settings say ``init_from: champion`` starts from the champion's adapter when it
+    can (:func:`warm_start`). Returns the jobs as plain dicts (the XCom that the mapped ``train`` task
+    expands over).
     """
     from flywheel.compute import train_job
+    from flywheel.deliver.registry import champion
 
-    jobs = [
-        train_job(
+    current = champion(ctx.config.metadata, ctx.workload_id)
+    jobs = []
+    for candidate in ctx.workload.training.candidates:
+        start = warm_start(ctx.workload, candidate, current)
+        job = train_job(
             ctx.config,
             ctx.workload,
             candidate,
             dataset_uri=dataset["uri"],
             day=ctx.day,
             dag_run_id=ctx.dag_run_id,
+            init_from=start,
         )
-        for candidate in ctx.workload.training.candidates
-    ]
-    for job in jobs:
-        log.info("%s: %s -> %s", job.name, job.labels["flywheel.io/candidate"], job.output_uri)
-    return [job.to_dict() for job in jobs]
+        origin = (
+            f"the champion v{start['parent_version']}'s adapter {start['adapter']}"
+            if "adapter" in start
+            else f"a fresh LoRA ({start['base']})"
+        )
+        log.info("%s: %s -> %s, starting from %s", job.name, candidate.candidate_id, job.output_uri, origin)
+        jobs.append(job.to_dict())
+    return jobs
+
+
+def warm_start(
+    workload: WorkloadConfig, candidate: CandidateConfig, champion: VersionInfo | None
+) -> dict[str, Any]:
+    """Where the candidate's adapter starts: the ``init_from`` of its job and of its train summary entry.
+
+    ``{"parent_version": N, "adapter": URI}``, a warm start from the champion's adapter, when the
+    candidate's settings ask for it (``init_from: champion``) and ``champion`` (the registry's, version
+    N) is a fine-tuned adapter (``customized``) of the candidate's base model; else ``{"base": why}``.
+    """
+    if workload.training.settings_for(candidate).init_from == "base":
+        return {"base": "init_from is base"}
+    if champion is None:
+        configured = workload.evaluation.champion
+        if configured is None:
+            return {"base": "no champion yet"}
+        what = configured.endpoint.model if configured.endpoint else configured.base_model
+        return {"base": f"the champion is evaluation.champion ({what}), not a registered adapter"}
+    name = f"the champion v{champion.version} ({champion.candidate_id}/{champion.eval_type})"
+    if champion.eval_type != "customized" or champion.adapter_uri is None:
+        return {"base": f"{name} has no adapter"}
+    if champion.base_model != candidate.base_model:
+        return {"base": f"{name} adapts {champion.base_model}, not {candidate.base_model}"}
+    return {"parent_version": champion.version, "adapter": champion.adapter_uri}
 
 
 def collect_training(ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,7 +107,10 @@ def collect_training(ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[s
 
     with ctx.stage("train") as stage:
         outcomes = read_outcomes(jobs, ctx.config.artifact_store.storage_options)
-        candidates = [outcome_entry(outcome, figures) for outcome in outcomes]
+        # Where each adapter started, as planned (a failed warm start too): the challenger's lineage.
+        candidates = [
+            outcome_entry(outcome, figures) | {"init_from": outcome.spec.init_from} for outcome in outcomes
+        ]
         stage.summary = stage_summary(dataset["dataset_id"], "candidates", candidates)
         if not stage.summary["succeeded"]:
             raise TrainingFailedError(

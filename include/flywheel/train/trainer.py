@@ -17,7 +17,7 @@ import posixpath
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,10 @@ from typing import Any
 from flywheel import artifacts
 from flywheel.config import LoraSettings, TrainingConfig
 from flywheel.jobs import JobInputError, read_jsonl, run_job, write_result
+from flywheel.shared_prefix import use_shared_prefix_attention
 from flywheel.storage import storage_options_from_env
+from flywheel.train import memory, sampling
+from flywheel.train.memory import MemoryPlanner
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class TrainResult:
     steps: int
     epochs_completed: float
     train_examples: int
+    train_labels: dict[str, int]
+    """Examples of the train split per label (:func:`flywheel.train.sampling.label_of`)."""
     validation_examples: int
     truncated_examples: int
     skipped_examples: int
@@ -57,6 +62,10 @@ class TrainResult:
     peak_memory_mb: float
     trainable_parameters: int
     config_hash: str
+    init_adapter: str | None
+    """The adapter training started from (the champion's, ``--init-adapter``); None: a fresh LoRA."""
+    parent_version: int | None
+    """The registry version of the champion that ``init_adapter`` is the adapter of."""
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,7 +81,15 @@ def training_config_hash(config: TrainingConfig, base_model: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def run_training_job(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> int:
+def run_training_job(
+    dataset_uri: str,
+    base_model: str,
+    config: TrainingConfig,
+    output_uri: str,
+    *,
+    init_adapter: str | None = None,
+    parent_version: int | None = None,
+) -> int:
     """Train and publish the outputs; on failure publish ``error.json``. Returns the process exit code.
 
     Outputs of an earlier attempt at the same URI are removed first, so a retry never leaves a stale
@@ -80,7 +97,14 @@ def run_training_job(dataset_uri: str, base_model: str, config: TrainingConfig, 
     """
 
     def body() -> None:
-        result = train(dataset_uri, base_model, config, output_uri)
+        result = train(
+            dataset_uri,
+            base_model,
+            config,
+            output_uri,
+            init_adapter=init_adapter,
+            parent_version=parent_version,
+        )
         figures = {k: v for k, v in asdict(result).items() if k != "config"}
         log.info("training finished: %s", json.dumps(figures))
 
@@ -91,10 +115,21 @@ JOB_OUTPUTS = (artifacts.LOSS_CURVE, artifacts.ADAPTER)
 """What a training job writes under its output URI besides ``result.json`` / ``error.json``."""
 
 
-def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri: str) -> TrainResult:
-    """Fine-tune ``base_model`` on the dataset at ``dataset_uri`` and write the adapter to ``output_uri``."""
+def train(
+    dataset_uri: str,
+    base_model: str,
+    config: TrainingConfig,
+    output_uri: str,
+    *,
+    init_adapter: str | None = None,
+    parent_version: int | None = None,
+) -> TrainResult:
+    """Fine-tune ``base_model`` on the dataset at ``dataset_uri`` and write the adapter to ``output_uri``.
+
+    ``init_adapter``: start from this adapter (a warm start from the champion's, registry version
+    ``parent_version``) instead of a fresh LoRA; see :func:`_lora_model`.
+    """
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     from flywheel.train.models import default_cache_dir, resolve_base_model
@@ -109,8 +144,12 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype, autocast = training_precision(config.precision, device)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    if device == "cpu":
+        memory.keep_freed_memory()
+    if use_shared_prefix_attention(model):
+        log.info("attention: shared-prefix (flywheel.shared_prefix), a batch's prefix is read once")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -125,7 +164,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
     if not train_set:
         raise TrainingInputError(f"{dataset_uri}: train.jsonl has no examples")
 
-    model = get_peft_model(model, lora_config(config.lora))
+    model = _lora_model(model, config.lora, init_adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -141,9 +180,15 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         num_warmup_steps=int(total_steps * config.warmup_ratio),
         num_training_steps=total_steps,
     )
-    pad_id = tokenizer.pad_token_id
-    # transformers drops the KV cache under gradient checkpointing: the shared prefix needs it.
-    share_prefix = not config.gradient_checkpointing
+    step_settings = StepSettings(
+        device=device,
+        pad_id=tokenizer.pad_token_id,
+        autocast=autocast,
+        # transformers drops the KV cache under gradient checkpointing: the shared prefix needs it.
+        share_prefix=not config.gradient_checkpointing,
+        prefix_gradients=config.prefix_gradients,
+        planner=memory_planner(model, config, device, dtype),
+    )
     curve: list[dict[str, Any]] = []
     best_loss: float | None = None
     best_step: int | None = None
@@ -154,7 +199,13 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
     step = 0
     eval_seconds = 0.0  # kept out of the throughput figures
     train_started = time.perf_counter()
-    batches = _length_grouped_batches(train_set, config.batch_size, seed=config.seed)
+    batches = _length_grouped_batches(
+        train_set,
+        train_split.answer_labels,
+        config.batch_size,
+        seed=config.seed,
+        balance=config.label_balance,
+    )
     model.train()
     while step < total_steps:
         optimizer.zero_grad(set_to_none=True)
@@ -165,9 +216,8 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
             tokens_seen += real
             padded_tokens += max(len(ids) for ids, _ in batch) * len(batch) - real
             samples_seen += len(batch)
-            loss = _batch_loss(model, batch, pad_id, device, share_prefix) / config.gradient_accumulation
-            loss.backward()
-            step_loss += float(loss.detach())
+            scale = 1.0 / (max(1, supervised_tokens(batch)) * config.gradient_accumulation)
+            step_loss += run_batch(model, batch, step_settings, backward_scale=scale) * scale
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         scheduler.step()
@@ -191,9 +241,7 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
             )
         if validation_set and (step % config.eval_every_steps == 0 or step == total_steps):
             eval_started = time.perf_counter()
-            validation_loss = _validation_loss(
-                model, validation_set, config.batch_size, pad_id, device, share_prefix
-            )
+            validation_loss = _validation_loss(model, validation_set, config.batch_size, step_settings)
             eval_seconds += time.perf_counter() - eval_started
             point["validation_loss"] = round(validation_loss, 5)
             log.info("step %d validation loss %.4f", step, validation_loss)
@@ -225,10 +273,11 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         dataset=dataset_uri,
         output=output_uri,
         device=device,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=str(dtype).removeprefix("torch.") + (" (bf16 autocast)" if autocast else ""),
         steps=step,
         epochs_completed=round(samples_seen / len(train_set), 3),
         train_examples=len(train_set),
+        train_labels=train_split.label_counts,
         validation_examples=len(validation_set),
         truncated_examples=train_split.truncated + validation_split.truncated,
         skipped_examples=skipped,
@@ -244,6 +293,8 @@ def train(dataset_uri: str, base_model: str, config: TrainingConfig, output_uri:
         peak_memory_mb=peak_memory_mb(device),
         trainable_parameters=trainable,
         config_hash=training_config_hash(config, base_model),
+        init_adapter=init_adapter,
+        parent_version=parent_version,
         config=config.model_dump(mode="json"),
     )
     _publish(model, tokenizer, result, curve, output_uri)
@@ -259,13 +310,20 @@ class EncodedSplit:
     """Examples whose prompt lost its start to fit ``max_seq_length``."""
     skipped: int
     """Examples left out: their answer alone is longer than ``max_seq_length``."""
+    answer_labels: list[str]
+    """Each example's label (:func:`flywheel.train.sampling.label_of`), in the order of ``examples``."""
+
+    @property
+    def label_counts(self) -> dict[str, int]:
+        """Examples per label, most frequent first."""
+        return sampling.label_counts(self.answer_labels)
 
 
 def encode_split(tokenizer: Any, dataset_uri: str, name: str, max_seq_length: int) -> EncodedSplit:
     """Encode ``<dataset_uri>/<name>.jsonl`` with the shared chat formatting (loss on the answer only)."""
     from flywheel.train.formatting import AnswerTooLongError, encode_for_training
 
-    split = EncodedSplit([], 0, 0)
+    split = EncodedSplit([], 0, 0, [])
     for _, record in read_jsonl(artifacts.split_uri(dataset_uri, name)):
         try:
             encoded = encode_for_training(
@@ -276,6 +334,7 @@ def encode_split(tokenizer: Any, dataset_uri: str, name: str, max_seq_length: in
             continue
         split.truncated += encoded.truncated
         split.examples.append((encoded.input_ids, encoded.labels))
+        split.answer_labels.append(sampling.label_of(record["messages"]))
     return split
 
 
@@ -292,19 +351,90 @@ def lora_config(settings: LoraSettings) -> Any:
     )
 
 
-def _length_grouped_batches(
-    examples: list[tuple[list[int], list[int]]], batch_size: int, *, seed: int
-) -> Iterator[list[tuple[list[int], list[int]]]]:
-    """Endless batches of similar-length examples, reshuffled every epoch.
+class AdapterMismatchError(TrainingInputError):
+    """The adapter to start from (``--init-adapter``) is not shaped as the configured ``lora`` settings."""
 
-    Each epoch shuffles the examples, sorts windows of 64 batches by length, cuts them into batches and
-    shuffles the batch order: padding stays small while the order stays random.
+
+def _lora_model(model: Any, settings: LoraSettings, init_adapter: str | None) -> Any:
+    """``model`` with the LoRA adapter to train: a fresh one of ``settings``, or the one at ``init_adapter``.
+
+    A warm start trains on from the adapter's weights (the champion's), so its rank, alpha and adapted
+    modules must be the configured ones: AdapterMismatchError names both otherwise. The configured
+    dropout applies either way (it shapes training, not the weights).
     """
+    import copy
+
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    from flywheel.train.models import fetch_adapter
+
+    configured = lora_config(settings)
+    if init_adapter is None:
+        return get_peft_model(model, configured)
+    with fetch_adapter(init_adapter, storage_options=storage_options_from_env()) as directory:
+        saved = PeftConfig.from_pretrained(str(directory))
+        if saved.peft_type != "LORA":
+            raise AdapterMismatchError(
+                f"--init-adapter {init_adapter} is a {saved.peft_type} adapter, not a LoRA adapter"
+            )
+        found, wanted = (_adapted_modules(model.config, copy.deepcopy(c)) for c in (saved, configured))
+        if (saved.r, saved.lora_alpha, found) != (settings.r, settings.alpha, wanted):
+            raise AdapterMismatchError(
+                f"--init-adapter {init_adapter} (r={saved.r}, alpha={saved.lora_alpha}, adapts "
+                f"{_describe_modules(found)}) does not match the configured lora settings (r={settings.r}, "
+                f"alpha={settings.alpha}, target_modules {settings.target_modules!r}: adapts "
+                f"{_describe_modules(wanted)}); configure the champion's lora settings, or init_from: base"
+            )
+        saved.lora_dropout = settings.dropout
+        return PeftModel.from_pretrained(model, directory, is_trainable=True, config=saved)
+
+
+def _adapted_modules(model_config: Any, lora: Any) -> set[str]:
+    """The modules a peft ``LoraConfig`` adapts in a model of ``model_config``, as peft itself picks them
+    (``all-linear`` included): applied to a copy of the model without weights, on the meta device."""
+    import torch
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = get_peft_model(AutoModelForCausalLM.from_config(model_config), lora)
+    return {
+        name for name, module in skeleton.base_model.model.named_modules() if isinstance(module, LoraLayer)
+    }
+
+
+def _describe_modules(names: set[str]) -> str:
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
+    return f"{len(names)} modules ({', '.join(kinds) or 'none'})"
+
+
+def _length_grouped_batches(
+    examples: list[tuple[list[int], list[int]]],
+    labels: Sequence[str],
+    batch_size: int,
+    *,
+    seed: int,
+    balance: float,
+) -> Iterator[list[tuple[list[int], list[int]]]]:
+    """Endless batches of similar-length examples, drawn label-balanced and reshuffled every epoch.
+
+    Each epoch draws ``len(examples)`` examples in a random order, label L about
+    ``count(L) ** balance`` of the time (:func:`flywheel.train.sampling.balanced_epoch`; ``labels``
+    gives each example's label), sorts windows of 64 batches of that order by length, cuts them into
+    batches and shuffles the batch order: padding stays small while the order stays random.
+    """
+    counts = sampling.label_counts(labels)
+    shares = sampling.label_shares(counts, balance)
+    log.info(
+        "train labels (examples, expected share of an epoch at label_balance %s): %s",
+        balance,
+        ", ".join(f"{label} {count} ({shares[label]:.1%})" for label, count in counts.items()),
+    )
     rng = random.Random(seed)
     window = batch_size * 64
     while True:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
+        order = sampling.balanced_epoch(labels, balance, rng)
         batches = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start : start + window], key=lambda i: len(examples[i][0]))
@@ -333,29 +463,36 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str)
     }
 
 
-def _loss(model: Any, inputs: dict[str, Any]) -> Any:
-    """The causal-LM loss of a batch, ``model(**inputs).loss``, with logits only where a label follows.
+Example = tuple[list[int], list[int]]
+"""One encoded example: input ids and labels (-100 where nothing is supervised)."""
 
-    transformers' loss is the mean cross-entropy of the logits at position t against the label at
-    t + 1, over the labels that are not -100. Those are the assistant answer's tokens: a small share of
-    each sequence. So the language-model head and the log-softmax over the vocabulary (for a small
-    model the head is a large share of the compute, and its logits the largest activation) run only on
-    the positions some row of the batch supervises (``logits_to_keep``); the others add nothing to the
-    loss. Same value (up to float summation order), a fraction of the time and memory.
+
+def supervised_tokens(batch: Sequence[Example]) -> int:
+    """Tokens whose prediction the loss scores: labels other than -100 after each row's first token."""
+    return sum(sum(1 for label in labels[1:] if label != -100) for _, labels in batch)
+
+
+def _token_loss_sum(model: Any, inputs: dict[str, Any], **forward: Any) -> Any:
+    """Summed cross-entropy of a collated micro-batch, with logits only where a label follows.
+
+    transformers' causal-LM loss is the cross-entropy of the logits at position t against the label at
+    t + 1, over the labels that are not -100: the assistant answer's tokens, a small share of each
+    sequence. So the language-model head and the log-softmax over the vocabulary (for a small model a
+    large share of the compute, and its logits the largest activation) run only on the positions some
+    row supervises (``logits_to_keep``); the others add nothing to the loss. Summed, not averaged, so
+    that micro-batches of one batch add up to the batch's loss exactly.
     """
     import torch
 
     targets = inputs["labels"][:, 1:]
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    logits = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep
-    ).logits
+    logits = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **forward).logits
     return torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100
+        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100, reduction="sum"
     )
 
 
-def shared_prefix_length(batch: list[tuple[list[int], list[int]]]) -> int:
+def shared_prefix_length(batch: Sequence[Example]) -> int:
     """Tokens every example of ``batch`` starts with, short of the last prompt token of any of them.
 
     In a workload the system message and the tool schemas (about 1,300 tokens of a router prompt)
@@ -378,64 +515,165 @@ MIN_SHARED_PREFIX = 32
 """A batch shares its prefix's computation when at least this many tokens open every example."""
 
 
-def _batch_loss(
-    model: Any, batch: list[tuple[list[int], list[int]]], pad_id: int, device: str, share_prefix: bool
+@dataclass(frozen=True)
+class StepSettings:
+    """How the trainer runs a batch: device, precision, prefix handling and the memory planner."""
+
+    device: str
+    pad_id: int
+    autocast: bool
+    """bf16 autocast around the forward pass (weights and gradients stay float32)."""
+    share_prefix: bool
+    """Run a batch's shared prefix once (off under gradient checkpointing, which drops the KV cache)."""
+    prefix_gradients: bool
+    """Back-propagate through a shared prefix's keys and values (exact) or not (see :func:`run_batch`)."""
+    planner: MemoryPlanner | None = None
+
+
+def run_batch(
+    model: Any, batch: Sequence[Example], settings: StepSettings, *, backward_scale: float | None
+) -> float:
+    """The summed loss of ``batch``, computed one memory-planned micro-batch at a time.
+
+    With ``backward_scale`` each micro-batch's summed loss, times the scale, is back-propagated as soon
+    as it is computed (gradients accumulate, and the activations of one micro-batch are freed before
+    the next runs); without it only the loss is computed (under ``torch.no_grad`` at the caller).
+
+    **Shared prefix.** When the rows of a batch open with at least :data:`MIN_SHARED_PREFIX` identical
+    tokens (a workload's system message and tool schemas), that prefix runs once, at batch size 1;
+    its keys and values are expanded to the rows, and each row runs only its own suffix, right-padded,
+    with positions that continue the prefix. Every supervised token lies in the suffix. With
+    ``prefix_gradients`` the prefix runs with gradients (LoRA adapts its keys and values too) once per
+    micro-batch: loss and gradients equal the padded batch's. Without, it runs once per batch under
+    ``no_grad``: the loss is the same, and the gradients lose only the path through the prefix's keys
+    and values (the adapter still learns from every supervised token; docs/training.md measures what
+    that costs in validation loss), which saves the prefix's backward pass and lets any number of rows
+    share one prefix.
+    """
+    import torch
+
+    shared = shared_prefix_length(batch) if settings.share_prefix and len(batch) > 1 else 0
+    if shared < MIN_SHARED_PREFIX:
+        shared = 0
+    frozen_prefix = None
+    if shared and not settings.prefix_gradients:
+        with torch.no_grad(), _autocast(settings):
+            frozen_prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
+    rows = len(batch)
+    if settings.planner is not None and backward_scale is not None:
+        rows = _rows_that_fit(batch, shared, settings.planner)
+    total = 0.0
+    for start in range(0, len(batch), rows):
+        chunk = batch[start : start + rows]
+        watch = _MicroBatchWatch(settings.planner, chunk, shared) if backward_scale is not None else None
+        with _autocast(settings):
+            if shared:
+                prefix = frozen_prefix or _prefix_cache(model, chunk[0][0][:shared], settings.device)
+                loss = _suffix_loss_sum(model, chunk, prefix, shared, settings)
+            else:
+                inputs = _collate(chunk, settings.pad_id, settings.device)
+                loss = _token_loss_sum(model, inputs, attention_mask=inputs["attention_mask"])
+        if backward_scale is not None:
+            (loss * backward_scale).backward()
+        total += float(loss.detach())
+        if watch is not None:
+            watch.done()
+    return total
+
+
+def _autocast(settings: StepSettings) -> Any:
+    import torch
+
+    return torch.autocast(settings.device, dtype=torch.bfloat16, enabled=settings.autocast)
+
+
+def _prefix_cache(model: Any, ids: list[int], device: str) -> list[tuple[Any, Any]]:
+    """Keys and values (batch 1) of the prefix ``ids``, layer by layer."""
+    import torch
+
+    cache = model(
+        input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1
+    ).past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _suffix_loss_sum(
+    model: Any, chunk: Sequence[Example], prefix: list[tuple[Any, Any]], shared: int, settings: StepSettings
 ) -> Any:
-    """The loss of ``batch``: :func:`_shared_prefix_loss` when its rows share a prefix, else :func:`_loss`."""
-    shared = shared_prefix_length(batch) if share_prefix and len(batch) > 1 else 0
-    if shared >= MIN_SHARED_PREFIX:
-        return _shared_prefix_loss(model, batch, shared, pad_id, device)
-    return _loss(model, _collate(batch, pad_id, device))
+    """Summed loss of ``chunk``'s suffixes after ``shared`` tokens whose keys and values are ``prefix``.
 
-
-def _shared_prefix_loss(
-    model: Any, batch: list[tuple[list[int], list[int]]], shared: int, pad_id: int, device: str
-) -> Any:
-    """:func:`_loss` of ``batch``, running the ``shared`` tokens every example starts with once.
-
-    The prefix runs once (batch 1, with gradients: LoRA adapts it too); its keys and values are
-    broadcast to every row, and each row runs only its own suffix, right-padded, with positions that
-    continue the prefix. Same loss and gradients as the whole batch (up to float summation order and
-    LoRA dropout, which the prefix draws once for all rows), for a router batch of 8 about a fifth of
-    the tokens: the prefix is most of each prompt, and every supervised token lies in the suffix.
+    With :mod:`flywheel.shared_prefix` attention the prefix stays at batch size 1; otherwise its keys
+    and values are expanded to the rows as a cache.
     """
     import torch
     from transformers import DynamicCache
 
-    prefix = model(
-        input_ids=torch.tensor([batch[0][0][:shared]], device=device), use_cache=True, logits_to_keep=1
-    ).past_key_values
-    cache = DynamicCache()
-    for layer, (keys, values) in enumerate((entry.keys, entry.values) for entry in prefix.layers):
-        cache.update(keys.expand(len(batch), -1, -1, -1), values.expand(len(batch), -1, -1, -1), layer)
-    inputs = _collate([(ids[shared:], labels[shared:]) for ids, labels in batch], pad_id, device)
+    from flywheel.shared_prefix import ATTENTION, SharedPrefix
+
+    inputs = _collate(
+        [(ids[shared:], labels[shared:]) for ids, labels in chunk], settings.pad_id, settings.device
+    )
     rows, width = inputs["input_ids"].shape
-    attention = torch.cat(
-        [torch.ones((rows, shared), dtype=torch.long, device=device), inputs["attention_mask"]], dim=1
-    )
-    positions = torch.arange(shared, shared + width, device=device).unsqueeze(0).expand(rows, -1)
-    targets = inputs["labels"][:, 1:]
-    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    logits = model(
-        input_ids=inputs["input_ids"],
-        attention_mask=attention,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=keep,
-    ).logits
-    return torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100
-    )
+    positions = torch.arange(shared, shared + width, device=settings.device).unsqueeze(0).expand(rows, -1)
+    if model.config._attn_implementation == ATTENTION:
+        forward: dict[str, Any] = {
+            "shared_prefix": SharedPrefix(prefix),
+            "attention_mask": inputs["attention_mask"],
+        }
+    else:
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(prefix):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+        ones = torch.ones((rows, shared), dtype=torch.long, device=settings.device)
+        forward = {
+            "attention_mask": torch.cat([ones, inputs["attention_mask"]], dim=1),
+            "past_key_values": cache,
+            "use_cache": True,
+        }
+    return _token_loss_sum(model, inputs, position_ids=positions, **forward)
+
+
+def _row_mb(planner: MemoryPlanner, rows: Sequence[Example], shared: int) -> float:
+    """The planner's estimate for one row as long as the longest of ``rows``, after ``shared`` tokens."""
+    longest = max(len(ids) for ids, _ in rows) - shared
+    supervised = max(sum(1 for label in labels if label != -100) for _, labels in rows)
+    return planner.row_mb(longest, shared, supervised)
+
+
+def _rows_that_fit(batch: Sequence[Example], shared: int, planner: MemoryPlanner) -> int:
+    """Rows per micro-batch such that that many of the batch's longest row fit what is left of the budget."""
+    free = planner.budget_mb - memory.resident_mb()
+    rows = planner.rows_that_fit(len(batch), _row_mb(planner, batch, shared), free)
+    if rows < len(batch):
+        log.info(
+            "batch of %d rows of up to %d tokens runs as micro-batches of %d rows (%.0f MiB of the memory"
+            " budget left)",
+            len(batch),
+            max(len(ids) for ids, _ in batch),
+            rows,
+            free,
+        )
+    return rows
+
+
+class _MicroBatchWatch:
+    """Measures a training micro-batch's peak memory above the resting set, to correct the planner."""
+
+    def __init__(self, planner: MemoryPlanner | None, chunk: Sequence[Example], shared: int) -> None:
+        self.planner = planner
+        if planner is None:
+            return
+        self.estimate = len(chunk) * _row_mb(planner, chunk, shared)
+        self.resting = memory.resident_mb()
+        self.measured = memory.reset_peak()
+
+    def done(self) -> None:
+        if self.planner is not None and self.measured:
+            self.planner.observe(self.estimate, memory.peak_resident_mb() - self.resting)
 
 
 def _validation_loss(
-    model: Any,
-    examples: list[tuple[list[int], list[int]]],
-    batch_size: int,
-    pad_id: int,
-    device: str,
-    share_prefix: bool = True,
+    model: Any, examples: Sequence[Example], batch_size: int, settings: StepSettings
 ) -> float:
     """Mean loss per supervised token over the whole validation split."""
     import torch
@@ -446,12 +684,42 @@ def _validation_loss(
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
             batch = ordered[start : start + batch_size]
-            supervised = sum(sum(1 for label in labels[1:] if label != -100) for _, labels in batch)
-            if supervised:
-                total += float(_batch_loss(model, batch, pad_id, device, share_prefix)) * supervised
-                weight += supervised
+            if supervised_tokens(batch):
+                total += run_batch(model, batch, settings, backward_scale=None)
+                weight += supervised_tokens(batch)
     model.train()
     return total / weight if weight else float("nan")
+
+
+def training_precision(precision: str, device: str) -> tuple[Any, bool]:
+    """The dtype to load the model in and whether to run forward passes under bf16 autocast.
+
+    A GPU trains in bf16 weights (``auto`` or ``bfloat16``). A CPU keeps float32 weights, and runs bf16
+    autocast under ``bfloat16``, or under ``auto`` where it has bf16 instructions (avx512_bf16, AMX):
+    without them bf16 is emulated and slower than float32.
+    """
+    import torch
+
+    if precision == "float32":
+        return torch.float32, False
+    if device == "cuda":
+        return torch.bfloat16, False
+    if precision == "bfloat16":
+        return torch.float32, True
+    return torch.float32, bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def memory_planner(model: Any, config: TrainingConfig, device: str, dtype: Any) -> MemoryPlanner | None:
+    """The CPU job's :class:`~flywheel.train.memory.MemoryPlanner` (a GPU job's batches must fit the GPU)."""
+    if device != "cpu":
+        return None
+    budget = config.memory_budget_mb or memory.available_memory_mb() * memory.BUDGET_SHARE
+    log.info(
+        "memory budget %.0f MiB (%s)",
+        budget,
+        "configured" if config.memory_budget_mb else "85% of the machine's",
+    )
+    return MemoryPlanner.for_model(model.config, budget, element_bytes=dtype.itemsize)
 
 
 def peak_memory_mb(device: str) -> float:

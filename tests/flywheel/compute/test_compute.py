@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -18,13 +20,22 @@ from flywheel.compute import (
     job_failure,
     job_labels,
     label_value,
+    outcome_entry,
     read_job_file,
+    read_outcomes,
     train_job,
 )
 from flywheel.compute.local import run_local
 from flywheel.config import EndpointConfig, ModelConfig, load_config
-from flywheel.errors import JobFailedError, NonRetryableJobError
-from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error
+from flywheel.errors import (
+    JobFailedError,
+    NonRetryableJobError,
+    OutOfMemoryJobError,
+    PermanentError,
+    RetryableError,
+    TransientJobError,
+)
+from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error, write_result
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
@@ -77,25 +88,137 @@ def test_a_bad_training_config_fails_without_retry_and_reports_its_error(tmp_pat
     assert read_job_file(str(output), "error.json") == failure.value.error
 
 
+class PythonJob(JobSpec):
+    """A job whose command is this interpreter with ``arguments``: a real process that misbehaves."""
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, *self.arguments]
+
+
+def python_job(output: Path, code: str) -> PythonJob:
+    labels = job_labels("customer_support_router", "manual__x", "greedy", "train")
+    return PythonJob(
+        kind="train", name="train-greedy", arguments=["-c", code], output_uri=str(output), labels=labels
+    )
+
+
 @pytest.mark.parametrize(
-    ("exit_code", "retried"),
+    ("exit_code", "reason", "retried"),
     [
-        (EXIT_CONFIG, False),
-        (EXIT_OUT_OF_MEMORY, False),
-        (EXIT_FAILED, True),
-        (-9, True),
-        (137, True),
-        (None, True),
+        (EXIT_CONFIG, None, False),
+        (EXIT_OUT_OF_MEMORY, None, False),
+        (EXIT_FAILED, None, True),
+        (-signal.SIGTERM, None, True),  # stopped from outside: a worker shutting down
+        (137, "Error", True),  # a pod SIGKILLed from outside (a deadline, an eviction), not OOMKilled
+        (None, None, True),
     ],
 )
 def test_only_codes_retrying_cannot_fix_are_not_retried(
-    tmp_path: Path, exit_code: int | None, retried: bool
+    tmp_path: Path, exit_code: int | None, reason: str | None, retried: bool
 ) -> None:
-    failure = job_failure(exit_code, str(tmp_path / "nowhere"), "job x")
+    failure = job_failure(exit_code, str(tmp_path / "nowhere"), "job x", reason=reason)
     assert isinstance(failure, JobFailedError)
     assert isinstance(failure, NonRetryableJobError) is not retried
+    assert isinstance(failure, OutOfMemoryJobError) is (exit_code == EXIT_OUT_OF_MEMORY)
     assert failure.exit_code == exit_code
     assert "no error.json written" in str(failure)
+    assert not (tmp_path / "nowhere").exists()  # nothing written on the job's behalf
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "how"),
+    [
+        (-signal.SIGKILL, None, "killed by SIGKILL (exit code -9) without writing error.json, most likely"),
+        (137, None, "killed by SIGKILL (exit code 137) without writing error.json, most likely"),
+        (137, "OOMKilled", "its container was OOMKilled (exit code 137), over its memory limit"),
+    ],
+)
+def test_a_job_an_oom_killer_ended_is_out_of_memory_and_gets_an_error_json(
+    tmp_path: Path, exit_code: int, reason: str | None, how: str
+) -> None:
+    failure = job_failure(exit_code, str(tmp_path), "job x", reason=reason, peak_rss_bytes=23_500 * 2**20)
+
+    assert isinstance(failure, OutOfMemoryJobError)
+    assert isinstance(failure, PermanentError) and not isinstance(failure, RetryableError)
+    assert str(failure).startswith(f"job x ran out of memory: {how}")
+    assert "(peak RSS 23,500 MiB); not retried. To fix it, lower batch_size or max_seq_length" in str(failure)
+    assert "training.memory_budget_mb" in str(failure)
+    error = read_job_file(str(tmp_path), "error.json")
+    assert error == failure.error
+    assert error == {
+        "error": "OutOfMemory",
+        "message": str(failure),
+        "exit_code": exit_code,
+        "retryable": False,
+        "reason": reason or "SIGKILL",
+        "peak_rss_mb": 23500.0,
+    }
+
+
+@pytest.mark.parametrize("written", ["error.json", "result.json"])
+def test_a_sigkill_after_the_job_wrote_its_outcome_is_not_taken_for_out_of_memory(
+    tmp_path: Path, written: str
+) -> None:
+    if written == "error.json":
+        write_error(str(tmp_path), RuntimeError("storage unavailable"), EXIT_FAILED)
+    else:
+        write_result(str(tmp_path), {"steps": 2})
+    failure = job_failure(-signal.SIGKILL, str(tmp_path), "job x")
+    assert isinstance(failure, TransientJobError)
+    assert str(failure).startswith("job x failed with exit code -9")
+
+
+def test_a_local_job_killed_by_sigkill_is_reported_out_of_memory_and_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    output = tmp_path / "out"
+    # What the kernel's OOM killer does to a job: SIGKILL, after it has grown (a little, here).
+    code = (
+        "import os, signal, time\n"
+        "block = b'x' * (64 << 20)\n"
+        "print('allocated', flush=True)\n"
+        "time.sleep(1)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    job = python_job(output, code)
+    with caplog.at_level(logging.INFO, logger="test.job"), pytest.raises(OutOfMemoryJobError) as failure:
+        run_local(job, logger=logging.getLogger("test.job"))
+
+    error = failure.value.error
+    assert isinstance(failure.value, PermanentError) and not isinstance(failure.value, RetryableError)
+    assert failure.value.exit_code == -signal.SIGKILL
+    assert str(failure.value).startswith(
+        "local job train-greedy ran out of memory: killed by SIGKILL (exit code -9) without writing "
+        "error.json, most likely by the kernel's OOM killer (peak RSS "
+    )
+    assert error["peak_rss_mb"] >= 64
+    assert f"(peak RSS {error['peak_rss_mb']:,.0f} MiB); not retried. To fix it, lower batch_size" in str(
+        failure.value
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.job"]
+    assert "allocated" in lines
+    assert f"train-greedy exited with code -9 (peak RSS {error['peak_rss_mb']:,.0f} MiB)" in lines
+    # The error.json written on the job's behalf is what collect_training records for the candidate.
+    assert read_job_file(str(output), "error.json") == error
+    assert (error["error"], error["reason"], error["exit_code"], error["retryable"]) == (
+        "OutOfMemory",
+        "SIGKILL",
+        -9,
+        False,
+    )
+    [outcome] = read_outcomes([job.to_dict()])
+    entry = outcome_entry(outcome, lambda _: {})
+    assert (entry["candidate_id"], entry["status"], entry["error"]) == ("greedy", "failed", error)
+
+
+def test_a_local_job_that_exits_non_zero_is_still_retried(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with pytest.raises(TransientJobError) as failure:
+        run_local(python_job(output, "import sys; print('flaky'); sys.exit(1)"))
+
+    assert str(failure.value) == "local job train-greedy failed with exit code 1: no error.json written"
+    assert not output.exists()  # no error.json on the job's behalf: it may have been a hiccup
 
 
 def test_failure_message_comes_from_the_jobs_error_json(tmp_path: Path) -> None:

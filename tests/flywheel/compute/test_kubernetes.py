@@ -1,22 +1,26 @@
 """Training pods rendered by the real operator carry the template's guarantees and the job's command.
 
-``build_pod_request_obj(dry_run=True)`` renders a pod without a cluster. The full path (create, log
-streaming, exit codes, retries) runs against a fake API server in tests/dags/test_workload_dag_pods.py.
+``build_pod_request_obj(dry_run=True)`` renders a pod without a cluster. A killed pod's failure is
+classified on the fake cluster (tests/fake_kubernetes.py); the full path (create, log streaming, exit
+codes, retries) runs against it in tests/dags/test_workload_dag_pods.py.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from airflow.sdk import DAG
 from kubernetes.client import models as k8s
+from structlog.testing import capture_logs
 
 from conftest import write_config
-from flywheel.compute import JobSpec, label_value, train_job
+from flywheel.compute import JobSpec, label_value, read_job_file, train_job
 from flywheel.compute.kubernetes import (
     FlywheelJobPodOperator,
-    base_container_exit_code,
+    base_container_termination,
     job_pod_arguments,
     job_pod_defaults,
 )
@@ -28,8 +32,16 @@ from flywheel.config import (
     TrainingConfig,
     load_config,
 )
+from flywheel.errors import OutOfMemoryJobError, TransientJobError
 from flywheel.jobs import load_settings
 from podspec import assert_gpu_job_pod, base_container
+from test_fake_kubernetes import RUN_ID as FAKE_RUN_ID
+from test_fake_kubernetes import _TaskInstance
+
+if TYPE_CHECKING:
+    from fake_kubernetes import FakeKubernetes
+
+pytest_plugins = ["fake_kubernetes"]
 
 RUN_ID = "scheduled__2026-11-20T02:00:00+00:00"
 IMAGE = "registry.example/flywheel-job:1.4.2"
@@ -159,10 +171,14 @@ def test_operator_defaults_are_carried_once(tmp_path: Path) -> None:
     assert operator.output_uri == job.output_uri
 
 
-@pytest.mark.parametrize(("exit_code", "expected"), [(2, 2), (137, 137), (None, None)])
-def test_exit_code_is_read_from_the_base_container(exit_code: int | None, expected: int | None) -> None:
+@pytest.mark.parametrize(
+    ("exit_code", "reason"), [(2, "Error"), (137, "OOMKilled"), (137, "Error"), (None, None)]
+)
+def test_exit_code_and_reason_are_read_from_the_base_container(
+    exit_code: int | None, reason: str | None
+) -> None:
     state = (
-        k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code))
+        k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code, reason=reason))
         if exit_code is not None
         else k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="ContainerCreating"))
     )
@@ -178,4 +194,55 @@ def test_exit_code_is_read_from_the_base_container(exit_code: int | None, expect
         name="base", image="x", image_id="", ready=False, restart_count=0, state=state
     )
     pod = k8s.V1Pod(status=k8s.V1PodStatus(phase="Failed", container_statuses=[sidecar, base]))
-    assert base_container_exit_code(pod) == expected
+    assert base_container_termination(pod) == (exit_code, reason)
+
+
+@pytest.mark.parametrize(
+    ("code", "failure", "reason"),
+    [
+        # Over the container's memory limit: the cgroup's OOM killer ends it, the kubelet says OOMKilled.
+        ("import time; block = b'x' * (256 << 20); time.sleep(30)", OutOfMemoryJobError, "OOMKilled"),
+        # SIGKILLed, but not for memory (as the kubelet does after a deadline's grace period): retried.
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", TransientJobError, "Error"),
+    ],
+    ids=["over-its-memory-limit", "sigkill"],
+)
+def test_a_pod_is_out_of_memory_and_not_retried_only_when_oom_killed(
+    fake_kubernetes: FakeKubernetes, tmp_path: Path, code: str, failure: type, reason: str
+) -> None:
+    fake_kubernetes.add_secret("flywheel", "wandb", {"api-key": "not-a-key"})
+    config = kubernetes_config(tmp_path, in_cluster=False)
+    job = training_job(config)
+    with DAG(dag_id="flywheel_test", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+        operator = FlywheelJobPodOperator(
+            task_id="train",
+            **job_pod_defaults(config.compute.kubernetes, "train"),
+            **job_pod_arguments(job.to_dict()) | {"arguments": ["-c", code]},
+            cmds=["python"],
+            container_resources=k8s.V1ResourceRequirements(limits={"memory": "64Mi"}),
+            startup_check_interval_seconds=1,
+        )
+    ti = _TaskInstance(operator.dag_id, operator.task_id)
+    context = {"ti": ti, "task_instance": ti, "run_id": FAKE_RUN_ID, "dag": operator.dag, "task": operator}
+    with capture_logs(), pytest.raises(failure) as raised:
+        operator.execute(context)
+
+    assert base_container_termination(operator.remote_pod) == (137, reason)
+    pod = f"pod {operator.pod.metadata.name}"
+    if failure is TransientJobError:
+        assert str(raised.value) == f"{pod} failed with exit code 137: no error.json written"
+        assert read_job_file(job.output_uri, "error.json") is None
+        return
+    assert str(raised.value) == (
+        f"{pod} ran out of memory: its container was OOMKilled (exit code 137), over its memory limit; "
+        "not retried. To fix it, lower batch_size or max_seq_length in its settings, set "
+        "training.memory_budget_mb, or give the job more memory."
+    )
+    error = read_job_file(job.output_uri, "error.json")
+    assert error == raised.value.error
+    assert (error["error"], error["reason"], error["exit_code"], error["retryable"]) == (
+        "OutOfMemory",
+        "OOMKilled",
+        137,
+        False,
+    )

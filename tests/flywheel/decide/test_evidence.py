@@ -19,7 +19,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision
 from flywheel.decide.evidence import decide_run
 from flywheel.deliver import tasks as deliver
-from flywheel.deliver.registry import champion, history, promote, register_version
+from flywheel.deliver.registry import champion, get_version, history, promote, register_version
 from flywheel.errors import PromotionFailedError
 from flywheel.evaluate.tasks import current_champion
 from flywheel.report.data import report_data
@@ -114,7 +114,14 @@ def decided(make_config, metadata_url: str, tmp_path: Path) -> tuple[FlywheelCon
     summaries = {
         "build_dataset": {"dataset_id": "ds-1"},
         "train": {
-            "candidates": [{"candidate_id": "tiny", "status": "succeeded", "output_uri": str(tmp_path / "t")}]
+            "candidates": [
+                {
+                    "candidate_id": "tiny",
+                    "status": "succeeded",
+                    "output_uri": str(tmp_path / "t"),
+                    "init_from": {"parent_version": 1, "adapter": str(tmp_path / "v1")},
+                }
+            ]
         },
     }
     for stage in ("extract", "validate", "build_dataset", "train", "evaluate"):
@@ -155,6 +162,8 @@ def test_the_decision_pairs_the_evidence_and_registers_the_challenger(decided) -
     assert [r["code"] for r in summary["reasons"]] == ["challenger_superior"]
     assert (summary["champion"], summary["champion_version"]) == ("champion/champion", 1)
     assert (summary["challenger"], summary["challenger_version"]) == ("tiny/customized", 2)
+    # Its training started from the champion's adapter (the train stage summary says so): lineage.
+    assert get_version(config.metadata, WORKLOAD, 2).parent_version == 1
     assert summary["figures"]["difference"] == pytest.approx(0.25)
     assert summary["report_uri"].endswith(f"reports/{WORKLOAD}/2026-11-20/run-report.html")
     with session_scope(config.metadata) as session:

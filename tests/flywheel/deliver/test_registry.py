@@ -45,7 +45,11 @@ def metadata(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Metadat
 
 
 def new_version(
-    metadata: MetadataConfig, day: int, eval_type: str = "customized", workload: str = WORKLOAD
+    metadata: MetadataConfig,
+    day: int,
+    eval_type: str = "customized",
+    workload: str = WORKLOAD,
+    parent_version: int | None = None,
 ) -> VersionInfo:
     run_id = ensure_run(
         metadata,
@@ -65,6 +69,7 @@ def new_version(
         model={"base_model": "smollm2-135m-instruct"} | ({"adapter": adapter} if adapter else {}),
         dataset_id=f"ds-{day}",
         metrics={"function_name_and_args_accuracy": {"value": day / 100}},
+        parent_version=parent_version,
     )
 
 
@@ -86,6 +91,19 @@ def test_versions_count_up_per_workload_and_a_run_registers_once(metadata: Metad
     assert get_version(metadata, WORKLOAD, 2).dataset_id == "ds-2"
     with pytest.raises(RegistryError, match="no model version 9; known: 1, 2"):
         get_version(metadata, WORKLOAD, 9)
+
+
+def test_a_warm_started_version_records_the_champion_it_started_from(metadata: MetadataConfig) -> None:
+    parent = new_version(metadata, 1)
+    promote(metadata, WORKLOAD, parent.version, actor="test", reason="first champion")
+
+    child = new_version(metadata, 2, parent_version=parent.version)
+
+    assert (parent.parent_version, child.parent_version) == (None, 1)
+    assert get_version(metadata, WORKLOAD, child.version).parent_version == 1
+    assert [v.parent_version for v in versions(metadata, WORKLOAD)] == [None, 1]
+    assert champion(metadata, WORKLOAD) == parent
+    assert child.to_dict()["parent_version"] == 1
 
 
 def test_promotion_moves_the_alias_and_keeps_the_history(metadata: MetadataConfig) -> None:

@@ -200,7 +200,8 @@ def _openai_calls(calls: list[tuple[str, dict[str, Any]]], prefix: str) -> list[
 
 
 def _label(calls: list[tuple[str, dict[str, Any]]]) -> str:
-    return "+".join(name for name, _ in calls) or "<no_tool>"
+    """The record's label as the dataset build writes it (the evaluation derives its own)."""
+    return calls[0][0] if calls else "<no_tool>"
 
 
 def write_dataset(root: Path) -> str:
@@ -376,6 +377,9 @@ def test_cli_writes_every_output(
         assert line["latency_s"] > 0
         assert line["tokens_in"] > 100  # system, tools and request
         assert 1 <= line["tokens_out"] <= 12
+        # The random model rarely stops: cut by the cap of 12 tokens, or ended by a stop token.
+        assert line["finish_reason"] in ("length", "stop")
+        assert line["truncated"] == (line["finish_reason"] == "length")
         if eval_type == "icl":
             assert 1 <= len(line["icl_shots"]) <= 2
             assert set(line["icl_shots"]) <= train_ids
@@ -398,7 +402,13 @@ def test_cli_writes_every_output(
     labels = sorted({line["label"] for line in lines})
     assert sorted(result["per_tool"]) == labels
     assert sum(group["n"] for group in result["per_tool"].values()) == 6
-    assert result["per_tool"]["get_order_status+track_shipment"]["n"] == 1
+    # The label is the first tool the reference calls (ex-01 and ex-06), or no_call (ex-03).
+    assert result["per_tool"]["get_order_status"]["n"] == 2
+    assert result["per_tool"]["no_call"]["n"] == 1
+    assert result["truncated_examples"] == sum(line["truncated"] for line in lines)
+    assert sum(group["truncated"] for group in result["per_tool"].values()) == result["truncated_examples"]
+    assert result["answer_limits"]["max_new_tokens"] == 12
+    assert result["answer_limits"]["max_new_tokens_setting"] == 12
     reasons = [line["parse_error"].split(":")[0] for line in lines if line["parse_error"]]
     assert result["parse_errors"] == {reason: reasons.count(reason) for reason in set(reasons)}
     assert result["tokens_in"] == sum(line["tokens_in"] for line in lines)
@@ -633,6 +643,7 @@ def test_endpoint_metrics_are_the_expected_fractions(
         "function_name_and_args_accuracy": 0.0,
         "tool_call_ast_accuracy": 1.0,
         "parse_error_rate": 0.0,
+        "truncated": 0,
     }
     assert result["model"]["endpoint"]["model"] == "served-model"
     assert result["examples"] == 7

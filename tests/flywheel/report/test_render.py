@@ -561,3 +561,27 @@ def test_a_metric_of_your_own_is_drawn_in_the_report(full_run: dict[str, Any]) -
     assert "offered tools only" in evaluations  # the definition's label, on the metrics plot's axis
     assert "offered tools only" in section(page, "differences")  # a guardrail row of the forest plot
     assert "<code>offered_tools_only</code>" in section(page, "key-figures")
+
+
+def test_per_label_scores_and_truncated_answers_are_tabled(full_run: dict[str, Any]) -> None:
+    champion, customized = full_run["evaluations"][0], full_run["evaluations"][3]
+    champion["per_tool"]["refund"]["truncated"] = 0
+    customized["per_tool"]["refund"]["truncated"] = 4
+    customized.update(truncated_examples=4, max_new_tokens=71)
+
+    page = render_report(full_run)
+
+    per_tool = section(page, "per-tool")
+    header = re.search(r"<thead><tr><th>label</th>.*?</tr></thead>", per_tool)
+    assert header
+    for column in ("function_name_accuracy", "function_name_and_args_accuracy", "truncated"):
+        assert f"<th>{column}</th>" in header[0]
+    refund = re.search(r"<tr><td>refund</td>.*?</tr>", per_tool)
+    assert refund
+    # champion → challenger: function name 0.90 → 0.95, name and args 0.70 → 0.80, 0 → 4 cut off
+    for cell in ("60", "0.900 → 0.950", "0.700 → 0.800", "0 → 4"):
+        assert f'<td class="num">{cell}</td>' in refund[0]
+    assert re.search(r"<tr><td>lookup_order</td>.*?<td class=\"num\">— → —</td></tr>", per_tool)
+    evaluations = section(page, "evaluations")
+    assert "<th>truncated (token cap)</th>" in evaluations
+    assert '<td class="num">4 (cap 71)</td>' in evaluations

@@ -71,6 +71,8 @@ def test_training_reduces_validation_loss_and_writes_every_output(dataset_uri, t
     assert 0 <= written["padding_share"] < 0.35
     assert written["truncated_examples"] > 0
     assert written["trainable_parameters"] > 0
+    assert sum(written["train_labels"].values()) == written["train_examples"]
+    assert "no_call" in written["train_labels"]
     assert written["dtype"] == "float32"
 
 
@@ -108,6 +110,7 @@ def test_length_grouping_cuts_padding():
 
     rng = random.Random(0)
     examples = [([1] * rng.randint(50, 2000), [1]) for _ in range(512)]
+    labels = [rng.choice(["common"] * 12 + ["rare"]) for _ in examples]
 
     def padding(batches) -> float:
         padded = real = 0
@@ -122,7 +125,7 @@ def test_length_grouping_cuts_padding():
         while True:
             yield rng.sample(examples, 8)
 
-    grouped = padding(_length_grouped_batches(examples, 8, seed=0))
+    grouped = padding(_length_grouped_batches(examples, labels, 8, seed=0, balance=0.5))
     assert grouped < 0.05
     assert grouped < padding(random_batches()) / 5
 
@@ -177,60 +180,139 @@ def test_loss_with_logits_only_where_labels_are_equals_the_models_loss(tiny_mode
     import torch
     from transformers import AutoModelForCausalLM
 
-    from flywheel.train.trainer import _collate, _loss
+    from flywheel.train.trainer import _collate, _token_loss_sum, supervised_tokens
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    rng = random.Random(0)
-    batch = []
-    for length in (40, 75, 120):
-        ids = [rng.randrange(1000) for _ in range(length)]
-        answer = rng.randint(2, 9)
-        batch.append((ids, [-100] * (length - answer) + ids[length - answer :]))
+    batch = _random_batch(random.Random(0), prefix=[], lengths=(40, 75, 120))
     inputs = _collate(batch, 0, "cpu")
 
     with torch.no_grad():
-        assert float(_loss(model, inputs)) == pytest.approx(float(model(**inputs).loss), rel=1e-5)
+        summed = float(_token_loss_sum(model, inputs, attention_mask=inputs["attention_mask"]))
+        assert summed / supervised_tokens(batch) == pytest.approx(float(model(**inputs).loss), rel=1e-5)
 
 
-def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(tiny_model):
-    # A router batch opens with the same system message and tool schemas: the trainer runs them once.
+def _random_batch(rng: random.Random, prefix: list[int], lengths: tuple[int, ...]) -> list:
+    """Rows of ``prefix`` plus random tokens, each supervised on its last 2 to 9 tokens."""
+    batch = []
+    for length in lengths:
+        ids = prefix + [rng.randrange(1000) for _ in range(length)]
+        answer = rng.randint(2, 9)
+        batch.append((ids, [-100] * (len(ids) - answer) + ids[len(ids) - answer :]))
+    return batch
+
+
+@pytest.fixture
+def lora_tiny(tiny_model):
+    """The tiny model with a LoRA adapter whose B matrices are not zero (so it changes keys and values)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from flywheel.config import LoraSettings
-    from flywheel.train.trainer import _batch_loss, _loss, lora_config, shared_prefix_length
+    from flywheel.shared_prefix import use_shared_prefix_attention
+    from flywheel.train.trainer import lora_config
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    model = get_peft_model(model, lora_config(LoraSettings(dropout=0.0)))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert use_shared_prefix_attention(base)  # as train() runs it: a batch's prefix is read once
+    model = get_peft_model(base, lora_config(LoraSettings(dropout=0.0)))
     for name, parameter in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero: make the adapter change the prefix's keys and values
+        if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.02)
-    model.eval()
+    return model.eval()
+
+
+def _loss_and_grads(
+    model, batch, *, share: bool, prefix_gradients: bool = True, planner=None, detach_prefix=0
+):
+    """run_batch's loss per supervised token and the LoRA gradients it back-propagates.
+
+    ``detach_prefix``: the reference for a prefix without gradients, computed on the whole padded batch:
+    every layer's key and value projections are cut from the graph on the first ``detach_prefix``
+    positions, the only way the prefix's computation reaches the suffix.
+    """
+    import torch
+
+    from flywheel.train.trainer import StepSettings, run_batch, supervised_tokens
+
+    settings = StepSettings(
+        device="cpu",
+        pad_id=0,
+        autocast=False,
+        share_prefix=share,
+        prefix_gradients=prefix_gradients,
+        planner=planner,
+    )
+    hooks = []
+    if detach_prefix:
+
+        def cut(module, inputs, output):
+            return torch.cat([output[:, :detach_prefix].detach(), output[:, detach_prefix:]], dim=1)
+
+        hooks = [
+            module.register_forward_hook(cut)
+            for name, module in model.named_modules()
+            if name.endswith(("self_attn.k_proj", "self_attn.v_proj"))
+        ]
+    model.zero_grad()
+    scale = 1.0 / supervised_tokens(batch)
+    loss = run_batch(model, batch, settings, backward_scale=scale) * scale
+    for hook in hooks:
+        hook.remove()
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _assert_same(first, second) -> None:
+    import torch
+
+    assert first[0] == pytest.approx(second[0], rel=1e-5)
+    for name, grad in second[1].items():
+        assert torch.allclose(first[1][name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(lora_tiny):
+    # A router batch opens with the same system message and tool schemas: the trainer runs them once.
+    from flywheel.train.trainer import shared_prefix_length
+
     rng = random.Random(0)
-    prefix = [rng.randrange(1000) for _ in range(60)]
-    batch = []
-    for length in (12, 30, 45):
-        ids = prefix + [rng.randrange(1000) for _ in range(length)]
-        answer = rng.randint(2, 9)
-        batch.append((ids, [-100] * (len(ids) - answer) + ids[len(ids) - answer :]))
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(60)], (12, 30, 45))
     assert shared_prefix_length(batch) == 60
 
-    def loss_and_grads(share: bool):
-        model.zero_grad()
-        loss = (
-            _batch_loss(model, batch, 0, "cpu", share) if share else _loss(model, _collate(batch, 0, "cpu"))
-        )
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        return float(loss.detach()), grads
+    whole = _loss_and_grads(lora_tiny, batch, share=False)
+    _assert_same(_loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=True), whole)
 
-    whole, whole_grads = loss_and_grads(False)
-    shared, shared_grads = loss_and_grads(True)
-    assert shared == pytest.approx(whole, rel=1e-5)
-    for name, grad in whole_grads.items():
-        assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
+
+def test_a_prefix_without_gradients_loses_only_the_path_through_its_keys_and_values(lora_tiny):
+    import torch
+
+    rng = random.Random(1)
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(60)], (12, 30, 45))
+
+    frozen = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=False)
+    # Exactly the whole batch's gradients with the prefix's keys and values held constant...
+    _assert_same(frozen, _loss_and_grads(lora_tiny, batch, share=False, detach_prefix=60))
+    # ...and the same loss as the exact path, whose gradients differ only by that path.
+    exact = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=True)
+    assert frozen[0] == pytest.approx(exact[0], rel=1e-5)
+    assert any(not torch.allclose(frozen[1][n], g, rtol=1e-3, atol=1e-6) for n, g in exact[1].items())
+
+
+@pytest.mark.parametrize("prefix_gradients", [True, False])
+def test_micro_batches_give_the_whole_batchs_loss_and_gradients(lora_tiny, prefix_gradients):
+    from flywheel.train.memory import MemoryPlanner
+
+    rng = random.Random(2)
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(40)], (10, 20, 30, 40))
+    # A budget below what the process already holds: every row becomes its own micro-batch.
+    planner = MemoryPlanner(budget_mb=1.0, token_mb=1.0, pair_mb=1.0, logit_mb=1.0)
+
+    split = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=prefix_gradients, planner=planner)
+    _assert_same(split, _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=prefix_gradients))
+    unshared = _random_batch(rng, [], (10, 20, 30, 40))
+    _assert_same(
+        _loss_and_grads(lora_tiny, unshared, share=False, planner=planner),
+        _loss_and_grads(lora_tiny, unshared, share=False),
+    )
 
 
 def test_shared_prefix_stops_before_the_first_supervised_token():

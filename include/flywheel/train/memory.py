@@ -1,0 +1,172 @@
+"""Keeping a training job within its memory budget: batches split into micro-batches before they overflow.
+
+A CPU job that outgrows its machine is not told so: the kernel's OOM killer ends it with SIGKILL, and
+nothing of it survives to report why. So the trainer plans each batch before running it. A batch's
+memory is the part of the activations kept for the backward pass, which grows with the tokens that
+run with gradients, plus the attention weights of those tokens over a shared prefix.
+:class:`MemoryPlanner` estimates both from the model's shape, splits a batch into micro-batches of as
+many rows as fit the budget (gradients are accumulated over them, so the effective batch and the loss
+stay the same), and corrects its estimate with the peak resident set it observes after each
+micro-batch (``/proc/self/status`` VmHWM, reset before each one), so a model it estimates badly is
+split more finely from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BUDGET_SHARE = 0.85
+"""Share of the machine's (or the container's) memory a job plans to use when no budget is configured:
+the rest is the kernel's, the page cache's and the allocator's slack."""
+
+ACTIVATION_FLOATS_PER_LAYER = (12, 6)
+"""Values kept for the backward pass per token and layer, as multiples of (hidden size, MLP width).
+
+Counted for a Llama-style block with LoRA on every linear layer (the norms' inputs and outputs, q/k/v/o
+and the LoRA branches' inputs, the attention output, the gate, up, activation and down inputs), then
+rounded up; :meth:`MemoryPlanner.observe` corrects it with what is measured."""
+
+
+def available_memory_mb() -> float:
+    """The memory this process may use, in MiB: the cgroup's limit (a pod's) or the machine's total."""
+    limits = [_meminfo_total_mb()]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
+            limits.append(int(text) / 2**20)
+    return min(limit for limit in limits if limit > 0)
+
+
+def _meminfo_total_mb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
+
+
+def resident_mb() -> float:
+    """The current resident set of this process in MiB (0 where ``/proc`` is unavailable)."""
+    return _status_mb("VmRSS:")
+
+
+def peak_resident_mb() -> float:
+    """The resident set's high-water mark since the last :func:`reset_peak` (or the process start)."""
+    return _status_mb("VmHWM:")
+
+
+def reset_peak() -> bool:
+    """Reset the high-water mark to the current resident set (Linux ``clear_refs``); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_mb(key: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class MemoryPlanner:
+    """Rows per micro-batch that keep a job within ``budget_mb`` (see the module docstring).
+
+    Per row of a micro-batch: ``token_mb`` per token that runs with gradients (the activations kept for
+    the backward pass), ``pair_mb`` per pair of such a token and a shared-prefix token it attends to
+    (attention over a prefix keeps its scores and weights for the backward pass; attention within a
+    row's own tokens runs in SDPA's memory-efficient kernel), and ``logit_mb`` per supervised position
+    (the vocabulary's logits and their gradient). ``correction`` scales the estimate; it only grows,
+    from observed peaks.
+    """
+
+    budget_mb: float
+    token_mb: float
+    pair_mb: float
+    logit_mb: float
+    correction: float = 1.0
+    largest_mb: float = field(default=0.0, init=False)
+    """The largest peak above the resting set observed for one micro-batch."""
+
+    @classmethod
+    def for_model(cls, model_config: Any, budget_mb: float, *, element_bytes: int) -> MemoryPlanner:
+        """Estimates from a transformers model config (hidden size, MLP width, layers, heads, vocabulary)."""
+        config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        hidden = config.hidden_size
+        width = getattr(config, "intermediate_size", None) or 4 * hidden
+        layers = config.num_hidden_layers
+        mb = element_bytes / 2**20
+        per_hidden, per_width = ACTIVATION_FLOATS_PER_LAYER
+        return cls(
+            budget_mb=budget_mb,
+            token_mb=layers * (per_hidden * hidden + per_width * width) * mb,
+            # Scores, softmax weights and their concatenation, in float32, per head and layer.
+            pair_mb=layers * config.num_attention_heads * 3 * 4 / 2**20,
+            logit_mb=config.vocab_size * 4 * 3 / 2**20,
+        )
+
+    def row_mb(self, tokens: int, prefix: int, supervised: int) -> float:
+        """Estimated memory of one row of ``tokens`` tokens with gradients after a shared ``prefix``."""
+        raw = tokens * self.token_mb + tokens * prefix * self.pair_mb + supervised * self.logit_mb
+        return raw * self.correction
+
+    def rows_that_fit(self, rows: int, row_mb: float, free_mb: float) -> int:
+        """How many of ``rows`` rows of ``row_mb`` one micro-batch may hold with ``free_mb`` left (>= 1)."""
+        if row_mb <= 0:
+            return rows
+        return max(1, min(rows, math.floor(free_mb / row_mb)))
+
+    def observe(self, estimated_mb: float, peak_mb: float) -> None:
+        """Learn from a micro-batch estimated at ``estimated_mb`` that peaked ``peak_mb`` above rest."""
+        self.largest_mb = max(self.largest_mb, peak_mb)
+        if estimated_mb > 0 and peak_mb > estimated_mb:
+            before = self.correction
+            self.correction *= peak_mb / estimated_mb
+            log.info(
+                "memory estimate corrected: x%.2f (a micro-batch peaked %.0f MiB above rest)",
+                self.correction / before,
+                peak_mb,
+            )
+
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    A training step allocates and frees gigabytes of activations. glibc serves each large block with its
+    own ``mmap`` and unmaps it when freed, so the next step faults every page in again; on the 2-core
+    development VMs that costs about 0.65 s per GiB, several seconds a step (``flywheel bench train``
+    measures it). With ``mmap`` off and a high trim threshold, freed blocks stay in the heap and are
+    reused at memory speed; the resident set stays at the job's peak, which is what a job's memory
+    budget counts anyway. Returns False where the C library is not glibc (nothing changes there).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

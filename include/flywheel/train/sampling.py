@@ -1,0 +1,74 @@
+"""Label-balanced sampling: how often each kind of answer is trained on per epoch.
+
+A workload's traffic is skewed. In a router's training split ``get_order_status`` answers outnumber
+``talk_to_human`` answers ten to one, and plain text answers (small talk, policy questions: no tool
+call) are about 4 % of the examples. Trained on that natural mix, an adapter sees the rare answers
+too seldom and drifts towards calling a tool every time: it loses the ability to answer without one.
+
+So every example gets a label (:func:`label_of`: the tool its answer calls first, or :data:`NO_CALL`)
+and every epoch draws its examples so that label L gets a share proportional to
+``count(L) ** balance`` (:func:`label_shares`; ``TrainingConfig.label_balance``): 1 keeps the data's
+mix, 0 gives every label the same share, 0.5 (the default) is square-root smoothing, halfway between
+the two on a log scale. An epoch keeps its length, the number of examples: rare labels are
+oversampled (their examples repeat), frequent ones undersampled (an epoch leaves some out, the next
+epoch draws others).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+NO_CALL = "no_call"
+"""Label of an example whose answer calls no tool."""
+
+
+def label_of(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The name of the first tool call of the final assistant message, or :data:`NO_CALL`."""
+    answer = next((m for m in reversed(messages) if m.get("role") == "assistant"), {})
+    calls = answer.get("tool_calls") or []
+    return calls[0]["function"]["name"] if calls else NO_CALL
+
+
+def label_counts(labels: Iterable[str]) -> dict[str, int]:
+    """Examples per label, most frequent first (equal counts by name)."""
+    return dict(sorted(Counter(labels).items(), key=lambda item: (-item[1], item[0])))
+
+
+def label_shares(counts: Mapping[str, int], balance: float) -> dict[str, float]:
+    """Each label's expected share of an epoch: ``count ** balance``, normalised to add up to 1."""
+    weights = {label: count**balance for label, count in counts.items()}
+    total = sum(weights.values())
+    return {label: weight / total for label, weight in weights.items()}
+
+
+def balanced_epoch(labels: Sequence[str], balance: float, rng: random.Random) -> list[int]:
+    """One epoch: ``len(labels)`` indices into ``labels``, each label drawn per :func:`label_shares`.
+
+    A label's number of draws is its expected number rounded down or up at random (systematic
+    sampling: the numbers add up to ``len(labels)`` and are exact on average over epochs). Its
+    examples are taken in a random order, starting over in a new order once all are used, so an
+    oversampled label repeats its examples as evenly as possible and an undersampled one draws a
+    random subset. With ``balance=1`` each example is drawn exactly once. The result is shuffled.
+    """
+    members: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        members.setdefault(label, []).append(index)
+    names = sorted(members)
+    bounds = list(itertools.accumulate(len(members[name]) ** balance for name in names))
+    offset = rng.random()
+    drawn: list[int] = []
+    previous = 0
+    for name, bound in zip(names, bounds, strict=True):
+        end = math.floor(len(labels) * bound / bounds[-1] + offset)
+        quota, previous = end - previous, end
+        while quota > 0:
+            taken = rng.sample(members[name], min(quota, len(members[name])))
+            drawn += taken
+            quota -= len(taken)
+    rng.shuffle(drawn)
+    return drawn
