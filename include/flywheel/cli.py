@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     run = demo_commands.add_parser("run", help="start local services, seed, run the nightly DAGs, summarise")
     run.add_argument("--days", type=int, default=7)
     run.add_argument("--records-per-day", type=int, default=2000)
+    run.add_argument(
+        "--nights", type=int, default=2, help="DAG runs, one per night, ending with the latest (default: 2)"
+    )
     run.add_argument("--now", type=_aware_datetime, help="pretend it is this moment (default: now)")
     run.add_argument(
         "--workload",
@@ -187,14 +190,16 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--json", action="store_true", help="print only the JSON result")
     data.set_defaults(handler=_bench_data)
     bench_train = bench.add_parser(
-        "train", help="time our LoRA trainer against a plain transformers Trainer on one dataset"
+        "train", help="time our LoRA trainer (and with prefix gradients) against a plain transformers Trainer"
     )
     bench_train.add_argument("--model", required=True, help="local checkpoint dir or 'smollm2-135m-instruct'")
-    bench_train.add_argument("--dataset", required=True, help="dataset URI (directory with train.jsonl)")
+    bench_train.add_argument(
+        "--dataset", required=True, help="dataset URI (directory with train.jsonl, validation.jsonl)"
+    )
     bench_train.add_argument("--steps", type=int, default=6, help="optimizer steps per side (default: 6)")
     bench_train.add_argument("--batch-size", type=int, default=4, help="sequences per batch (default: 4)")
     bench_train.add_argument(
-        "--max-seq-length", type=int, default=1024, help="tokens per example at most (default: 1024)"
+        "--max-seq-length", type=int, default=2048, help="tokens per example at most (default: 2048)"
     )
     bench_train.add_argument(
         "--peak-tflops", type=float, default=989.0, help="accelerator peak for the MFU (default: H100 bf16)"
@@ -512,6 +517,7 @@ def _demo_run(args: argparse.Namespace) -> int:
         records_per_day=args.records_per_day,
         now=args.now,
         workloads=args.workloads,
+        nights=args.nights,
     )
 
 

@@ -183,7 +183,15 @@ class TrainingConfig(_Strict):
 
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; null: run `epochs` epochs.")
     epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
+    batch_size: int = Field(
+        8, ge=1, description="Sequences per batch (one optimizer step without accumulation)."
+    )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many sequences per forward/backward pass (gradients accumulate over "
+        "a batch's micro-batches: same effective batch); null: as many as the memory budget allows.",
+    )
     gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     lr_schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
@@ -195,6 +203,12 @@ class TrainingConfig(_Strict):
         "base",
         description="Where the adapter starts: a fresh LoRA, or (planned by the DAG) the champion's adapter "
         "when the champion is a fine-tuned adapter of the same base model, else a fresh LoRA.",
+    )
+    warm_start_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps of a run that starts from the champion's adapter (it only has to "
+        "learn the new window's traffic); null: as many as a fresh start (max_steps or epochs).",
     )
     label_balance: float = Field(
         0.5,

@@ -59,7 +59,8 @@ DEMO_WORKLOADS = ("customer_support_router",)
 """Workloads ``make demo`` runs by default (``flywheel demo run --workload`` picks others)."""
 
 NIGHTS = 2
-"""Nights the demo runs, oldest first: the first promotes a champion, the next re-evaluates it."""
+"""Nights the demo runs by default, oldest first: the first promotes a champion, the next trains a
+challenger from it and re-evaluates it."""
 
 
 def run_demo(
@@ -69,8 +70,11 @@ def run_demo(
     records_per_day: int,
     now: datetime | None,
     workloads: list[str] | None = None,
+    nights: int = NIGHTS,
 ) -> int:
-    """Run the demo; return 0 when every DAG run succeeded. The process environment is restored after."""
+    """Run the demo over the last ``nights`` nights; return 0 when every DAG run succeeded.
+
+    The process environment is restored after."""
     home = flywheel_home()
     logs_dir = home / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,7 @@ def run_demo(
             _step(f"Airflow database migrated ({env['AIRFLOW_HOME']})")
             failures = 0
             for workload in chosen:
-                for night, (start, end) in enumerate(latest_intervals(workload.schedule, NIGHTS, now), 1):
+                for night, (start, end) in enumerate(latest_intervals(workload.schedule, nights, now), 1):
                     log_file = logs_dir / f"{workload.dag_id}-{start:%Y-%m-%d}.log"
                     # A manual run (`dags test` makes one) owns the interval ending at its logical date.
                     ok = _airflow(["dags", "test", workload.dag_id, end.isoformat()], log_file)
@@ -116,14 +120,15 @@ def run_demo(
                         f"night {night}: {workload.dag_id} {start:%Y-%m-%d}: "
                         f"{'succeeded' if ok else 'FAILED'} (log: {log_file})"
                     )
-    _print_summary(config, chosen, now)
+    _print_summary(config, chosen, now, nights)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; log store stopped.")
     return 1 if failures else 0
 
 
 DEMO_TRAINING = {
-    "max_steps": 20,
-    "batch_size": 8,
+    "max_steps": 16,
+    "batch_size": 32,
+    "micro_batch_size": 8,
     "max_seq_length": 2048,
     "learning_rate": 2e-3,
     "lr_schedule": "constant_with_warmup",
@@ -133,21 +138,24 @@ DEMO_TRAINING = {
     "early_stopping_patience": None,
     "log_every_steps": 2,
     "lora": {"dropout": 0.0},
+    "init_from": "champion",
+    "warm_start_steps": 4,
 }
-"""Training settings the demo applies to every candidate: 20 steps of 8 full-length router conversations
-at a high learning rate, which a 2-core CPU runs in about four minutes (the shared system prompt and
-tool schemas run once per batch). Measured: SmolLM2-135M goes from about 5 % to about 30 %
-``function_name_and_args_accuracy`` (docs/decision.md, "The demo")."""
+"""Training settings the demo applies to every candidate: 16 steps of 32 router conversations (512
+examples, each batch's shared system prompt and tool schemas run once, its rows in passes of 8) at a
+high learning rate; night 2 starts from night 1's adapter when that is the champion and trains 4 steps
+on the new window. Figures: docs/training.md, "The demo"."""
 
-DEMO_EVALUATION = {"max_examples": 32, "generation": {"max_new_tokens": 64, "batch_size": 16}}
-"""Evaluation settings of the demo: 32 examples per model variant, answers cut at 64 tokens (CPU)."""
+DEMO_EVALUATION = {"max_examples": 64, "generation": {"batch_size": 16}}
+"""Evaluation settings of the demo: 64 paired examples per model variant, answers capped from the
+longest reference answer (``max_new_tokens: auto``)."""
 
 DEMO_DECISION = {"min_examples": DEMO_EVALUATION["max_examples"], "floor": 0.25, "champion_floor": 0.25}
-"""The demo evaluates 32 examples, so as many suffice; and its CPU-trained 135M model is held to a
+"""The demo evaluates 64 examples, so as many suffice; and its CPU-trained 135M model is held to a
 floor of 0.25 instead of production's 0.5."""
 
 DEMO_DATA_QUALITY = {"splits": {"max_train_records": 2000}}
-"""The demo trains on 160 examples: keeping the newest 2,000 saves encoding 6,000 more each night."""
+"""The demo trains on at most 512 examples a night: keeping the newest 2,000 saves encoding 6,000 more."""
 
 
 def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
@@ -192,10 +200,10 @@ def _airflow(args: list[str], log_file: Path) -> bool:
     return result.returncode == 0
 
 
-def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None) -> None:
+def _print_summary(config: FlywheelConfig, workloads: list, now: datetime | None, nights: int) -> None:
     print("\nSummary (from the metadata database)")
     for workload in workloads:
-        for night, (start, end) in enumerate(latest_intervals(workload.schedule, NIGHTS, now), 1):
+        for night, (start, end) in enumerate(latest_intervals(workload.schedule, nights, now), 1):
             print(f"\n  night {night}: {workload.dag_id}  [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC")
             with session_scope(config.metadata) as session:
                 run = session.scalar(
@@ -314,9 +322,12 @@ def _candidate_line(candidate: dict) -> str:
     if candidate["status"] != "succeeded":
         error = candidate["error"]
         return f"{name}: FAILED ({error.get('error')}: {error.get('message', '')[:200]})"
+    start, peak_gib = candidate.get("init_from") or {}, candidate["peak_memory_mb"] / 2**10
+    origin = f"from champion v{start['parent_version']}" if "parent_version" in start else "from the base"
     return (
-        f"{name} ({candidate['base_model']}): {candidate['steps']} steps, best validation loss "
-        f"{candidate['best_validation_loss']}, {candidate['tokens_per_s']:.0f} tokens/s, "
+        f"{name} ({candidate['base_model']}, {origin}): {candidate['steps']} steps, best validation loss "
+        f"{candidate['best_validation_loss']}, {candidate['samples_per_s']:.2f} examples/s, "
+        f"{candidate['tokens_per_s']:.0f} tokens/s, peak memory {peak_gib:.1f} GiB, "
         f"{candidate['wall_seconds']:.0f} s\n    adapter: {candidate['adapter_uri']}"
     )
 
@@ -325,7 +336,7 @@ def _evaluation_line(evaluation: Evaluation) -> str:
     name = f"evaluate {evaluation.candidate_id}/{evaluation.eval_type}"
     if evaluation.status != "succeeded" or not evaluation.metrics:
         return f"{name}: FAILED ({(evaluation.error or '')[:200]})"
-    shown = ("function_name_accuracy", "function_name_and_args_accuracy")
+    shown = ("function_name_accuracy", "function_name_and_args_accuracy", "no_call_accuracy")
     figures = ", ".join(
         f"{metric} {entry['value']:.3f} [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
         for metric, entry in evaluation.metrics.items()

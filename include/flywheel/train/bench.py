@@ -3,14 +3,22 @@
 One job: measure how fast :func:`flywheel.train.trainer.train` trains compared with the setup most
 people would write first, on the same model, data and hyper-parameters:
 
-* **ours**: the production ``train()`` itself, on a copy of the dataset's ``train.jsonl`` with an
-  empty validation split (validation is excluded from the throughput figures anyway, and skipping it
-  saves minutes on a CPU). Its length-grouped batches are counted as ``_collate`` builds them.
+* **ours**: the production ``train()`` itself with its defaults (a shared prefix runs once per batch
+  without gradients, shared-prefix attention, micro-batches planned against the memory budget), on a
+  copy of the dataset's ``train.jsonl`` and the first ``validation_examples`` of its validation split.
+  Its length-grouped batches are counted as ``_collate`` builds them.
+* **exact_prefix**: the same ``train()`` with ``prefix_gradients: true``, the trainer as it was before
+  the prefix ran without gradients: the shared prefix runs with gradients once per micro-batch.
 * **baseline**: ``transformers.Trainer`` + peft with the same LoRA settings, the same encoded examples
   (:func:`~flywheel.train.formatting.encode_for_training` with the same ``max_seq_length``, so
   identical tokens and labels), batch size, number of optimizer steps, learning rate and schedule;
   batches drawn at random (the default ``RandomSampler``) and padded to their longest sequence;
   no evaluation, no checkpoints, ``report_to="none"``; fp32 on CPU, bf16 on CUDA.
+
+Every side trains on the natural label mix (``label_balance: 1``, as the baseline's random sampler
+draws), and every side's **validation loss** after training (mean per supervised token, over the same
+validation examples, computed by the same function) is reported with its ratio to the baseline's: at
+an equal number of examples, a faster method must learn as much.
 
 Each side runs in its own fresh process (forked from a fork server that has only imported the
 libraries), so peak-memory figures are not shared and neither side inherits the other's warm state.
@@ -43,7 +51,9 @@ from flywheel.train.trainer import peak_memory_mb
 DEFAULT_STEPS = 6
 """Optimizer steps per side: a few minutes per side for SmolLM2-135M on 2 CPU cores."""
 DEFAULT_BATCH_SIZE = 4
-DEFAULT_MAX_SEQ_LENGTH = 1024
+DEFAULT_MAX_SEQ_LENGTH = 2048
+DEFAULT_VALIDATION_EXAMPLES = 32
+"""Validation examples every side's loss is measured on after training."""
 H100_BF16_DENSE_TFLOPS = 989.0
 """Peak dense bf16 TFLOPS of an H100 SXM: the default denominator of the MFU."""
 PRELOAD = ["torch", "transformers", "transformers.trainer", "peft", "flywheel.train.trainer"]
@@ -52,7 +62,7 @@ PRELOAD = ["torch", "transformers", "transformers.trainer", "peft", "flywheel.tr
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What both sides of one benchmark run share (picklable: it crosses into the sides' processes)."""
+    """What every side of one benchmark run shares (picklable: it crosses into the sides' processes)."""
 
     model: str
     dataset: str
@@ -60,11 +70,13 @@ class BenchSettings:
     batch_size: int
     max_seq_length: int
     peak_tflops: float
+    validation_examples: int = DEFAULT_VALIDATION_EXAMPLES
 
-    def training_config(self) -> TrainingConfig:
-        """The TrainingConfig of both sides: defaults, but for the benchmark's size settings.
+    def training_config(self, **overrides: Any) -> TrainingConfig:
+        """The TrainingConfig of every side: defaults, but for the benchmark's size settings.
 
         ``label_balance=1``: ours draws the data's natural mix, as the baseline's random sampler does.
+        Validation runs once, after the last step.
         """
         return TrainingConfig(
             max_steps=self.steps,
@@ -72,6 +84,9 @@ class BenchSettings:
             max_seq_length=self.max_seq_length,
             early_stopping_patience=None,
             label_balance=1.0,
+            eval_every_steps=self.steps,
+            max_validation_examples=self.validation_examples,
+            **overrides,
         )
 
 
@@ -83,29 +98,34 @@ def bench_train(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
     peak_tflops: float = H100_BF16_DENSE_TFLOPS,
+    validation_examples: int = DEFAULT_VALIDATION_EXAMPLES,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Train ``steps`` optimizer steps with the baseline, then with ours, and return the figures.
+    """Train ``steps`` optimizer steps with each side (baseline, exact_prefix, ours); return the figures.
 
     ``model`` is anything :func:`~flywheel.train.models.resolve_base_model` accepts (a local
     checkpoint directory or the ``smollm2-135m-instruct`` alias); ``dataset`` is a dataset URI (a
-    directory with ``train.jsonl``). The result is JSON-ready: ``ours`` and ``baseline`` hold the
-    per-side figures, ``speedup`` their tokens/s ratio.
+    directory with ``train.jsonl`` and ``validation.jsonl``). The result is JSON-ready: one entry of
+    figures per side, ``speedup`` (tokens/s) and ``examples_speedup`` (examples/s) of ours over each
+    other side, and ``validation_loss_ratio``, each side's validation loss over the baseline's.
     """
-    settings = BenchSettings(model, dataset, steps, batch_size, max_seq_length, peak_tflops)
+    settings = BenchSettings(
+        model, dataset, steps, batch_size, max_seq_length, peak_tflops, validation_examples
+    )
     # A fresh process per side (its own peak memory, no warm state from the other side), forked from
-    # a fork server that has imported the heavy libraries once, so neither side pays for the imports.
+    # a fork server that has imported the heavy libraries once, so no side pays for the imports.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     sides: dict[str, dict[str, Any]] = {}
-    for name, runner in (("baseline", _run_baseline), ("ours", _run_ours)):
+    for name, runner in SIDES.items():
         if not quiet:
             print(f"training {steps} steps with {name}...", file=sys.stderr)
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             sides[name] = pool.submit(runner, settings).result()
-    ours, baseline = sides["ours"], sides["baseline"]
-    environment = baseline.pop("environment")
-    ours.pop("environment")
+    environment = sides["baseline"].pop("environment")
+    for side in sides.values():
+        side.pop("environment", None)
+    ours, baseline_loss = sides["ours"], sides["baseline"]["validation_loss"]
     return {
         "benchmark": "train",
         "model": model,
@@ -114,12 +134,20 @@ def bench_train(
         "steps": steps,
         "batch_size": batch_size,
         "max_seq_length": max_seq_length,
-        "ours": ours,
-        "baseline": baseline,
-        "speedup": round(ours["tokens_per_s"] / baseline["tokens_per_s"], 3)
-        if baseline["tokens_per_s"]
-        else None,
+        "validation_examples": validation_examples,
+        **sides,
+        "speedup": {name: _ratio(ours["tokens_per_s"], side["tokens_per_s"]) for name, side in sides.items()},
+        "examples_speedup": {
+            name: _ratio(ours["samples_per_s"], side["samples_per_s"]) for name, side in sides.items()
+        },
+        "validation_loss_ratio": {
+            name: _ratio(side["validation_loss"], baseline_loss) for name, side in sides.items()
+        },
     }
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return round(value / reference, 3) if value is not None and reference else None
 
 
 def summarize(result: dict[str, Any]) -> str:
@@ -129,17 +157,19 @@ def summarize(result: dict[str, Any]) -> str:
         f"  {result['device']} {result['dtype']}, {result['torch_threads']} torch threads; "
         f"{result['train_examples']} train examples, {result['mean_tokens']} mean / "
         f"{result['max_tokens']} max tokens; {result['steps']} steps of {result['batch_size']} "
-        f"(max_seq_length {result['max_seq_length']})",
+        f"(max_seq_length {result['max_seq_length']}); validation loss on {result['validation_examples']}",
     ]
-    for name in ("ours", "baseline"):
+    for name in SIDES:
         side = result[name]
         mfu = f", MFU {side['mfu']:.1%}" if side.get("mfu") is not None else ""
         lines.append(
-            f"  {name:<8} {side['tokens_per_s']:>9.1f} tokens/s {side['samples_per_s']:>7.2f} samples/s "
+            f"  {name:<12} {side['tokens_per_s']:>9.1f} tokens/s {side['samples_per_s']:>7.2f} samples/s "
             f"padding {side['padding_share']:.1%}  peak {side['peak_memory_mb']:.0f} MiB  "
-            f"{side['train_seconds']:.1f} s{mfu}"
+            f"{side['train_seconds']:.1f} s  validation loss {side['validation_loss']:.4f} "
+            f"(x{result['validation_loss_ratio'][name]} of the baseline's){mfu}"
         )
-    lines.append(f"  speedup {result['speedup']}x (ours tokens/s / baseline tokens/s)")
+    speedups = ", ".join(f"{result['examples_speedup'][name]}x {name}" for name in SIDES if name != "ours")
+    lines.append(f"  ours in examples/s: {speedups}")
     return "\n".join(lines)
 
 
@@ -147,7 +177,18 @@ def summarize(result: dict[str, Any]) -> str:
 
 
 def _run_ours(settings: BenchSettings) -> dict[str, Any]:
-    """The production ``train()`` on the train split alone; its batches are counted as they are built."""
+    """The production ``train()`` with its defaults."""
+    return _run_trainer(settings, settings.training_config())
+
+
+def _run_exact_prefix(settings: BenchSettings) -> dict[str, Any]:
+    """The production ``train()`` back-propagating through the shared prefix (``prefix_gradients``)."""
+    return _run_trainer(settings, settings.training_config(prefix_gradients=True))
+
+
+def _run_trainer(settings: BenchSettings, config: TrainingConfig) -> dict[str, Any]:
+    """``train()`` with ``config`` on the train split and the first validation examples; its batches are
+    counted as they are built (validation's excluded)."""
     import torch
 
     from flywheel.train import trainer
@@ -163,12 +204,20 @@ def _run_ours(settings: BenchSettings) -> dict[str, Any]:
         return inputs
 
     trainer._collate = counting_collate  # this process is thrown away after the run
+    validation = trainer._validation_loss
+
+    def uncounted_validation(*args: Any, **kwargs: Any) -> float:
+        trainer._collate = collate
+        try:
+            return validation(*args, **kwargs)
+        finally:
+            trainer._collate = counting_collate
+
+    trainer._validation_loss = uncounted_validation
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-train-") as tmp:
         data = Path(tmp) / "dataset"
-        _copy_train_split(settings.dataset, data)
-        result = trainer.train(
-            str(data), settings.model, settings.training_config(), str(Path(tmp) / "output")
-        )
+        _copy_splits(settings.dataset, data)
+        result = trainer.train(str(data), settings.model, config, str(Path(tmp) / "output"))
     samples, real, total = (sum(column) for column in zip(*batches, strict=True))
     if real != result.tokens_seen:
         raise RuntimeError(f"counted {real} real tokens, train() reports {result.tokens_seen}")
@@ -186,6 +235,7 @@ def _run_ours(settings: BenchSettings) -> dict[str, Any]:
         train_seconds=train_seconds,
         n_params=n_params,
         extra={"torch_threads": torch.get_num_threads()},
+        validation_loss=result.final_validation_loss,
     )
 
 
@@ -203,7 +253,7 @@ def _run_baseline(settings: BenchSettings) -> dict[str, Any]:
     )
 
     from flywheel.train.models import default_cache_dir, resolve_base_model
-    from flywheel.train.trainer import encode_split, lora_config
+    from flywheel.train.trainer import StepSettings, _validation_loss, encode_split, lora_config
 
     config = settings.training_config()
     model_dir = resolve_base_model(settings.model, default_cache_dir())
@@ -264,6 +314,17 @@ def _run_baseline(settings: BenchSettings) -> dict[str, Any]:
         )
         run.remove_callback(PrinterCallback)  # it prints the final metrics to stdout, where the JSON goes
         state = run.train()
+    validation = encode_split(tokenizer, settings.dataset, "validation", config.max_seq_length)
+    step_settings = StepSettings(
+        device="cuda" if cuda else "cpu",
+        pad_id=pad_id,
+        autocast=False,
+        share_prefix=True,
+        prefix_gradients=False,
+    )
+    validation_loss = _validation_loss(
+        model, validation.examples[: settings.validation_examples], config.batch_size, step_settings
+    )
     # Only the batches the optimizer steps consumed count (a loader may build one more).
     used = collator.batches[: config.max_steps * config.gradient_accumulation]
     samples, real, total = (sum(column) for column in zip(*used, strict=True))
@@ -279,6 +340,7 @@ def _run_baseline(settings: BenchSettings) -> dict[str, Any]:
         train_seconds=timer.seconds,
         n_params=n_params,
         extra={"torch_threads": torch.get_num_threads()},
+        validation_loss=round(validation_loss, 5),
     )
     figures["environment"].update(
         train_examples=len(examples),
@@ -341,6 +403,7 @@ def _figures(
     train_seconds: float,
     n_params: int,
     extra: dict[str, Any],
+    validation_loss: float | None,
 ) -> dict[str, Any]:
     """One side's figures, plus the ``environment`` it ran in (merged into the top level)."""
     tokens_per_s = real_tokens / train_seconds
@@ -361,6 +424,7 @@ def _figures(
         "train_examples": train_examples,
         "n_params": n_params,
         "mfu": mfu,
+        "validation_loss": validation_loss,
         "environment": {"device": device, "dtype": dtype, **extra},
     }
 
@@ -382,14 +446,18 @@ def _parameter_count(model: str, *, trainable: int) -> int:
     return total + trainable
 
 
-def _copy_train_split(dataset: str, target: Path) -> None:
-    """``train.jsonl`` of ``dataset`` (any fsspec URI) into ``target``, beside an empty validation split."""
+def _copy_splits(dataset: str, target: Path) -> None:
+    """``train.jsonl`` and ``validation.jsonl`` of ``dataset`` (any fsspec URI) into ``target``."""
     import fsspec
 
     target.mkdir(parents=True)
-    with (
-        fsspec.open(artifacts.split_uri(dataset, "train"), "rb") as source,
-        (target / artifacts.split_name("train")).open("wb") as copy,
-    ):
-        shutil.copyfileobj(source, copy)
-    (target / artifacts.split_name("validation")).write_text("")
+    for split in ("train", "validation"):
+        with (
+            fsspec.open(artifacts.split_uri(dataset, split), "rb") as source,
+            (target / artifacts.split_name(split)).open("wb") as copy,
+        ):
+            shutil.copyfileobj(source, copy)
+
+
+SIDES = {"baseline": _run_baseline, "exact_prefix": _run_exact_prefix, "ours": _run_ours}
+"""The sides of the benchmark, in the order they run and are reported."""

@@ -25,6 +25,9 @@ TRAIN_FIGURES = (
     "best_validation_loss",
     "final_validation_loss",
     "tokens_per_s",
+    "samples_per_s",
+    "train_examples",
+    "peak_memory_mb",
     "wall_seconds",
     "config_hash",
 )

@@ -174,6 +174,8 @@ def train(
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    if init_adapter is not None and config.warm_start_steps:
+        total_steps = config.warm_start_steps
     scheduler = get_scheduler(
         config.lr_schedule,
         optimizer,
@@ -188,6 +190,7 @@ def train(
         share_prefix=not config.gradient_checkpointing,
         prefix_gradients=config.prefix_gradients,
         planner=memory_planner(model, config, device, dtype),
+        micro_batch_size=config.micro_batch_size,
     )
     curve: list[dict[str, Any]] = []
     best_loss: float | None = None
@@ -477,19 +480,20 @@ def _token_loss_sum(model: Any, inputs: dict[str, Any], **forward: Any) -> Any:
 
     transformers' causal-LM loss is the cross-entropy of the logits at position t against the label at
     t + 1, over the labels that are not -100: the assistant answer's tokens, a small share of each
-    sequence. So the language-model head and the log-softmax over the vocabulary (for a small model a
-    large share of the compute, and its logits the largest activation) run only on the positions some
-    row supervises (``logits_to_keep``); the others add nothing to the loss. Summed, not averaged, so
-    that micro-batches of one batch add up to the batch's loss exactly.
+    sequence. So the decoder runs without its language-model head, and the head and the log-softmax
+    over the vocabulary (for a small model a large share of the compute, and its logits the largest
+    activation) run only on the hidden states of the positions that predict a label; the others add
+    nothing to the loss. Summed, not averaged, so that micro-batches of one batch add up to the
+    batch's loss exactly.
     """
     import torch
 
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.get_decoder()(input_ids=inputs["input_ids"], **forward).last_hidden_state
     targets = inputs["labels"][:, 1:]
-    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    logits = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **forward).logits
-    return torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100, reduction="sum"
-    )
+    predicting = targets != -100
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][predicting])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[predicting], reduction="sum")
 
 
 def shared_prefix_length(batch: Sequence[Example]) -> int:
@@ -528,6 +532,8 @@ class StepSettings:
     prefix_gradients: bool
     """Back-propagate through a shared prefix's keys and values (exact) or not (see :func:`run_batch`)."""
     planner: MemoryPlanner | None = None
+    micro_batch_size: int | None = None
+    """At most this many rows per forward/backward pass (``TrainingConfig.micro_batch_size``)."""
 
 
 def run_batch(
@@ -559,9 +565,9 @@ def run_batch(
     if shared and not settings.prefix_gradients:
         with torch.no_grad(), _autocast(settings):
             frozen_prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
-    rows = len(batch)
+    rows = min(len(batch), settings.micro_batch_size or len(batch))
     if settings.planner is not None and backward_scale is not None:
-        rows = _rows_that_fit(batch, shared, settings.planner)
+        rows = _rows_that_fit(batch, rows, shared, settings.planner)
     total = 0.0
     for start in range(0, len(batch), rows):
         chunk = batch[start : start + rows]
@@ -640,11 +646,11 @@ def _row_mb(planner: MemoryPlanner, rows: Sequence[Example], shared: int) -> flo
     return planner.row_mb(longest, shared, supervised)
 
 
-def _rows_that_fit(batch: Sequence[Example], shared: int, planner: MemoryPlanner) -> int:
-    """Rows per micro-batch such that that many of the batch's longest row fit what is left of the budget."""
+def _rows_that_fit(batch: Sequence[Example], wanted: int, shared: int, planner: MemoryPlanner) -> int:
+    """At most ``wanted`` rows per micro-batch, as many of the batch's longest row as fit the budget left."""
     free = planner.budget_mb - memory.resident_mb()
-    rows = planner.rows_that_fit(len(batch), _row_mb(planner, batch, shared), free)
-    if rows < len(batch):
+    rows = planner.rows_that_fit(wanted, _row_mb(planner, batch, shared), free)
+    if rows < wanted:
         log.info(
             "batch of %d rows of up to %d tokens runs as micro-batches of %d rows (%.0f MiB of the memory"
             " budget left)",

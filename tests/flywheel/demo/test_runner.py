@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 
 from conftest import TEST_EVALUATION, write_config
 from flywheel.config import load_config
 from flywheel.db.engine import session_scope
-from flywheel.db.models import RawPartition
-from flywheel.demo.runner import run_demo
+from flywheel.db.models import Decision, Evaluation, RawPartition
+from flywheel.decide.evidence import outcomes_of
+from flywheel.decide.paired import discordant_counts, mcnemar_exact
+from flywheel.demo.runner import demo_settings, run_demo
 
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
@@ -27,7 +30,7 @@ def test_demo_runs_two_nights_of_the_router(tmp_path, monkeypatch, capsys, tiny_
     assert "night 2: flywheel_customer_support_router 2026-11-20: succeeded" in out
     assert "bfcl_live_assistant" not in out
     assert "stages: extract succeeded, validate succeeded, build_dataset succeeded, train succeeded" in out
-    assert "candidate tiny (" in out and "20 steps" in out  # the demo's short training
+    assert "candidate tiny (" in out and "16 steps" in out  # the demo's short training
     assert "fine-tuning gain of tiny on function_name_and_args_accuracy: base" in out
     # The tiny random model stays below the demo's floor: both nights decide no change, with reasons.
     assert out.count("DECISION: no_change") == 2
@@ -43,3 +46,35 @@ def test_demo_runs_two_nights_of_the_router(tmp_path, monkeypatch, capsys, tiny_
         ("customer_support_router", datetime(2026, 11, 20).date()),
     ]
     assert (tmp_path / "home" / "logs" / "flywheel_customer_support_router-2026-11-20.log").exists()
+
+
+@pytest.mark.slow
+def test_night_one_with_smollm2_promotes_the_fine_tuned_adapter(tmp_path, monkeypatch, capsys):
+    """`make demo`'s first night with the real SmolLM2-135M: fine-tuning beats few-shot prompting."""
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    exit_code = run_demo(None, days=7, records_per_day=2000, now=NOW, nights=1)
+
+    out = capsys.readouterr().out
+    assert exit_code == 0, out
+    config = demo_settings(load_config(None))
+    workload = config.workload("customer_support_router")
+    metric = workload.decision.primary_metric
+    with session_scope(config.metadata) as session:
+        decision = session.scalars(select(Decision)).one()
+        evaluations = {e.eval_type: e for e in session.scalars(select(Evaluation))}
+    assert decision.outcome == "promote", out
+    assert decision.challenger["eval_type"] == "customized", decision.challenger
+    options = config.artifact_store.storage_options
+    tuned = outcomes_of(evaluations["customized"], options).binary[metric]
+    assert len(tuned) >= 64
+    assert evaluations["customized"].metrics["no_call_accuracy"]["value"] >= 0.9
+    for other in ("base", "icl"):
+        theirs = outcomes_of(evaluations[other], options).binary[metric]
+        keys = sorted(set(tuned) & set(theirs))
+        only_tuned, only_other = discordant_counts([tuned[k] for k in keys], [theirs[k] for k in keys])
+        # Significantly better under the workload's own test (one-sided exact McNemar at its alpha).
+        assert mcnemar_exact(only_tuned, only_other) < workload.decision.alpha, (
+            other,
+            only_tuned,
+            only_other,
+        )

@@ -27,7 +27,9 @@ SIDE_KEYS = {
     "samples",
     "real_tokens",
     "mfu",
+    "validation_loss",
 }
+SIDES = ("baseline", "exact_prefix", "ours")
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +81,14 @@ def result(varied_dataset, tiny_model) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_both_sides_report_their_figures(result):
+def test_every_side_reports_its_figures(result):
     assert result["benchmark"] == "train"
     assert result["device"] == "cpu"
     assert result["dtype"] == "float32"
     assert result["torch_threads"] >= 1
     assert result["train_examples"] == 48
     assert result["max_tokens"] > 3 * result["mean_tokens"] / 2
-    for side in ("ours", "baseline"):
+    for side in SIDES:
         figures = result[side]
         assert set(figures) >= SIDE_KEYS, side
         assert figures["steps"] == STEPS
@@ -98,20 +100,32 @@ def test_both_sides_report_their_figures(result):
         assert figures["tokens_per_s"] * figures["train_seconds"] == pytest.approx(
             figures["real_tokens"], rel=0.01
         )
-    assert result["speedup"] == pytest.approx(
-        result["ours"]["tokens_per_s"] / result["baseline"]["tokens_per_s"], rel=0.01
+        # Validated on the same example after the same number of examples: comparable losses.
+        assert figures["validation_loss"] > 0
+        assert result["validation_loss_ratio"][side] == pytest.approx(
+            figures["validation_loss"] / result["baseline"]["validation_loss"], abs=0.001
+        )
+        assert result["speedup"][side] == pytest.approx(
+            result["ours"]["tokens_per_s"] / figures["tokens_per_s"], rel=0.01
+        )
+        assert result["examples_speedup"][side] == pytest.approx(
+            result["ours"]["samples_per_s"] / figures["samples_per_s"], rel=0.01
+        )
+    # Tool-free chats share no prefix: both of our sides train alike, so their losses agree.
+    assert result["ours"]["validation_loss"] == pytest.approx(
+        result["exact_prefix"]["validation_loss"], rel=1e-3
     )
 
 
-def test_both_sides_see_the_same_samples_per_step_and_ours_pads_less(result):
+def test_every_side_sees_the_same_samples_per_step_and_ours_pads_less(result):
     ours, baseline = result["ours"], result["baseline"]
-    assert ours["samples"] == baseline["samples"] == STEPS * BATCH
+    assert ours["samples"] == baseline["samples"] == result["exact_prefix"]["samples"] == STEPS * BATCH
     assert ours["real_tokens"] <= STEPS * BATCH * result["max_tokens"]
     assert 0 <= ours["padding_share"] < baseline["padding_share"]
 
 
-def test_the_summary_names_both_sides_and_the_speedup(result):
+def test_the_summary_names_every_side_and_the_speedups(result):
     text = summarize(result)
 
-    assert "ours" in text and "baseline" in text
-    assert f"speedup {result['speedup']}x" in text
+    assert all(side in text for side in SIDES)
+    assert f"{result['examples_speedup']['baseline']}x baseline" in text
