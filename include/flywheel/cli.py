@@ -196,8 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     bench_train.add_argument(
         "--dataset", required=True, help="dataset URI (directory with train.jsonl, validation.jsonl)"
     )
-    bench_train.add_argument("--steps", type=int, default=6, help="optimizer steps per side (default: 6)")
-    bench_train.add_argument("--batch-size", type=int, default=4, help="sequences per batch (default: 4)")
+    bench_train.add_argument("--steps", type=int, default=2, help="optimizer steps per side (default: 2)")
+    bench_train.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
+    bench_train.add_argument(
+        "--micro-batch-size", type=int, default=4, help="sequences per forward/backward pass (default: 4)"
+    )
     bench_train.add_argument(
         "--max-seq-length", type=int, default=2048, help="tokens per example at most (default: 2048)"
     )
@@ -544,6 +547,7 @@ def _bench_train(args: argparse.Namespace) -> int:
         args.dataset,
         steps=args.steps,
         batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
         max_seq_length=args.max_seq_length,
         peak_tflops=args.peak_tflops,
         quiet=args.json,

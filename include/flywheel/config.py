@@ -231,11 +231,6 @@ class TrainingConfig(_Strict):
         description="auto: bf16 weights on a GPU; on a CPU, bf16 autocast where it has bf16 instructions "
         "(avx512_bf16, AMX), else float32. bfloat16: bf16 weights on a GPU, bf16 autocast on a CPU.",
     )
-    prefix_gradients: bool = Field(
-        False,
-        description="Back-propagate through a shared prefix's keys and values (exact); false runs the prefix "
-        "once per batch without gradients (docs/training.md measures the difference).",
-    )
     memory_budget_mb: int | None = Field(
         None,
         ge=256,

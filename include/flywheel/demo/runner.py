@@ -146,6 +146,13 @@ examples, each batch's shared system prompt and tool schemas run once, its rows 
 high learning rate; night 2 starts from night 1's adapter when that is the champion and trains 4 steps
 on the new window. Figures: docs/training.md, "The demo"."""
 
+DEMO_TRAINING_BY_WORKLOAD = {
+    "bfcl_live_assistant": {"max_steps": 12, "batch_size": 8, "micro_batch_size": None}
+}
+"""Where the demo trains a workload differently: BFCL requests bring their own tools, so rows share no
+prefix and every token of a row (about 700 on average) runs with gradients; 12 steps of 8 are about
+ten minutes on 2 cores, in micro-batches the memory budget sizes."""
+
 DEMO_EVALUATION = {"max_examples": 64, "generation": {"batch_size": 16}}
 """Evaluation settings of the demo: 64 paired examples per model variant, answers capped from the
 longest reference answer (``max_new_tokens: auto``)."""
@@ -164,9 +171,10 @@ def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
     workloads = []
     for workload in config.workloads:
         raw = workload.model_dump()
-        raw["training"]["settings"] = deep_merge(raw["training"]["settings"], DEMO_TRAINING)
+        training = deep_merge(DEMO_TRAINING, DEMO_TRAINING_BY_WORKLOAD.get(workload.workload_id, {}))
+        raw["training"]["settings"] = deep_merge(raw["training"]["settings"], training)
         for candidate in raw["training"]["candidates"]:
-            candidate["settings"] = deep_merge(candidate["settings"], DEMO_TRAINING)
+            candidate["settings"] = deep_merge(candidate["settings"], training)
         raw["evaluation"]["settings"] = deep_merge(raw["evaluation"]["settings"], DEMO_EVALUATION)
         raw["decision"] = deep_merge(raw["decision"], DEMO_DECISION)
         raw["data_quality"] = deep_merge(raw["data_quality"], DEMO_DATA_QUALITY)

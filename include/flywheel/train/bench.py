@@ -3,17 +3,16 @@
 One job: measure how fast :func:`flywheel.train.trainer.train` trains compared with the setup most
 people would write first, on the same model, data and hyper-parameters:
 
-* **ours**: the production ``train()`` itself with its defaults (a shared prefix runs once per batch
-  without gradients, shared-prefix attention, micro-batches planned against the memory budget), on a
-  copy of the dataset's ``train.jsonl`` and the first ``validation_examples`` of its validation split.
-  Its length-grouped batches are counted as ``_collate`` builds them.
-* **exact_prefix**: the same ``train()`` with ``prefix_gradients: true``, the trainer as it was before
-  the prefix ran without gradients: the shared prefix runs with gradients once per micro-batch.
+* **ours**: the production ``train()`` itself (a shared prefix runs once per batch, shared-prefix
+  attention, batches of ``batch_size`` rows in micro-batches of ``micro_batch_size``), on a copy of
+  the dataset's ``train.jsonl`` and the first ``validation_examples`` of its validation split. Its
+  length-grouped batches are counted as ``_collate`` builds them.
 * **baseline**: ``transformers.Trainer`` + peft with the same LoRA settings, the same encoded examples
   (:func:`~flywheel.train.formatting.encode_for_training` with the same ``max_seq_length``, so
   identical tokens and labels), batch size, number of optimizer steps, learning rate and schedule;
   batches drawn at random (the default ``RandomSampler``) and padded to their longest sequence;
-  no evaluation, no checkpoints, ``report_to="none"``; fp32 on CPU, bf16 on CUDA.
+  no evaluation, no checkpoints, ``report_to="none"``; fp32 on CPU, bf16 on CUDA; the same effective
+  batch as ours, ``micro_batch_size`` rows per device batch with gradient accumulation.
 
 Every side trains on the natural label mix (``label_balance: 1``, as the baseline's random sampler
 draws), and every side's **validation loss** after training (mean per supervised token, over the same
@@ -48,9 +47,10 @@ from flywheel import artifacts
 from flywheel.config import TrainingConfig
 from flywheel.train.trainer import peak_memory_mb
 
-DEFAULT_STEPS = 6
-"""Optimizer steps per side: a few minutes per side for SmolLM2-135M on 2 CPU cores."""
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_STEPS = 2
+"""Optimizer steps per side: the baseline takes about 6 minutes for SmolLM2-135M on 2 CPU cores."""
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_MICRO_BATCH_SIZE = 4
 DEFAULT_MAX_SEQ_LENGTH = 2048
 DEFAULT_VALIDATION_EXAMPLES = 32
 """Validation examples every side's loss is measured on after training."""
@@ -68,6 +68,7 @@ class BenchSettings:
     dataset: str
     steps: int
     batch_size: int
+    micro_batch_size: int
     max_seq_length: int
     peak_tflops: float
     validation_examples: int = DEFAULT_VALIDATION_EXAMPLES
@@ -81,6 +82,7 @@ class BenchSettings:
         return TrainingConfig(
             max_steps=self.steps,
             batch_size=self.batch_size,
+            micro_batch_size=self.micro_batch_size,
             max_seq_length=self.max_seq_length,
             early_stopping_patience=None,
             label_balance=1.0,
@@ -96,12 +98,13 @@ def bench_train(
     *,
     steps: int = DEFAULT_STEPS,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    micro_batch_size: int = DEFAULT_MICRO_BATCH_SIZE,
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
     peak_tflops: float = H100_BF16_DENSE_TFLOPS,
     validation_examples: int = DEFAULT_VALIDATION_EXAMPLES,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Train ``steps`` optimizer steps with each side (baseline, exact_prefix, ours); return the figures.
+    """Train ``steps`` optimizer steps with each side (baseline, then ours); return the figures.
 
     ``model`` is anything :func:`~flywheel.train.models.resolve_base_model` accepts (a local
     checkpoint directory or the ``smollm2-135m-instruct`` alias); ``dataset`` is a dataset URI (a
@@ -109,8 +112,10 @@ def bench_train(
     figures per side, ``speedup`` (tokens/s) and ``examples_speedup`` (examples/s) of ours over each
     other side, and ``validation_loss_ratio``, each side's validation loss over the baseline's.
     """
+    if batch_size % micro_batch_size:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of micro_batch_size {micro_batch_size}")
     settings = BenchSettings(
-        model, dataset, steps, batch_size, max_seq_length, peak_tflops, validation_examples
+        model, dataset, steps, batch_size, micro_batch_size, max_seq_length, peak_tflops, validation_examples
     )
     # A fresh process per side (its own peak memory, no warm state from the other side), forked from
     # a fork server that has imported the heavy libraries once, so no side pays for the imports.
@@ -133,6 +138,7 @@ def bench_train(
         **environment,
         "steps": steps,
         "batch_size": batch_size,
+        "micro_batch_size": micro_batch_size,
         "max_seq_length": max_seq_length,
         "validation_examples": validation_examples,
         **sides,
@@ -179,11 +185,6 @@ def summarize(result: dict[str, Any]) -> str:
 def _run_ours(settings: BenchSettings) -> dict[str, Any]:
     """The production ``train()`` with its defaults."""
     return _run_trainer(settings, settings.training_config())
-
-
-def _run_exact_prefix(settings: BenchSettings) -> dict[str, Any]:
-    """The production ``train()`` back-propagating through the shared prefix (``prefix_gradients``)."""
-    return _run_trainer(settings, settings.training_config(prefix_gradients=True))
 
 
 def _run_trainer(settings: BenchSettings, config: TrainingConfig) -> dict[str, Any]:
@@ -287,8 +288,10 @@ def _run_baseline(settings: BenchSettings) -> dict[str, Any]:
         args = TrainingArguments(
             output_dir=tmp,
             max_steps=config.max_steps,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation,
+            per_device_train_batch_size=settings.micro_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation
+            * settings.batch_size
+            // settings.micro_batch_size,
             learning_rate=config.learning_rate,
             lr_scheduler_type=config.lr_schedule,
             warmup_steps=int(config.max_steps * config.warmup_ratio),  # as train() rounds it
@@ -316,17 +319,13 @@ def _run_baseline(settings: BenchSettings) -> dict[str, Any]:
         state = run.train()
     validation = encode_split(tokenizer, settings.dataset, "validation", config.max_seq_length)
     step_settings = StepSettings(
-        device="cuda" if cuda else "cpu",
-        pad_id=pad_id,
-        autocast=False,
-        share_prefix=True,
-        prefix_gradients=False,
+        device="cuda" if cuda else "cpu", pad_id=pad_id, autocast=False, share_prefix=True
     )
     validation_loss = _validation_loss(
-        model, validation.examples[: settings.validation_examples], config.batch_size, step_settings
+        model, validation.examples[: settings.validation_examples], settings.micro_batch_size, step_settings
     )
     # Only the batches the optimizer steps consumed count (a loader may build one more).
-    used = collator.batches[: config.max_steps * config.gradient_accumulation]
+    used = collator.batches[: config.max_steps * args.gradient_accumulation_steps]
     samples, real, total = (sum(column) for column in zip(*used, strict=True))
     figures = _figures(
         settings,
@@ -459,5 +458,5 @@ def _copy_splits(dataset: str, target: Path) -> None:
             shutil.copyfileobj(source, copy)
 
 
-SIDES = {"baseline": _run_baseline, "exact_prefix": _run_exact_prefix, "ours": _run_ours}
+SIDES = {"baseline": _run_baseline, "ours": _run_ours}
 """The sides of the benchmark, in the order they run and are reported."""

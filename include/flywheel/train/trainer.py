@@ -188,7 +188,6 @@ def train(
         autocast=autocast,
         # transformers drops the KV cache under gradient checkpointing: the shared prefix needs it.
         share_prefix=not config.gradient_checkpointing,
-        prefix_gradients=config.prefix_gradients,
         planner=memory_planner(model, config, device, dtype),
         micro_batch_size=config.micro_batch_size,
     )
@@ -529,8 +528,6 @@ class StepSettings:
     """bf16 autocast around the forward pass (weights and gradients stay float32)."""
     share_prefix: bool
     """Run a batch's shared prefix once (off under gradient checkpointing, which drops the KV cache)."""
-    prefix_gradients: bool
-    """Back-propagate through a shared prefix's keys and values (exact) or not (see :func:`run_batch`)."""
     planner: MemoryPlanner | None = None
     micro_batch_size: int | None = None
     """At most this many rows per forward/backward pass (``TrainingConfig.micro_batch_size``)."""
@@ -546,25 +543,27 @@ def run_batch(
     the next runs); without it only the loss is computed (under ``torch.no_grad`` at the caller).
 
     **Shared prefix.** When the rows of a batch open with at least :data:`MIN_SHARED_PREFIX` identical
-    tokens (a workload's system message and tool schemas), that prefix runs once, at batch size 1;
-    its keys and values are expanded to the rows, and each row runs only its own suffix, right-padded,
-    with positions that continue the prefix. Every supervised token lies in the suffix. With
-    ``prefix_gradients`` the prefix runs with gradients (LoRA adapts its keys and values too) once per
-    micro-batch: loss and gradients equal the padded batch's. Without, it runs once per batch under
-    ``no_grad``: the loss is the same, and the gradients lose only the path through the prefix's keys
-    and values (the adapter still learns from every supervised token; docs/training.md measures what
-    that costs in validation loss), which saves the prefix's backward pass and lets any number of rows
-    share one prefix.
+    tokens (a workload's system message and tool schemas), that prefix runs once per batch, at batch
+    size 1, and each row runs only its own suffix, right-padded, with positions that continue the
+    prefix, against the prefix's keys and values. Every supervised token lies in the suffix. The
+    gradients still flow through the prefix (LoRA adapts its keys and values too): each micro-batch
+    back-propagates into the prefix's keys and values, held as leaves, and once the last one has, the
+    prefix's own backward pass runs once with the sum. Loss and gradients equal the padded batch's.
     """
     import torch
 
     shared = shared_prefix_length(batch) if settings.share_prefix and len(batch) > 1 else 0
     if shared < MIN_SHARED_PREFIX:
         shared = 0
-    frozen_prefix = None
-    if shared and not settings.prefix_gradients:
-        with torch.no_grad(), _autocast(settings):
-            frozen_prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
+    prefix = leaves = []
+    if shared:
+        with _autocast(settings):
+            prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
+        leaves = prefix
+        if backward_scale is not None:
+            leaves = [
+                (keys.detach().requires_grad_(), values.detach().requires_grad_()) for keys, values in prefix
+            ]
     rows = min(len(batch), settings.micro_batch_size or len(batch))
     if settings.planner is not None and backward_scale is not None:
         rows = _rows_that_fit(batch, rows, shared, settings.planner)
@@ -574,8 +573,7 @@ def run_batch(
         watch = _MicroBatchWatch(settings.planner, chunk, shared) if backward_scale is not None else None
         with _autocast(settings):
             if shared:
-                prefix = frozen_prefix or _prefix_cache(model, chunk[0][0][:shared], settings.device)
-                loss = _suffix_loss_sum(model, chunk, prefix, shared, settings)
+                loss = _suffix_loss_sum(model, chunk, leaves, shared, settings)
             else:
                 inputs = _collate(chunk, settings.pad_id, settings.device)
                 loss = _token_loss_sum(model, inputs, attention_mask=inputs["attention_mask"])
@@ -584,6 +582,14 @@ def run_batch(
         total += float(loss.detach())
         if watch is not None:
             watch.done()
+    if shared and backward_scale is not None:
+        pairs = [
+            (out, leaf.grad)
+            for kv, leaf_kv in zip(prefix, leaves, strict=True)
+            for out, leaf in zip(kv, leaf_kv, strict=True)
+        ]
+        used = [(out, grad) for out, grad in pairs if grad is not None]
+        torch.autograd.backward([out for out, _ in used], [grad for _, grad in used])
     return total
 
 

@@ -222,43 +222,14 @@ def lora_tiny(tiny_model):
     return model.eval()
 
 
-def _loss_and_grads(
-    model, batch, *, share: bool, prefix_gradients: bool = True, planner=None, detach_prefix=0
-):
-    """run_batch's loss per supervised token and the LoRA gradients it back-propagates.
-
-    ``detach_prefix``: the reference for a prefix without gradients, computed on the whole padded batch:
-    every layer's key and value projections are cut from the graph on the first ``detach_prefix``
-    positions, the only way the prefix's computation reaches the suffix.
-    """
-    import torch
-
+def _loss_and_grads(model, batch, *, share: bool, planner=None):
+    """run_batch's loss per supervised token and the LoRA gradients it back-propagates."""
     from flywheel.train.trainer import StepSettings, run_batch, supervised_tokens
 
-    settings = StepSettings(
-        device="cpu",
-        pad_id=0,
-        autocast=False,
-        share_prefix=share,
-        prefix_gradients=prefix_gradients,
-        planner=planner,
-    )
-    hooks = []
-    if detach_prefix:
-
-        def cut(module, inputs, output):
-            return torch.cat([output[:, :detach_prefix].detach(), output[:, detach_prefix:]], dim=1)
-
-        hooks = [
-            module.register_forward_hook(cut)
-            for name, module in model.named_modules()
-            if name.endswith(("self_attn.k_proj", "self_attn.v_proj"))
-        ]
+    settings = StepSettings(device="cpu", pad_id=0, autocast=False, share_prefix=share, planner=planner)
     model.zero_grad()
     scale = 1.0 / supervised_tokens(batch)
     loss = run_batch(model, batch, settings, backward_scale=scale) * scale
-    for hook in hooks:
-        hook.remove()
     return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -279,26 +250,10 @@ def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(lora_tiny):
     assert shared_prefix_length(batch) == 60
 
     whole = _loss_and_grads(lora_tiny, batch, share=False)
-    _assert_same(_loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=True), whole)
+    _assert_same(_loss_and_grads(lora_tiny, batch, share=True), whole)
 
 
-def test_a_prefix_without_gradients_loses_only_the_path_through_its_keys_and_values(lora_tiny):
-    import torch
-
-    rng = random.Random(1)
-    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(60)], (12, 30, 45))
-
-    frozen = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=False)
-    # Exactly the whole batch's gradients with the prefix's keys and values held constant...
-    _assert_same(frozen, _loss_and_grads(lora_tiny, batch, share=False, detach_prefix=60))
-    # ...and the same loss as the exact path, whose gradients differ only by that path.
-    exact = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=True)
-    assert frozen[0] == pytest.approx(exact[0], rel=1e-5)
-    assert any(not torch.allclose(frozen[1][n], g, rtol=1e-3, atol=1e-6) for n, g in exact[1].items())
-
-
-@pytest.mark.parametrize("prefix_gradients", [True, False])
-def test_micro_batches_give_the_whole_batchs_loss_and_gradients(lora_tiny, prefix_gradients):
+def test_micro_batches_give_the_whole_batchs_loss_and_gradients(lora_tiny):
     from flywheel.train.memory import MemoryPlanner
 
     rng = random.Random(2)
@@ -306,8 +261,9 @@ def test_micro_batches_give_the_whole_batchs_loss_and_gradients(lora_tiny, prefi
     # A budget below what the process already holds: every row becomes its own micro-batch.
     planner = MemoryPlanner(budget_mb=1.0, token_mb=1.0, pair_mb=1.0, logit_mb=1.0)
 
-    split = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=prefix_gradients, planner=planner)
-    _assert_same(split, _loss_and_grads(lora_tiny, batch, share=True, prefix_gradients=prefix_gradients))
+    # The shared prefix runs once for all four micro-batches; its gradients are still the whole batch's.
+    split = _loss_and_grads(lora_tiny, batch, share=True, planner=planner)
+    _assert_same(split, _loss_and_grads(lora_tiny, batch, share=False))
     unshared = _random_batch(rng, [], (10, 20, 30, 40))
     _assert_same(
         _loss_and_grads(lora_tiny, unshared, share=False, planner=planner),

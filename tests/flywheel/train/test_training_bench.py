@@ -29,7 +29,7 @@ SIDE_KEYS = {
     "mfu",
     "validation_loss",
 }
-SIDES = ("baseline", "exact_prefix", "ours")
+SIDES = ("baseline", "ours")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,8 @@ def result(varied_dataset, tiny_model) -> dict:
             str(STEPS),
             "--batch-size",
             str(BATCH),
+            "--micro-batch-size",
+            "2",
             "--max-seq-length",
             "512",
             "--json",
@@ -111,15 +113,11 @@ def test_every_side_reports_its_figures(result):
         assert result["examples_speedup"][side] == pytest.approx(
             result["ours"]["samples_per_s"] / figures["samples_per_s"], rel=0.01
         )
-    # Tool-free chats share no prefix: both of our sides train alike, so their losses agree.
-    assert result["ours"]["validation_loss"] == pytest.approx(
-        result["exact_prefix"]["validation_loss"], rel=1e-3
-    )
 
 
 def test_every_side_sees_the_same_samples_per_step_and_ours_pads_less(result):
     ours, baseline = result["ours"], result["baseline"]
-    assert ours["samples"] == baseline["samples"] == result["exact_prefix"]["samples"] == STEPS * BATCH
+    assert ours["samples"] == baseline["samples"] == STEPS * BATCH
     assert ours["real_tokens"] <= STEPS * BATCH * result["max_tokens"]
     assert 0 <= ours["padding_share"] < baseline["padding_share"]
 
