@@ -278,3 +278,50 @@ def test_shared_prefix_stops_before_the_first_supervised_token():
     # The token before the first label must stay in each row's suffix: it predicts that label.
     assert shared_prefix_length([(ids, [-100, -100, -100, 8, 9]), (ids, [-100, -100, -100, 8, 9])]) == 2
     assert shared_prefix_length([([1, 2, 3, 4], [-100] * 3 + [4]), ([1, 2, 9, 4], [-100] * 3 + [4])]) == 2
+
+
+def test_a_tight_memory_budget_trains_in_micro_batches_of_the_same_batch(
+    dataset_uri, tiny_model, tmp_path, caplog
+):
+    config = TrainingConfig(
+        max_steps=2,
+        batch_size=4,
+        max_seq_length=256,
+        eval_every_steps=100,
+        memory_budget_mb=256,  # below what the process already holds: one row per pass
+    )
+
+    with caplog.at_level("INFO", logger="flywheel.train.trainer"):
+        result = train(dataset_uri, tiny_model, config, str(tmp_path / "out"))
+
+    assert result.steps == 2
+    assert result.peak_memory_mb > 0
+    assert "runs as micro-batches of 1 rows" in caplog.text
+
+
+@pytest.mark.parametrize(("precision", "autocast"), [("float32", False), ("bfloat16", True), ("auto", None)])
+def test_precision_on_a_cpu(precision, autocast):
+    import torch
+
+    from flywheel.train.trainer import training_precision
+
+    dtype, uses_autocast = training_precision(precision, "cpu")
+    assert dtype == torch.float32  # weights and gradients stay float32 on a CPU
+    if autocast is None:  # auto: bf16 only where the CPU has bf16 instructions
+        autocast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert uses_autocast is autocast
+
+
+def test_bf16_autocast_gives_the_float32_loss_within_bf16_precision(lora_tiny):
+    # Where the CPU has bf16 instructions, `auto` trains under autocast: same loss up to bf16 rounding.
+    from flywheel.train.trainer import StepSettings, run_batch, supervised_tokens
+
+    rng = random.Random(5)
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(40)], (10, 20, 30))
+    losses = {}
+    for autocast in (False, True):
+        settings = StepSettings(device="cpu", pad_id=0, autocast=autocast, share_prefix=True)
+        losses[autocast] = run_batch(lora_tiny, batch, settings, backward_scale=None) / supervised_tokens(
+            batch
+        )
+    assert losses[True] == pytest.approx(losses[False], rel=0.02)
