@@ -13,10 +13,12 @@ split more finely from then on.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,40 @@ def resident_mb() -> float:
     return _status_mb("VmRSS:")
 
 
+def in_use_mb() -> float:
+    """The resident set less the free blocks glibc's heap keeps for reuse (:func:`keep_freed_memory`):
+    the memory live objects hold, which is what a next batch competes with."""
+    return max(0.0, resident_mb() - _heap_free_mb())
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _heap_free_mb() -> float:
+    """Free bytes in glibc's heap (``mallinfo2().fordblks``), in MiB; 0 where that is unavailable."""
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return 0.0
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2().fordblks / 2**20
+
+
 def peak_resident_mb() -> float:
     """The resident set's high-water mark since the last :func:`reset_peak` (or the process start)."""
     return _status_mb("VmHWM:")
@@ -103,8 +139,6 @@ class MemoryPlanner:
     pair_mb: float
     logit_mb: float
     correction: float = 1.0
-    largest_mb: float = field(default=0.0, init=False)
-    """The largest peak above the resting set observed for one micro-batch."""
 
     @classmethod
     def for_model(cls, model_config: Any, budget_mb: float, *, element_bytes: int) -> MemoryPlanner:
@@ -136,7 +170,6 @@ class MemoryPlanner:
 
     def observe(self, estimated_mb: float, peak_mb: float) -> None:
         """Learn from a micro-batch estimated at ``estimated_mb`` that peaked ``peak_mb`` above rest."""
-        self.largest_mb = max(self.largest_mb, peak_mb)
         if estimated_mb > 0 and peak_mb > estimated_mb:
             before = self.correction
             self.correction *= peak_mb / estimated_mb
@@ -161,9 +194,6 @@ def keep_freed_memory() -> bool:
     reused at memory speed; the resident set stays at the job's peak, which is what a job's memory
     budget counts anyway. Returns False where the C library is not glibc (nothing changes there).
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

@@ -654,7 +654,7 @@ def _row_mb(planner: MemoryPlanner, rows: Sequence[Example], shared: int) -> flo
 
 def _rows_that_fit(batch: Sequence[Example], wanted: int, shared: int, planner: MemoryPlanner) -> int:
     """At most ``wanted`` rows per micro-batch, as many of the batch's longest row as fit the budget left."""
-    free = planner.budget_mb - memory.resident_mb()
+    free = planner.budget_mb - memory.in_use_mb()
     rows = planner.rows_that_fit(wanted, _row_mb(planner, batch, shared), free)
     if rows < wanted:
         log.info(
