@@ -15,9 +15,7 @@ from typing import Any
 from flywheel import artifacts
 from flywheel.jobs import JobInputError, read_jsonl
 from flywheel.storage import storage_options_from_env
-
-NO_CALL = "no_call"
-"""The label of an example whose reference answer calls no tool (small talk, policy questions)."""
+from flywheel.train.sampling import label_of_calls
 
 
 class EvaluationInputError(JobInputError):
@@ -36,8 +34,8 @@ class EvalExample:
     """The reference answer's OpenAI ``tool_calls`` (``[]`` when the right answer calls no tool)."""
     reference_content: str | None
     label: str
-    """The per-label breakdown's key, :func:`label_of` the reference calls: the first tool called, or
-    :data:`NO_CALL`."""
+    """The per-label breakdown's key, :func:`~flywheel.train.sampling.label_of_calls` of the reference
+    calls: the first tool called, or ``no_call`` (training balances on the same label)."""
     eval_set: str = "evaluation"
     """``evaluation`` (the dataset's evaluation split) or ``golden`` (the workload's frozen golden set)."""
 
@@ -96,7 +94,7 @@ def _example(where: str, record: dict[str, Any], eval_set: str) -> EvalExample:
             tools=list(record.get("tools") or []),
             reference_calls=calls,
             reference_content=reference.get("content"),
-            label=label_of(calls),
+            label=label_of_calls(calls),
             eval_set=eval_set,
         )
     except (KeyError, TypeError, AttributeError) as exc:
@@ -155,11 +153,6 @@ def openai_call(call: dict[str, Any], index: int = 0) -> dict[str, Any]:
         "type": "function",
         "function": {"name": function["name"], "arguments": arguments},
     }
-
-
-def label_of(calls: list[dict[str, Any]]) -> str:
-    """The name of the first tool called, or :data:`NO_CALL`: the label that training balances on."""
-    return calls[0].get("function", calls[0]).get("name", "") if calls else NO_CALL
 
 
 def _split_uri(dataset_uri: str, split: str) -> str:

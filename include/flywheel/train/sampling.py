@@ -30,8 +30,13 @@ NO_CALL = "no_call"
 def label_of(messages: Sequence[Mapping[str, Any]]) -> str:
     """The name of the first tool call of the final assistant message, or :data:`NO_CALL`."""
     answer = next((m for m in reversed(messages) if m.get("role") == "assistant"), {})
-    calls = answer.get("tool_calls") or []
-    return calls[0]["function"]["name"] if calls else NO_CALL
+    return label_of_calls(answer.get("tool_calls") or [])
+
+
+def label_of_calls(calls: Sequence[Mapping[str, Any]]) -> str:
+    """The name of the first of ``calls`` (OpenAI ``tool_calls`` entries or ``{"name", "arguments"}``
+    reference calls), or :data:`NO_CALL` when there are none: evaluation breaks results down by it."""
+    return calls[0].get("function", calls[0]).get("name", "") if calls else NO_CALL
 
 
 def label_counts(labels: Iterable[str]) -> dict[str, int]:
