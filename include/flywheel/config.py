@@ -176,6 +176,13 @@ class LoraSettings(_Strict):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt; 'all-linear' adapts every linear layer."
     )
+    top_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Adapt only the last N transformer layers (null: every layer). The layers below "
+        "stay frozen, so training runs no backward pass through them and a shared prefix's pass "
+        "through them is computed once per job.",
+    )
 
 
 class TrainingConfig(_Strict):

@@ -272,7 +272,7 @@ def _run_baseline(settings: BenchSettings) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    model = get_peft_model(model, lora_config(config.lora))
+    model = get_peft_model(model, lora_config(config.lora, model))
     n_params = _parameter_count(settings.model, trainable=model.get_nb_trainable_parameters()[0])
     collator = _PaddingCollator(pad_id)
     timer = _StepTimer(cuda)

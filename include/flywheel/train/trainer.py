@@ -340,16 +340,38 @@ def encode_split(tokenizer: Any, dataset_uri: str, name: str, max_seq_length: in
     return split
 
 
-def lora_config(settings: LoraSettings) -> Any:
-    """The peft ``LoraConfig`` of a causal LM for these settings."""
+def lora_config(settings: LoraSettings, model: Any) -> Any:
+    """The peft ``LoraConfig`` of the causal LM ``model`` for these settings."""
     from peft import LoraConfig
 
+    targets, layers = settings.target_modules, None
+    if settings.top_layers is not None:
+        count = model.config.num_hidden_layers
+        layers = list(range(max(count - settings.top_layers, 0), count))
+        if targets == "all-linear":  # peft takes layers_to_transform only with named modules
+            targets = _linear_module_names(model)
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=settings.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
+    )
+
+
+def _linear_module_names(model: Any) -> list[str]:
+    """The names of the linear modules inside ``model``'s transformer layers, as ``all-linear`` picks them
+    (the output head left out)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
     )
 
 
@@ -370,7 +392,7 @@ def _lora_model(model: Any, settings: LoraSettings, init_adapter: str | None) ->
 
     from flywheel.train.models import fetch_adapter
 
-    configured = lora_config(settings)
+    configured = lora_config(settings, model)
     if init_adapter is None:
         return get_peft_model(model, configured)
     with fetch_adapter(init_adapter, storage_options=storage_options_from_env()) as directory:
@@ -561,8 +583,14 @@ def run_batch(
             prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
         leaves = prefix
         if backward_scale is not None:
+            # Layers below the adapted ones give the prefix keys and values without gradients: no
+            # leaf there, so the suffixes' backward pass stops at the lowest adapted layer.
             leaves = [
-                (keys.detach().requires_grad_(), values.detach().requires_grad_()) for keys, values in prefix
+                (
+                    keys.detach().requires_grad_(keys.requires_grad),
+                    values.detach().requires_grad_(values.requires_grad),
+                )
+                for keys, values in prefix
             ]
     rows = min(len(batch), settings.micro_batch_size or len(batch))
     if settings.planner is not None and backward_scale is not None:

@@ -275,7 +275,8 @@ def adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     from flywheel.train.trainer import lora_config
 
     path = tmp_path_factory.mktemp("adapter")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(LoraSettings()))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(base, lora_config(LoraSettings(), base))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, parameter in model.named_parameters():

@@ -201,25 +201,30 @@ def _random_batch(rng: random.Random, prefix: list[int], lengths: tuple[int, ...
     return batch
 
 
-@pytest.fixture
-def lora_tiny(tiny_model):
+def _lora_tiny(tiny_model, settings):
     """The tiny model with a LoRA adapter whose B matrices are not zero (so it changes keys and values)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from flywheel.config import LoraSettings
     from flywheel.shared_prefix import use_shared_prefix_attention
     from flywheel.train.trainer import lora_config
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert use_shared_prefix_attention(base)  # as train() runs it: a batch's prefix is read once
-    model = get_peft_model(base, lora_config(LoraSettings(dropout=0.0)))
+    model = get_peft_model(base, lora_config(settings, base))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.02)
     return model.eval()
+
+
+@pytest.fixture
+def lora_tiny(tiny_model):
+    from flywheel.config import LoraSettings
+
+    return _lora_tiny(tiny_model, LoraSettings(dropout=0.0))
 
 
 def _loss_and_grads(model, batch, *, share: bool, planner=None):
@@ -251,6 +256,35 @@ def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(lora_tiny):
 
     whole = _loss_and_grads(lora_tiny, batch, share=False)
     _assert_same(_loss_and_grads(lora_tiny, batch, share=True), whole)
+
+
+def test_lora_on_the_top_layers_adapts_only_them_with_the_whole_batchs_gradients(tiny_model):
+    # Below the adapted layers the prefix's keys and values need no gradient: the backward pass stops
+    # at the lowest adapted layer, and the shared prefix still gives the whole batch's gradients.
+    import re
+
+    from flywheel.config import LoraSettings
+
+    model = _lora_tiny(tiny_model, LoraSettings(dropout=0.0, top_layers=1))
+    last = model.config.num_hidden_layers - 1
+    adapted = {
+        int(re.search(r"layers\.(\d+)\.", n).group(1)) for n, p in model.named_parameters() if p.requires_grad
+    }
+    assert adapted == {last}
+    kinds = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
+    assert kinds == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }  # all-linear
+
+    rng = random.Random(1)
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(50)], (8, 20, 33))
+    _assert_same(_loss_and_grads(model, batch, share=True), _loss_and_grads(model, batch, share=False))
 
 
 def test_micro_batches_give_the_whole_batchs_loss_and_gradients(lora_tiny):

@@ -37,7 +37,8 @@ def champion_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) 
 
     from flywheel.train.trainer import lora_config
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(CHAMPION_LORA))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(base, lora_config(CHAMPION_LORA, base))
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
