@@ -540,18 +540,22 @@ def _bench_data(args: argparse.Namespace) -> int:
 
 
 def _bench_train(args: argparse.Namespace) -> int:
-    from flywheel.train.bench import bench_train, summarize
+    from flywheel.train.bench import BenchSideKilledError, bench_train, summarize
 
-    result = bench_train(
-        args.model,
-        args.dataset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        micro_batch_size=args.micro_batch_size,
-        max_seq_length=args.max_seq_length,
-        peak_tflops=args.peak_tflops,
-        quiet=args.json,
-    )
+    try:
+        result = bench_train(
+            args.model,
+            args.dataset,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            micro_batch_size=args.micro_batch_size,
+            max_seq_length=args.max_seq_length,
+            peak_tflops=args.peak_tflops,
+            quiet=args.json,
+        )
+    except BenchSideKilledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result) if args.json else summarize(result))
     return 0
 

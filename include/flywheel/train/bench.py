@@ -39,12 +39,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flywheel import artifacts
 from flywheel.config import TrainingConfig
+from flywheel.errors import FlywheelError
 from flywheel.train.trainer import peak_memory_mb
 
 DEFAULT_STEPS = 2
@@ -58,6 +60,10 @@ H100_BF16_DENSE_TFLOPS = 989.0
 """Peak dense bf16 TFLOPS of an H100 SXM: the default denominator of the MFU."""
 PRELOAD = ["torch", "transformers", "transformers.trainer", "peft", "flywheel.train.trainer"]
 """Modules the fork server imports once for both sides (nothing runs on torch before the fork)."""
+
+
+class BenchSideKilledError(FlywheelError):
+    """A side's process ended without a result (killed by a signal: on Linux usually out of memory)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,14 @@ def bench_train(
         if not quiet:
             print(f"training {steps} steps with {name}...", file=sys.stderr)
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            sides[name] = pool.submit(runner, settings).result()
+            try:
+                sides[name] = pool.submit(runner, settings).result()
+            except BrokenProcessPool:
+                raise BenchSideKilledError(
+                    f"the {name} side's process died without a result, most likely ended by the kernel's "
+                    f"OOM killer at {micro_batch_size} rows per pass; run again with a smaller "
+                    "--micro-batch-size"
+                ) from None
     environment = sides["baseline"].pop("environment")
     for side in sides.values():
         side.pop("environment", None)

@@ -127,3 +127,20 @@ def test_the_summary_names_every_side_and_the_speedups(result):
 
     assert all(side in text for side in SIDES)
     assert f"{result['examples_speedup']['baseline']}x baseline" in text
+
+
+def _killed_side(settings) -> dict:
+    """A side whose process the kernel kills mid-run, as its OOM killer does (SIGKILL, no result)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def test_a_side_killed_by_the_kernel_is_a_clear_error(monkeypatch, varied_dataset, tiny_model):
+    from flywheel.train import bench
+
+    monkeypatch.setattr(bench, "SIDES", {"baseline": _killed_side})
+    with pytest.raises(bench.BenchSideKilledError, match=r"baseline side's process died.*--micro-batch-size"):
+        bench.bench_train(tiny_model, varied_dataset, micro_batch_size=2, batch_size=4, quiet=True)
