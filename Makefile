@@ -47,6 +47,7 @@ test-slow: $(STAMP) postgres
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -c pyproject.toml -r include dags plugins -q
 
 bench: $(STAMP)
 	$(BIN)/flywheel bench etl --records 200000 --json

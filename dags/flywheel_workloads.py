@@ -150,6 +150,8 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             "retry_delay": timedelta(minutes=defaults.retry_delay_minutes),
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=defaults.max_retry_delay_minutes),
+            # The train and evaluate tasks get their job's time limit instead (ComputeBackend.task_timeout).
+            "execution_timeout": timedelta(minutes=defaults.execution_timeout_minutes),
             "retry_policy": RETRY_POLICY,
             "on_failure_callback": [FlywheelNotifier(workload_id)],
         },

@@ -22,10 +22,14 @@ filesystem path (``store.path``) and a full URL (``store.uri``)::
         latest.json                                       latest_path
         _tmp-<8 hex digits>/...                           dataset_staging_dir
       runs/<workload_id>/<YYYY-MM-DD>/                    run_dir
-        train/<candidate_id>/                             train_dir; job_uri (RESULT, ERROR), adapter_uri
-          adapter/  loss_curve.json  result.json  error.json
+        train/<candidate_id>/                             train_dir; job_uri (RESULT ...), adapter_uri
+          adapter/  loss_curve.json  result.json  error.json  attempt.json
         evaluate/<candidate_id>/<eval_type>/              evaluate_dir
-          examples.jsonl  result.json  error.json
+          examples.jsonl  result.json  error.json  attempt.json
+      models/<workload_id>/                               models_dir
+        <sha256 of the adapter's files>/                  model_dir: a registered adapter, never rewritten
+          adapter_config.json ...  _model.json            MODEL_MARKER: its commit record (written last)
+        _tmp-<8 hex digits>/...                           model_staging_dir
 
 ``flywheel validate`` (the CLI) writes the same day layout into a store rooted at its output
 directory, plus QUARANTINE_EXPORT at that root. Only this module spells these names; a change to the
@@ -62,10 +66,14 @@ RESULT = "result.json"
 """A job's last output: it succeeded."""
 ERROR = "error.json"
 """A job's output instead of ``result.json``: why it failed."""
+ATTEMPT = "attempt.json"
+"""Which attempt last started the job (local backend): a ``result.json`` of another attempt is stale."""
 LOSS_CURVE = "loss_curve.json"
 ADAPTER = "adapter"
 EXAMPLES = "examples.jsonl"
 """An evaluation's per-example outcomes."""
+MODEL_MARKER = "_model.json"
+"""The commit record of a registered adapter directory: its digest and files; written last."""
 
 
 # ---------------------------------------------------------------- day partitions and their reports
@@ -201,3 +209,21 @@ def adapter_uri(output_uri: str) -> str:
 def uri(root: str, relative: str) -> str:
     """``relative`` under the configured root URL as written in the configuration (jobs get these)."""
     return posixpath.join(root.rstrip("/"), relative)
+
+
+# ---------------------------------------------------------------- registered models
+
+
+def models_dir(workload_id: str) -> str:
+    """``models/<workload_id>``: the adapters of the workload's registered model versions."""
+    return posixpath.join("models", workload_id)
+
+
+def model_dir(workload_id: str, sha256: str) -> str:
+    """A registered adapter, addressed by the digest of its files: a re-run of a day never touches it."""
+    return posixpath.join(models_dir(workload_id), sha256)
+
+
+def model_staging_dir(workload_id: str, token: str) -> str:
+    """Where an adapter is copied (and hashed) before it moves to its content-addressed directory."""
+    return posixpath.join(models_dir(workload_id), STAGING_PREFIX + token)

@@ -304,9 +304,12 @@ def _registry_show(args: argparse.Namespace) -> int:
         print("  (no moves)")
     for move in moves:
         previous = f"v{move.previous_version}" if move.previous_version else "none"
+        skipped = (
+            (move.deployment or {}).get("by") if (move.deployment or {}).get("status") == "skipped" else None
+        )
         print(
             f"  {move.created_at:%Y-%m-%d %H:%M:%S} UTC  {move.action:<14} v{move.version} (was {previous})  "
-            f"by {move.actor}: {move.reason}"
+            f"by {move.actor}: {move.reason}" + (f"  [not deployed: {skipped}]" if skipped else "")
         )
     print("\nregistered versions:")
     if not known:
@@ -325,7 +328,12 @@ def _registry_rollback(args: argparse.Namespace) -> int:
     workload = config.workload(args.workload)
     move = _registry_call(
         lambda hook: registry.rollback(
-            config.metadata, workload.workload_id, actor=_actor(args), reason=args.reason, before_commit=hook
+            config.metadata,
+            workload.workload_id,
+            actor=_actor(args),
+            reason=args.reason,
+            before_commit=hook,
+            store=_store(config),
         ),
         workload,
         args,
@@ -350,6 +358,7 @@ def _registry_promote(args: argparse.Namespace) -> int:
             reason=args.reason,
             action="manual_promote",
             before_commit=hook,
+            store=_store(config),
         ),
         workload,
         args,
@@ -362,13 +371,17 @@ def _registry_promote(args: argparse.Namespace) -> int:
 
 
 def _registry_call(move: Callable[[Any], Any], workload: Any, args: argparse.Namespace) -> Any:
-    """Move an alias with the deploy hook (unless --no-deploy); print a failure and return None."""
-    from flywheel.deliver.deploy import deploy_hook
+    """Move an alias with the deploy hook (unless --no-deploy, which the audit row then records); print a
+    failure and return None."""
+    from flywheel.deliver.deploy import deploy_hook, skipped_deploy
     from flywheel.deliver.registry import RegistryError
     from flywheel.errors import DeployError
 
     deployment: dict[str, Any] = {}
-    hook = None if args.no_deploy else deploy_hook(workload.deploy, results=deployment)
+    if args.no_deploy:
+        hook = skipped_deploy(workload.deploy, "--no-deploy")
+    else:
+        hook = deploy_hook(workload.deploy, results=deployment)
     try:
         result = move(hook)
     except (RegistryError, DeployError) as exc:
@@ -377,6 +390,13 @@ def _registry_call(move: Callable[[Any], Any], workload: Any, args: argparse.Nam
     if deployment:
         print(f"deployed: {json.dumps(deployment, default=str)}")
     return result
+
+
+def _store(config: Any) -> Any:
+    """The artifact store, against which promotion checks a version's committed adapter."""
+    from flywheel.storage import ArtifactStore
+
+    return ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options)
 
 
 def _actor(args: argparse.Namespace) -> str:

@@ -117,6 +117,13 @@ class AirflowDefaults(_Strict):
     retries: int = Field(2, ge=0, le=10)
     retry_delay_minutes: float = Field(5.0, gt=0)
     max_retry_delay_minutes: float = Field(60.0, gt=0)
+    execution_timeout_minutes: float = Field(
+        120.0,
+        gt=0,
+        description="Time limit of each task (Airflow's execution_timeout); the train and evaluate tasks "
+        "get their job's time limit (compute.train_timeout_minutes, compute.evaluate_timeout_minutes) "
+        "plus a margin instead.",
+    )
     tags: list[str] = Field(default_factory=lambda: ["flywheel"])
 
 
@@ -733,6 +740,20 @@ class ComputeConfig(_Strict):
         description="Non-secret environment of every job, on both backends (secrets: kubernetes.secret_env).",
     )
     kubernetes: KubernetesComputeConfig | None = None
+    train_timeout_minutes: float = Field(
+        360.0,
+        gt=0,
+        description="Time limit of one training job: the local backend kills the job with every process it "
+        "started and fails the task as timed out; it also bounds the train task (execution_timeout).",
+    )
+    evaluate_timeout_minutes: float = Field(
+        120.0, gt=0, description="Time limit of one evaluation job, as train_timeout_minutes."
+    )
+
+    def job_timeout(self, kind: str) -> timedelta | None:
+        """The time limit of a ``train`` or ``evaluate`` job; None for any other kind of job."""
+        minutes = {"train": self.train_timeout_minutes, "evaluate": self.evaluate_timeout_minutes}.get(kind)
+        return timedelta(minutes=minutes) if minutes is not None else None
 
     @field_validator("backend")
     @classmethod

@@ -47,6 +47,20 @@ class TransientJobError(JobFailedError, RetryableError):
     """A job failed in a way a retry may fix (a lost node, a storage hiccup)."""
 
 
+class JobTimeoutError(TransientJobError):
+    """A job ran past its time limit and was killed with every process it started.
+
+    Retried, like a pod killed at its ``activeDeadlineSeconds``: a hung job (a stuck read, a deadlock)
+    may finish on the next try; one that is merely slow needs a longer ``compute.<kind>_timeout_minutes``.
+    """
+
+
+class StaleResultError(TransientJobError):
+    """A job's ``result.json`` belongs to another attempt or another dataset (a job left running by a
+    killed worker wrote it over this attempt's), so it is not this job's outcome. A retry runs the job
+    again, in a clean output directory."""
+
+
 class NonRetryableJobError(JobFailedError, PermanentError):
     """A job failed in a way the same job cannot fix on retry: bad configuration or inputs, out of memory."""
 

@@ -4,12 +4,19 @@ A job writes its outputs under one output URI and finishes with ``result.json`` 
 completion marker), or writes ``error.json`` and exits with a code that says whether a retry can
 help. A new attempt first removes what an earlier attempt left there. Both backends (local process,
 Kubernetes pod) read the outcome from the artifact store, never from the process itself.
+
+``result.json`` names the attempt that wrote it (``attempt_id``, from ``$FLYWHEEL_ATTEMPT_ID``, which
+the local backend sets per try) and the dataset it was computed on (``dataset_id``), so that a reader
+can reject a result an earlier attempt's straggling process wrote over this attempt's
+(:func:`check_result`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import posixpath
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from flywheel import artifacts
 from flywheel.config import format_validation_error
-from flywheel.errors import ConfigError, PermanentError
+from flywheel.errors import ConfigError, PermanentError, StaleResultError
 from flywheel.storage import storage_options_from_env
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,9 @@ EXIT_CONFIG = 2
 """Bad configuration or inputs: retrying cannot help."""
 EXIT_OUT_OF_MEMORY = 3
 """The accelerator ran out of memory: retrying the same job cannot help."""
+
+ATTEMPT_ENV = "FLYWHEEL_ATTEMPT_ID"
+"""The environment variable naming the attempt a job process belongs to (written into ``result.json``)."""
 
 Settings = TypeVar("Settings", bound=BaseModel)
 
@@ -95,15 +105,50 @@ def write_error(output_uri: str, exc: BaseException, code: int) -> None:
         log.error("could not write error.json to %s: %s", output_uri, write_error)
 
 
-def write_result(output_uri: str, result: dict[str, Any]) -> None:
-    """Write ``result.json``: the last output of a successful job, its completion marker."""
+def write_result(output_uri: str, result: dict[str, Any], *, dataset_uri: str | None = None) -> None:
+    """Write ``result.json``: the last output of a successful job, its completion marker.
+
+    It carries the ``attempt_id`` of this process (``$FLYWHEEL_ATTEMPT_ID``, which a backend sets; not
+    when run by hand) and the ``dataset_id`` of ``dataset_uri``, which readers check (:func:`check_result`).
+    """
     import fsspec
 
+    ids = {
+        "attempt_id": os.environ.get(ATTEMPT_ENV),
+        "dataset_id": dataset_uri and dataset_id_of(dataset_uri),
+    }
+    result = result | {key: value for key, value in ids.items() if value}
     fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     fs.makedirs(root, exist_ok=True)
     fs.pipe_file(
         artifacts.job_uri(root, artifacts.RESULT), json.dumps(result, indent=2, default=str).encode()
     )
+
+
+def dataset_id_of(dataset_uri: str) -> str:
+    """The id of the dataset at ``dataset_uri``: the name of its directory, ``datasets/<wl>/<dataset_id>``."""
+    return posixpath.basename(dataset_uri.rstrip("/"))
+
+
+def check_result(
+    result: dict[str, Any], *, where: str, attempt_id: str | None = None, dataset_id: str | None = None
+) -> None:
+    """Raise :class:`~flywheel.errors.StaleResultError` when ``result`` (a job's ``result.json``) was
+    written by another attempt than ``attempt_id`` or for another dataset than ``dataset_id``.
+
+    A straggler of an earlier attempt (a job its killed worker left running) can finish after the
+    retry cleared the output directory and overwrite the retry's result. An id is not checked where it
+    is not known: None here (a backend that sets no attempt id, a job planned without a dataset id), or
+    absent from ``result`` (a job run by hand, a job image older than these ids).
+    """
+    for what, key, expected in (("attempt", "attempt_id", attempt_id), ("dataset", "dataset_id", dataset_id)):
+        found = result.get(key)
+        if expected is not None and key in result and found != expected:
+            raise StaleResultError(
+                f"{where}: result.json belongs to {what} {found!r}, not to this job's {what} {expected!r}; "
+                "rejected as the outcome of another job",
+                exit_code=0,
+            )
 
 
 def load_settings(source: str | None, model: type[Settings], flag: str) -> Settings:

@@ -8,10 +8,15 @@ A day partition (of any layer) is written as a new version directory whose name 
 when complete and made visible by replacing ``_partition.json``, the single commit point. Older
 versions are then deleted. A failed attempt therefore leaves the previous partition untouched, and a
 re-run replaces the day instead of appending to it.
+
+A registered model's adapter is the opposite: it is copied once into a directory named by the digest of
+its files (:meth:`ArtifactStore.commit_model`) and never rewritten, so the registry can point at it for
+good while the day's run directory is cleared and rewritten by re-runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -49,12 +54,40 @@ class StagedPartition:
         return posixpath.join(self.path, artifacts.part_name(index))
 
 
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+"""Files are copied (and hashed) in chunks of this size, so an adapter of any size fits in memory."""
+
+
+def tree_sha256(files: Mapping[str, str]) -> str:
+    """The digest of a directory from its files' digests (relative path -> sha256).
+
+    It hashes the ``sha256sum`` lines (``<sha256>  <relative path>``) in path order, so it changes when
+    any file's bytes, name or presence does, and not with the directory's location or timestamps.
+    """
+    lines = "".join(f"{files[name]}  {name}\n" for name in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CommittedModel:
+    """An adapter directory committed under the digest of its files (:meth:`ArtifactStore.commit_model`)."""
+
+    path: str
+    """Filesystem path in the store."""
+    uri: str
+    """The same under the root as configured (what jobs and serving are given)."""
+    sha256: str
+    files: dict[str, str]
+    """Relative path -> sha256 of each file."""
+
+
 class ArtifactStore:
     """Paths and atomic commits in the artifact store rooted at an fsspec URL."""
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.fs: AbstractFileSystem
-        self.fs, self.root = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(root, **self.storage_options)
         self.root = self.root.rstrip("/")
         self.url = root.rstrip("/")
 
@@ -149,9 +182,97 @@ class ArtifactStore:
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
 
+    def resolve(self, uri: str) -> tuple[AbstractFileSystem, str]:
+        """The filesystem and path of ``uri``: the store's own under its root, else fsspec's (with the
+        store's options where the protocol is the store's)."""
+        if uri == self.url or uri.startswith(self.url + "/"):
+            return self.fs, self.path(uri[len(self.url) :].lstrip("/"))
+        same = fsspec.utils.get_protocol(uri) == fsspec.utils.get_protocol(self.url)
+        return fsspec.core.url_to_fs(uri, **(self.storage_options if same else {}))
+
+    def commit_model(self, workload_id: str, source_uri: str) -> CommittedModel:
+        """Copy the adapter directory at ``source_uri`` into ``models/<workload_id>/<sha256 of its files>``.
+
+        The files are hashed while they are copied into a staging directory, then moved into the
+        content-addressed one, and its commit record (MODEL_MARKER) is written last: a directory with
+        a record is complete. Committing the same bytes again (a retry, two registrations at once)
+        changes nothing; a committed directory that no longer matches its digest is written anew.
+        FileNotFoundError when ``source_uri`` holds no files.
+        """
+        source_fs, source_root = self.resolve(source_uri)
+        prefix = source_root.rstrip("/") + "/"
+        source_fs.invalidate_cache(source_root)
+        names = [
+            path[len(prefix) :]
+            for path in (source_fs.find(source_root, withdirs=False) if source_fs.isdir(source_root) else [])
+            if path.startswith(prefix) and posixpath.basename(path) != artifacts.MODEL_MARKER
+        ]
+        if not names:
+            raise FileNotFoundError(f"{source_uri}: no files to register as an adapter there")
+        staging = self.path(artifacts.model_staging_dir(workload_id, uuid.uuid4().hex[:8]))
+        try:
+            files: dict[str, str] = {}
+            for name in sorted(names):
+                files[name] = self._copy_hashed(source_fs, prefix + name, posixpath.join(staging, name))
+            sha256 = tree_sha256(files)
+            final = self.path(artifacts.model_dir(workload_id, sha256))
+            if self.check_model(workload_id, sha256) is not None:
+                self._remove(final)  # absent, half-written, or altered: write it (again)
+                for name in files:
+                    target = posixpath.join(final, name)
+                    self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+                    self.fs.mv(posixpath.join(staging, name), target)
+                record = {
+                    "sha256": sha256,
+                    "files": files,
+                    "source": source_uri,
+                    "committed_at": datetime.now(UTC).isoformat(),
+                }
+                self.write_json_atomic(posixpath.join(final, artifacts.MODEL_MARKER), record)
+        finally:
+            self._remove(staging)
+        uri = artifacts.uri(self.url, artifacts.model_dir(workload_id, sha256))
+        return CommittedModel(final, uri, sha256, files)
+
+    def check_model(self, workload_id: str, sha256: str) -> str | None:
+        """None when the committed adapter ``sha256`` is complete and its files still hash to it; else
+        what is wrong with it."""
+        final = self.path(artifacts.model_dir(workload_id, sha256))
+        self.fs.invalidate_cache(final)
+        if not self.fs.exists(posixpath.join(final, artifacts.MODEL_MARKER)):
+            return f"{self.uri(final)} is missing or was never completely committed"
+        prefix = final + "/"
+        files = {}
+        for path in self.fs.find(final, withdirs=False):
+            name = path[len(prefix) :]
+            if name != artifacts.MODEL_MARKER:
+                with self.fs.open(path, "rb") as fh:
+                    files[name] = _sha256_of(fh)
+        found = tree_sha256(files)
+        if found != sha256:
+            return f"{self.uri(final)} was altered: its files hash to {found}, not {sha256}"
+        return None
+
+    def _copy_hashed(self, source_fs: AbstractFileSystem, source: str, target: str) -> str:
+        """Copy one file into the store in chunks; its sha256."""
+        digest = hashlib.sha256()
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        with source_fs.open(source, "rb") as src, self.fs.open(target, "wb") as dst:
+            while chunk := src.read(COPY_CHUNK_BYTES):
+                digest.update(chunk)
+                dst.write(chunk)
+        return digest.hexdigest()
+
     def _remove(self, path: str) -> None:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def _sha256_of(fh: Any) -> str:
+    digest = hashlib.sha256()
+    while chunk := fh.read(COPY_CHUNK_BYTES):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:

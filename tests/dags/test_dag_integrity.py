@@ -42,6 +42,23 @@ def test_dags_carry_owner_tags_retries_and_docs(dagbag):
             assert task.retry_exponential_backoff, f"{dag_id}.{task.task_id} retries without backoff"
 
 
+def test_every_task_has_a_time_limit_and_job_tasks_outlast_their_jobs(dagbag):
+    from datetime import timedelta
+
+    config = load_config()
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            limit = task.execution_timeout
+            if task.task_id in ("train", "evaluate"):
+                job = config.compute.job_timeout(task.task_id)
+                # The job's own time limit kills it first, with a clear error; Airflow's is the backstop.
+                assert limit == job + timedelta(minutes=10), f"{dag_id}.{task.task_id}: {limit}"
+            else:
+                assert limit == timedelta(minutes=config.airflow.execution_timeout_minutes), task.task_id
+    assert config.compute.job_timeout("train") == timedelta(hours=6)
+    assert config.compute.job_timeout("evaluate") == timedelta(hours=2)
+
+
 def test_workload_dags_own_the_previous_day(dagbag):
     from airflow.sdk import CronDataIntervalTimetable
 
@@ -161,6 +178,8 @@ def test_kubernetes_backend_maps_job_pods(monkeypatch):
     assert train.partial_kwargs["pod_template_file"].endswith("k8s_templates/train-pod.yaml")
     assert Path(train.partial_kwargs["pod_template_file"]).is_file()
     assert train.partial_kwargs["retry_policy"] is not None  # the DAG's fail-fast rules apply to pods
+    # The job's time limit, the margin, and the time a pod may wait to be scheduled and to start.
+    assert train.partial_kwargs["execution_timeout"].total_seconds() == 6 * 3600 + 600 + 3600 + 900
     assert "**kubernetes** compute backend" in dag.doc_md
     evaluate = dag.get_task("evaluate")
     assert evaluate.operator_class is FlywheelJobPodOperator

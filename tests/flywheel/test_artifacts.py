@@ -109,3 +109,11 @@ def test_the_store_resolves_relative_paths_under_its_root(tmp_path: Path) -> Non
 def test_an_unknown_layer_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown layer 'bronze'; layers: raw, clean, quarantine"):
         artifacts.day_dir("bronze", WL, DAY)
+
+
+def test_registered_model_paths() -> None:
+    sha256 = "ab" * 32
+    assert artifacts.models_dir(WL) == "models/customer_support_router"
+    assert artifacts.model_dir(WL, sha256) == f"models/customer_support_router/{sha256}"
+    assert artifacts.model_staging_dir(WL, "1a2b3c4d") == "models/customer_support_router/_tmp-1a2b3c4d"
+    assert artifacts.MODEL_MARKER == "_model.json"

@@ -264,6 +264,34 @@ def test_registry_promote_show_and_rollback_are_audited(
     ]
 
 
+def test_registry_no_deploy_is_kept_in_the_audit_row(
+    flywheel_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flywheel.deliver.registry import history
+
+    registered(flywheel_config, 2)
+    router = ["--workload", "customer_support_router"]
+    configured = flywheel_config.workload("customer_support_router").deploy.type
+
+    assert (
+        main(["registry", "promote", *router, "--version", "1", "--reason", "first", "--actor", "ann"]) == 0
+    )
+    promote_2 = ["--version", "2", "--reason", "hotfix", "--actor", "ann", "--no-deploy"]
+    assert main(["registry", "promote", *router, *promote_2]) == 0
+    assert main(["registry", "rollback", *router, "--reason", "undo", "--actor", "bob", "--no-deploy"]) == 0
+
+    moves = history(flywheel_config.metadata, "customer_support_router")
+    assert moves[0].deployment is not None and moves[0].deployment["type"] == configured  # the hook ran
+    skipped = {"status": "skipped", "by": "--no-deploy", "configured": configured}
+    assert [m.deployment for m in moves[1:]] == [skipped, skipped]
+    capsys.readouterr()
+    assert main(["registry", "show", *router]) == 0
+    out = capsys.readouterr().out
+    assert "manual_promote v2 (was v1)  by ann: hotfix  [not deployed: --no-deploy]" in out
+    assert "rollback       v1 (was v2)  by bob: undo  [not deployed: --no-deploy]" in out
+    assert "by ann: first\n" in out
+
+
 def test_registry_errors_exit_1_and_change_nothing(
     flywheel_config, capsys: pytest.CaptureFixture[str]
 ) -> None:

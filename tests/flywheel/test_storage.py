@@ -1,4 +1,5 @@
-"""Tests of the artifact store's raw partitions: staged writes, atomic commits, replacement and clean-up."""
+"""Tests of the artifact store's raw partitions: staged writes, atomic commits, replacement and clean-up;
+and content-addressed model commits."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from flywheel import artifacts
 from flywheel.artifacts import PARTITION_MARKER
-from flywheel.storage import ArtifactStore, PartitionNotFound, StagedPartition
+from flywheel.storage import ArtifactStore, PartitionNotFound, StagedPartition, tree_sha256
 
 WORKLOAD = "customer_support_router"
 DAY = date(2026, 11, 20)
@@ -215,3 +217,59 @@ def test_commit_leaves_no_tmp_files_anywhere(store: ArtifactStore) -> None:
 
     leftovers = [p for p in store.fs.find(store.root) if p.endswith(".tmp") or "/_tmp-" in p]
     assert leftovers == []
+
+
+# --- content-addressed model commits --------------------------------------------------------------
+
+
+def write_adapter(store: ArtifactStore, relative: str, files: dict[str, bytes]) -> str:
+    """Write ``files`` under ``relative`` in the store; the directory's URI as jobs are given it."""
+    for name, data in files.items():
+        store.write_bytes_atomic(store.path(relative, name), data)
+    return artifacts.uri(store.url, relative)
+
+
+ADAPTER = {"adapter_config.json": b'{"r": 16}', "adapter_model.safetensors": b"\x00\x01" * 1000}
+
+
+def test_tree_sha256_covers_bytes_names_and_presence_not_order() -> None:
+    files = {"b.json": "1" * 64, "a.bin": "2" * 64}
+
+    assert tree_sha256(files) == tree_sha256(dict(reversed(files.items())))
+    assert tree_sha256(files) != tree_sha256({**files, "b.json": "3" * 64})
+    assert tree_sha256(files) != tree_sha256({"c.json": "1" * 64, "a.bin": "2" * 64})
+    assert tree_sha256(files) != tree_sha256({"a.bin": "2" * 64})
+
+
+def test_commit_model_copies_once_under_the_digest(store: ArtifactStore) -> None:
+    source = write_adapter(store, "runs/w/2026-11-20/train/c/adapter", ADAPTER)
+
+    first = store.commit_model(WORKLOAD, source)
+    again = store.commit_model(WORKLOAD, source)
+
+    assert first == again
+    assert first.path == store.path(artifacts.model_dir(WORKLOAD, first.sha256))
+    assert first.uri == f"{store.url}/models/{WORKLOAD}/{first.sha256}"
+    assert names(store, first.path) == sorted([*ADAPTER, artifacts.MODEL_MARKER])
+    assert {n: store.fs.cat_file(posixpath.join(first.path, n)) for n in ADAPTER} == ADAPTER
+    record = json.loads(store.fs.cat_file(posixpath.join(first.path, artifacts.MODEL_MARKER)))
+    assert (record["sha256"], record["source"]) == (first.sha256, source)
+    assert names(store, store.path(artifacts.models_dir(WORKLOAD))) == [first.sha256]  # no staging left
+    assert store.check_model(WORKLOAD, first.sha256) is None
+
+
+def test_a_half_written_model_directory_is_completed(store: ArtifactStore) -> None:
+    source = write_adapter(store, "runs/w/2026-11-20/train/c/adapter", ADAPTER)
+    committed = store.commit_model(WORKLOAD, source)
+    # A commit killed before its record was written: one file, no record.
+    store.fs.rm(committed.path, recursive=True)
+    store.write_bytes_atomic(posixpath.join(committed.path, "adapter_config.json"), b"partial")
+
+    assert "never completely committed" in (store.check_model(WORKLOAD, committed.sha256) or "")
+    assert store.commit_model(WORKLOAD, source) == committed
+    assert store.check_model(WORKLOAD, committed.sha256) is None
+
+
+def test_commit_model_of_an_empty_source_is_file_not_found(store: ArtifactStore) -> None:
+    with pytest.raises(FileNotFoundError, match="no files to register"):
+        store.commit_model(WORKLOAD, artifacts.uri(store.url, "runs/w/nothing/adapter"))

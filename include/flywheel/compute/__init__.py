@@ -20,8 +20,14 @@ from typing import Any
 
 from flywheel import artifacts
 from flywheel.config import CandidateConfig, FlywheelConfig, ModelConfig, WorkloadConfig
-from flywheel.errors import JobFailedError, NonRetryableJobError, OutOfMemoryJobError, TransientJobError
-from flywheel.jobs import EXIT_OUT_OF_MEMORY
+from flywheel.errors import (
+    JobFailedError,
+    NonRetryableJobError,
+    OutOfMemoryJobError,
+    StaleResultError,
+    TransientJobError,
+)
+from flywheel.jobs import EXIT_OUT_OF_MEMORY, check_result, dataset_id_of
 from flywheel.storage import STORAGE_OPTIONS_ENV
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,8 @@ class JobSpec:
     init_from: dict[str, Any] | None = None
     """Where a training job's adapter starts, as planned: ``{"parent_version": N, "adapter": URI}`` (a warm
     start from the champion's) or ``{"base": why not}`` (:func:`flywheel.train.tasks.warm_start`)."""
+    dataset_id: str | None = None
+    """The dataset the job runs on; a ``result.json`` for another dataset is rejected (None: not checked)."""
 
     @property
     def command(self) -> list[str]:
@@ -124,6 +132,7 @@ def train_job(
         env=job_env(config),
         labels=job_labels(workload.workload_id, dag_run_id, candidate.candidate_id, "train"),
         init_from=init_from,
+        dataset_id=dataset_id_of(dataset_uri),
     )
 
 
@@ -184,6 +193,7 @@ def evaluate_job(
         env=job_env(config),
         labels=labels | {f"{LABEL_PREFIX}eval-type": label_value(eval_type)},
         model=planned,
+        dataset_id=dataset_id_of(dataset_uri),
     )
 
 
@@ -352,13 +362,46 @@ class JobOutcome:
 def read_outcomes(
     jobs: list[dict[str, Any]], storage_options: dict[str, Any] | None = None
 ) -> list[JobOutcome]:
-    """The outcome of every planned job (``JobSpec.to_dict`` form), in plan order."""
+    """The outcome of every planned job (``JobSpec.to_dict`` form), in plan order.
+
+    A ``result.json`` of another attempt than the last one started (``attempt.json``) or of another
+    dataset than the planned one is not the job's outcome: the job counts as failed with a
+    ``StaleResult`` error that names both (:func:`read_job_result`).
+    """
     outcomes = []
     for spec in map(JobSpec.from_dict, jobs):
-        result = read_job_file(spec.output_uri, artifacts.RESULT, storage_options)
-        error = None if result else read_job_file(spec.output_uri, artifacts.ERROR, storage_options)
+        error = None
+        try:
+            result = read_job_result(spec, storage_options)
+        except StaleResultError as exc:
+            log.error("%s", exc)
+            result, error = None, {"error": "StaleResult", "message": str(exc), "retryable": True}
+        if result is None and error is None:
+            error = read_job_file(spec.output_uri, artifacts.ERROR, storage_options)
         outcomes.append(JobOutcome(spec, result, error))
     return outcomes
+
+
+def read_job_result(
+    spec: JobSpec, storage_options: dict[str, Any] | None = None, *, attempt_id: str | None = None
+) -> dict[str, Any] | None:
+    """The job's ``result.json`` (None when there is none), checked to be this job's own.
+
+    ``attempt_id`` defaults to the attempt recorded in the job's ``attempt.json`` (the local backend
+    writes it as each try starts; where there is none, the attempt is not checked). Raises
+    :class:`~flywheel.errors.StaleResultError`, naming both ids, for the result of another attempt or
+    of another dataset than ``spec.dataset_id``.
+    """
+    result = read_job_file(spec.output_uri, artifacts.RESULT, storage_options)
+    if result is None:
+        return None
+    if attempt_id is None:
+        attempt_id = (read_job_file(spec.output_uri, artifacts.ATTEMPT, storage_options) or {}).get(
+            "attempt_id"
+        )
+    where = f"job {spec.name} ({spec.output_uri})"
+    check_result(result, where=where, attempt_id=attempt_id, dataset_id=spec.dataset_id)
+    return result
 
 
 def outcome_entry(outcome: JobOutcome, figures: Callable[[JobOutcome], dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ backend at parse time, and only that backend's module is imported.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 from flywheel.plugins import Registry
@@ -43,8 +44,20 @@ class ComputeBackend(ABC):
 
         ``jobs`` is the planning task's XCom (JobSpec dicts); a task instance fails when its job fails,
         with :func:`flywheel.compute.job_failure`'s error so that the DAG's retry policy applies. The
-        map index should read ``<candidate_id>`` (``<candidate_id>/<eval_type>`` for evaluations).
+        map index should read ``<candidate_id>`` (``<candidate_id>/<eval_type>`` for evaluations), and
+        its ``execution_timeout`` :meth:`task_timeout` (the DAG's default is meant for light tasks).
         """
+
+    task_timeout_margin: ClassVar[timedelta] = timedelta(minutes=10)
+    """How much longer than its job a job task may run: the job's own time limit ends it first, with
+    a clear error, and Airflow's ``execution_timeout`` is the backstop."""
+
+    def task_timeout(self, kind: str) -> timedelta:
+        """The ``execution_timeout`` of the ``kind`` job tasks: the job's time limit plus a margin."""
+        job = self.config.compute.job_timeout(kind)
+        if job is None:
+            raise ValueError(f"no time limit is configured for {kind!r} jobs (only train and evaluate)")
+        return job + self.task_timeout_margin
 
 
 COMPUTE_BACKENDS: Registry[type[ComputeBackend]] = Registry(

@@ -10,6 +10,7 @@ this module imports the cncf-kubernetes provider; DAG files import it only when 
 from __future__ import annotations
 
 import posixpath
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -39,8 +40,19 @@ class KubernetesBackend(ComputeBackend):
         if kind == "evaluate":
             label += f"/{{{{ task.labels['{LABEL_PREFIX}eval-type'] }}}}"
         return FlywheelJobPodOperator.partial(
-            task_id=kind, doc_md=doc_md, map_index_template=label, **job_pod_defaults(kubernetes, kind)
+            task_id=kind,
+            doc_md=doc_md,
+            map_index_template=label,
+            execution_timeout=self.task_timeout(kind),
+            **job_pod_defaults(kubernetes, kind),
         ).expand_kwargs(jobs.map(job_pod_arguments))
+
+    def task_timeout(self, kind: str) -> timedelta:
+        """The job's time limit plus the margin, plus the time a pod may take to be scheduled and start."""
+        kubernetes = self.config.compute.kubernetes
+        assert kubernetes is not None  # the config requires the block for this backend
+        waiting = kubernetes.schedule_timeout_seconds + kubernetes.startup_timeout_seconds
+        return super().task_timeout(kind) + timedelta(seconds=waiting)
 
 
 class FlywheelJobPodOperator(KubernetesPodOperator):

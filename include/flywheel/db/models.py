@@ -178,14 +178,19 @@ class Evaluation(Base):
 class ModelVersion(Base):
     """A model the registry knows: one variant (base, icl or customized) of one candidate from one run.
 
-    ``version`` counts up per workload. A run registers only its challenger; re-deciding the same run
-    finds the same row again (unique per run, candidate and eval type).
+    ``version`` counts up per workload, and a version's model never changes: its adapter is a copy
+    addressed by the digest of its files (``adapter_sha256``), and ``model_sha256`` hashes the whole
+    model config. A run registers only its challenger; re-deciding the same run with the same model
+    finds the same row again (unique per run, candidate, eval type and model), while a re-run that
+    trained different bytes registers a new version and leaves the old one (maybe the champion) alone.
     """
 
     __tablename__ = "model_versions"
     __table_args__ = (
         UniqueConstraint("workload_id", "version"),
-        UniqueConstraint("run_id", "candidate_id", "eval_type", name="uq_model_versions_run_variant"),
+        UniqueConstraint(
+            "run_id", "candidate_id", "eval_type", "model_sha256", name="uq_model_versions_run_variant_model"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -203,6 +208,10 @@ class ModelVersion(Base):
     training: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the candidate's training figures
     # Lineage: the version (number) of the champion whose adapter training started from; null: a fresh LoRA.
     parent_version: Mapped[int | None] = mapped_column(Integer)
+    # The digest of the adapter's files (artifacts.model_dir); null: no adapter, or registered before 0006.
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64))
+    # sha256 of the model config as registered (canonical JSON); null only for rows from before 0006.
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -235,6 +244,9 @@ class AliasEvent(Base):
     actor: Mapped[str] = mapped_column(String(250))
     reason: Mapped[str] = mapped_column(Text)
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id", ondelete="SET NULL"))
+    # What serving was told: the deploy hook's result, {"status": "skipped", "by": "--no-deploy", ...}
+    # when a person moved the alias only; null when no hook ran (a library call, rows before 0006).
+    deployment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

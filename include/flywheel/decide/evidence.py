@@ -181,7 +181,13 @@ def _register_challenger(
     dataset_id: str | None,
     stages: dict[str, RunStage],
 ) -> VersionInfo | None:
-    """Every run's challenger becomes a model version, promoted or not (a person may promote it later)."""
+    """Every run's challenger becomes a model version, promoted or not (a person may promote it later).
+
+    Its adapter is copied into the store's ``models/`` under its digest: a re-run of the day rewrites
+    the run directory it was trained in, never the registered version.
+    """
+    from flywheel.storage import ArtifactStore
+
     challenger = decision.challenger
     if challenger is None:
         return None
@@ -211,6 +217,7 @@ def _register_challenger(
         metrics=challenger.info["metrics"],
         training=customized,
         parent_version=parent_version,
+        store=ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options),
     )
 
 

@@ -11,7 +11,9 @@ nothing heavy at the top).
 
 A hook receives the registry's snapshot of the new champion (:class:`~flywheel.deliver.registry.
 VersionInfo`) and the :class:`PromotionContext`, and runs inside the alias transaction
-(:func:`deploy_hook`): raising rolls the move back.
+(:func:`deploy_hook`): raising rolls the move back, and its result is kept in the move's audit row.
+A run's promotion carries an idempotency key (workload, version and decision): a retried task sends the
+same key, so a webhook receiver that deduplicates does not deploy twice.
 
 Endpoints come from Airflow connections (conn_type ``http``): the host (with or without its scheme),
 the port, and ``schema`` as the scheme (``http``/``https``, as HttpHook reads it) or, from a connection
@@ -68,6 +70,17 @@ class PromotionContext:
     dag_run_id: str | None = None
 
 
+def idempotency_key(champion: VersionInfo, promotion: PromotionContext) -> str | None:
+    """One key for every attempt to deliver a decision's promotion: ``<workload>/v<version>/decision-<id>``.
+
+    None for a person's promotion or rollback, each a new intent (the same key again could make a
+    deduplicating receiver skip a re-promotion after a rollback).
+    """
+    if promotion.decision_id is None:
+        return None
+    return f"{champion.workload_id}/v{champion.version}/decision-{promotion.decision_id}"
+
+
 class DeployHook(PluginConfig):
     """Tells serving about a new champion; subclass it (and name it by dotted path in ``deploy.type``)
     to add one. Its fields are the options of the ``deploy`` block."""
@@ -105,14 +118,14 @@ class WebhookDeploy(DeployHook):
 
         target = _target(self.conn_id)
         payload = promotion_payload(champion, promotion)
+        key = payload["idempotency_key"]
+        headers = target.headers | ({"Idempotency-Key": key} if key else {})
         attempts = 0
         while True:
             attempts += 1
             retry_reason = None
             try:
-                response = httpx.post(
-                    target.url, json=payload, headers=target.headers, timeout=self.timeout_s
-                )
+                response = httpx.post(target.url, json=payload, headers=headers, timeout=self.timeout_s)
             except httpx.TransportError as exc:
                 retry_reason = f"{type(exc).__name__}: {target.redact(str(exc))}"
                 status = None
@@ -132,6 +145,8 @@ class WebhookDeploy(DeployHook):
                         "url": target.safe_url,
                         "http_status": status,
                         "attempts": attempts,
+                        "idempotency_key": key,
+                        "response": _server_message(response, target) if response.text.strip() else None,
                     }
                 if status < 500 and status != _RETRYABLE_STATUS:
                     raise DeployError(
@@ -257,25 +272,44 @@ def deploy_hook(
     decision_id: int | None = None,
     dag_run_id: str | None = None,
     results: dict[str, Any] | None = None,
-) -> Callable[[VersionInfo, VersionInfo | None], None]:
+) -> Callable[[VersionInfo, VersionInfo | None], dict[str, Any]]:
     """The registry's ``before_commit`` hook: deploy the new champion while the alias move is uncommitted.
 
-    The hook receives ``(new champion, previous champion)``, deploys the new one with :func:`deploy`
-    and puts the result into ``results``; its DeployError rolls the alias move back.
+    The hook receives ``(new champion, previous champion)``, deploys the new one with :func:`deploy`,
+    puts the result into ``results`` and returns it (the registry keeps it in the audit row); its
+    DeployError rolls the alias move back.
     """
 
-    def before_commit(champion: VersionInfo, previous: VersionInfo | None) -> None:
+    def before_commit(champion: VersionInfo, previous: VersionInfo | None) -> dict[str, Any]:
         promotion = PromotionContext(previous=previous, decision_id=decision_id, dag_run_id=dag_run_id)
         outcome = deploy(hook, champion, promotion)
         if results is not None:
             results.update(outcome)
+        return outcome
+
+    return before_commit
+
+
+def skipped_deploy(hook: DeployHook, by: str) -> Callable[[VersionInfo, VersionInfo | None], dict[str, Any]]:
+    """A ``before_commit`` hook that tells serving nothing and says so in the audit row (``--no-deploy``)."""
+
+    def before_commit(champion: VersionInfo, previous: VersionInfo | None) -> dict[str, Any]:
+        log.warning(
+            "%s v%s: deploy hook %r skipped (%s): serving is not told",
+            champion.workload_id,
+            champion.version,
+            hook.type,
+            by,
+        )
+        return {"status": "skipped", "by": by, "configured": hook.type}
 
     return before_commit
 
 
 def promotion_payload(champion: VersionInfo, promotion: PromotionContext) -> dict[str, Any]:
     """The JSON a ``webhook`` hook POSTs: the ``promote`` event, the champion as serving needs it (its
-    model description, adapter and origin) and the promotion context."""
+    model description, adapter and origin), the promotion context and its idempotency key (also sent as
+    the ``Idempotency-Key`` header)."""
     return {
         "event": "promote",
         "workload_id": champion.workload_id,
@@ -288,6 +322,7 @@ def promotion_payload(champion: VersionInfo, promotion: PromotionContext) -> dic
         "previous_version": promotion.previous.version if promotion.previous is not None else None,
         "decision_id": promotion.decision_id,
         "dag_run_id": promotion.dag_run_id,
+        "idempotency_key": idempotency_key(champion, promotion),
     }
 
 

@@ -14,13 +14,16 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     """Move the champion alias to the run's challenger, deploy it, and notify.
 
     The alias moves in one transaction with its audit row, and the deploy hook runs inside it: a hook
-    failure, or a champion that moved while the run evaluated the old one, leaves the registry as it
-    was, records why, raises an alert and fails the task (PromotionFailedError).
+    failure, an adapter that no longer matches its registered digest, or a champion that moved while
+    the run evaluated the old one, leaves the registry as it was, records why, raises an alert and
+    fails the task (PromotionFailedError). A concurrent promotion of the same version (a duplicate run
+    of this task) that won the race is "already the champion", not a failure.
     """
     from flywheel.deliver.deploy import deploy_hook
-    from flywheel.deliver.registry import RegistryError, champion
+    from flywheel.deliver.registry import AlreadyPromotedError, RegistryError, champion
     from flywheel.deliver.registry import promote as move_alias
-    from flywheel.errors import DeployError, PromotionFailedError
+    from flywheel.errors import DeployError
+    from flywheel.storage import ArtifactStore
     from flywheel.tracking import record_promotion
 
     metadata = ctx.config.metadata
@@ -46,15 +49,15 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
                 dag_run_id=ctx.dag_run_id,
                 results=deployment,
             ),
+            store=ArtifactStore(ctx.config.artifact_store.root, ctx.config.artifact_store.storage_options),
         )
+    except AlreadyPromotedError as exc:
+        if exc.champion != decision["challenger_version"]:
+            raise _promotion_failed(ctx, decision, exc) from exc
+        log.info("%s: version %s already is the champion (%s)", ctx.workload_id, exc.champion, exc)
+        return {"status": "already_champion", "version": exc.champion}
     except (DeployError, RegistryError) as exc:
-        record_promotion(metadata, decision["decision_id"], {"status": "failed", "error": str(exc)[:2000]})
-        failure = {
-            "code": "promotion_failed",
-            "message": f"promotion failed, the champion is unchanged: {exc}",
-        }
-        _notify(ctx, "alert", decision | {"reasons": [failure, *decision["reasons"]]})
-        raise PromotionFailedError(str(failure["message"])) from exc
+        raise _promotion_failed(ctx, decision, exc) from exc
     promotion = {
         "status": "promoted",
         "version": move.version,
@@ -72,6 +75,22 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     )
     _notify(ctx, "promote", decision)
     return promotion
+
+
+def _promotion_failed(ctx: RunContext, decision: dict[str, Any], exc: Exception) -> Exception:
+    """Record why the promotion failed and alert; the PromotionFailedError that fails the task."""
+    from flywheel.errors import PromotionFailedError
+    from flywheel.tracking import record_promotion
+
+    record_promotion(
+        ctx.config.metadata, decision["decision_id"], {"status": "failed", "error": str(exc)[:2000]}
+    )
+    failure = {
+        "code": "promotion_failed",
+        "message": f"promotion failed, the champion is unchanged: {exc}",
+    }
+    _notify(ctx, "alert", decision | {"reasons": [failure, *decision["reasons"]]})
+    return PromotionFailedError(str(failure["message"]))
 
 
 def notify_outcome(ctx: RunContext, event: str, decision: dict[str, Any]) -> list[dict[str, Any]]:

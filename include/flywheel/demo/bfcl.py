@@ -252,7 +252,8 @@ def derive_sample(
         usable = sorted(
             (row for row in converted if calls_fit_tools(row)), key=lambda r: _natural_key(r["bfcl_id"])
         )
-        chosen = random.Random(f"bfcl-live-sample:{seed}:{category}").sample(usable, min(wanted, len(usable)))
+        sampler = random.Random(f"bfcl-live-sample:{seed}:{category}")  # nosec B311 # reproducible, not secret
+        chosen = sampler.sample(usable, min(wanted, len(usable)))
         chosen.sort(key=lambda r: _natural_key(r["bfcl_id"]))
         lines.extend(json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":")) for r in chosen)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -204,7 +204,9 @@ def _step(message: str) -> None:
 def _airflow(args: list[str], log_file: Path) -> bool:
     airflow = Path(sys.executable).with_name("airflow")
     with log_file.open("w") as out:
-        result = subprocess.run([str(airflow), *args], stdout=out, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(  # nosec B603 # the venv's own `airflow` script, fixed arguments, no shell
+            [str(airflow), *args], stdout=out, stderr=subprocess.STDOUT, check=False
+        )
     return result.returncode == 0
 
 

@@ -100,7 +100,7 @@ def generate_traffic(
     if not clients:
         raise ValueError("client_ids must name at least one client")
     mixed = hashlib.blake2b(f"{seed}|{kind}|{workload_id}|{start_ms}".encode(), digest_size=8).digest()
-    rng = random.Random(int.from_bytes(mixed, "big"))
+    rng = random.Random(int.from_bytes(mixed, "big"))  # nosec B311 # reproducible demo traffic
     at_start_ms = start_ms if count >= 10 and _floor_ms(start) == start_ms else None
     return _generate(
         _conversation_maker(kind), rng, workload_id, start_ms, end_ms, at_start_ms, count, clients, noise_rate

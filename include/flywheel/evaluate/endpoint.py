@@ -144,7 +144,7 @@ class ChatClient:
 
     def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
         base = self.endpoint.retry_backoff_s * 2**attempt
-        delay = base + random.uniform(0, 0.1 * base)
+        delay = base + random.uniform(0, 0.1 * base)  # nosec B311 # retry jitter, not a secret
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay

@@ -8,13 +8,20 @@ with the same functions the raw partition's writer uses, so a source filters exa
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 UNPARSEABLE_FIELD = "unparseable_line"
-"""The one field of a document made from a line that is not a JSON object: the line, as a JSON string."""
+"""The one field of a document made from a line that is not a JSON object: the line, as a JSON string.
+
+A source that cannot decode a document it read (nested too deeply, too large to keep) keeps it the same
+way, so that validation quarantines it with a reason instead of the read failing."""
+
+UNPARSEABLE_REASON_FIELD = "unparseable_reason"
+"""Beside :data:`UNPARSEABLE_FIELD` where a source knows why it could not keep the document as read."""
 
 
 class RawRecord(msgspec.Struct, frozen=True):
@@ -33,18 +40,39 @@ def decode_document(line: bytes) -> dict[str, msgspec.Raw]:
     """The top-level fields of a JSON object line; any other line is kept whole as :data:`UNPARSEABLE_FIELD`.
 
     Such a document has no timestamp or workload, so validation quarantines it with a reason and the
-    quarantine record shows what the line held: a broken line is never dropped silently.
+    quarantine record shows what the line held: a broken line is never dropped silently. A line nested
+    deeper than the decoder's recursion limit (about 1,000 levels) is kept the same way: it must not
+    fail the whole day's read on every retry.
     """
     try:
         return _decode_fields(line)
-    except msgspec.DecodeError:
-        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-        return {UNPARSEABLE_FIELD: msgspec.Raw(_encode(text))}
+    except (msgspec.DecodeError, RecursionError):
+        return unparseable_document(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+
+def unparseable_document(text: str, reason: str | None = None) -> dict[str, msgspec.Raw]:
+    """A document that only holds ``text`` (what was read) and, if given, why it could not be decoded."""
+    document = {UNPARSEABLE_FIELD: msgspec.Raw(_encode(text))}
+    if reason is not None:
+        document[UNPARSEABLE_REASON_FIELD] = msgspec.Raw(_encode(reason))
+    return document
+
+
+def decode_or_none(raw: msgspec.Raw) -> Any:
+    """The JSON value of one field; None when it is nested too deeply to decode here (validation, which
+    decodes it again, quarantines such a record with a reason)."""
+    try:
+        return decode(raw)
+    except RecursionError:
+        return None
 
 
 def as_text(raw: msgspec.Raw) -> str | None:
     """A routing field as text: strings as they are, JSON null as None, anything else as its JSON."""
-    value = decode(raw)
+    try:
+        value = decode(raw)
+    except RecursionError:
+        return bytes(raw).decode()
     if value is None or isinstance(value, str):
         return value
     return bytes(raw).decode()
@@ -68,4 +96,89 @@ def epoch_ms(value: Any) -> int | None:
 def field_epoch_ms(document: dict[str, msgspec.Raw], field: str) -> int | None:
     """Epoch milliseconds of the document's timestamp field; None when absent or unreadable."""
     raw = document.get(field)
-    return None if raw is None else epoch_ms(decode(raw))
+    return None if raw is None else epoch_ms(decode_or_none(raw))
+
+
+# Splitting JSON text into its members without recursion, for documents too deep for the decoders.
+
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SCALAR = re.compile(rb"[^ \t\r\n,\]}]+")
+_BRACKET_OR_QUOTE = re.compile(rb'[\[\]{}"]')
+
+
+def split_object(text: bytes) -> dict[str, msgspec.Raw]:
+    """The members of a JSON object, each value its raw JSON text, found without recursion at any depth.
+
+    msgspec (and every other decoder here) recurses once per level of nesting, so a value nested about
+    1,000 levels deep raises ``RecursionError`` even when it is only skipped. This walks the text with
+    a depth counter instead: slower, it is only used on what the fast decoders could not read. Raises
+    ``ValueError`` when ``text`` is not a JSON object.
+    """
+    return {str(key): value for key, value in _items(text, b"{", b"}")}
+
+
+def split_array(text: bytes) -> list[msgspec.Raw]:
+    """The elements of a JSON array as raw JSON texts, found without recursion (see :func:`split_object`)."""
+    return [value for _, value in _items(text, b"[", b"]")]
+
+
+def _items(text: bytes, opening: bytes, closing: bytes) -> list[tuple[str | None, msgspec.Raw]]:
+    pos = _skip_space(text, 0)
+    if text[pos : pos + 1] != opening:
+        raise ValueError(f"expected {opening.decode()!r} at offset {pos}")
+    items: list[tuple[str | None, msgspec.Raw]] = []
+    pos = _skip_space(text, pos + 1)
+    if text[pos : pos + 1] == closing:
+        return items
+    while True:
+        key = None
+        if opening == b"{":
+            key_end = _match(_STRING, text, pos)
+            key = decode(text[pos:key_end])
+            pos = _skip_space(text, key_end)
+            if text[pos : pos + 1] != b":":
+                raise ValueError(f"expected ':' at offset {pos}")
+            pos = _skip_space(text, pos + 1)
+        end = _value_end(text, pos)
+        items.append((key, msgspec.Raw(text[pos:end])))
+        pos = _skip_space(text, end)
+        separator = text[pos : pos + 1]
+        if separator == closing:
+            return items
+        if separator != b",":
+            raise ValueError(f"expected ',' or {closing.decode()!r} at offset {pos}")
+        pos = _skip_space(text, pos + 1)
+
+
+def _value_end(text: bytes, pos: int) -> int:
+    """Offset just past the JSON value starting at ``pos``: brackets are counted, never recursed into."""
+    first = text[pos : pos + 1]
+    if first == b'"':
+        return _match(_STRING, text, pos)
+    if first not in (b"{", b"["):
+        return _match(_SCALAR, text, pos)
+    depth = 0
+    while True:
+        found = _BRACKET_OR_QUOTE.search(text, pos)
+        if found is None:
+            raise ValueError(f"unterminated JSON value at offset {pos}")
+        char = found.group()
+        if char == b'"':
+            pos = _match(_STRING, text, found.start())
+            continue
+        pos = found.end()
+        depth += 1 if char in (b"{", b"[") else -1
+        if depth == 0:
+            return pos
+
+
+def _match(pattern: re.Pattern[bytes], text: bytes, pos: int) -> int:
+    found = pattern.match(text, pos)
+    if found is None:
+        raise ValueError(f"invalid JSON at offset {pos}")
+    return found.end()
+
+
+def _skip_space(text: bytes, pos: int) -> int:
+    return _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]

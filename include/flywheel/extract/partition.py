@@ -27,8 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel.extract.documents import as_text, decode, epoch_ms
-from flywheel.extract.sources import LogSource, LogSourceError, LogWindow, ReadReport, SourceRecord
+from flywheel.extract.documents import as_text, decode_or_none, epoch_ms
+from flywheel.extract.sources import (
+    IncompleteReadError,
+    LogSource,
+    LogSourceError,
+    LogWindow,
+    ReadReport,
+    SourceRecord,
+)
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore
 
@@ -108,7 +115,8 @@ def extract_interval(
 
     ``page_size`` overrides the source's configured one; ``on_page(pages, records)`` is called after
     each page is written (progress logging). Raises on any read or write error, leaving the previously
-    committed partition as it was.
+    committed partition as it was; :class:`IncompleteReadError` when the source can count the window's
+    records (``ReadReport.expected_records``) and the records written differ.
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware datetimes")
@@ -142,6 +150,13 @@ def extract_interval(
                     on_page(page_count, records)
         finally:
             writer.close()
+        if report.expected_records is not None and report.expected_records != records:
+            raise IncompleteReadError(
+                f"log source {source.type!r} read {records} records of {workload_id} "
+                f"[{start.isoformat()}, {end.isoformat()}) but the store counts {report.expected_records} "
+                "in the same window (records written or deleted during the read, or a page lost); "
+                "nothing was committed, a retry re-reads the window"
+            )
         read_method = report.method
         if not 0 < len(read_method) <= MAX_READ_METHOD_CHARS:
             raise LogSourceError(
@@ -210,7 +225,7 @@ class SourceFields:
             source_record_id[i] = own_id = record.source_record_id
             record_id[i] = hashlib.blake2b(own_id.encode(), digest_size=16).hexdigest()
             if (raw := src.get(self.ts_field)) is not None:
-                ts[i] = epoch_ms(decode(raw))
+                ts[i] = epoch_ms(decode_or_none(raw))
             if (raw := src.get(self.workload_field)) is not None:
                 workload[i] = as_text(raw)
             if (raw := src.get(self.client_field)) is not None:
@@ -219,7 +234,7 @@ class SourceFields:
                 request[i] = bytes(raw).decode()
             if (raw := src.get("response")) is not None:
                 response[i] = bytes(raw).decode()
-                tool[i] = _first_tool_name(decode(raw))
+                tool[i] = _first_tool_name(decode_or_none(raw))
             if len(src) > len(self.known & src.keys()):
                 fields_json = (  # the other top-level fields, re-assembled from their raw JSON
                     f"{_json_text(k).decode()}:{bytes(v).decode()}"

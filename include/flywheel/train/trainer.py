@@ -455,7 +455,7 @@ def _length_grouped_batches(
         balance,
         ", ".join(f"{label} {count} ({shares[label]:.1%})" for label, count in counts.items()),
     )
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # nosec B311 # a seeded shuffle of training batches, not a secret
     window = batch_size * 64
     while True:
         order = sampling.balanced_epoch(labels, balance, rng)
@@ -791,4 +791,4 @@ def _publish(
                 target = artifacts.job_uri(root, path.relative_to(local).as_posix())
                 fs.makedirs(posixpath.dirname(target), exist_ok=True)
                 fs.put_file(str(path), target)
-    write_result(output_uri, asdict(result))
+    write_result(output_uri, asdict(result), dataset_uri=result.dataset)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -29,13 +35,22 @@ from flywheel.compute.local import run_local
 from flywheel.config import EndpointConfig, ModelConfig, load_config
 from flywheel.errors import (
     JobFailedError,
+    JobTimeoutError,
     NonRetryableJobError,
     OutOfMemoryJobError,
     PermanentError,
     RetryableError,
+    StaleResultError,
     TransientJobError,
 )
-from flywheel.jobs import EXIT_CONFIG, EXIT_FAILED, EXIT_OUT_OF_MEMORY, write_error, write_result
+from flywheel.jobs import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OUT_OF_MEMORY,
+    check_result,
+    write_error,
+    write_result,
+)
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
@@ -218,7 +233,7 @@ def test_a_local_job_that_exits_non_zero_is_still_retried(tmp_path: Path) -> Non
         run_local(python_job(output, "import sys; print('flaky'); sys.exit(1)"))
 
     assert str(failure.value) == "local job train-greedy failed with exit code 1: no error.json written"
-    assert not output.exists()  # no error.json on the job's behalf: it may have been a hiccup
+    assert not (output / "error.json").exists()  # none on the job's behalf: it may have been a hiccup
 
 
 def test_failure_message_comes_from_the_jobs_error_json(tmp_path: Path) -> None:
@@ -380,3 +395,303 @@ def test_evaluate_jobs_name_the_model_and_share_the_evaluation_settings(tmp_path
     # What a job that writes no result is recorded as: the model as planned, without secrets.
     assert customized.model == {"base_model": "/models/a", "adapter": "s3://r/train/a/adapter"}
     assert champion.model == {"endpoint": {"base_url": "http://vllm:8000/v1", "model": "router"}}
+
+
+# ---------------------------------------------------------------- the job's process group, time limits
+
+# A job that starts a child of its own (as a data loader or a tokenizer pool would), records the pids
+# and its process group in PIDS, then works "forever".
+FOREVER_JOB = """
+import json, os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+pids = {"job": os.getpid(), "child": child.pid, "group": os.getpgid(0), "parent": os.getppid()}
+with open(sys.argv[1] + ".tmp", "w") as handle:
+    json.dump(pids, handle)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+print("working", flush=True)
+time.sleep(600)
+"""
+
+
+def forever_job(tmp_path: Path) -> tuple[PythonJob, Path]:
+    pids = tmp_path / "pids.json"
+    job = PythonJob(
+        kind="train",
+        name="train-forever",
+        arguments=["-c", FOREVER_JOB, str(pids)],
+        output_uri=str(tmp_path / "out"),
+        labels=job_labels("customer_support_router", "manual__x", "greedy", "train"),
+    )
+    return job, pids
+
+
+def wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after {seconds} s"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that nobody has reaped yet has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def group_members(group: int) -> list[int]:
+    """The live processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@linux_only
+@pytest.mark.parametrize(
+    "kill",
+    [
+        signal.SIGKILL,  # the worker killed: the OOM killer, a lost node (its guard ends the group)
+        signal.SIGINT,  # the task interrupted: Airflow's escalation on "mark failed", a timeout's exception
+    ],
+)
+def test_killing_the_worker_of_a_running_job_ends_the_jobs_whole_process_group(
+    tmp_path: Path, kill: signal.Signals
+) -> None:
+    job, pids_file = forever_job(tmp_path)
+    # A real worker process that runs the job with run_local, as the `train` task does.
+    worker_code = (
+        "import json, sys\n"
+        "from flywheel.compute import JobSpec\n"
+        "from flywheel.compute.local import run_local\n"
+        "class Job(JobSpec):\n"
+        "    command = property(lambda self: [sys.executable, *self.arguments])\n"
+        "run_local(Job.from_dict(json.loads(sys.argv[1])))\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", worker_code, json.dumps(job.to_dict())])
+    try:
+        wait_for(pids_file.exists, 60, "started")
+        pids = json.loads(pids_file.read_text())
+        group = pids["group"]
+        # The job runs in a process group of its own (led by its guard), not in the worker's.
+        assert group != os.getpgid(worker.pid)
+        assert os.getpgid(pids["child"]) == group
+        assert set(group_members(group)) == {group, pids["job"], pids["child"]}
+        assert pids["parent"] == group  # the guard, a child of the worker
+
+        os.kill(worker.pid, kill)
+        assert worker.wait(timeout=10) != 0
+        wait_for(lambda: not group_members(group), 10, "ended")
+        assert not any(alive(pid) for pid in (group, pids["job"], pids["child"]))
+    finally:
+        worker.kill()
+        worker.wait()
+        for pid in json.loads(pids_file.read_text()).values() if pids_file.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_a_job_past_its_time_limit_is_killed_with_its_process_group_and_reported_timed_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job, pids_file = forever_job(tmp_path)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="test.job"), pytest.raises(JobTimeoutError) as failure:
+        run_local(job, logger=logging.getLogger("test.job"), timeout_s=3)
+
+    assert time.monotonic() - started < 30
+    pids = json.loads(pids_file.read_text())
+    assert not group_members(pids["group"])
+    assert not any(alive(pid) for pid in (pids["group"], pids["job"], pids["child"]))
+    # Retried (a hang may not recur), as a pod past its activeDeadlineSeconds is.
+    assert isinstance(failure.value, TransientJobError) and isinstance(failure.value, RetryableError)
+    assert str(failure.value) == (
+        "local job train-forever timed out: it ran past its time limit of 3 s and was killed with every "
+        "process it started (compute.train_timeout_minutes)"
+    )
+    assert failure.value.exit_code == -signal.SIGKILL
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.job"]
+    assert "working" in lines
+    assert any(
+        line.startswith("train-forever ran past its time limit of 3 s and was killed") for line in lines
+    )
+    # Not taken for out of memory; collect_training records the candidate as timed out.
+    error = read_job_file(job.output_uri, "error.json")
+    assert error == failure.value.error
+    assert (error["error"], error["retryable"], error["timeout_s"]) == ("Timeout", True, 3)
+    [outcome] = read_outcomes([job.to_dict()])
+    assert (outcome.status, outcome.error) == ("failed", error)
+
+
+@linux_only
+def test_a_sigterm_to_the_guard_reaches_the_job_and_is_retried_not_taken_for_out_of_memory(
+    tmp_path: Path,
+) -> None:
+    job, pids_file = forever_job(tmp_path)
+
+    def stop_the_guard() -> None:  # a person or a shutting-down worker, with the worker still alive
+        wait_for(pids_file.exists, 60, "started")
+        os.kill(json.loads(pids_file.read_text())["group"], signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_the_guard, daemon=True)
+    stopper.start()
+    with pytest.raises(TransientJobError) as failure:
+        run_local(job)
+    stopper.join()
+
+    assert not isinstance(failure.value, OutOfMemoryJobError)
+    assert failure.value.exit_code == -signal.SIGTERM
+    pids = json.loads(pids_file.read_text())
+    assert not group_members(pids["group"])
+    assert not alive(pids["child"])
+
+
+@linux_only
+def test_what_a_finished_job_left_running_is_killed(tmp_path: Path) -> None:
+    pids = tmp_path / "pids.json"
+    code = (
+        "import json, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"json.dump({{'child': child.pid}}, open({str(pids)!r}, 'w'))\n"
+    )
+    started = time.monotonic()
+    run_local(python_job(tmp_path / "out", code))  # the child holds the log pipe open: no hang
+
+    assert time.monotonic() - started < 30
+    assert not alive(json.loads(pids.read_text())["child"])
+
+
+def test_a_job_that_cannot_start_fails_with_the_reason_in_its_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Missing(JobSpec):
+        @property
+        def command(self) -> list[str]:
+            return [str(tmp_path / "no-such-program")]
+
+    job = Missing(kind="train", name="train-missing", arguments=[], output_uri=str(tmp_path / "out"))
+    with caplog.at_level(logging.INFO, logger="test.job"), pytest.raises(TransientJobError) as failure:
+        run_local(job, logger=logging.getLogger("test.job"))
+    assert failure.value.exit_code == 127
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.job"]
+    assert any("cannot start the job" in line and "no-such-program" in line for line in lines)
+
+
+# ------------------------------------------------------------------ result.json of another attempt
+
+RESULT_JOB = """
+import json, os, sys
+from flywheel.jobs import write_result
+output, dataset, straggler = sys.argv[1:4]
+write_result(output, {"steps": 2}, dataset_uri=dataset)
+if straggler != "-":  # an earlier attempt's job, left running by its killed worker, finishes now
+    path = os.path.join(output, "result.json")
+    stale = json.load(open(path)) | json.loads(straggler)
+    json.dump(stale, open(path, "w"))
+"""
+
+
+def result_job(
+    tmp_path: Path, straggler: dict | None = None, dataset_id: str = "2026-11-20-abc"
+) -> PythonJob:
+    output, dataset = tmp_path / "out", f"file://{tmp_path}/datasets/wl/2026-11-20-abc"
+    return PythonJob(
+        kind="train",
+        name="train-greedy",
+        arguments=["-c", RESULT_JOB, str(output), dataset, json.dumps(straggler) if straggler else "-"],
+        output_uri=str(output),
+        labels=job_labels("customer_support_router", "manual__x", "greedy", "train"),
+        dataset_id=dataset_id,
+    )
+
+
+def test_a_jobs_result_names_its_attempt_and_dataset_and_is_accepted(tmp_path: Path) -> None:
+    job = result_job(tmp_path)
+    run_local(job, attempt_id="manual__x/train[0]/try-2/5e1f")
+
+    result = read_job_file(job.output_uri, "result.json")
+    assert (result["attempt_id"], result["dataset_id"]) == ("manual__x/train[0]/try-2/5e1f", "2026-11-20-abc")
+    attempt = read_job_file(job.output_uri, "attempt.json")
+    assert (attempt["attempt_id"], attempt["dataset_id"]) == (
+        "manual__x/train[0]/try-2/5e1f",
+        "2026-11-20-abc",
+    )
+    [outcome] = read_outcomes([job.to_dict()])
+    assert (outcome.status, outcome.result) == ("succeeded", result)
+
+
+def test_a_stale_result_json_of_another_attempt_is_rejected(tmp_path: Path) -> None:
+    # The straggler of try 1 overwrites try 2's result.json just before try 2's job exits.
+    job = result_job(tmp_path, straggler={"attempt_id": "manual__x/train[0]/try-1/0a9c"})
+    with pytest.raises(StaleResultError) as failure:
+        run_local(job, attempt_id="manual__x/train[0]/try-2/5e1f")
+
+    message = (
+        f"job train-greedy ({job.output_uri}): result.json belongs to attempt "
+        "'manual__x/train[0]/try-1/0a9c', not to this job's attempt 'manual__x/train[0]/try-2/5e1f'; "
+        "rejected as the outcome of another job"
+    )
+    assert str(failure.value) == message
+    assert isinstance(failure.value, RetryableError)  # the retry runs the job again, in a clean directory
+    # collect_training, reading later, rejects it too: the attempt of record is the last one started.
+    [outcome] = read_outcomes([job.to_dict()])
+    assert outcome.status == "failed"
+    assert outcome.error == {"error": "StaleResult", "message": message, "retryable": True}
+
+
+def test_a_result_json_of_another_dataset_is_rejected(tmp_path: Path) -> None:
+    job = result_job(tmp_path, dataset_id="2026-11-21-def")  # the day was rebuilt on other data
+    with pytest.raises(
+        StaleResultError,
+        match="belongs to dataset '2026-11-20-abc', not to this job's dataset '2026-11-21-def'",
+    ):
+        run_local(job)
+    [outcome] = read_outcomes([job.to_dict()])
+    assert outcome.error["error"] == "StaleResult"
+    assert "dataset '2026-11-20-abc'" in outcome.error["message"]
+
+
+@pytest.mark.parametrize(
+    ("result", "stale"),
+    [
+        ({"attempt_id": "try-2", "dataset_id": "d1"}, False),
+        ({}, False),  # a job run by hand, or an older job image: nothing to check
+        ({"attempt_id": "try-1", "dataset_id": "d1"}, True),
+        ({"attempt_id": "try-2", "dataset_id": "d0"}, True),
+        ({"attempt_id": None}, True),
+    ],
+)
+def test_only_a_result_that_names_another_attempt_or_dataset_is_stale(result: dict, stale: bool) -> None:
+    if stale:
+        with pytest.raises(StaleResultError):
+            check_result(result, where="job x", attempt_id="try-2", dataset_id="d1")
+    else:
+        check_result(result, where="job x", attempt_id="try-2", dataset_id="d1")
+    check_result(result, where="job x")  # ids that are not known are not checked
+
+
+def test_planned_jobs_carry_their_dataset_id(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    workload = config.workload("customer_support_router")
+    job = train_job(
+        config,
+        workload,
+        workload.training.candidates[0],
+        dataset_uri="s3://b/datasets/customer_support_router/2026-11-20-0123456789/",
+        day=date(2026, 11, 20),
+        dag_run_id="r",
+    )
+    assert job.dataset_id == "2026-11-20-0123456789"
+    assert JobSpec.from_dict(job.to_dict()) == job

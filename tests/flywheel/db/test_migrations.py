@@ -381,3 +381,47 @@ def test_record_evaluation_of_a_job_without_output(pg_metadata: MetadataConfig) 
         row = session.scalars(select(Evaluation)).one()
         assert (row.status, row.metrics) == ("failed", None)
         assert row.error.startswith("NoOutput: ")
+
+
+def test_upgrade_from_0005_keeps_registered_versions_and_lets_a_rerun_register_anew(
+    fresh_engine: Engine,
+) -> None:
+    """0006: versions registered before keep their adapter path (no digests), the audit trail gains
+    ``deployment``, and a run's variant may now hold several versions (one per model content)."""
+    from sqlalchemy import insert
+
+    from flywheel.db.models import ModelVersion
+
+    upgrade(fresh_engine, "0005")
+    versions = ModelVersion.__table__
+    old = {"workload_id": "w", "candidate_id": "c", "eval_type": "customized", "created_at": START}
+    with fresh_engine.begin() as conn:
+        run_id = conn.execute(
+            insert(Run.__table__)
+            .values(
+                workload_id="w", dag_id="flywheel_w", dag_run_id="r1", interval_start=START, interval_end=END
+            )
+            .returning(Run.__table__.c.id)
+        ).scalar_one()
+        adapter = {"adapter_uri": "/runs/w/adapter", "model": {"adapter": "/runs/w/adapter"}}
+        conn.execute(insert(versions).values(**old, **adapter, version=1, run_id=run_id))
+
+    assert upgrade(fresh_engine) == head_revision()
+
+    assert {"adapter_sha256", "model_sha256"} <= {
+        c["name"] for c in inspect(fresh_engine).get_columns("model_versions")
+    }
+    assert "deployment" in {c["name"] for c in inspect(fresh_engine).get_columns("alias_events")}
+    with fresh_engine.begin() as conn:
+        row = conn.execute(
+            select(versions.c.adapter_uri, versions.c.adapter_sha256, versions.c.model_sha256)
+        ).one()
+        assert tuple(row) == ("/runs/w/adapter", None, None)
+        for version, digest in ((2, "a" * 64), (3, "b" * 64)):  # the same run variant, other content
+            conn.execute(
+                insert(versions).values(**old, model={}, version=version, model_sha256=digest, run_id=run_id)
+            )
+    with pytest.raises(IntegrityError), fresh_engine.begin() as conn:  # the same content twice is refused
+        conn.execute(
+            insert(versions).values(**old, model={}, version=4, model_sha256="a" * 64, run_id=run_id)
+        )

@@ -6,6 +6,8 @@ loads the adapter."""
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -325,3 +327,71 @@ def test_promoting_again_after_a_promotion_is_a_no_op(decided) -> None:
     assert first["status"] == "promoted"
     assert again == {"status": "already_champion", "version": 2}
     assert [m.version for m in history(config.metadata, WORKLOAD)] == [1, 2]
+
+
+def test_the_champion_is_the_registered_copy_of_its_adapter_after_its_day_is_cleared(
+    decided, tmp_path: Path
+) -> None:
+    from flywheel.compute import evaluate_job
+
+    config, summary = decided
+    trained = tmp_path / "adapter"  # the challenger's training output
+    original = {p.name: p.read_bytes() for p in trained.iterdir()}
+    deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+    shutil.rmtree(trained)  # a re-run of the day clears its run directory
+
+    current = champion(config.metadata, WORKLOAD)
+    assert current.adapter_sha256 is not None
+    assert current.adapter_uri == f"{config.artifact_store.root}/models/{WORKLOAD}/{current.adapter_sha256}"
+    model, version = current_champion(run_context(config, "the next night"))
+    assert (model.adapter, version) == (current.adapter_uri, 2)
+    committed = Path(model.adapter)
+    assert {p.name: p.read_bytes() for p in committed.iterdir() if p.name != "_model.json"} == original
+    job = evaluate_job(
+        config,
+        config.workload(WORKLOAD),
+        model,
+        eval_type="champion",
+        candidate_id="champion",
+        dataset_uri=str(tmp_path / "ds"),
+        day=START.date(),
+        dag_run_id="r",
+    )
+    assert job.arguments[job.arguments.index("--adapter") + 1] == current.adapter_uri
+
+
+def test_two_promote_tasks_of_one_decision_at_once_promote_and_deploy_once(
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, http_server
+) -> None:
+    _, summary = decided
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PROMOTE_HOOK", json.dumps({"conn_type": "http", "host": http_server.url})
+    )
+    config = make_config(
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "webhook", "conn_id": "promote_hook"},
+    )
+    # The first deploy attempt gets a 503 and retries after 0.5 s: the other task arrives meanwhile.
+    http_server.faults.append({"status": 503, "body": "warming up"})
+    outcomes: dict[int, object] = {}
+    barrier = threading.Barrier(2)
+
+    def attempt(index: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[index] = deliver.promote(run_context(config, summary["dag_run_id"]), summary)["status"]
+        except Exception as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(map(str, outcomes.values())) == ["already_champion", "promoted"], outcomes
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1, 2]
+    key = f"{WORKLOAD}/v2/decision-{summary['decision_id']}"
+    assert [r.headers["idempotency-key"] for r in http_server.requests] == [key, key]  # one deploy, retried
+    assert history(config.metadata, WORKLOAD)[-1].deployment["idempotency_key"] == key

@@ -81,6 +81,7 @@ PAYLOAD = {
     "previous_version": 2,
     "decision_id": 17,
     "dag_run_id": "scheduled__2026-12-06T02:00:00+00:00",
+    "idempotency_key": "router/v3/decision-17",
 }
 """What the webhook hook POSTs for version 3 replacing version 2 (the wire format serving reads)."""
 
@@ -111,11 +112,14 @@ def test_webhook_posts_the_champion_with_the_bearer_token(connection, http_serve
         "url": f"{http_server.url}/hooks/promote",
         "http_status": 200,
         "attempts": 1,
+        "idempotency_key": "router/v3/decision-17",
+        "response": "ok",
     }
     (request,) = http_server.requests
     assert (request.method, request.path) == ("POST", "/hooks/promote")
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     assert request.headers["x-team"] == "ml"
+    assert request.headers["idempotency-key"] == "router/v3/decision-17"
     assert request.body == PAYLOAD
     assert request.body["adapter_uri"] == "s3://flywheel/models/router/v3/adapter"
 
@@ -151,6 +155,20 @@ def test_webhook_retries_5xx_then_succeeds(connection, http_server) -> None:
     assert (result["status"], result["attempts"], result["http_status"]) == ("deployed", 3, 200)
     assert len(http_server.requests) == 3
     assert "authorization" not in http_server.requests[0].headers
+    # Every attempt carries the same key: a receiver that deduplicates deploys once.
+    assert {r.headers["idempotency-key"] for r in http_server.requests} == {"router/v3/decision-17"}
+
+
+def test_a_persons_promotion_has_no_idempotency_key(connection, http_server) -> None:
+    connection("promote_hook", host=http_server.url)
+    manual = PromotionContext(previous=version(2), decision_id=None, dag_run_id=None)
+
+    result = deploy(WebhookDeploy(conn_id="promote_hook"), version(), manual)
+
+    assert (result["status"], result["idempotency_key"]) == ("deployed", None)
+    (request,) = http_server.requests
+    assert "idempotency-key" not in request.headers
+    assert request.body["idempotency_key"] is None
 
 
 def test_webhook_4xx_is_not_retried(connection, http_server) -> None:

@@ -7,7 +7,9 @@ boolean metrics:
 * ``exact`` -- names and arguments are literally equal (order-free over parallel calls);
 * ``ast`` -- the Berkeley Function Calling Leaderboard (BFCL) AST checker rules: required parameters
   present, no unexpected parameters, types checked against the schema, strings compared after BFCL's
-  standardisation, several acceptable values per parameter, nested values checked recursively.
+  standardisation, several acceptable values per parameter, nested values checked recursively. As in
+  BFCL, a float is not an ``integer`` even with a zero fraction (``10.0`` for an integer parameter
+  fails), while an int is accepted for a ``number`` (``float``) parameter.
 
 The reference is either OpenAI ``tool_calls`` or BFCL's possible-answer form
 ``[{name: {param: [acceptable values]}}]`` (``""`` among the acceptable values marks an omittable
@@ -209,6 +211,12 @@ def _literal_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _same_typed_literal(value: Any, candidate: Any) -> bool:
+    """BFCL's "variable" rule for a value of a type the schema does not declare: it passes only when it
+    has the very type of the possible answer and equals it, so ``10.0`` never stands for the int ``10``."""
+    return type(value) is type(candidate) and _literal_equal(value, candidate)
+
+
 def _type_ok(value: Any, schema: Mapping[str, Any]) -> bool:
     """Check a value against the (normalised) schema's ``type``; an int is accepted for a number."""
     expected = schema.get("type")
@@ -230,24 +238,28 @@ def _type_ok(value: Any, schema: Mapping[str, Any]) -> bool:
 
 
 class _Matcher:
-    """Recursive value matcher; ``lenient`` selects the BFCL AST rules, otherwise literal comparison."""
+    """Recursive value matcher; ``lenient`` selects the BFCL AST rules, otherwise literal comparison.
+
+    Both check types against the schema they are given (a float for an ``integer`` fails both), so that
+    a call that is ``exact`` is also ``ast``; only the lenient one standardises strings.
+    """
 
     def __init__(self, lenient: bool) -> None:
-        """Configure string standardisation and type checking (both on when ``lenient``)."""
+        """Configure string standardisation (on when ``lenient``)."""
         self.lenient = lenient
 
     def value_ok(self, value: Any, acceptable: list[Any], schema: Mapping[str, Any]) -> bool:
         """Whether ``value`` (present in the call) matches one of the ``acceptable`` candidates."""
-        if self.lenient and not _type_ok(value, schema):
-            # BFCL accepts a value of the "wrong" type when it literally is a possible answer.
-            return any(_literal_equal(value, candidate) for candidate in acceptable)
+        if not _type_ok(value, schema):
+            # BFCL accepts a value of the "wrong" type when it literally is a possible answer, of its type.
+            return any(_same_typed_literal(value, candidate) for candidate in acceptable)
         return any(self.match(value, candidate, schema) for candidate in acceptable)
 
     def match(self, value: Any, candidate: Any, schema: Mapping[str, Any]) -> bool:
         """Whether ``value`` matches one candidate (dict candidates hold per-key acceptable lists)."""
-        if self.lenient and not _type_ok(value, schema):
+        if not _type_ok(value, schema):
             # BFCL's "variable" rule: a value of the wrong type passes only if it literally is the answer.
-            return _literal_equal(value, candidate)
+            return _same_typed_literal(value, candidate)
         if isinstance(value, str) and isinstance(candidate, str):
             if self.lenient:
                 return standardize_string(value) == standardize_string(candidate)
@@ -310,10 +322,11 @@ def _call_ast_ok(
 def _call_exact_ok(
     call: Call, reference: AcceptableCall, schemas: Mapping[str, dict[str, Any]], matcher: _Matcher
 ) -> bool:
-    """Literal check of one predicted call against one reference call (no standardisation)."""
+    """Literal check of one predicted call against one reference call (no standardisation; the schema's
+    types still apply, so an exact call is never one the AST check rejects)."""
     name, arguments = call
     ref_name, acceptable = reference
-    return name == ref_name and matcher.dict_ok(arguments, acceptable, {})
+    return name == ref_name and matcher.dict_ok(arguments, acceptable, schemas.get(name) or {})
 
 
 def _perfect_matching(n: int, ok: Callable[[int, int], bool]) -> bool:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import Field
 
 from flywheel.config import PluginConfig
-from flywheel.errors import PermanentError
+from flywheel.errors import PermanentError, RetryableError
 from flywheel.plugins import Registry
 
 if TYPE_CHECKING:
@@ -59,11 +59,14 @@ class ReadReport:
     """What a source tells about one read, filled in while it reads.
 
     ``method`` names how it read (``pit``, ``scroll``, ``jsonl``...; 1 to 16 characters) for the run's
-    summary; ``details`` what it selected and saw, for the raw partition's record.
+    summary; ``details`` what it selected and saw, for the raw partition's record. ``expected_records``
+    is the store's own count of the window's records, where it can count them: extraction fails (and
+    commits nothing) when the records it wrote differ, rather than commit a day with records missing.
     """
 
     method: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    expected_records: int | None = None
 
 
 class LogSource(PluginConfig):
@@ -98,6 +101,14 @@ class LogSource(PluginConfig):
 
 class LogSourceError(PermanentError):
     """A log source broke its contract: a page larger than asked for, no or too long a read method."""
+
+
+class IncompleteReadError(RetryableError):
+    """The read did not return the whole window: the store answered with partial results (failed shards,
+    a timed-out search), a page was lost, or the records read differ from the store's own count.
+
+    Nothing is committed; a retry of the task re-reads the window from its start.
+    """
 
 
 LOG_SOURCES: Registry[type[LogSource]] = Registry(

@@ -257,6 +257,45 @@ def test_openai_numbers_compare_by_value() -> None:
     assert score_tool_calls(predicted, reference, WEATHER_TOOLS) == ALL_TRUE
 
 
+@pytest.mark.parametrize("form", ["bfcl", "openai"])
+def test_a_float_with_a_zero_fraction_is_not_an_integer(form: str) -> None:
+    """BFCL's type rule: ``10.0`` for an ``integer`` parameter fails AST (and exact); ``10`` passes."""
+    if form == "bfcl":
+        reference: list[Any] = [{"get_weather": {"city": ["Paris"], "days": [10], "threshold": ["", 1.0]}}]
+    else:
+        reference = [_call("get_weather", {"city": "Paris", "days": 10})]
+    score = {
+        days: score_tool_calls(
+            [_call("get_weather", f'{{"city": "Paris", "days": {days}}}')], reference, WEATHER_TOOLS
+        )
+        for days in ("10", "10.0", "1e1")
+    }
+    assert score["10"] == ALL_TRUE
+    assert score["10.0"] == score["1e1"] == {"function_name": True, "exact": False, "ast": False}
+    # An int still stands for a number (BFCL's ``float``): 1 for 1.0.
+    predicted = [_call("get_weather", '{"city": "Paris", "days": 10, "threshold": 1}')]
+    assert (
+        score_tool_calls(
+            predicted, [_call("get_weather", {"city": "Paris", "days": 10, "threshold": 1.0})], WEATHER_TOOLS
+        )
+        == ALL_TRUE
+    )
+
+
+def test_a_float_answer_for_an_integer_parameter_still_accepts_that_float() -> None:
+    """BFCL's "variable" rule: a value of an undeclared type passes when it is the answer, of its type."""
+    reference = [{"get_weather": {"city": ["Paris"], "days": [2.5]}}]
+    assert (
+        score_tool_calls([_call("get_weather", {"city": "Paris", "days": 2.5})], reference, WEATHER_TOOLS)
+        == ALL_TRUE
+    )
+    reference = [{"get_weather": {"city": ["Paris"], "days": [10.0]}}]
+    assert (
+        score_tool_calls([_call("get_weather", {"city": "Paris", "days": 10})], reference, WEATHER_TOOLS)
+        == ALL_TRUE
+    )
+
+
 def test_openai_omitted_argument_equals_default() -> None:
     """An omitted argument equals the schema's declared default, in either direction."""
     reference = [_call("get_weather", '{"city": "Paris", "unit": "c"}')]

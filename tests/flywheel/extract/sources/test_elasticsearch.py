@@ -1,26 +1,21 @@
 """Reading pages from the log store: point in time + search_after, scroll fallback, client options.
 
 osmem-server speaks OpenSearch's point-in-time API, not Elasticsearch's ``_pit`` endpoints. To run the
-production PIT path against a real search engine, ``es_pit_gateway`` is a small HTTP gateway that
-serves Elasticsearch's two PIT endpoints by calling OpenSearch's equivalents on osmem-server and
-passes every other request through unchanged (the search itself, with ``pit`` and ``search_after``
-in its body, is the same in both APIs).
+production PIT path against a real search engine, ``es_pit_gateway`` is a small HTTP gateway
+(``tests/es_gateway.py``) that serves Elasticsearch's two PIT endpoints by calling OpenSearch's
+equivalents on osmem-server and passes every other request through unchanged (the search itself,
+with ``pit`` and ``search_after`` in its body, is the same in both APIs).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import urllib.error
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
-from urllib.parse import urlsplit
 
 import pytest
 
+from es_gateway import connection_json, start_gateway
 from flywheel.errors import ConfigError
 from flywheel.extract.partition import extract_interval
 from flywheel.extract.sources.elasticsearch import ElasticsearchSource, HitPages, connect, interval_query
@@ -28,82 +23,13 @@ from flywheel.storage import ArtifactStore
 from logdocs import END, START, WORKLOAD, index_docs, log_doc
 
 
-class _Gateway(BaseHTTPRequestHandler):
-    upstream = ""
-    calls: ClassVar[list[str]] = []
-    product: str | None = None
-
-    def log_message(self, *args: object) -> None:  # keep test output quiet
-        pass
-
-    def _forward(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        content_type = self.headers.get("content-type") or "application/json"
-        request = urllib.request.Request(
-            self.upstream + path, data=body, method=method, headers={"content-type": content_type}
-        )
-        try:
-            with urllib.request.urlopen(request) as response:
-                self.product = response.headers.get("x-elastic-product")
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            self.product = error.headers.get("x-elastic-product")
-            return error.code, error.read()
-
-    def _handle(self, method: str) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else None
-        parts = urlsplit(self.path)
-        if method == "POST" and parts.path.endswith("/_pit"):
-            index = parts.path[: -len("/_pit")]
-            status, payload = self._forward("POST", f"{index}/_search/point_in_time?{parts.query}", None)
-            if status == 200:
-                payload = json.dumps({"id": json.loads(payload)["pit_id"]}).encode()
-            self.calls.append("open_pit")
-        elif method == "DELETE" and parts.path == "/_pit":
-            pit_id = json.loads(body or b"{}")["id"]
-            status, payload = self._forward(
-                "DELETE", "/_search/point_in_time", json.dumps({"pit_id": [pit_id]}).encode()
-            )
-            self.calls.append("close_pit")
-        else:
-            if body and b'"pit"' in body:
-                self.calls.append("search_pit")
-            elif "scroll" in parts.path or "scroll=" in parts.query:
-                self.calls.append("scroll")
-            status, payload = self._forward(method, self.path, body)
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        if self.product:  # the Elasticsearch client checks which product answered
-            self.send_header("x-elastic-product", self.product)
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-
 @pytest.fixture
 def es_pit_gateway(log_store, monkeypatch: pytest.MonkeyPatch):
-    """An Elasticsearch-PIT-speaking gateway in front of the session's osmem-server."""
-    handler = type("Gateway", (_Gateway,), {"upstream": log_store.url, "calls": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    conn = {"conn_type": "elasticsearch", "host": "127.0.0.1", "port": server.server_port, "schema": "http"}
-    conn["extra"] = {"node_class": "flywheel.embedded:CompatibleMediaTypeNode"}
-    monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_LOGS_ES", json.dumps(conn))
-    yield handler
-    server.shutdown()
+    """An Elasticsearch-PIT-speaking gateway in front of the session's osmem-server (tests/es_gateway.py),
+    reachable through the ``flywheel_logs_es`` connection."""
+    with start_gateway(log_store.url) as (gateway, port):
+        monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_LOGS_ES", connection_json(port))
+        yield gateway
 
 
 def test_point_in_time_with_search_after_when_cluster_has_pit(es_pit_gateway, tmp_path):
@@ -120,7 +46,7 @@ def test_point_in_time_with_search_after_when_cluster_has_pit(es_pit_gateway, tm
     assert result.records == 100
     assert result.pages == 7
     calls = es_pit_gateway.calls
-    assert calls[0] == "open_pit" and calls[-1] == "close_pit"
+    assert calls[0] == "open_pit" and calls[-2:] == ["close_pit", "count"]  # then reconciled by a count
     assert calls.count("search_pit") == 8  # seven full pages and the empty one that ends the read
     assert "scroll" not in calls
 

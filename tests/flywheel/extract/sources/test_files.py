@@ -217,6 +217,22 @@ def test_malformed_lines_are_kept_once_and_quarantined(tmp_path, store):
     assert validation.reasons == {"workload_mismatch": 1, "timestamp_missing": 2}
 
 
+def test_a_line_nested_1000_levels_deep_is_kept_unparseable(tmp_path, store):
+    """No JSON decoder here can read it (they all recurse): it must not fail the day on every retry."""
+    deep = b'{"timestamp": "2026-11-20T05:00:00Z", "workload_id": "router", "request": ' + b"[" * 1_000
+    deep += b"]" * 1_000 + b"}"
+    write_day(tmp_path / "logs", "2026-11-20", "part-0.jsonl", [clean_doc(START, 1), deep])
+
+    result = extract_interval(
+        FilesSource(url=str(tmp_path / "logs")), store, workload_id=WORKLOAD, start=START, end=END
+    )
+
+    record = store.read_partition_record(WORKLOAD, START.date())
+    assert result.records == 2 and record["kept_unparseable"] == 1
+    kept = next(r for r in read_partition(store).to_pylist() if r["workload_id"] is None)
+    assert json.loads(kept["extra_json"]) == {"unparseable_line": deep.decode()}
+
+
 def test_rerun_replaces_the_partition(tmp_path, store):
     logs = tmp_path / "logs"
     write_day(
