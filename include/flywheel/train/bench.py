@@ -201,40 +201,20 @@ def _run_ours(settings: BenchSettings) -> dict[str, Any]:
 
 
 def _run_trainer(settings: BenchSettings, config: TrainingConfig) -> dict[str, Any]:
-    """``train()`` with ``config`` on the train split and the first validation examples; its batches are
-    counted as they are built (validation's excluded)."""
+    """``train()`` with ``config`` on the train split and the first validation examples, counted from its
+    own result: every step trains ``batch_size`` rows, ``tokens_seen`` counts their real tokens (a
+    shared prefix once per row, as the baseline sees it, though it runs once per batch)."""
     import torch
 
     from flywheel.train import trainer
 
-    batches: list[tuple[int, int, int]] = []  # (samples, real tokens, padded width * rows) per batch
-    collate = trainer._collate
-
-    def counting_collate(
-        batch: list[tuple[list[int], list[int]]], pad_id: int, device: str
-    ) -> dict[str, Any]:
-        inputs = collate(batch, pad_id, device)
-        batches.append((len(batch), int(inputs["attention_mask"].sum()), inputs["attention_mask"].numel()))
-        return inputs
-
-    trainer._collate = counting_collate  # this process is thrown away after the run
-    validation = trainer._validation_loss
-
-    def uncounted_validation(*args: Any, **kwargs: Any) -> float:
-        trainer._collate = collate
-        try:
-            return validation(*args, **kwargs)
-        finally:
-            trainer._collate = counting_collate
-
-    trainer._validation_loss = uncounted_validation
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-train-") as tmp:
         data = Path(tmp) / "dataset"
         _copy_splits(settings.dataset, data)
         result = trainer.train(str(data), settings.model, config, str(Path(tmp) / "output"))
-    samples, real, total = (sum(column) for column in zip(*batches, strict=True))
-    if real != result.tokens_seen:
-        raise RuntimeError(f"counted {real} real tokens, train() reports {result.tokens_seen}")
+    samples = result.steps * config.batch_size * config.gradient_accumulation
+    real = result.tokens_seen
+    total = round(real / (1 - result.padding_share))
     train_seconds = result.tokens_seen / result.tokens_per_s
     n_params = _parameter_count(settings.model, trainable=result.trainable_parameters)
     return _figures(
