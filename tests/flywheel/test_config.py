@@ -381,7 +381,7 @@ def test_project_config_trains_smollm2_locally_by_default(monkeypatch: pytest.Mo
     monkeypatch.delenv("FLYWHEEL_COMPUTE_BACKEND", raising=False)
     config = load_config(DEFAULT_CONFIG_PATH)
     assert config.compute.backend == "local"
-    assert config.compute.kubernetes.image == "flywheel-job:latest"
+    assert config.compute.kubernetes.image == "flywheel-job:0.1.0"
     for workload in config.workloads:
         [candidate] = workload.training.candidates
         assert candidate.base_model == "smollm2-135m-instruct"
@@ -390,12 +390,63 @@ def test_project_config_trains_smollm2_locally_by_default(monkeypatch: pytest.Mo
 
 def test_kubernetes_backend_reads_its_image_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_COMPUTE_BACKEND", "kubernetes")
-    monkeypatch.setenv("FLYWHEEL_JOB_IMAGE", "registry.example/flywheel-job@sha256:abc")
+    monkeypatch.setenv("FLYWHEEL_JOB_IMAGE", f"registry.example/flywheel-job@{DIGEST}")
     config = load_config(DEFAULT_CONFIG_PATH)
     assert (config.compute.backend, config.compute.kubernetes.image) == (
         "kubernetes",
-        "registry.example/flywheel-job@sha256:abc",
+        f"registry.example/flywheel-job@{DIGEST}",
     )
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "flywheel-job:latest",
+        "registry.example/flywheel-job:latest",
+        "flywheel-job",
+        "registry.example:5000/team/flywheel-job",
+        "flywheel-job:",
+    ],
+)
+def test_job_image_latest_or_untagged_is_rejected(
+    edited_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, image: str
+) -> None:
+    monkeypatch.delenv("FLYWHEEL_JOB_IMAGE", raising=False)
+    message = load_error(edited_config(lambda raw: raw["compute"]["kubernetes"].update(image=image)))
+    assert f"compute.kubernetes.image: {image!r} runs the moving ':latest' image" in message
+
+
+def test_job_image_from_the_environment_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_JOB_IMAGE", "registry.example/flywheel-job:latest")
+    with pytest.raises(ConfigError, match=r"compute\.kubernetes\.image: .*:latest"):
+        load_config(DEFAULT_CONFIG_PATH)
+
+
+def test_job_image_digest_must_be_well_formed(edited_config: Callable[..., Path]) -> None:
+    path = edited_config(lambda raw: raw["compute"]["kubernetes"].update(image="flywheel-job@sha256:abc"))
+    assert "compute.kubernetes.image: 'flywheel-job@sha256:abc': the digest after '@' must be" in (
+        load_error(path)
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "flywheel-job:0.1.0",
+        "registry.example:5000/team/flywheel-job:2026-12-07.3",
+        f"registry.example/flywheel-job@{DIGEST}",
+        f"registry.example/flywheel-job:latest@{DIGEST}",
+    ],
+)
+def test_job_image_with_a_version_tag_or_digest_is_accepted(
+    edited_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, image: str
+) -> None:
+    monkeypatch.delenv("FLYWHEEL_JOB_IMAGE", raising=False)
+    config = load_config(edited_config(lambda raw: raw["compute"]["kubernetes"].update(image=image)))
+    assert config.compute.kubernetes.image == image
 
 
 def test_unknown_backend_is_rejected(edited_config: Callable[..., Path]) -> None:

@@ -57,7 +57,7 @@ def test_template_is_a_gpu_job_pod(template: Path) -> None:
     pod = load_template(template)
     assert pod.kind == "Pod"
     assert [c.name for c in pod.spec.containers] == ["base"]
-    assert base_container(pod).image == "flywheel-job:latest"
+    assert base_container(pod).image == "flywheel-job:0.1.0"  # a placeholder the operator replaces
     assert pod.metadata.labels["app.kubernetes.io/component"] == template.name.removesuffix("-pod.yaml")
     assert_gpu_job_pod(pod)
 

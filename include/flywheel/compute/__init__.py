@@ -4,8 +4,9 @@ A :class:`JobSpec` is the whole contract between the DAG and a job: the ``flywhe
 arguments, a non-secret environment, labels, and the artifact-store URI where the job writes its outputs
 (``result.json``) or its failure (``error.json``). The ``kubernetes`` backend hands it to a pod
 (:mod:`flywheel.compute.kubernetes`); the ``local`` backend (:mod:`flywheel.compute.local`) runs the
-identical command line as a subprocess with the same environment on top of the worker's, streaming its
-output into the task log. Either way, results come back through the artifact store, never through XCom."""
+identical command line as a subprocess with the same environment on top of the worker's allow-listed
+variables, streaming its output into the task log. Either way, results come back through the artifact
+store, never through XCom."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from flywheel import artifacts
 from flywheel.config import CandidateConfig, FlywheelConfig, ModelConfig, WorkloadConfig
 from flywheel.errors import (
     JobFailedError,
+    JobTimeoutError,
     NonRetryableJobError,
     OutOfMemoryJobError,
     StaleResultError,
     TransientJobError,
 )
 from flywheel.jobs import EXIT_OUT_OF_MEMORY, check_result, dataset_id_of
-from flywheel.storage import STORAGE_OPTIONS_ENV
+from flywheel.redact import split_secret_options
+from flywheel.storage import STORAGE_OPTIONS_ENV, STORAGE_SECRET_OPTIONS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +201,22 @@ def evaluate_job(
 
 
 def job_env(config: FlywheelConfig) -> dict[str, str]:
-    """The non-secret environment of every job: ``compute.env`` and the artifact store's options."""
+    """The non-secret environment of every job: ``compute.env`` and the artifact store's non-secret
+    options. It travels in the job's spec (XCom) and into pod specs as plain values, so the secret
+    options stay out (:func:`job_secret_env`)."""
     env = dict(config.compute.env)
-    if config.artifact_store.storage_options:
-        env[STORAGE_OPTIONS_ENV] = json.dumps(config.artifact_store.storage_options, sort_keys=True)
+    plain, _ = split_secret_options(config.artifact_store.storage_options)
+    if plain:
+        env[STORAGE_OPTIONS_ENV] = json.dumps(plain, sort_keys=True)
     return env
+
+
+def job_secret_env(config: FlywheelConfig) -> dict[str, str]:
+    """The artifact store's secret options (``key``, ``secret``, ``token`` ...) as the job reads them,
+    for a backend to set in the job process's own environment, never in its spec: the local backend
+    does; a pod gets them from a Kubernetes Secret or its own environment instead."""
+    _, secret = split_secret_options(config.artifact_store.storage_options)
+    return {STORAGE_SECRET_OPTIONS_ENV: json.dumps(secret, sort_keys=True)} if secret else {}
 
 
 def _compact_json(value: Any) -> str:
@@ -279,6 +293,61 @@ def job_failure(
     return TransientJobError(
         f"{where} failed with exit code {exit_code}: {detail}", exit_code=exit_code, error=error
     )
+
+
+DISRUPTIONS = {
+    "Evicted": ("Evicted", "was evicted by its node's kubelet (node-pressure eviction)"),
+    "TerminationByKubelet": ("Evicted", "was evicted by its node's kubelet (node-pressure eviction)"),
+    "PreemptionByScheduler": (
+        "Preempted",
+        "was preempted: the scheduler gave its node to a higher-priority pod",
+    ),
+    "EvictionByEvictionAPI": ("Evicted", "was evicted through the Eviction API (a node drain)"),
+    "DeletionByTaintManager": ("NodeLost", "was deleted because its node became unreachable or not ready"),
+    "DeletionByPodGC": ("NodeLost", "was deleted because its node no longer exists"),
+    "Deleted": ("Deleted", "was deleted before it finished (by a user or a controller)"),
+}
+"""Why the platform, not the job, ended a pod (``status.reason`` or the ``DisruptionTarget`` condition's
+reason) -> the ``error`` of its ``error.json`` and how the message says it. Such a job is retried."""
+
+
+def disrupted_job_failure(
+    reason: str,
+    detail: str | None,
+    exit_code: int | None,
+    output_uri: str,
+    where: str,
+    storage_options: dict[str, Any] | None = None,
+) -> TransientJobError:
+    """The error of a job the platform ended for reasons of its own: retried, never out of memory.
+
+    ``reason`` is a key of :data:`DISRUPTIONS` or ``DeadlineExceeded`` (the pod ran past its
+    ``activeDeadlineSeconds``: a :class:`~flywheel.errors.JobTimeoutError`); ``detail`` is the
+    platform's own message. An ``error.json`` is written on the job's behalf unless it wrote one.
+    """
+    said = f" ({detail.strip()})" if detail and detail.strip() else ""
+    code = f"exit code {exit_code}" if exit_code is not None else "no exit code"
+    if reason == "DeadlineExceeded":
+        kind, error_name = JobTimeoutError, "Timeout"
+        message = (
+            f"{where} timed out: it ran past its activeDeadlineSeconds and was killed{said}, {code}; "
+            "retried. A job that is merely slow needs a longer compute.kubernetes.active_deadline_seconds."
+        )
+    else:
+        kind = TransientJobError
+        error_name, how = DISRUPTIONS.get(reason, (reason, f"was ended by the platform ({reason})"))
+        message = f"{where} {how}{said}, {code}; not the job's fault, retried."
+    error = read_job_file(output_uri, artifacts.ERROR, storage_options)
+    if error is None:
+        error = {
+            "error": error_name,
+            "message": message,
+            "exit_code": exit_code,
+            "retryable": True,
+            "reason": reason,
+        }
+        write_job_file(output_uri, artifacts.ERROR, error, storage_options)
+    return kind(message, exit_code=exit_code, error=error)
 
 
 def _killed_out_of_memory(

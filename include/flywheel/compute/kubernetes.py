@@ -10,16 +10,25 @@ this module imports the cncf-kubernetes provider; DAG files import it only when 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.common.compat.sdk import AirflowException
+from kubernetes.client.exceptions import ApiException
 
-from flywheel.compute import JOB_ENTRYPOINT, LABEL_PREFIX, JobSpec, job_failure
+from flywheel.compute import (
+    JOB_ENTRYPOINT,
+    LABEL_PREFIX,
+    JobSpec,
+    disrupted_job_failure,
+    job_failure,
+)
 from flywheel.compute.backend import ComputeBackend
 from flywheel.config import KubernetesComputeConfig
+from flywheel.redact import split_secret_options
 from flywheel.storage import storage_options_from_env
 
 if TYPE_CHECKING:
@@ -65,7 +74,9 @@ class FlywheelJobPodOperator(KubernetesPodOperator):
     (deferrable mode loses XCom and logs in provider 10.x). A pod whose job exits with a code that
     retrying cannot fix (``flywheel.compute.EXIT_CODES_NOT_RETRIED``), or whose container was
     ``OOMKilled``, raises :class:`~flywheel.errors.NonRetryableJobError`, which the DAG's retry policy
-    fails at once (:func:`~flywheel.compute.job_failure` decides).
+    fails at once (:func:`~flywheel.compute.job_failure` decides). A pod the platform ended (evicted,
+    preempted, its node lost, past ``activeDeadlineSeconds``: :func:`pod_disruption`) raises a
+    retried error that names why (:func:`~flywheel.compute.disrupted_job_failure`).
 
     ``output_uri`` is where the job writes ``result.json`` / ``error.json``; ``secret_env`` lists
     ``{"env", "secret", "key"}`` mappings turned into environment variables read from Kubernetes
@@ -110,11 +121,80 @@ class FlywheelJobPodOperator(KubernetesPodOperator):
         try:
             super().cleanup(pod, remote_pod, xcom_result, context)
         except AirflowException as exc:
-            code, reason = base_container_termination(remote_pod, self.base_container_name)
+            # The remote pod handed in may predate the failure (read before the pod started, when the
+            # pod was deleted under the operator): read it again, and its events, to learn why it ended.
+            latest, gone = self._read_final_pod(pod)
+            final = latest or remote_pod
+            code, reason = base_container_termination(final, self.base_container_name)
             name = pod.metadata.name if pod is not None and pod.metadata else self.name
             env = {var.name: var.value for var in self.env_vars or [] if var.value is not None}
-            options = storage_options_from_env(env)
-            raise job_failure(code, self.output_uri, f"pod {name}", options, reason=reason) from exc
+            options = storage_options_from_env(env) | worker_secret_storage_options()
+            where = f"pod {name}"
+            disruption = None if reason == "OOMKilled" else pod_disruption(final, self._read_events(pod))
+            if disruption is None and gone and code is None:  # not deleted by on_finish_action after it ended
+                disruption = ("Deleted", None)
+            if disruption is not None:
+                raise disrupted_job_failure(*disruption, code, self.output_uri, where, options) from exc
+            raise job_failure(code, self.output_uri, where, options, reason=reason) from exc
+
+    def _read_final_pod(self, pod: Any) -> tuple[Any, bool]:
+        """The pod as the API has it now, and whether it is gone (404); (None, False) when unreadable."""
+        if pod is None or pod.metadata is None:
+            return None, False
+        try:
+            return self.pod_manager.read_pod(pod), False
+        except ApiException as exc:
+            return None, exc.status == 404
+        except Exception:  # the failure is being reported: a lookup must not replace it
+            return None, False
+
+    def _read_events(self, pod: Any) -> list[Any]:
+        """The pod's events, oldest first; [] when they cannot be read (best effort)."""
+        if pod is None or pod.metadata is None:
+            return []
+        try:
+            return list(self.pod_manager.read_pod_events(pod).items or [])
+        except Exception:  # events are best effort on a real cluster too
+            return []
+
+
+def worker_secret_storage_options() -> dict[str, Any]:
+    """The secret artifact-store options of this worker's configuration ({} when it cannot be read):
+    the pod's environment does not carry them, but reading its ``error.json`` here may need them."""
+    try:
+        from flywheel.config import load_config
+
+        options = load_config().artifact_store.storage_options
+    except Exception:  # reporting the pod's failure must not fail on the configuration
+        return {}
+    return split_secret_options(options)[1]
+
+
+PREEMPTED_EVENT = "Preempted"
+"""The reason of the event the scheduler records on a pod it preempts (before deleting it)."""
+
+
+def pod_disruption(remote_pod: Any, events: Sequence[Any] = ()) -> tuple[str, str | None] | None:
+    """Why the platform ended the pod, if it did: (reason, its message), else None.
+
+    Read, in this order, from ``status.reason`` (``Evicted`` by the kubelet under node pressure,
+    ``DeadlineExceeded`` past ``activeDeadlineSeconds``), from a ``DisruptionTarget`` condition
+    (``PreemptionByScheduler``, ``TerminationByKubelet``, ``EvictionByEvictionAPI``,
+    ``DeletionByTaintManager``, ``DeletionByPodGC``), then from the pod's events: a preempted pod is
+    deleted at once, so its ``Preempted`` event may be all that is left of it.
+    """
+    status = remote_pod.status if remote_pod is not None else None
+    if status is not None and status.reason in ("Evicted", "DeadlineExceeded"):
+        return status.reason, status.message
+    for condition in (status.conditions if status is not None else None) or []:
+        if condition.type == "DisruptionTarget" and condition.status == "True" and condition.reason:
+            return condition.reason, condition.message
+    for event in events:
+        if event.reason == PREEMPTED_EVENT:
+            return "PreemptionByScheduler", event.message
+        if event.reason in ("Evicted", "DeadlineExceeded"):
+            return event.reason, event.message
+    return None
 
 
 def base_container_termination(

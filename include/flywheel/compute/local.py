@@ -19,26 +19,33 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from flywheel import artifacts
 from flywheel.compute import (
     LABEL_PREFIX,
     JobSpec,
     job_failure,
+    job_secret_env,
     read_job_file,
     read_job_result,
     write_job_file,
 )
 from flywheel.compute.backend import ComputeBackend
+from flywheel.config import EndpointConfig
 from flywheel.errors import JobTimeoutError
 from flywheel.jobs import ATTEMPT_ENV
 from flywheel.storage import storage_options_from_env
 
 if TYPE_CHECKING:
     from airflow.sdk import XComArg
+
+    from flywheel.config import FlywheelConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +80,113 @@ class LocalBackend(ComputeBackend):
 
     def run(self, job: JobSpec) -> None:
         """Run one job in the task instance that owns it (the body of the mapped task), within its time
-        limit, as the attempt of the running task try."""
+        limit, as the attempt of the running task try, with the worker variables it needs."""
         limit = self.config.compute.job_timeout(job.kind)
         run_local(
-            job, timeout_s=limit.total_seconds() if limit else None, attempt_id=task_attempt_id(job.name)
+            job,
+            timeout_s=limit.total_seconds() if limit else None,
+            attempt_id=task_attempt_id(job.name),
+            pass_env=job_pass_env(self.config),
+            secret_env=job_secret_env(self.config),
         )
+
+
+PASSED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "PYTHON*",
+    "FLYWHEEL_*",
+    "HF_*",
+    "HUGGINGFACE_*",
+    "TRANSFORMERS_*",
+    "TOKENIZERS_PARALLELISM",
+    "OMP_*",
+    "MKL_*",
+    "OPENBLAS_NUM_THREADS",
+    "KMP_*",
+    "TORCH*",
+    "PYTORCH_*",
+    "CUDA_*",
+    "NVIDIA_*",
+    "HIP_VISIBLE_DEVICES",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "COVERAGE_*",
+)
+"""The worker variables every local job gets (a name, or a prefix ending in ``*``): what a Python
+process, the model libraries and their thread settings need. The rest of the worker's environment
+(Airflow's connections and database URL, cloud keys the job does not use) stays with the worker."""
+
+STORAGE_CREDENTIAL_ENV = {
+    "s3": ("AWS_*",),
+    "s3a": ("AWS_*",),
+    "gs": ("GOOGLE_*", "GCE_*", "CLOUDSDK_*"),
+    "gcs": ("GOOGLE_*", "GCE_*", "CLOUDSDK_*"),
+    "abfs": ("AZURE_*",),
+    "abfss": ("AZURE_*",),
+    "az": ("AZURE_*",),
+    "adl": ("AZURE_*",),
+}
+"""The artifact store's protocol -> the variables its fsspec filesystem reads credentials from."""
+
+
+def job_pass_env(config: FlywheelConfig) -> list[str]:
+    """The worker variables a local job of ``config`` needs beyond :data:`PASSED_ENV`: the artifact
+    store's credential variables, every endpoint's ``api_key_env`` and ``compute.pass_env``."""
+    import fsspec
+
+    protocol = fsspec.utils.get_protocol(config.artifact_store.root)
+    keys = sorted({endpoint.api_key_env for endpoint in _endpoints(config) if endpoint.api_key_env})
+    return [*STORAGE_CREDENTIAL_ENV.get(protocol, ()), *keys, *config.compute.pass_env]
+
+
+def _endpoints(value: Any) -> Iterator[EndpointConfig]:
+    """Every endpoint block in a configuration (models, judges, teachers), wherever it sits."""
+    if isinstance(value, EndpointConfig):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _endpoints(getattr(value, name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _endpoints(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _endpoints(item)
+
+
+def job_environment(worker_env: Mapping[str, str], allowed: Iterable[str] = ()) -> dict[str, str]:
+    """The part of ``worker_env`` a local job gets: :data:`PASSED_ENV` and ``allowed`` (names, or
+    prefixes ending in ``*``)."""
+    patterns = [*PASSED_ENV, *allowed]
+    names = {p for p in patterns if not p.endswith("*")}
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    return {k: v for k, v in worker_env.items() if k in names or k.startswith(prefixes)}
 
 
 def task_attempt_id(name: str) -> str:
     """A new attempt id: the running Airflow task try's (``<run_id>/<task>[<map index>]/try-<n>``) where
     there is one, ``name`` otherwise, and a random suffix (a cleared task can repeat a try number)."""
     suffix = uuid.uuid4().hex[:8]
+    if "airflow.sdk" not in sys.modules:  # not in a task; importing Airflow would reconfigure logging
+        return f"{name}/{suffix}"
     try:
         from airflow.sdk import get_current_context
 
@@ -99,10 +202,14 @@ def run_local(
     logger: logging.Logger | None = None,
     timeout_s: float | None = None,
     attempt_id: str | None = None,
+    pass_env: Iterable[str] = (),
+    secret_env: Mapping[str, str] | None = None,
 ) -> None:
     """Run the job's command as a subprocess of this worker and stream its output to ``logger``.
 
-    The environment is the worker's plus the job's and ``$FLYWHEEL_ATTEMPT_ID`` (``attempt_id``, a new
+    The environment is the worker's allow-listed variables (:func:`job_environment`: :data:`PASSED_ENV`
+    and ``pass_env``), the job's, ``secret_env`` (what must not travel in the job's spec, such as the
+    artifact store's secret options) and ``$FLYWHEEL_ATTEMPT_ID`` (``attempt_id``, a new
     one when None); ``flywheel`` resolves to the console script of the running interpreter's
     environment. Before it starts, the attempt is recorded in the job's ``attempt.json``. The job runs
     under :mod:`~flywheel.compute.jobguard` in its own process group, which is killed when this call
@@ -119,8 +226,15 @@ def run_local(
     """
     out = logger or log
     attempt_id = attempt_id or task_attempt_id(job.name)
-    options = storage_options_from_env(job.env)
-    env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1", ATTEMPT_ENV: attempt_id}
+    secrets = dict(secret_env or {})
+    options = storage_options_from_env({**job.env, **secrets})
+    env = {
+        **job_environment(os.environ, pass_env),
+        **job.env,
+        **secrets,
+        "PYTHONUNBUFFERED": "1",
+        ATTEMPT_ENV: attempt_id,
+    }
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -173,6 +173,7 @@ def extract_interval(
                 "bytes": writer.bytes_written,
                 "read_method": read_method,
                 "source": source.type,
+                "client_ids": list(client_ids) if client_ids else None,  # what a recount selects again
                 **report.details,
                 "client_counts": dict(clients),
                 "schema": RAW_SCHEMA.metadata[b"flywheel.schema"].decode(),

@@ -1,4 +1,4 @@
-"""Body of the DAG's ``extract`` task."""
+"""Bodies of the DAG's ``extract`` and ``recount`` tasks."""
 
 from __future__ import annotations
 
@@ -58,3 +58,15 @@ def extract(
 def _log_progress(pages: int, records: int) -> None:
     if pages % 50 == 0:
         log.info("%d pages, %d records", pages, records)
+
+
+def recount(ctx: RunContext) -> dict[str, Any]:
+    """Count the previous days' windows in the log store again (``log_source.recount_days``) and alert,
+    naming the day and the backfill that re-runs it, for each whose count moved since its extraction:
+    logs that arrived after the settle delay are otherwise never read.
+
+    The recount is recorded in ``runs/<workload>/<day>/recount.json`` (and returned) for the report.
+    """
+    from flywheel.extract.recount import recount_previous_days
+
+    return recount_previous_days(ctx.config, ctx.workload_id, ctx.day, dag_run_id=ctx.dag_run_id)

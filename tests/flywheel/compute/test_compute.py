@@ -570,7 +570,11 @@ def test_what_a_finished_job_left_running_is_killed(tmp_path: Path) -> None:
     run_local(python_job(tmp_path / "out", code))  # the child holds the log pipe open: no hang
 
     assert time.monotonic() - started < 30
-    assert not alive(json.loads(pids.read_text())["child"])
+    child = json.loads(pids.read_text())["child"]
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: the exit follows shortly
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
 
 
 def test_a_job_that_cannot_start_fails_with_the_reason_in_its_log(
@@ -695,3 +699,53 @@ def test_planned_jobs_carry_their_dataset_id(tmp_path: Path) -> None:
     )
     assert job.dataset_id == "2026-11-20-0123456789"
     assert JobSpec.from_dict(job.to_dict()) == job
+
+
+def test_a_local_job_gets_an_allow_listed_environment_not_the_workers_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel.storage import STORAGE_SECRET_OPTIONS_ENV
+
+    planted = "PLANTED-worker-secret"
+    monkeypatch.setenv("AIRFLOW_CONN_METADATA_DB", f"postgresql://flywheel:{planted}@db/flywheel")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"postgresql://airflow:{planted}@db/airflow")
+    monkeypatch.setenv("SOME_OTHER_TOKEN", planted)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("FLYWHEEL_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("EVAL_API_KEY", "needed-by-the-job")
+    seen = tmp_path / "env.json"
+    code = f"import json, os; open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    job = python_job(tmp_path / "out", code)
+    secret = {STORAGE_SECRET_OPTIONS_ENV: json.dumps({"secret": "store-secret"})}
+
+    run_local(job, pass_env=["EVAL_API_KEY"], secret_env=secret)
+
+    env = json.loads(seen.read_text())
+    assert planted not in json.dumps(env)
+    assert not [name for name in env if name.startswith("AIRFLOW")]
+    assert "SOME_OTHER_TOKEN" not in env
+    assert (env["HF_HUB_OFFLINE"], env["OMP_NUM_THREADS"], env["FLYWHEEL_LOG_LEVEL"]) == ("1", "2", "DEBUG")
+    assert env["EVAL_API_KEY"] == "needed-by-the-job"  # a variable the job needs, passed by name
+    assert env[STORAGE_SECRET_OPTIONS_ENV] == secret[STORAGE_SECRET_OPTIONS_ENV]  # in the process only
+    assert "store-secret" not in json.dumps(job.to_dict())
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_the_local_backend_passes_the_stores_credentials_and_named_variables(tmp_path: Path) -> None:
+    from flywheel.compute.local import job_environment, job_pass_env
+    from flywheel.config import ArtifactStoreConfig
+
+    config = load_config(write_config(tmp_path, compute={"pass_env": ["MY_TOOL_*", "EXTRA"]}))
+    s3 = config.model_copy(update={"artifact_store": ArtifactStoreConfig(root="s3://bucket/flywheel")})
+
+    assert job_pass_env(config) == ["MY_TOOL_*", "EXTRA"]
+    assert job_pass_env(s3)[:1] == ["AWS_*"]
+    worker = {"AWS_ACCESS_KEY_ID": "a", "MY_TOOL_HOME": "b", "EXTRA": "c", "EXTRA2": "d", "PATH": "/bin"}
+    assert job_environment(worker, job_pass_env(s3)) == {
+        "AWS_ACCESS_KEY_ID": "a",
+        "MY_TOOL_HOME": "b",
+        "EXTRA": "c",
+        "PATH": "/bin",
+    }
+    assert "AWS_ACCESS_KEY_ID" not in job_environment(worker, job_pass_env(config))

@@ -7,6 +7,8 @@ codes, retries) runs against it in tests/dags/test_workload_dag_pods.py.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +34,7 @@ from flywheel.config import (
     TrainingConfig,
     load_config,
 )
-from flywheel.errors import OutOfMemoryJobError, TransientJobError
+from flywheel.errors import JobTimeoutError, OutOfMemoryJobError, TransientJobError
 from flywheel.jobs import load_settings
 from podspec import assert_gpu_job_pod, base_container
 from test_fake_kubernetes import RUN_ID as FAKE_RUN_ID
@@ -246,3 +248,141 @@ def test_a_pod_is_out_of_memory_and_not_retried_only_when_oom_killed(
         137,
         False,
     )
+
+
+def _run_pod(
+    fake_kubernetes: FakeKubernetes,
+    tmp_path: Path,
+    code: str,
+    *,
+    disrupt: Callable[[str], None] | None = None,
+    **operator: object,
+) -> tuple[FlywheelJobPodOperator, JobSpec, BaseException]:
+    """Run a training pod whose job is ``python -c code`` on the fake cluster; ``disrupt(pod name)`` is
+    called from another thread once the pod runs. The operator, the job and what it raised."""
+    fake_kubernetes.add_secret("flywheel", "wandb", {"api-key": "not-a-key"})
+    config = kubernetes_config(tmp_path, in_cluster=False)
+    job = training_job(config)
+    with DAG(dag_id="flywheel_test", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+        op = FlywheelJobPodOperator(
+            task_id="train",
+            **job_pod_defaults(config.compute.kubernetes, "train"),
+            **job_pod_arguments(job.to_dict()) | {"arguments": ["-c", code]},
+            cmds=["python"],
+            startup_check_interval_seconds=1,
+            **operator,
+        )
+
+    def running() -> str | None:
+        pods = [p for p in fake_kubernetes.pods("flywheel") if p["status"].get("phase") == "Running"]
+        return pods[0]["metadata"]["name"] if pods else None
+
+    def disrupt_when_running() -> None:
+        fake_kubernetes.wait_for(lambda: running() is not None, timeout=30)
+        name = running()
+        assert name is not None and disrupt is not None
+        disrupt(name)
+
+    thread = threading.Thread(target=disrupt_when_running, daemon=True) if disrupt else None
+    if thread:
+        thread.start()
+    ti = _TaskInstance(op.dag_id, op.task_id)
+    context = {"ti": ti, "task_instance": ti, "run_id": FAKE_RUN_ID, "dag": op.dag, "task": op}
+    with capture_logs(), pytest.raises(TransientJobError) as raised:
+        op.execute(context)
+    if thread:
+        thread.join(timeout=30)
+    return op, job, raised.value
+
+
+def test_an_evicted_pod_is_retried_and_not_counted_as_out_of_memory(
+    fake_kubernetes: FakeKubernetes, tmp_path: Path
+) -> None:
+    op, job, error = _run_pod(
+        fake_kubernetes,
+        tmp_path,
+        "import time; print('training', flush=True); time.sleep(60)",
+        disrupt=lambda name: fake_kubernetes.evict_pod("flywheel", name, resource="memory"),
+    )
+
+    pod = fake_kubernetes.get_pod("flywheel", op.pod.metadata.name)
+    assert pod is not None  # an evicted pod stays, Failed, until garbage-collected
+    assert (pod["status"]["phase"], pod["status"]["reason"]) == ("Failed", "Evicted")
+    disruption = next(c for c in pod["status"]["conditions"] if c["type"] == "DisruptionTarget")
+    assert disruption["reason"] == "TerminationByKubelet"
+    assert type(error) is TransientJobError  # retried: RetryableError, not OutOfMemoryJobError
+    assert str(error).startswith(
+        f"pod {op.pod.metadata.name} was evicted by its node's kubelet (node-pressure eviction) "
+        "(The node was low on resource: memory. Threshold quantity: 100Mi"
+    )
+    assert str(error).endswith(", exit code 143; not the job's fault, retried.")
+    written = read_job_file(job.output_uri, "error.json")
+    assert written == error.error
+    assert (written["error"], written["reason"], written["retryable"]) == ("Evicted", "Evicted", True)
+
+
+def test_a_preempted_pod_is_retried_with_the_reason_though_the_pod_is_gone(
+    fake_kubernetes: FakeKubernetes, tmp_path: Path
+) -> None:
+    op, job, error = _run_pod(
+        fake_kubernetes,
+        tmp_path,
+        "import time; print('training', flush=True); time.sleep(60)",
+        disrupt=lambda name: fake_kubernetes.preempt_pod("flywheel", name),
+    )
+
+    name = op.pod.metadata.name
+    assert fake_kubernetes.get_pod("flywheel", name) is None  # deleted by the scheduler
+    assert [e["reason"] for e in fake_kubernetes.events("flywheel", name) if e["reason"] == "Preempted"]
+    assert type(error) is TransientJobError
+    # Read from the Preempted event once the pod is gone (or, if the operator read the pod in the
+    # moment before it was removed, from its DisruptionTarget condition).
+    assert str(error).startswith(
+        f"pod {name} was preempted: the scheduler gave its node to a higher-priority pod ("
+    )
+    assert str(error).endswith("; not the job's fault, retried.")
+    assert "Preempted by pod " in str(error) or "preempting to accommodate" in str(error)
+    written = read_job_file(job.output_uri, "error.json")
+    assert (written["error"], written["reason"], written["retryable"]) == (
+        "Preempted",
+        "PreemptionByScheduler",
+        True,
+    )
+
+
+def test_a_pod_past_its_active_deadline_is_a_retried_timeout(
+    fake_kubernetes: FakeKubernetes, tmp_path: Path
+) -> None:
+    op, job, error = _run_pod(
+        fake_kubernetes, tmp_path, "import time; time.sleep(60)", active_deadline_seconds=1
+    )
+
+    assert op.remote_pod.status.reason == "DeadlineExceeded"
+    assert type(error) is JobTimeoutError  # a TransientJobError: retried
+    assert str(error) == (
+        f"pod {op.pod.metadata.name} timed out: it ran past its activeDeadlineSeconds and was killed "
+        "(Pod was active on the node longer than the specified deadline), exit code 143; retried. "
+        "A job that is merely slow needs a longer compute.kubernetes.active_deadline_seconds."
+    )
+    assert read_job_file(job.output_uri, "error.json")["error"] == "Timeout"
+
+
+def test_secret_storage_options_never_reach_the_pod_spec(tmp_path: Path) -> None:
+    import json
+
+    from flywheel.config import ArtifactStoreConfig
+
+    planted = "PLANTED-storage-secret"
+    config = kubernetes_config(tmp_path)
+    options = {"key": "AKIAEXAMPLE", "secret": planted, "client_kwargs": {"region_name": "eu-west-1"}}
+    store = ArtifactStoreConfig(root=config.artifact_store.root, storage_options=options)
+    config = config.model_copy(update={"artifact_store": store})
+    pod = render(config, training_job(config))
+
+    rendered = json.dumps(pod.to_dict(), default=str)
+    assert planted not in rendered and "AKIAEXAMPLE" not in rendered
+    env = {e.name: e for e in base_container(pod).env}
+    assert json.loads(env["FLYWHEEL_STORAGE_OPTIONS"].value) == {
+        "client_kwargs": {"region_name": "eu-west-1"}
+    }
+    assert "FLYWHEEL_STORAGE_SECRET_OPTIONS" not in env  # a pod reads it from a Secret, if at all

@@ -73,8 +73,9 @@ class LogSource(PluginConfig):
     """A place logs are read from, configured by a workload's ``log_source`` block.
 
     Subclass it to add one: declare the source's options as fields (``type`` included) and implement
-    :meth:`pages`. The fields here are the names of the routing fields of a log document, which every
-    source filters by and the raw partition's writer reads, and the page size.
+    :meth:`pages` (and :meth:`count` where the store counts faster than it reads). The fields here are
+    the names of the routing fields of a log document, which every source filters by and the raw
+    partition's writer reads, the page size, and the settle delay and recount of late logs.
     """
 
     timestamp_field: str = "timestamp"
@@ -82,6 +83,20 @@ class LogSource(PluginConfig):
     client_field: str = "client_id"
     page_size: int = Field(
         1000, ge=10, le=10_000, description="Records per page read (memory holds about three pages)."
+    )
+    settle_minutes: int = Field(
+        30,
+        ge=0,
+        le=720,
+        description="Minutes a night's extraction waits after its window ends before reading, so that "
+        "logs indexed late (ingest lag, refresh interval, buffered shippers) are in the store.",
+    )
+    recount_days: int = Field(
+        1,
+        ge=0,
+        le=30,
+        description="Each run counts the windows of this many previous days in the store again and alerts "
+        "when a count moved since extraction (late logs); 0: no recount.",
     )
 
     @property
@@ -97,6 +112,15 @@ class LogSource(PluginConfig):
         it with a reason. Set ``report.method`` once the read has begun. Closing the iterator early (a
         failed write) must release whatever the read holds open. May run on a background thread.
         """
+
+    def count(self, window: LogWindow) -> int:
+        """How many records the store holds in ``window`` now: exactly the records :meth:`pages` would yield.
+
+        The late-logs recount (:mod:`flywheel.extract.recount`) compares it with the records extracted
+        earlier. This default reads the window through :meth:`pages`; a store that can count without
+        reading (Elasticsearch's ``_count``) overrides it.
+        """
+        return sum(len(page) for page in self.pages(window, self.page_size, ReadReport()))
 
 
 class LogSourceError(PermanentError):

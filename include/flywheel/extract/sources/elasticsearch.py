@@ -519,3 +519,11 @@ class ElasticsearchSource(LogSource):
         yield from iterator
         # Counted after the read, so that documents written into the window meanwhile fail it too.
         report.expected_records = hit_pages.count()
+
+    def count(self, window: LogWindow) -> int:
+        """The cluster's ``_count`` of the window's query: no documents are read."""
+        client = connect(self.conn_id, self.request_timeout_s)
+        query = interval_query(self, window.workload_id, window.start, window.end, window.client_ids)
+        response = client.count(index=self.index, query=query).body
+        check_complete(response, f"count of {self.index!r}")
+        return int(response["count"])
