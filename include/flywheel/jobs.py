@@ -107,8 +107,11 @@ def write_error(output_uri: str, exc: BaseException, code: int) -> None:
         log.error("could not write error.json to %s: %s", output_uri, write_error)
 
 
-def write_result(output_uri: str, result: dict[str, Any], *, dataset_uri: str | None = None) -> None:
-    """Write ``result.json``: the last output of a successful job, its completion marker.
+def write_result(
+    output_uri: str, result: dict[str, Any], *, dataset_uri: str | None = None
+) -> dict[str, Any]:
+    """Write ``result.json``: the last output of a successful job, its completion marker; return what
+    was written.
 
     It carries the ``attempt_id`` of this process (``$FLYWHEEL_ATTEMPT_ID``, which a backend sets; not
     when run by hand) and the ``dataset_id`` of ``dataset_uri``, which readers check (:func:`check_result`).
@@ -125,6 +128,7 @@ def write_result(output_uri: str, result: dict[str, Any], *, dataset_uri: str | 
     fs.pipe_file(
         artifacts.job_uri(root, artifacts.RESULT), json.dumps(result, indent=2, default=str).encode()
     )
+    return result
 
 
 def dataset_id_of(dataset_uri: str) -> str:

@@ -286,7 +286,8 @@ def run_local(
             reader.join(timeout=10)
     maxrss = _maxrss_bytes(usage.ru_maxrss)
     peak = max(sampled or 0, maxrss if maxrss > worker_peak else 0) or None
-    shown = f"{peak / 2**20:,.0f} MiB" if peak else "unknown"
+    # The MiB that error.json records (to 0.1), so that the log line and the file agree.
+    shown = f"{round(peak / 2**20, 1):,.0f} MiB" if peak else "unknown"
     if timed_out and code != 0:
         out.error("%s ran past its time limit of %s and was killed (peak RSS %s)", job.name, limit, shown)
         raise _timed_out(job, timeout_s or 0, code, options)

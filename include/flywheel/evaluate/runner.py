@@ -168,8 +168,7 @@ def evaluate_model(
         "config": config.model_dump(mode="json"),
         "examples_uri": artifacts.job_uri(output_uri, artifacts.EXAMPLES),
     }
-    write_result(output_uri, result, dataset_uri=dataset_uri)
-    return result
+    return write_result(output_uri, result, dataset_uri=dataset_uri)
 
 
 def summarize(scored: list[ScoredExample], metrics: list[ExampleMetric]) -> dict[str, Any]:
