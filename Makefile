@@ -1,4 +1,4 @@
-# One-command set-up: every target installs what it needs (venv, hash-locked requirements, PostgreSQL).
+# One-command set-up: every target installs what it needs (venv, hash-locked requirements, PostgreSQL, Chromium).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -24,7 +24,7 @@ COMPILE = $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
 # bytecode (some machines set PYTHONDONTWRITEBYTECODE, which makes each start recompile ~1,000 modules).
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help install lock postgres demo test test-slow lint bench clean
+.PHONY: help install lock postgres chromium demo test test-slow lint bench clean
 
 help:
 	@echo "make demo       run the nightly flywheel end to end on the embedded default"
@@ -68,13 +68,18 @@ postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
+# Headless Chromium for the Flywheel page's end-to-end test (tests/flywheel/ui/test_ui_in_airflow.py).
+chromium:
+	@command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 demo: $(STAMP)
 	$(BIN)/flywheel demo run
 
-test: $(STAMP) postgres lint
+test: $(STAMP) postgres chromium lint
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP) postgres
+test-slow: $(STAMP) postgres chromium
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 lint: $(STAMP)

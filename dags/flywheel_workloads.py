@@ -24,6 +24,7 @@ from airflow.sdk import (
 from flywheel.compute.backend import compute_backend
 from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
 from flywheel.context import RunContext
+from flywheel.decide.order import PreviousNightWait
 from flywheel.deliver.alerts import FlywheelNotifier
 from flywheel.errors import PermanentError, RetryableError
 from flywheel.extract.settle import SettleWait
@@ -51,13 +52,19 @@ Tasks, in order:
    (`validated_partitions` row). Fails when a batch expectation fails.
 3. `build_dataset`: the last {window} validated days de-duplicated and split into train, validation
    and evaluation files with a manifest under `datasets/{workload_id}/<dataset_id>/` (`datasets` row).
-4. `plan_training`: one training job per candidate base model ({candidates}).
+4. `previous_night` waits (`depends_on_past`, reschedule mode) until the previous night has decided
+   and delivered, at most {previous_night_wait} minutes: nights train, evaluate and decide **in
+   interval order**, so a backfill replays history with the champion carried from night to night,
+   even next to the scheduled run. Then `plan_training`: one training job per candidate base model
+   ({candidates}) when the retrain policy `{retrain}` says this run trains (none otherwise: the
+   champion is still evaluated); why, in `runs/{workload_id}/<day>/retrain.json` and the `train`
+   stage summary.
 5. `train` (mapped, one task per candidate, labelled with its candidate id): `flywheel train` on the
    **{backend}** compute backend ({backend_doc}); the adapter, `result.json` and the loss curve land
    under `runs/{workload_id}/<day>/train/<candidate_id>/`. A job that fails with a bad configuration
    or out of memory is not retried.
 6. `collect_training`: reads every candidate's `result.json` / `error.json` from the artifact store
-   (never XCom) and records the `train` stage; fails only when no candidate produced an adapter.
+   (never XCom) and records the `train` stage; fails only when jobs ran and none produced an adapter.
 7. `plan_evaluation`: one evaluation job per model variant ({variants}), all on the dataset's
    evaluation split, the same examples for every model.
 8. `evaluate` (mapped, labelled `<candidate_id>/<eval_type>`): `flywheel evaluate` on the same
@@ -71,7 +78,9 @@ Tasks, in order:
    becomes a model version in the registry.
 11. `branch` follows the decision to exactly one of: `promote` (the `champion` alias moves in one
    audited transaction with the deploy hook, **{deploy}**; a hook failure leaves the old champion
-   and alerts), `alert` (drift, a regressed challenger, a failed stage) or `no_change`.
+   and alerts; a champion chosen on newer data, or one that moved during the run, stays, and the
+   decision is recorded as superseded), `alert` (drift, a regressed challenger, a failed stage) or
+   `no_change`.
 12. `report`: the run's HTML report with plots, `reports/{workload_id}/<day>/run-report.html`.
 13. `watcher`: runs only when a task failed, and fails the DAG run so it shows red.
 
@@ -135,10 +144,12 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             clients=f", clients {', '.join(workload.client_ids)}" if workload.client_ids else ", all clients",
             artifact_root=config.artifact_store.root,
             window=workload.training_window_days,
+            previous_night_wait=workload.decision.previous_night_wait_minutes,
             candidates=", ".join(
                 f"`{c.candidate_id}`: `{c.base_model}`" for c in workload.training.candidates
             ),
             backend=config.compute.backend,
+            retrain=workload.training.retrain.policy,
             variants=", ".join(
                 (["`champion`"] if workload.evaluation.champion else [])
                 + [f"`{t}`" for t in workload.evaluation.eval_types]
@@ -212,7 +223,10 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
             return tasks.build_dataset(RunContext.current(workload_id))
 
-        @task(task_id="plan_training", doc_md="One training job per candidate base model.")
+        @task(
+            task_id="plan_training",
+            doc_md="One training job per candidate base model, or none when the retrain policy says so.",
+        )
         def plan_training(dataset: dict) -> list[dict]:
             from flywheel.train import tasks
 
@@ -220,12 +234,18 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
         @task(
             task_id="collect_training",
-            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
-            doc_md="Read and record every candidate's training result from the artifact store.",
+            # All done, skipped included: `train` is skipped when the retrain policy planned no job.
+            trigger_rule=TriggerRule.ALL_DONE,
+            doc_md="Read and record every candidate's training result from the artifact store, and why "
+            "the run trained or not.",
         )
-        def collect_training(dataset: dict, jobs: list[dict]) -> dict:
+        def collect_training(dataset: dict | None, jobs: list[dict] | None) -> dict:
             from flywheel.train import tasks
 
+            if dataset is None or jobs is None:  # no XCom: the dataset or the plan failed upstream
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException("nothing to collect: no training was planned")
             return tasks.collect_training(RunContext.current(workload_id), dataset, jobs)
 
         @task(
@@ -302,7 +322,16 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
         )
         dataset = build_dataset()
         settle >> extract() >> validate() >> dataset
+        # The model half of the night starts from the champion the previous night chose.
+        previous_night = PreviousNightWait(
+            task_id="previous_night",
+            workload_id=workload_id,
+            wait_minutes=workload.decision.previous_night_wait_minutes,
+            trigger_rule=TriggerRule.ALL_DONE,
+            doc_md="Wait until the previous night has decided and delivered (nights in interval order).",
+        )
         train_plan = plan_training(dataset)
+        dataset >> previous_night >> train_plan
         # The compute backend makes the mapped job tasks: one `train` / `evaluate` instance per planned job.
         training = backend.mapped_task("train", train_plan, doc_md=JOB_DOCS["train"])
         trained = training >> collect_training(dataset, train_plan)

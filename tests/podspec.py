@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kubernetes.client import models as k8s
+
+
+def key_paths(value: Any, prefix: str = "") -> set[str]:
+    """Every mapping key of a YAML/JSON tree as a dotted path (list items by index): a manifest and its
+    round trip through the kubernetes models must have the same, or a misspelt field was dropped."""
+    if isinstance(value, dict):
+        paths = set()
+        for key, child in value.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            paths |= {path} | key_paths(child, path)
+        return paths
+    if isinstance(value, list):
+        return set().union(*(key_paths(child, f"{prefix}[{i}]") for i, child in enumerate(value)))
+    return set()
 
 
 def base_container(pod: k8s.V1Pod) -> k8s.V1Container:

@@ -14,6 +14,7 @@ filesystem path (``store.path``) and a full URL (``store.uri``)::
         validation.json                                   validation_result: Great Expectations result
         data_docs/index.html                              data_docs_dir, data_docs_index
         run-report.html                                   report_path (REPORT_NAME)
+      reports/<workload_id>/timeline.html                 timeline_path (TIMELINE_NAME): every night
       alerts/<workload_id>/<YYYY-MM-DD>/<stamp>-<event>.json    alert_path: the local notification sink
       datasets/<workload_id>/                             datasets_dir
         <dataset_id>/{train,validation,evaluation}.jsonl  dataset_dir; split_uri (split_name)
@@ -55,6 +56,8 @@ VALIDATION_RESULT = "validation.json"
 DATA_DOCS = "data_docs"
 DATA_DOCS_INDEX = "index.html"
 REPORT_NAME = "run-report.html"
+TIMELINE_NAME = "timeline.html"
+"""The workload's timeline report: every recorded night on one page (:mod:`flywheel.report.timeline`)."""
 QUARANTINE_EXPORT = "quarantine.jsonl"
 """Rejected records as JSON lines, at the root of the store ``flywheel validate`` writes."""
 
@@ -70,7 +73,13 @@ ATTEMPT = "attempt.json"
 """Which attempt last started the job (local backend): a ``result.json`` of another attempt is stale."""
 RECOUNT = "recount.json"
 """A run's late-logs recount of the previous days (``runs/<workload>/<day>/``)."""
+RETRAIN = "retrain.json"
+"""Whether a run trains and why, as ``plan_training`` decided (``runs/<workload>/<day>/``)."""
 LOSS_CURVE = "loss_curve.json"
+"""A training job's curve: one point per optimiser step with ``step``, :data:`TRAIN_LOSS` and ``lr``,
+and :data:`VALIDATION_LOSS` at each step the validation split was scored."""
+TRAIN_LOSS = "train_loss"
+VALIDATION_LOSS = "validation_loss"
 ADAPTER = "adapter"
 EXAMPLES = "examples.jsonl"
 """An evaluation's per-example outcomes."""
@@ -133,6 +142,11 @@ def report_path(workload_id: str, day: date) -> str:
     return posixpath.join(reports_dir(workload_id, day), REPORT_NAME)
 
 
+def timeline_path(workload_id: str) -> str:
+    """The workload's timeline report, next to its days' report folders (rewritten whole each time)."""
+    return posixpath.join("reports", workload_id, TIMELINE_NAME)
+
+
 def alert_path(workload_id: str, day: date, stamp: str, event: str) -> str:
     """One notification of the local sink: ``alerts/<workload_id>/<day>/<stamp>-<event>.json``."""
     return posixpath.join("alerts", workload_id, day.isoformat(), f"{stamp}-{event}.json")
@@ -191,6 +205,11 @@ def run_dir(workload_id: str, day: date) -> str:
 def recount_path(workload_id: str, day: date) -> str:
     """The late-logs recount of the run of ``day``: the earlier days' windows counted again."""
     return posixpath.join(run_dir(workload_id, day), RECOUNT)
+
+
+def retrain_path(workload_id: str, day: date) -> str:
+    """Whether the run of ``day`` trains and why (:mod:`flywheel.train.retrain`)."""
+    return posixpath.join(run_dir(workload_id, day), RETRAIN)
 
 
 def train_dir(workload_id: str, day: date, candidate_id: str) -> str:

@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     check = config.add_parser("check", help="validate a configuration file and list its workloads")
     check.add_argument("file", nargs="?", help="file to check (default: the active configuration)")
     check.set_defaults(handler=_config_check)
+    reference = config.add_parser(
+        "reference", help="the configuration reference (every key) generated from the models, as Markdown"
+    )
+    written = reference.add_mutually_exclusive_group()
+    written.add_argument("--output", help="write it to this file (docs/configuration-reference.md)")
+    written.add_argument(
+        "--check", metavar="FILE", help="exit 1 when FILE differs from what the models generate"
+    )
+    reference.set_defaults(handler=_config_reference)
 
     db = commands.add_parser("db", help="metadata database").add_subparsers(required=True)
     db.add_parser("upgrade", help="apply the migrations to the metadata database").set_defaults(
@@ -163,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument(
         "--workload", action="append", dest="workloads", help="repeatable; default: all demo ones"
     )
+    seed.add_argument(
+        "--drift-day",
+        type=int,
+        help="the seeded day (1 = the oldest) from which the router's backend API has changed "
+        "(a tool renamed, a required parameter added, a new tool); default: no change",
+    )
     seed.set_defaults(handler=_demo_seed)
     run = demo_commands.add_parser("run", help="start local services, seed, run the nightly DAGs, summarise")
     run.add_argument("--days", type=int, default=7)
@@ -267,6 +282,27 @@ def _config_check(args: argparse.Namespace) -> int:
             f"alerts: {', '.join(channels) or 'none'}"
         )
     print(f"OK: {len(config.workloads)} workload(s)")
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flywheel.config_reference import COMMAND, render_reference
+
+    text = render_reference()
+    if args.check:
+        if Path(args.check).read_text(encoding="utf-8") != text:
+            print(
+                f"{args.check} is out of date with the configuration models: run `{COMMAND}`", file=sys.stderr
+            )
+            return 1
+        print(f"{args.check}: up to date")
+    elif args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -517,16 +553,21 @@ def _model_config(model_class: Any, **fields: Any) -> Any:
 
 
 def _demo_seed(args: argparse.Namespace) -> int:
-    from flywheel.demo.seed import seed_logs
+    from flywheel.demo.seed import SeedError, seed_logs
 
-    report = seed_logs(
-        load_config(args.config),
-        days=args.days,
-        records_per_day=args.records_per_day,
-        now=args.now,
-        seed=args.seed,
-        workloads=args.workloads,
-    )
+    try:
+        report = seed_logs(
+            load_config(args.config),
+            days=args.days,
+            records_per_day=args.records_per_day,
+            now=args.now,
+            seed=args.seed,
+            workloads=args.workloads,
+            drift_day=args.drift_day,
+        )
+    except SeedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _print_json(report.to_dict())
     return 0
 

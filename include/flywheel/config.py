@@ -106,6 +106,7 @@ def by_type(registry: str) -> WrapValidator:
             raise ValidationError.from_exception_data(PluginConfig.__name__, [error]) from None
         return model.model_validate(value)
 
+    validate.registry = registry  # type: ignore[attr-defined]  # how flywheel.config_reference finds it
     return WrapValidator(validate)
 
 
@@ -128,10 +129,12 @@ default when ``type`` is absent, ``files`` or the dotted path of the user's own)
 class AirflowDefaults(_Strict):
     """Organisation defaults applied to every workload DAG."""
 
-    owner: str = "flywheel"
-    retries: int = Field(2, ge=0, le=10)
-    retry_delay_minutes: float = Field(5.0, gt=0)
-    max_retry_delay_minutes: float = Field(60.0, gt=0)
+    owner: str = Field("flywheel", description="DAG owner shown in the UI.")
+    retries: int = Field(2, ge=0, le=10, description="Retries per task after the first try.")
+    retry_delay_minutes: float = Field(
+        5.0, gt=0, description="Delay before the first retry; it doubles with every try (with jitter)."
+    )
+    max_retry_delay_minutes: float = Field(60.0, gt=0, description="Upper bound of the retry delay.")
     execution_timeout_minutes: float = Field(
         120.0,
         gt=0,
@@ -139,15 +142,19 @@ class AirflowDefaults(_Strict):
         "get their job's time limit (compute.train_timeout_minutes, compute.evaluate_timeout_minutes) "
         "plus a margin instead.",
     )
-    tags: list[str] = Field(default_factory=lambda: ["flywheel"])
+    tags: list[str] = Field(
+        default_factory=lambda: ["flywheel"], description="Tags of every DAG, besides each workload's own."
+    )
 
 
 class PiiConfig(_Strict):
     """PII scrubbing of clean records before they leave the ETL (on by default)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Scrub PII from clean records before they are written.")
     kinds: list[Literal["email", "phone", "card", "ip"]] = Field(
-        default_factory=lambda: ["email", "phone", "card", "ip"], min_length=1
+        default_factory=lambda: ["email", "phone", "card", "ip"],
+        min_length=1,
+        description="Kinds replaced by placeholders consistent within a conversation (<EMAIL_1> ...).",
     )
 
 
@@ -158,9 +165,15 @@ class SplitsConfig(_Strict):
     the fractions reshuffles every record, so treat them as fixed once a workload has datasets.
     """
 
-    salt: str = Field("flywheel-v1", min_length=1)
-    evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    salt: str = Field(
+        "flywheel-v1", min_length=1, description="Salt of the hash that places each conversation in a split."
+    )
+    evaluation_fraction: float = Field(
+        0.15, gt=0, lt=0.5, description="Share of the key space that is evaluation."
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of the key space that is validation."
+    )
     evaluation_target: int = Field(500, ge=1, description="Records in the fresh evaluation set at most.")
     min_evaluation_per_label: int = Field(5, ge=0, description="Per tool (and no-tool) when available.")
     min_label_examples: int = Field(20, ge=1, description="A label with fewer records is not stratified.")
@@ -173,12 +186,29 @@ class DataQualityConfig(_Strict):
 
     max_record_bytes: int = Field(256_000, ge=1_000, description="Larger records are quarantined.")
     min_clean_records: int = Field(50, ge=0, description="Fewer clean records in a day fail the batch.")
-    max_quarantine_rate: float = Field(0.2, ge=0, le=1)
-    max_duplicate_rate: float = Field(0.3, ge=0, le=1)
+    max_quarantine_rate: float = Field(
+        0.2, ge=0, le=1, description="A larger share of the day's records quarantined fails the batch."
+    )
+    max_duplicate_rate: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="A larger share of the day's records repeating an earlier conversation fails it.",
+    )
     max_tool_shift: float = Field(
         0.5, gt=0, description="KL divergence of today's tool distribution from the previous days'."
     )
-    shift_baseline_days: int = Field(7, ge=1, le=90)
+    tool_shift_action: Literal["alert", "fail"] = Field(
+        "alert",
+        description="What a tool shift above max_tool_shift does. 'alert': the batch still passes (its "
+        "day enters later baselines and datasets), the day is flagged (tool_shift_exceeded), the "
+        "decision alerts (tool_shift) and an on_trigger retrain policy trains: an API change is drift "
+        "to learn from, and failing its days would keep it out of every dataset for "
+        "shift_baseline_days days. 'fail': the shift fails the batch like any other expectation.",
+    )
+    shift_baseline_days: int = Field(
+        7, ge=1, le=90, description="Passed days before the day whose tool distribution is the baseline."
+    )
     pii: PiiConfig = Field(default_factory=PiiConfig)
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
 
@@ -192,9 +222,9 @@ class DataQualityConfig(_Strict):
 class LoraSettings(_Strict):
     """The LoRA adapter trained on top of a frozen base model."""
 
-    r: int = Field(16, ge=1, le=512)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, le=512, description="Rank of the adapter's low-rank matrices.")
+    alpha: int = Field(32, ge=1, description="Scaling of the adapter's update (alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt; 'all-linear' adapts every linear layer."
     )
@@ -211,7 +241,7 @@ class TrainingConfig(_Strict):
     """Hyper-parameters of one fine-tuning job (``flywheel train --config``)."""
 
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; null: run `epochs` epochs.")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split when max_steps is null.")
     batch_size: int = Field(
         8, ge=1, description="Sequences per batch (one optimizer step without accumulation)."
     )
@@ -221,12 +251,20 @@ class TrainingConfig(_Strict):
         description="At most this many sequences per forward/backward pass (gradients accumulate over "
         "a batch's micro-batches: same effective batch); null: as many as the memory budget allows.",
     )
-    gradient_accumulation: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0, lt=1)
-    lr_schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_seq_length: int = Field(2048, ge=32)
+    gradient_accumulation: int = Field(
+        1, ge=1, description="Batches whose gradients make one optimizer step."
+    )
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the schedule.")
+    lr_schedule: Literal["cosine", "linear", "constant_with_warmup"] = Field(
+        "cosine", description="Decay of the learning rate after warm-up."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_seq_length: int = Field(
+        2048,
+        ge=32,
+        description="Tokens per training example at most; a longer prompt loses its oldest tokens.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     init_from: Literal["base", "champion"] = Field(
         "base",
@@ -246,7 +284,7 @@ class TrainingConfig(_Strict):
         description="Each epoch draws label L (the answer's first tool, or no_call) in proportion to "
         "count(L) ** label_balance: 1 keeps the data's mix, 0 draws every label equally often.",
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the adapter's initialisation and the data order.")
     eval_every_steps: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")
     max_validation_examples: int | None = Field(
         None, ge=1, description="Validation loss on the split's first N examples; null: all of them."
@@ -254,7 +292,9 @@ class TrainingConfig(_Strict):
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after N evaluations without a better validation loss; null: never."
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, more time."
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="auto: bf16 weights on a GPU; on a CPU, bf16 autocast where it has bf16 instructions "
@@ -266,7 +306,7 @@ class TrainingConfig(_Strict):
         description="Memory a CPU job may use; batches that would not fit run as micro-batches. "
         "null: 85% of the machine's or the container's memory.",
     )
-    log_every_steps: int = Field(10, ge=1)
+    log_every_steps: int = Field(10, ge=1, description="Training loss logged every N optimizer steps.")
 
 
 CANDIDATE_ID_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,38}[a-z0-9])?$"
@@ -276,7 +316,9 @@ CANDIDATE_ID_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,38}[a-z0-9])?$"
 class CandidateConfig(_Strict):
     """One candidate base model of a workload: the run trains one LoRA adapter on it (a challenger)."""
 
-    candidate_id: Annotated[str, Field(pattern=CANDIDATE_ID_PATTERN)]
+    candidate_id: Annotated[str, Field(pattern=CANDIDATE_ID_PATTERN)] = Field(
+        ..., description="Unique within the workload: a path segment, a pod label and a map index."
+    )
     base_model: str = Field(
         ...,
         min_length=1,
@@ -287,8 +329,35 @@ class CandidateConfig(_Strict):
     )
 
 
+class RetrainConfig(_Strict):
+    """When a workload's run trains its candidates (docs/training.md, "When a run trains").
+
+    A run that does not train still evaluates the champion (and each candidate's base / icl variants)
+    on its fresh data and decides; it records why it trained or not in its ``train`` stage summary.
+    """
+
+    policy: Literal["always", "on_trigger", "every_n_days"] = Field(
+        "always",
+        description="always: every run trains. on_trigger: only when there is no champion, the previous "
+        "decision was a drift or data-quality alert, the champion's latest score on fresh data is below "
+        "its floor, or the dataset has tools the champion was not trained on. every_n_days: when there "
+        "is no champion or the last training is every_n_days days old.",
+    )
+    every_n_days: int | None = Field(
+        None, ge=1, le=365, description="Days from one training to the next under policy every_n_days."
+    )
+
+    @model_validator(mode="after")
+    def _every_n_days_with_its_policy(self) -> RetrainConfig:
+        if self.policy == "every_n_days" and self.every_n_days is None:
+            raise ValueError("every_n_days: required when policy is every_n_days")
+        if self.policy != "every_n_days" and self.every_n_days is not None:
+            raise ValueError(f"every_n_days: only used with policy every_n_days, not {self.policy!r}")
+        return self
+
+
 class WorkloadTrainingConfig(_Strict):
-    """What a workload's run trains: shared settings and the candidate base models."""
+    """What a workload's run trains: shared settings, the candidate base models and when to train."""
 
     settings: TrainingConfig = Field(default_factory=TrainingConfig)
     candidates: list[CandidateConfig] = Field(
@@ -297,6 +366,7 @@ class WorkloadTrainingConfig(_Strict):
         ],
         min_length=1,
     )
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @model_validator(mode="after")
     def _candidates_valid(self) -> WorkloadTrainingConfig:
@@ -395,16 +465,18 @@ class GenerationConfig(_Strict):
 class IclConfig(_Strict):
     """Few-shot (ICL) examples: drawn from the training split only, per evaluation example."""
 
-    max_shots: int = Field(3, ge=1, le=32)
+    max_shots: int = Field(3, ge=1, le=32, description="Examples shown before each question at most.")
     token_budget: int = Field(
         1024, ge=16, description="Tokens all shots may take together, counted with the model's tokenizer."
     )
-    similarity: Literal["lexical", "embedding"] = "lexical"
+    similarity: Literal["lexical", "embedding"] = Field(
+        "lexical", description="How the shots closest to the question are chosen."
+    )
     embedding_model: str | None = Field(
         None, description="Local directory of an embedding model; required for similarity 'embedding'."
     )
     pool_size: int = Field(5000, ge=1, description="At most this many training examples are considered.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the tie-breaking between equally similar shots.")
     tokenizer: str | None = Field(
         None,
         description="Model reference whose tokenizer counts the budget when the evaluated model is an "
@@ -465,9 +537,11 @@ class EvaluationConfig(_Strict):
 class ModelConfig(_Strict):
     """A model to evaluate: a base model (with an optional LoRA adapter), or an endpoint."""
 
-    base_model: str | None = Field(None, min_length=1)
+    base_model: str | None = Field(
+        None, min_length=1, description="A model reference, as a candidate's base_model; or set endpoint."
+    )
     adapter: str | None = Field(None, min_length=1, description="Adapter directory or fsspec URL.")
-    endpoint: EndpointConfig | None = None
+    endpoint: EndpointConfig | None = Field(None, description="An endpoint that serves the model instead.")
     few_shot: bool = Field(
         False,
         description="Answer with few-shot examples from the training split, as the icl variant does (a "
@@ -529,7 +603,7 @@ class GuardrailConfig(_Strict):
     relative when ``relative`` is true (0.25 = a p95 at most 25 % above the champion's).
     """
 
-    margin: float = Field(..., ge=0)
+    margin: float = Field(..., ge=0, description="How much worse than the champion the challenger may be.")
     relative: bool = Field(False, description="Margin as a fraction of the champion's value.")
 
 
@@ -569,11 +643,19 @@ class DecisionPolicyConfig(_Strict):
         default_factory=_default_guardrails,
         description="Metric (a built-in name or the dotted path of your own) to its non-inferiority margin.",
     )
-    bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
+    bootstrap_resamples: int = Field(
+        10_000, ge=100, le=1_000_000, description="Resamples of the paired bootstrap intervals."
+    )
     challenger_eval_types: list[Literal["base", "icl", "customized"]] = Field(
         default_factory=lambda: ["base", "icl", "customized"],
         min_length=1,
         description="Variants that may become the challenger.",
+    )
+    previous_night_wait_minutes: float = Field(
+        360,
+        ge=0,
+        description="How long a night waits for the previous night's decision and promotion before it "
+        "trains and evaluates from the current champion anyway (docs/decision.md, \"Nights in order\").",
     )
 
     @field_validator("primary_metric")
@@ -613,7 +695,9 @@ NotifyEvent = Literal["promote", "alert", "no_change", "task_failure"]
 class AlertsConfig(_Strict):
     """Where a workload's notifications go: Airflow notifier channels and the local sink."""
 
-    channels: list[AlertChannelConfig] = Field(default_factory=list)
+    channels: list[AlertChannelConfig] = Field(
+        default_factory=list, description="Airflow notifier channels, each picked by its type."
+    )
     local_sink: bool = Field(
         True, description="Log every notification and write it as JSON under alerts/ in the artifact store."
     )
@@ -622,29 +706,93 @@ class AlertsConfig(_Strict):
     )
 
 
+class TokenPrices(_Strict):
+    """A model's price per million tokens, in ``report.prices.currency``."""
+
+    input_per_1m: float = Field(..., ge=0, description="Price of one million input (prompt) tokens.")
+    output_per_1m: float = Field(..., ge=0, description="Price of one million output (completion) tokens.")
+
+
+class StudentPrices(_Strict):
+    """What serving a student costs: per million tokens (a hosted endpoint), per hour of compute (your
+    own GPUs), or both added up."""
+
+    input_per_1m: float | None = Field(None, ge=0, description="Price of one million input tokens.")
+    output_per_1m: float | None = Field(None, ge=0, description="Price of one million output tokens.")
+    per_hour: float | None = Field(
+        None,
+        ge=0,
+        description="Price of one hour of the student's serving compute; an evaluation's hours per request "
+        "are taken from its throughput (1 / examples per second of its job).",
+    )
+
+    @model_validator(mode="after")
+    def _priced(self) -> StudentPrices:
+        if (self.input_per_1m is None) != (self.output_per_1m is None):
+            raise ValueError("set both input_per_1m and output_per_1m, or neither")
+        if self.input_per_1m is None and self.per_hour is None:
+            raise ValueError("set input_per_1m and output_per_1m, per_hour, or all three")
+        return self
+
+
+class PricesConfig(_Strict):
+    """Prices the run report turns into a cost per 1,000 requests, teacher against student."""
+
+    currency: str = Field("USD", min_length=1, max_length=8, description="Shown next to every cost.")
+    teacher: TokenPrices = Field(..., description="The teacher's price (the production model of the logs).")
+    student: StudentPrices = Field(..., description="The students' price (every evaluated variant).")
+
+
+class ReportConfig(_Strict):
+    """What the run report reads beyond the run's own records (docs/report.md)."""
+
+    prices: PricesConfig | None = Field(
+        None, description="Prices for the cost per 1,000 requests; null: the report shows no costs."
+    )
+    teacher_latency_field: str | None = Field(
+        "latency_ms",
+        min_length=1,
+        description="Top-level field of the log documents that holds the teacher's latency in milliseconds; "
+        "null: the logs carry none.",
+    )
+
+
 class WorkloadConfig(_Strict):
     """One agent workload (an agent node, route or task) whose traffic trains its own student models."""
 
-    workload_id: Annotated[str, Field(pattern=WORKLOAD_ID_PATTERN)]
-    description: str = ""
+    workload_id: Annotated[str, Field(pattern=WORKLOAD_ID_PATTERN)] = Field(
+        ..., description="Value of the workload field in the logs; DAG id flywheel_<workload_id>. Unique."
+    )
+    description: str = Field("", description="Shown at the top of the DAG's documentation.")
     client_ids: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None, description="Only these client_id values; null or absent means every client."
     )
-    log_source: LogSourceConfig
+    log_source: LogSourceConfig = Field(..., description="Where the workload's logs are read from.")
     schedule: str = Field("0 2 * * *", description="Daily cron (UTC); each run owns the previous day.")
     start_date: date = Field(
         ..., description="Start of the first data interval the scheduler creates (catchup)."
     )
-    catchup: bool = False
-    max_active_runs: int = Field(1, ge=1, le=16)
-    training_window_days: int = Field(7, ge=1, le=365)
+    catchup: bool = Field(
+        False, description="Whether the scheduler runs every missed interval since start_date."
+    )
+    max_active_runs: int = Field(
+        1, ge=1, le=16, description="Runs of this DAG at the same time (not backfills)."
+    )
+    training_window_days: int = Field(
+        7, ge=1, le=365, description="Days a training dataset spans: the run's day and the days before it."
+    )
     data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
     training: WorkloadTrainingConfig = Field(default_factory=WorkloadTrainingConfig)
     evaluation: WorkloadEvaluationConfig = Field(default_factory=WorkloadEvaluationConfig)
     decision: DecisionPolicyConfig = Field(default_factory=DecisionPolicyConfig)
-    deploy: DeployConfig = Field({"type": "none"}, validate_default=True)
+    deploy: DeployConfig = Field(
+        {"type": "none"},
+        validate_default=True,
+        description="What promotion does besides moving the registry alias (tells serving).",
+    )
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-    tags: list[str] = Field(default_factory=list)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    tags: list[str] = Field(default_factory=list, description="Extra DAG tags.")
 
     @field_validator("client_ids")
     @classmethod
@@ -724,7 +872,9 @@ class MetadataConfig(_Strict):
 class SecretEnvConfig(_Strict):
     """One environment variable of job pods read from a key of a Kubernetes Secret."""
 
-    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        ..., description="Name of the environment variable in the pod."
+    )
     secret: str = Field(..., min_length=1, description="Name of the Kubernetes Secret.")
     key: str = Field(..., min_length=1, description="Key inside the Secret.")
 
@@ -736,12 +886,14 @@ class KubernetesComputeConfig(_Strict):
     in_cluster: bool | None = Field(
         None, description="Use the worker's service account; null: the connection."
     )
-    namespace: str = Field("flywheel", min_length=1)
+    namespace: str = Field("flywheel", min_length=1, description="Namespace of the job pods.")
     image: str = Field(..., min_length=1, description="The job image (target `job`): version tag or digest.")
     pod_template_dir: str = Field(
         str(PROJECT_ROOT / "k8s_templates"), description="Folder of train-pod.yaml and evaluate-pod.yaml."
     )
-    service_account_name: str | None = None
+    service_account_name: str | None = Field(
+        None, description="Service account of the job pods; null: the template's (flywheel-job)."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="GPU node labels, e.g. nvidia.com/gpu.product."
     )
@@ -795,7 +947,9 @@ class ComputeConfig(_Strict):
         description="Local backend: worker environment variables passed to jobs besides the built-in "
         "allow-list (PATH, HOME, PYTHON*, HF_*, FLYWHEEL_* ...); a name, or a prefix ending in '*'.",
     )
-    kubernetes: KubernetesComputeConfig | None = None
+    kubernetes: KubernetesComputeConfig | None = Field(
+        None, description="How job pods are started; required when backend is 'kubernetes'."
+    )
     train_timeout_minutes: float = Field(
         360.0,
         gt=0,

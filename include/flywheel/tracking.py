@@ -200,7 +200,14 @@ def record_evaluation(
     )
 
 
-def record_promotion(metadata: MetadataConfig, decision_id: int, promotion: dict[str, Any]) -> None:
-    """What the ``promote`` task did with a decision (promoted, or failed and why)."""
+def record_promotion(
+    metadata: MetadataConfig, decision_id: int, promotion: dict[str, Any], *, replace: bool = True
+) -> None:
+    """What the ``promote`` task did with a decision (promoted, superseded, or failed and why).
+
+    ``replace=False`` keeps what an earlier attempt recorded (a retry finding its work done).
+    """
     with session_scope(metadata) as session:
-        session.get_one(Decision, decision_id).promotion = promotion
+        row = session.get_one(Decision, decision_id)
+        if replace or row.promotion is None:
+            row.promotion = promotion

@@ -124,6 +124,7 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
         "validate",
         "recount",
         "build_dataset",
+        "previous_night",
         "plan_training",
         "train",
         "collect_training",
@@ -138,13 +139,19 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
         "report",
         "watcher",
     ]
+    # Nights train, evaluate and decide in interval order (flywheel.decide.order), whatever the dataset.
+    previous_night = dag.get_task("previous_night")
+    assert (previous_night.depends_on_past, previous_night.trigger_rule) == (True, "all_done")
+    assert previous_night.downstream_task_ids == {"plan_training", "watcher"}
     train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
     assert train.is_mapped and evaluate.is_mapped
     assert train.map_index_template == "{{ candidate_id }}"
     assert evaluate.map_index_template == "{{ candidate_id }}/{{ eval_type }}"
     # Results are read whatever happened to each job, but not after an upstream failure; evaluation is
     # planned even when every candidate failed to train (base models and the champion still count).
-    for task_id in ("collect_training", "plan_evaluation", "collect_evaluation"):
+    # Training results are also read when the retrain policy planned no job (`train` is skipped then).
+    assert dag.get_task("collect_training").trigger_rule == "all_done"
+    for task_id in ("plan_evaluation", "collect_evaluation"):
         assert dag.get_task(task_id).trigger_rule == "all_done_min_one_success"
     assert dag.get_task("plan_evaluation").upstream_task_ids == {
         "build_dataset",

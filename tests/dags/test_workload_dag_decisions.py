@@ -157,7 +157,8 @@ def test_a_failed_stage_alerts_and_fails_the_run(
     assert [e["reasons"][0]["code"] for e in events if e["event"] == "alert"] == [reason]
     assert any(e["event"] == "task_failure" for e in events)
     assert reason in report_of(config, start)
-    # The report task's "Run report" button (an extra link, kept as XCom when the task finished).
+    # The report task's "Run report" button (an extra link, kept as XCom when the task finished): the
+    # report on the Flywheel plugin's route, relative to the api-server's base URL (docs/ui.md).
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -171,6 +172,6 @@ def test_a_failed_stage_alerts_and_fails_the_run(
             )
             .order_by(XComModel.timestamp.desc())
         )
-    assert link.endswith(f"reports/{WORKLOAD}/{start.date()}/run-report.html")
+    assert link == f"flywheel/reports/{WORKLOAD}/{start.date()}/run-report.html"
     with session_scope(config.metadata) as session:
         assert session.scalars(select(Evaluation).where(Evaluation.status == "succeeded")).all() == []

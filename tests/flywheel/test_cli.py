@@ -134,6 +134,15 @@ def test_extract_bad_iso_date_is_a_usage_error(capsys: pytest.CaptureFixture[str
     assert err.startswith("usage: flywheel extract")
 
 
+def test_demo_seed_drift_day_outside_the_seeded_days_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "seed", "--days", "7", "--drift-day", "8"]) == 2
+
+    assert (
+        "error: drift_day must be a seeded day, 1 (the oldest) to 7 (the latest); got 8"
+        in capsys.readouterr().err
+    )
+
+
 def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([])

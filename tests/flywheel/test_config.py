@@ -723,3 +723,56 @@ def test_own_compute_backend_is_imported_when_the_config_is_read(edited_config: 
     assert load_config(path).compute.backend == "my_flywheel.compute:GpuLockBackend"
     missing = edited_config(lambda raw: raw["compute"].update(backend="my_flywheel.nowhere:Backend"))
     assert "compute.backend: cannot import module 'my_flywheel.nowhere'" in load_error(missing)
+
+
+# --- training.retrain ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retrain", "line"),
+    [
+        (
+            {"policy": "sometimes"},
+            "workloads[0].training.retrain.policy: Input should be 'always', 'on_trigger' or 'every_n_days' "
+            "(got 'sometimes')",
+        ),
+        (
+            {"policy": "every_n_days"},
+            "workloads[0].training.retrain: every_n_days: required when policy is every_n_days",
+        ),
+        (
+            {"policy": "on_trigger", "every_n_days": 3},
+            "workloads[0].training.retrain: every_n_days: only used with policy every_n_days, "
+            "not 'on_trigger'",
+        ),
+        (
+            {"policy": "every_n_days", "every_n_days": 0},
+            "workloads[0].training.retrain.every_n_days: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"policy": "always", "when": "nightly"},
+            "workloads[0].training.retrain.when: Extra inputs are not permitted (got 'nightly')",
+        ),
+    ],
+)
+def test_bad_retrain_policy_names_the_key(
+    edited_config: Callable[..., Path], retrain: dict[str, object], line: str
+) -> None:
+    def edit(raw: Raw) -> None:
+        raw["workloads"][0]["training"]["retrain"] = retrain
+
+    assert f"  - {line}" in load_error(edited_config(edit)).splitlines()
+
+
+def test_retrain_policy_defaults_to_always_and_takes_every_n_days(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        # A copy: the test config's workloads share one training block (a YAML alias).
+        training = raw["workloads"][1]["training"]
+        raw["workloads"][1]["training"] = training | {
+            "retrain": {"policy": "every_n_days", "every_n_days": 7}
+        }
+
+    config = load_config(edited_config(edit))
+
+    assert config.workloads[0].training.retrain.policy == "always"
+    assert config.workloads[1].training.retrain.model_dump() == {"policy": "every_n_days", "every_n_days": 7}

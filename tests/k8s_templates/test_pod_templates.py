@@ -1,34 +1,20 @@
 """The job pod templates parse as the cncf provider parses them and carry every job pod's guarantees.
 
-Rendering through the operator is tested in tests/flywheel/test_pods.py.
+Rendering through the operator is tested in tests/flywheel/compute/test_kubernetes.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client import models as k8s
 
-from podspec import assert_gpu_job_pod, base_container
+from podspec import assert_gpu_job_pod, base_container, key_paths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = sorted((PROJECT_ROOT / "k8s_templates").glob("*-pod.yaml"))
-
-
-def _key_paths(value: Any, prefix: str = "") -> set[str]:
-    """Every mapping key of a YAML/JSON tree as a dotted path (list items by index)."""
-    if isinstance(value, dict):
-        paths = set()
-        for key, child in value.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            paths |= {path} | _key_paths(child, path)
-        return paths
-    if isinstance(value, list):
-        return set().union(*(_key_paths(child, f"{prefix}[{i}]") for i, child in enumerate(value)))
-    return set()
 
 
 def load_template(path: Path) -> k8s.V1Pod:
@@ -49,7 +35,7 @@ def test_template_has_no_field_the_kubernetes_model_drops(template: Path) -> Non
     from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 
     raw = yaml.safe_load(template.read_text())
-    assert _key_paths(PodGenerator.serialize_pod(load_template(template))) == _key_paths(raw)
+    assert key_paths(PodGenerator.serialize_pod(load_template(template))) == key_paths(raw)
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)

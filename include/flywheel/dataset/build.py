@@ -11,7 +11,7 @@ Layout under ``datasets/<workload_id>/`` (the paths are built in :mod:`flywheel.
     <dataset_id>/train.jsonl        chat form for SFT: {"messages": [... , assistant answer], "tools": [...]}
     <dataset_id>/validation.jsonl   same form
     <dataset_id>/evaluation.jsonl   {"record_id", "label", "messages", "tools", "reference": {...}}
-    <dataset_id>/manifest.json      counts per split and label, sources, accounting, hashes
+    <dataset_id>/manifest.json      counts per split and label, the tools offered, sources, accounting, hashes
     golden/evaluation.jsonl         the frozen golden evaluation set (when configured), written once
     latest.json                     pointer to the dataset of the latest window built
 
@@ -124,6 +124,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         files = {split: store.fs.open(artifacts.split_uri(staging, split.value), "wb") for split in Split}
         digests = {split: hashlib.sha256() for split in Split}
         per_label: dict[str, Counter[str]] = defaultdict(Counter)
+        tools = ToolSet()
         try:
             for source in sources:
                 wanted = set(plan.assignments) | (golden_ids if golden_is_new else set())
@@ -134,6 +135,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
                     if split is None:
                         continue
                     line = _encode(_example(row, split)) + b"\n"
+                    tools.add(row["tools_json"])
                     files[split].write(line)
                     digests[split].update(line)
                     per_label[split.value][row["label"]] += 1
@@ -157,6 +159,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             "duplicates_removed": seen - len(candidates),
             "counts": counts,
             "counts_per_label": {split: dict(sorted(c.items())) for split, c in per_label.items()},
+            "tools": tools.definitions,
             "held_out": len(plan.held_out),
             "golden": {"records": len(golden_ids), "uri": store.uri(_golden_path(store, workload))}
             if golden_ids
@@ -197,6 +200,29 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         config_hash=manifest["config_hash"],
         under_represented=plan.under_represented,
     )
+
+
+class ToolSet:
+    """The distinct tool definitions that records offer, each by the digest of its canonical JSON.
+
+    ``definitions`` maps each digest to the tool's name: a tool whose schema or description changed
+    gets a new digest under the same name, a renamed tool a new name. Records repeat the same tool
+    list, so each distinct list is decoded once.
+    """
+
+    def __init__(self) -> None:
+        self.definitions: dict[str, str] = {}
+        self._seen: set[bytes] = set()
+
+    def add(self, tools_json: str) -> None:
+        """Count the tools of one record's ``tools_json`` (a JSON list of OpenAI tool entries)."""
+        key = hashlib.blake2b(tools_json.encode(), digest_size=16).digest()
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        # Validation let only lists of {"type": "function", "function": {"name": ...}} through.
+        for tool in _decode(tools_json):
+            self.definitions[hashlib.sha256(_encode(tool)).hexdigest()[:16]] = tool["function"]["name"]
 
 
 def _window_sources(

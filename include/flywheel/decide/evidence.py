@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
 
 from flywheel import artifacts
-from flywheel.config import FlywheelConfig
+from flywheel.config import DataQualityConfig, FlywheelConfig
 from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision as DecisionRow
 from flywheel.db.models import Evaluation, Run, RunStage, utcnow
-from flywheel.decide.policy import UPSTREAM_FAILURES, Decision, Outcomes, Reason, decide
+from flywheel.decide.policy import UPSTREAM_FAILURES, Decision, Outcomes, Reason, decide, tool_shift_reason
 from flywheel.deliver.registry import VersionInfo, get_version, register_version
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,16 @@ def upstream_failures(stages: dict[str, RunStage]) -> list[Reason]:
             error = (row.error or "no error recorded")[:500]
             return [Reason(code, f"{stage} {row.status}: {error}")]
     return []
+
+
+def data_alerts(stages: dict[str, RunStage], rules: DataQualityConfig) -> list[Reason]:
+    """What the run's validated data alerts about: a tool shift its ``validate`` stage flagged."""
+    row = stages.get("validate")
+    summary = (row.summary or {}) if row is not None else {}
+    if not summary.get("tool_shift_exceeded"):
+        return []
+    day = date.fromisoformat(summary["day"])
+    return [tool_shift_reason(day, summary["tool_shift"], rules.max_tool_shift)]
 
 
 def evaluated_outcomes(
@@ -101,6 +112,7 @@ def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[st
         variants=variants,
         champion_expected=bool(champion_rows),
         upstream_failures=failures,
+        data_alerts=data_alerts(stages, workload.data_quality),
     )
     dataset = stages.get("build_dataset")
     dataset_id = (

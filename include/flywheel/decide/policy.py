@@ -21,12 +21,19 @@ The rules, in order:
    on every guardrail (paired bootstrap bound beyond the margin; p95 latency within its margin).
 5. Otherwise an alert when the champion fell below its floor on this run's fresh data (drift) or the
    challenger is significantly worse than the champion (two-sided test at ``alpha``), else no change.
+   A run without any eligible variant (one that trained nothing, by its retrain policy) still alerts
+   when the champion fell below its floor.
+6. A tool shift that validation flagged (``tool_shift``, one of ``data_alerts``: an API change) is
+   drift to react to, not a verdict on the models: it turns ``no_change`` into an alert and is added
+   to the reasons of an alert or a promotion (a challenger that beats the champion on the shifted
+   data is still promoted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal
 
 from flywheel.config import DecisionPolicyConfig, GuardrailConfig
@@ -172,12 +179,14 @@ def decide(
     variants: Sequence[Outcomes],
     champion_expected: bool = False,
     upstream_failures: Sequence[Reason] = (),
+    data_alerts: Sequence[Reason] = (),
     seed: int = 0,
 ) -> Decision:
     """Decide between the champion and the best of ``variants`` (see the module docstring for the rules).
 
     ``champion_expected``: the workload has a champion, so a missing ``champion`` means its
-    evaluation failed (an alert) rather than that there is none yet.
+    evaluation failed (an alert) rather than that there is none yet. ``data_alerts``: what the run's
+    data itself alerts about (:func:`tool_shift_reason`), whatever the comparison decides.
     """
     primary = get_metric(policy.primary_metric).name
     eligible = [v for v in variants if v.eval_type in policy.challenger_eval_types]
@@ -190,6 +199,10 @@ def decide(
         examples: int | None = None,
         ranking: list[dict[str, Any]] | None = None,
     ) -> Decision:
+        if data_alerts and outcome == "no_change":
+            outcome, reasons = "alert", [*data_alerts, *reasons]
+        elif data_alerts:
+            reasons = [*reasons, *data_alerts]  # a promotion still happens; the alert is recorded with it
         return Decision(
             outcome, reasons, primary, examples, champion, challenger, comparisons or {}, ranking or []
         )
@@ -202,9 +215,23 @@ def decide(
             [Reason("champion_evaluation_failed", "the champion could not be evaluated on this run's data")],
         )
     if not eligible:
-        return finish(
-            "no_change", [Reason("no_challenger", "no evaluated variant may become the challenger")]
-        )
+        reasons = [Reason("no_challenger", "no evaluated variant may become the challenger")]
+        if champion is None:
+            return finish("no_change", reasons)
+        # A run that trained nothing (its retrain policy) still judges the champion on its fresh data.
+        value, n = champion.value(primary), len(champion.binary.get(primary, {}))
+        comparisons = {primary: {"role": "primary", "champion": value, "challenger": None, "n": n}}
+        if value is not None and value < policy.drift_floor:
+            return finish("alert", [_drift(primary, value, policy), *reasons], None, comparisons, n)
+        if value is not None:
+            reasons.append(
+                Reason(
+                    "champion_holds",
+                    f"the champion's {primary} on this run's data is {value:.3f} on {n} examples, at or "
+                    f"above its floor {policy.drift_floor}",
+                )
+            )
+        return finish("no_change", reasons, None, comparisons, n)
 
     keys = _common_keys(champion, eligible)
     ranking = _rank(eligible, primary, keys)
@@ -237,11 +264,7 @@ def decide(
     first = comparisons[primary]
     champion_value = first["champion"]
     drifted = champion_value is not None and champion_value < policy.drift_floor
-    drift = Reason(
-        "champion_drift",
-        f"the champion's {primary} on this run's data is {_fmt(champion_value)}, below its floor "
-        f"{policy.drift_floor}",
-    )
+    drift = _drift(primary, champion_value, policy)
 
     blockers: list[Reason] = []
     if n < policy.min_examples:
@@ -446,6 +469,23 @@ def _run_guardrail(
     unit = metric.unit
     note = f"{metric.label} {ours:.3f}{unit} vs champion {theirs:.3f}{unit} (limit {limit:.3f}{unit})"
     return entry | {"difference": ours - theirs, "limit": limit, "passed": passed, "note": note}
+
+
+def _drift(primary: str, champion_value: float | None, policy: DecisionPolicyConfig) -> Reason:
+    return Reason(
+        "champion_drift",
+        f"the champion's {primary} on this run's data is {_fmt(champion_value)}, below its floor "
+        f"{policy.drift_floor}",
+    )
+
+
+def tool_shift_reason(day: date, shift: float | None, max_tool_shift: float) -> Reason:
+    """The alert for a day whose tool-call distribution moved beyond ``max_tool_shift`` (KL divergence)."""
+    return Reason(
+        "tool_shift",
+        f"the tool-call distribution of {day} shifted from the previous days': KL divergence "
+        f"{_fmt(shift)} above max_tool_shift {max_tool_shift} (changed or new tools)",
+    )
 
 
 def _too_few(n: int, policy: DecisionPolicyConfig) -> Reason:

@@ -62,7 +62,9 @@ class EmailChannel(AlertChannel):
 
     type: Literal["email"] = "email"
     conn_id: str = Field("smtp_default", min_length=1, description="An smtp connection.")
-    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(..., min_length=1)
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(
+        ..., min_length=1, description="Recipients' e-mail addresses."
+    )
     from_email: str | None = Field(None, description="Sender; null: the connection's from_email.")
 
     def send(self, notification: Notification, context: Mapping[str, Any]) -> None:

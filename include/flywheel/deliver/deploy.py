@@ -110,7 +110,7 @@ class WebhookDeploy(DeployHook):
 
     type: Literal["webhook"] = "webhook"
     conn_id: str = Field(..., min_length=1, description="Airflow connection (http) of the webhook URL.")
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="Timeout of each request, in seconds.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries after a connection error or a 5xx.")
 
     def deploy(self, champion: VersionInfo, promotion: PromotionContext) -> dict[str, Any]:
@@ -181,7 +181,7 @@ class VllmDeploy(DeployHook):
         min_length=1,
         description="Name the adapter is served under; {workload_id} and {version} are filled in.",
     )
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of the load request, in seconds.")
 
     @field_validator("adapter_name")
     @classmethod

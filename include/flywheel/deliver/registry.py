@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.config import MetadataConfig
 from flywheel.db.engine import session_scope
-from flywheel.db.models import AliasEvent, ModelAlias, ModelVersion, as_utc, utcnow
+from flywheel.db.models import AliasEvent, ModelAlias, ModelVersion, Run, as_utc, utcnow
 from flywheel.errors import PermanentError
 
 if TYPE_CHECKING:
@@ -232,6 +232,18 @@ def champion(metadata: MetadataConfig, workload_id: str) -> VersionInfo | None:
     with session_scope(metadata) as session:
         alias = _alias(session, workload_id, CHAMPION_ALIAS)
         return VersionInfo.of(alias.model_version) if alias is not None else None
+
+
+def chosen_on(metadata: MetadataConfig, version: VersionInfo) -> datetime | None:
+    """The end of the data interval of the run that evaluated and registered ``version``.
+
+    The newest data the version was chosen on; None for a version registered outside a run.
+    """
+    if version.run_id is None:
+        return None
+    with session_scope(metadata) as session:
+        run = session.get(Run, version.run_id)
+        return as_utc(run.interval_end) if run is not None else None
 
 
 def versions(metadata: MetadataConfig, workload_id: str) -> list[VersionInfo]:

@@ -14,24 +14,40 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     """Move the champion alias to the run's challenger, deploy it, and notify.
 
     The alias moves in one transaction with its audit row, and the deploy hook runs inside it: a hook
-    failure, an adapter that no longer matches its registered digest, or a champion that moved while
-    the run evaluated the old one, leaves the registry as it was, records why, raises an alert and
-    fails the task (PromotionFailedError). A concurrent promotion of the same version (a duplicate run
-    of this task) that won the race is "already the champion", not a failure.
+    failure, or an adapter that no longer matches its registered digest, leaves the registry as it
+    was, records why, raises an alert and fails the task (PromotionFailedError). A concurrent
+    promotion of the same version (a duplicate run of this task) that won the race is "already the
+    champion", not a failure.
+
+    A decision is **superseded**, recorded with its evidence and the task succeeds, when the champion
+    was chosen on data newer than this run's interval (a backfill that re-processes old days, or one
+    that overlaps the scheduled run), or when the champion moved while this run evaluated the old
+    one: a run never replaces a champion on older evidence.
     """
     from flywheel.deliver.deploy import deploy_hook
-    from flywheel.deliver.registry import AlreadyPromotedError, RegistryError, champion
+    from flywheel.deliver.registry import AlreadyPromotedError, RegistryError, champion, chosen_on
     from flywheel.deliver.registry import promote as move_alias
     from flywheel.errors import DeployError
     from flywheel.storage import ArtifactStore
-    from flywheel.tracking import record_promotion
 
     metadata = ctx.config.metadata
     current = champion(metadata, ctx.workload_id)
     if current is not None and current.version == decision["challenger_version"]:
         # A retry or re-run of a promotion that already happened: nothing to move, nothing to notify.
         log.info("%s: version %s already is the champion", ctx.workload_id, current.version)
-        return {"status": "already_champion", "version": current.version}
+        return _record(
+            ctx, decision, {"status": "already_champion", "version": current.version}, replace=False
+        )
+    if current is not None:
+        newer = chosen_on(metadata, current)
+        if newer is not None and newer > ctx.interval_end:
+            return _superseded(
+                ctx,
+                decision,
+                current.version,
+                f"the champion, version {current.version}, was chosen on data up to {newer.isoformat()}, "
+                f"newer than this run's interval (up to {ctx.interval_end.isoformat()})",
+            )
     deployment: dict[str, Any] = {}
     reason = "; ".join(r["message"] for r in decision["reasons"])
     try:
@@ -53,9 +69,15 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
         )
     except AlreadyPromotedError as exc:
         if exc.champion != decision["challenger_version"]:
-            raise _promotion_failed(ctx, decision, exc) from exc
+            return _superseded(
+                ctx,
+                decision,
+                exc.champion,
+                f"the champion moved to version {exc.champion} while this run evaluated version "
+                f"{decision['champion_version']}",
+            )
         log.info("%s: version %s already is the champion (%s)", ctx.workload_id, exc.champion, exc)
-        return {"status": "already_champion", "version": exc.champion}
+        return _record(ctx, decision, {"status": "already_champion", "version": exc.champion}, replace=False)
     except (DeployError, RegistryError) as exc:
         raise _promotion_failed(ctx, decision, exc) from exc
     promotion = {
@@ -65,7 +87,7 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
         "alias_event_id": move.id,
         "deployment": deployment or None,
     }
-    record_promotion(metadata, decision["decision_id"], promotion)
+    _record(ctx, decision, promotion)
     log.info(
         "%s: version %s is the champion (was %s); deployment: %s",
         ctx.workload_id,
@@ -77,14 +99,42 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     return promotion
 
 
+def _superseded(ctx: RunContext, decision: dict[str, Any], held: int | None, why: str) -> dict[str, Any]:
+    """Record that newer evidence holds the champion: nothing moves, and the run stays green."""
+    log.warning(
+        "%s: decision %s is superseded, version %s stays the champion: %s",
+        ctx.workload_id,
+        decision["decision_id"],
+        held,
+        why,
+    )
+    return _record(
+        ctx,
+        decision,
+        {
+            "status": "superseded",
+            "version": held,
+            "challenger_version": decision["challenger_version"],
+            "reason": why,
+        },
+    )
+
+
+def _record(
+    ctx: RunContext, decision: dict[str, Any], promotion: dict[str, Any], *, replace: bool = True
+) -> dict[str, Any]:
+    """``promotion`` kept on the decision's row (what the ``promote`` task did), and returned."""
+    from flywheel.tracking import record_promotion
+
+    record_promotion(ctx.config.metadata, decision["decision_id"], promotion, replace=replace)
+    return promotion
+
+
 def _promotion_failed(ctx: RunContext, decision: dict[str, Any], exc: Exception) -> Exception:
     """Record why the promotion failed and alert; the PromotionFailedError that fails the task."""
     from flywheel.errors import PromotionFailedError
-    from flywheel.tracking import record_promotion
 
-    record_promotion(
-        ctx.config.metadata, decision["decision_id"], {"status": "failed", "error": str(exc)[:2000]}
-    )
+    _record(ctx, decision, {"status": "failed", "error": str(exc)[:2000]})
     failure = {
         "code": "promotion_failed",
         "message": f"promotion failed, the champion is unchanged: {exc}",

@@ -25,7 +25,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flywheel.config import (
-    PROJECT_ROOT,
     FlywheelConfig,
     WorkloadConfig,
     deep_merge,
@@ -37,6 +36,7 @@ from flywheel.db.migrate import upgrade
 from flywheel.db.models import Dataset, Decision, Evaluation, RawPartition, Run, RunStage, ValidatedPartition
 from flywheel.decide.evidence import outcomes_of
 from flywheel.decide.paired import discordant_counts, mcnemar_exact
+from flywheel.demo.local_airflow import airflow_settings
 from flywheel.demo.seed import demo_workloads, seed_logs
 from flywheel.embedded import LocalLogStore
 from flywheel.intervals import latest_intervals
@@ -44,13 +44,14 @@ from flywheel.intervals import latest_intervals
 
 def airflow_environment(home: Path) -> dict[str, str]:
     """Environment for Airflow commands on the embedded default: SQLite, this project's DAGs, no examples."""
+    return airflow_settings(home / "airflow") | flywheel_environment(home)
+
+
+def flywheel_environment(home: Path) -> dict[str, str]:
+    """What the demo's DAG tasks need beyond Airflow's settings: the flywheel's home, no retries."""
     return {
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "FLYWHEEL_HOME": str(home),
-        # `airflow dags test` waits out retry delays; a demo run should report a failure at once.
+        # A retry waits out its delay; a demo (or scenario) run should report a failure at once.
         "FLYWHEEL_TASK_RETRIES": "0",
     }
 

@@ -5,6 +5,10 @@ pattern ``flywheel-logs-*``) under an index template whose mapping indexes the r
 ``request`` / ``response`` unindexed, as a production log index for arbitrary tool schemas would. For a
 ``files`` source, they go into one JSONL file per workload in each UTC day's folder, as a gateway's
 log export would.
+
+With ``drift_day``, the seeded history carries an API change: from that day on, the workloads that
+have one (:data:`~flywheel.demo.traffic.API_CHANGE_KINDS`) log the changed tool schemas and their
+teacher calls the changed API (:mod:`flywheel.demo.support_router`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import date, datetime
 from typing import Any
 
 from flywheel.config import FlywheelConfig, WorkloadConfig
-from flywheel.demo.traffic import DemoRecord, generate_traffic
+from flywheel.demo.traffic import API_CHANGE_KINDS, DemoRecord, generate_traffic
 from flywheel.errors import PermanentError
 from flywheel.extract.sources.elasticsearch import ElasticsearchSource
 from flywheel.extract.sources.files import FilesSource
@@ -51,12 +55,14 @@ class SeedError(PermanentError):
 
 @dataclass
 class SeedReport:
-    """What was written: documents per workload and interval, and the noise injected."""
+    """What was written: documents per workload and interval, the noise injected, and where the API
+    changed (``api_changed``: workload to the start of its first interval under the changed API)."""
 
     documents: int = 0
     by_workload: dict[str, int] = field(default_factory=dict)
     noise: dict[str, dict[str, int]] = field(default_factory=dict)
     intervals: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    api_changed: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +70,7 @@ class SeedReport:
             "by_workload": self.by_workload,
             "noise": self.noise,
             "intervals": self.intervals,
+            "api_changed": self.api_changed,
         }
 
 
@@ -126,21 +133,34 @@ def seed_logs(
     seed: int = 0,
     workloads: list[str] | None = None,
     noise_rate: float = 0.08,
+    drift_day: int | None = None,
 ) -> SeedReport:
     """Write ``days`` data intervals of demo traffic for each demo workload into its log source.
 
     ``records_per_day`` is the full-volume workload's count; quieter ones get their share of it.
+    ``drift_day``: the seeded day (1 is the oldest, ``days`` the latest) from which the workloads
+    whose backend API can change (:data:`~flywheel.demo.traffic.API_CHANGE_KINDS`) run on the changed
+    API; None (the default): no change.
 
     An Elasticsearch source's documents go through its own Airflow connection (``log_source.conn_id``);
     a files source's are written under its ``url``, replacing the workload's earlier demo files.
     """
+    if drift_day is not None and not 1 <= drift_day <= days:
+        raise SeedError(
+            f"drift_day must be a seeded day, 1 (the oldest) to {days} (the latest); got {drift_day}"
+        )
     report = SeedReport()
     for workload, demo in demo_workloads(config, workloads):
         source = workload.log_source
         intervals = latest_intervals(workload.schedule, days, now)
         noise: Counter[str] = Counter()
         per_day = max(1, round(records_per_day * demo.volume_share))
-        records = _records(workload, demo.kind, intervals, per_day, seed, noise_rate)
+        # Index of the first interval under the changed API (len(intervals): none is).
+        changed_from = len(intervals)
+        if drift_day is not None and demo.kind in API_CHANGE_KINDS:
+            changed_from = drift_day - 1
+            report.api_changed[workload.workload_id] = intervals[changed_from][0].isoformat()
+        records = _records(workload, demo.kind, intervals, per_day, seed, noise_rate, changed_from)
         if isinstance(source, ElasticsearchSource):
             written = _index_documents(source, workload.workload_id, records, noise)
         elif isinstance(source, FilesSource):
@@ -224,9 +244,11 @@ def _records(
     records_per_day: int,
     seed: int,
     noise_rate: float,
+    changed_from: int,
 ) -> Iterator[tuple[DemoRecord, datetime]]:
+    """The records of every interval; those from interval ``changed_from`` on under the changed API."""
     clients = workload.client_ids or list(DEFAULT_CLIENT_IDS)
-    for start, end in intervals:
+    for index, (start, end) in enumerate(intervals):
         for record in generate_traffic(
             kind=kind,
             workload_id=workload.workload_id,
@@ -236,6 +258,7 @@ def _records(
             seed=seed,
             client_ids=clients,
             noise_rate=noise_rate,
+            api_changed=index >= changed_from,
         ):
             yield record, start
 
@@ -257,11 +280,13 @@ def write_raw_partition(
     end: datetime,
     count: int,
     seed: int = 0,
+    api_changed: bool = False,
 ) -> dict[str, Any]:
     """Commit a raw partition of demo traffic for one interval without a log store (tests, benchmarks).
 
     Documents go through the extractor's own conversion, as if read from the log source, so everything
     downstream sees exactly what an extraction would have written (outside-window records included).
+    ``api_changed``: the interval's teacher runs on the changed API (as from ``seed_logs``'s ``drift_day``).
     """
     import msgspec
 
@@ -279,6 +304,7 @@ def write_raw_partition(
         count=count,
         seed=seed,
         client_ids=workload.client_ids or list(DEFAULT_CLIENT_IDS),
+        api_changed=api_changed,
     )
     records = (
         RawRecord(f"demo/{start:%Y%m%d}-{number}", raw_source(encode(record.source)))

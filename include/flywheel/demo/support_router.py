@@ -7,15 +7,25 @@ answers in plain text when no tool applies. Queries come from many phrasings per
 greetings, sign-offs, lower-case typing and the odd typo; some conversations carry an earlier
 exchange (small talk, or an order look-up whose result the customer follows up on).
 
+The shop's backend API comes in two versions (:class:`RouterApi`). :data:`API_V1` is the tool set
+the demo starts with; :data:`API_V2` is the same backend after a release, changed the way production
+APIs change: ``track_shipment`` is renamed ``track_package``, ``start_return`` requires a new
+``refund_method``, and a new intent (cancelling an order) comes with a new tool, ``cancel_order``.
+Customers' wording shifts with it (the new app says "parcel" and "delivery"). The demo seeding
+switches to it on a chosen day (``flywheel demo seed --drift-day``), so the flywheel has an API
+change to notice and recover from.
+
 :func:`make_conversation` is the workload's entry point for :func:`flywheel.demo.traffic.generate_traffic`.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import itertools
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -180,9 +190,59 @@ TOOLS: list[dict[str, Any]] = [
         },
     ),
 ]
-"""The router's tool definitions (OpenAI form), shared read-only by every generated document."""
+"""The router's tool definitions (OpenAI form) in :data:`API_V1`, shared read-only by every generated
+document."""
 
-_TOOLS_TOKENS = estimate_tokens(orjson.dumps(TOOLS).decode())
+SYSTEM_PROMPT_V2 = SYSTEM_PROMPT.replace(
+    "change a shipping address or hand",
+    "change a shipping address, cancel an order that has not shipped yet or hand",
+).replace(
+    "free return shipping for damaged or wrong items;",
+    "free return shipping for damaged or wrong items; refunds go to the original payment method "
+    "unless the customer asks for store credit;",
+)
+"""The system prompt of :data:`API_V2`: it also cancels orders, and says how refunds are paid."""
+
+REFUND_METHODS = ("original_payment", "store_credit")
+CANCEL_REASONS = ("ordered_by_mistake", "found_cheaper", "changed_mind", "delivery_too_slow")
+
+
+def _changed_tools() -> list[dict[str, Any]]:
+    """:data:`TOOLS` after the backend release: one tool renamed, a required parameter added, a tool added."""
+    tools = copy.deepcopy(TOOLS)
+    functions = {tool["function"]["name"]: tool["function"] for tool in tools}
+    functions["track_shipment"]["name"] = "track_package"
+    returns = functions["start_return"]["parameters"]
+    returns["properties"]["refund_method"] = {
+        "type": "string",
+        "enum": list(REFUND_METHODS),
+        "description": "How the refund is paid: the original payment method unless the customer asks "
+        "for store credit.",
+    }
+    returns["required"].append("refund_method")
+    tools.append(
+        function_tool(
+            "cancel_order",
+            "Cancel an order that has not shipped yet; the payment is released within 3 business days.",
+            {
+                "type": "object",
+                "properties": {
+                    "order_id": _ORDER_ID,
+                    "reason": {
+                        "type": "string",
+                        "enum": list(CANCEL_REASONS),
+                        "description": "Why, only when the customer says.",
+                    },
+                },
+                "required": ["order_id"],
+            },
+        )
+    )
+    return tools
+
+
+TOOLS_V2 = _changed_tools()
+"""The tool definitions of :data:`API_V2`."""
 
 # --------------------------------------------------------------------------------------------------
 # Catalog and identifiers
@@ -381,13 +441,35 @@ _ITEMS_TEMPLATES = (
 )
 
 
-def _order_status(rng: random.Random) -> _Intent:
+_STATUS_TEMPLATES_V2 = (
+    "where's my delivery {order_id}?",
+    "Delivery status for order {order_id} please",
+    "Is {order_id} out for delivery yet?",
+    "my parcel from order {order_id} hasn't shown up",
+    "has the parcel for {order_id} left the warehouse",
+    "Any delivery update on {order_id}?",
+    "The app says order {order_id} is 'processing' - what does that mean?",
+)
+"""Order status in the wording of the shop's new app ("delivery", "parcel"), from the API change on."""
+
+
+def _wording(
+    rng: random.Random, api: RouterApi, usual: tuple[str, ...], new: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The templates a query is typed from: after the API change, often in the new app's wording."""
+    if api.new_wording and rng.random() < api.new_wording:
+        return new
+    return usual
+
+
+def _order_status(rng: random.Random, api: RouterApi) -> _Intent:
     order_id = _order_id(rng)
     slots = {"order_id": order_id, "product": rng.choice(_PRODUCTS)[1]}
     if rng.random() < 0.15:
         args = {"order_id": order_id, "include_items": True}
         return _typed(rng, rng.choice(_ITEMS_TEMPLATES), slots), "get_order_status", args
-    return _typed(rng, rng.choice(_STATUS_TEMPLATES), slots), "get_order_status", {"order_id": order_id}
+    templates = _wording(rng, api, _STATUS_TEMPLATES, _STATUS_TEMPLATES_V2)
+    return _typed(rng, rng.choice(templates), slots), "get_order_status", {"order_id": order_id}
 
 
 _TRACK_TEMPLATES = (
@@ -410,15 +492,31 @@ _TRACK_CARRIER_TEMPLATES = (
 )
 
 
-def _track_shipment(rng: random.Random) -> _Intent:
+_TRACK_TEMPLATES_V2 = (
+    "track parcel {tracking}",
+    "Where is parcel {tracking} right now?",
+    "parcel {tracking} hasn't moved since Monday",
+    "Can you find my parcel? {tracking}",
+    "delivery {tracking} - is it still coming today?",
+)
+_TRACK_CARRIER_TEMPLATES_V2 = (
+    "{carrier} parcel {tracking}: where is it?",
+    "my {carrier} delivery {tracking} is late, can you check",
+    "Where's the {carrier} parcel {tracking}?",
+)
+
+
+def _track_shipment(rng: random.Random, api: RouterApi) -> _Intent:
     carrier = rng.choice(CARRIERS)
     tracking = _tracking_number(rng, carrier)
     if rng.random() < 0.45:
         slots = {"tracking": tracking, "carrier": rng.choice(_CARRIER_WORDS[carrier])}
-        text = _typed(rng, rng.choice(_TRACK_CARRIER_TEMPLATES), slots)
-        return text, "track_shipment", {"tracking_number": tracking, "carrier": carrier}
-    text = _typed(rng, rng.choice(_TRACK_TEMPLATES), {"tracking": tracking})
-    return text, "track_shipment", {"tracking_number": tracking}
+        templates = _wording(rng, api, _TRACK_CARRIER_TEMPLATES, _TRACK_CARRIER_TEMPLATES_V2)
+        text = _typed(rng, rng.choice(templates), slots)
+        return text, api.track_tool, {"tracking_number": tracking, "carrier": carrier}
+    templates = _wording(rng, api, _TRACK_TEMPLATES, _TRACK_TEMPLATES_V2)
+    text = _typed(rng, rng.choice(templates), {"tracking": tracking})
+    return text, api.track_tool, {"tracking_number": tracking}
 
 
 _REASON_PHRASES = {
@@ -464,7 +562,28 @@ _RETURN_ITEM_TEMPLATES = (
 )
 
 
-def _start_return(rng: random.Random) -> _Intent:
+# (what the customer adds, the refund method it asks for)
+_REFUND_ASKS = (
+    (" Store credit is fine.", "store_credit"),
+    (" I'd prefer store credit.", "store_credit"),
+    (" Can I get store credit instead of a refund?", "store_credit"),
+    (" Please refund it to my card.", "original_payment"),
+    (" I want my money back on the original payment.", "original_payment"),
+)
+
+
+def _refund_method(rng: random.Random, api: RouterApi, template: str) -> tuple[str, dict[str, str]]:
+    """``template`` and the refund-method argument of a return: none before the API change; after it,
+    what the customer asks for, else the original payment method (the policy's default)."""
+    if not api.refund_method_required:
+        return template, {}
+    if rng.random() < 0.4:
+        ask, method = rng.choice(_REFUND_ASKS)
+        return template + ask, {"refund_method": method}
+    return template, {"refund_method": "original_payment"}
+
+
+def _start_return(rng: random.Random, api: RouterApi) -> _Intent:
     order_id = _order_id(rng)
     reason = rng.choices(RETURN_REASONS, weights=_RETURN_WEIGHTS)[0]
     why = rng.choice(_REASON_PHRASES[reason])
@@ -472,10 +591,12 @@ def _start_return(rng: random.Random) -> _Intent:
     if rng.random() < 0.25:
         sku, product, _ = rng.choice(_PRODUCTS)
         slots.update(sku=sku, product=product)
-        args = {"order_id": order_id, "reason": reason, "item_skus": [sku]}
-        return _typed(rng, rng.choice(_RETURN_ITEM_TEMPLATES), slots), "start_return", args
-    args = {"order_id": order_id, "reason": reason}
-    return _typed(rng, rng.choice(_RETURN_TEMPLATES), slots), "start_return", args
+        template, refund = _refund_method(rng, api, rng.choice(_RETURN_ITEM_TEMPLATES))
+        args = {"order_id": order_id, "reason": reason, "item_skus": [sku], **refund}
+        return _typed(rng, template, slots), "start_return", args
+    template, refund = _refund_method(rng, api, rng.choice(_RETURN_TEMPLATES))
+    args = {"order_id": order_id, "reason": reason, **refund}
+    return _typed(rng, template, slots), "start_return", args
 
 
 _SEARCH_TEMPLATES = (
@@ -504,13 +625,21 @@ _SEARCH_BOTH_TEMPLATES = (
 )
 
 
-def _search_products(rng: random.Random) -> _Intent:
+_SEARCH_TEMPLATES_V2 = (
+    "got any {query}?",
+    "in the market for {query}",
+    "{query} - what's available?",
+    "what {query} can you deliver this week?",
+)
+
+
+def _search_products(rng: random.Random, api: RouterApi) -> _Intent:
     query, category = rng.choice(_SEARCHES)
     price = rng.choice(_PRICES)
     slots = {"query": query, "price": price, "category": rng.choice(_CATEGORY_WORDS[category])}
     roll = rng.random()
     if roll < 0.45:
-        templates, args = _SEARCH_TEMPLATES, {"query": query}
+        templates, args = _wording(rng, api, _SEARCH_TEMPLATES, _SEARCH_TEMPLATES_V2), {"query": query}
     elif roll < 0.75:
         templates, args = _SEARCH_PRICE_TEMPLATES, {"query": query, "max_price": price}
     elif roll < 0.9:
@@ -537,7 +666,7 @@ _DETAIL_NAMED_TEMPLATES = (
 )
 
 
-def _product_details(rng: random.Random) -> _Intent:
+def _product_details(rng: random.Random, api: RouterApi) -> _Intent:
     sku, product = _sku(rng)
     if product is not None and rng.random() < 0.5:
         text = _typed(rng, rng.choice(_DETAIL_NAMED_TEMPLATES), {"sku": sku, "product": product})
@@ -572,7 +701,7 @@ def _address(rng: random.Random) -> tuple[str, dict[str, str]]:
     return f"{street}, {region}, {rng.choice(country_words)}", address
 
 
-def _update_address(rng: random.Random) -> _Intent:
+def _update_address(rng: random.Random, api: RouterApi) -> _Intent:
     order_id = _order_id(rng)
     typed_address, address = _address(rng)
     # The address is a slot: lower-casing or typos of the template must not change it.
@@ -617,7 +746,7 @@ _HANDOFFS = (
 )
 
 
-def _talk_to_human(rng: random.Random) -> _Intent:
+def _talk_to_human(rng: random.Random, api: RouterApi) -> _Intent:
     template, reason, urgency = rng.choice(_HANDOFFS)
     slots = {"order_id": _order_id(rng)}
     args = {"reason": reason.format(**slots), "urgency": urgency}
@@ -674,14 +803,49 @@ _SMALL_TALK = (
 _SMALL_TALK_WEIGHTS = (25, 25, 15, 10, 8, 17)
 
 
-def _no_tool(rng: random.Random) -> _Intent:
+def _no_tool(rng: random.Random, api: RouterApi) -> _Intent:
     asks, answers = rng.choices(_SMALL_TALK, weights=_SMALL_TALK_WEIGHTS)[0]
     text = rng.choice(asks)
     return (text.lower() if rng.random() < 0.2 else text), None, rng.choice(answers)
 
 
+_CANCEL_PHRASES = {
+    "ordered_by_mistake": ("I ordered it by mistake", "I clicked buy twice", "that was an accident"),
+    "found_cheaper": ("I found it cheaper somewhere else", "it's on sale at another store"),
+    "changed_mind": ("I changed my mind", "I don't need it anymore"),
+    "delivery_too_slow": ("it won't arrive in time", "the delivery date is way too late"),
+}
+_CANCEL_TEMPLATES = (
+    "Please cancel order {order_id}.",
+    "how do i cancel order {order_id}",
+    "I need to cancel {order_id} before it ships",
+    "Cancel my order {order_id} please",
+)
+_CANCEL_REASON_TEMPLATES = (
+    "Please cancel order {order_id}, {why}.",
+    "I want to cancel my order {order_id} - {why}",
+    "Can I still cancel {order_id}? {why_cap}.",
+    "{why_cap}, so please cancel {order_id}.",
+)
+
+
+def _cancel_order(rng: random.Random, api: RouterApi) -> _Intent:
+    """A cancellation: an intent that exists only from the API change on (:data:`API_V2`)."""
+    order_id = _order_id(rng)
+    if rng.random() < 0.6:
+        reason = rng.choice(CANCEL_REASONS)
+        why = rng.choice(_CANCEL_PHRASES[reason])
+        slots = {"order_id": order_id, "why": why, "why_cap": why[:1].upper() + why[1:]}
+        text = _typed(rng, rng.choice(_CANCEL_REASON_TEMPLATES), slots)
+        return text, "cancel_order", {"order_id": order_id, "reason": reason}
+    text = _typed(rng, rng.choice(_CANCEL_TEMPLATES), {"order_id": order_id})
+    return text, "cancel_order", {"order_id": order_id}
+
+
+_IntentFn = Callable[[random.Random, "RouterApi"], _Intent]
+
 # Order status is what customers ask most; a human handoff is rare.
-_INTENTS: tuple[tuple[Callable[[random.Random], _Intent], float], ...] = (
+_INTENTS: tuple[tuple[_IntentFn, float], ...] = (
     (_order_status, 26),
     (_track_shipment, 15),
     (_search_products, 14),
@@ -691,8 +855,6 @@ _INTENTS: tuple[tuple[Callable[[random.Random], _Intent], float], ...] = (
     (_talk_to_human, 4),
     (_no_tool, 17),
 )
-_INTENT_FNS = tuple(fn for fn, _ in _INTENTS)
-_INTENT_CUM = list(itertools.accumulate(weight for _, weight in _INTENTS))
 
 # --------------------------------------------------------------------------------------------------
 # Earlier turns of the conversation
@@ -710,6 +872,11 @@ _FOLLOW_ADDRESS = (
     "Wait, I moved. Please deliver it to {address}",
 )
 _FOLLOW_THANKS = ("great, thanks!", "perfect, that's all", "ok thank you")
+_FOLLOW_CANCEL = (
+    "Actually, please cancel it.",
+    "can i still cancel it then?",
+    "Never mind, cancel the order",
+)
 
 
 def _order_lookup_turns(
@@ -735,14 +902,17 @@ def _days(n: int) -> str:
     return f"{n} business day{'s' if n > 1 else ''}"
 
 
-def _follow_up(rng: random.Random) -> tuple[list[dict[str, Any]], str, str | None, Any]:
+def _follow_up(rng: random.Random, api: RouterApi) -> tuple[list[dict[str, Any]], str, str | None, Any]:
     """Earlier turns with an order look-up, and a follow-up whose answer depends on the tool result."""
     order_id = _order_id(rng)
     roll = rng.random()
-    if roll < 0.2:  # not shipped yet: the address can still change
+    if roll < 0.2:  # not shipped yet: the address can still change, or (API v2) the order be cancelled
         days = rng.randint(1, 3)
         result = {"order_id": order_id, "status": "packed", "estimated_ship_business_days": days}
         summary = f"Your order {order_id} is packed and should ship within {_days(days)}."
+        if api.cancels_orders and rng.random() < 0.5:
+            turns = _order_lookup_turns(rng, order_id, result, summary)
+            return turns, rng.choice(_FOLLOW_CANCEL), "cancel_order", {"order_id": order_id}
         typed_address, address = _address(rng)
         text = rng.choice(_FOLLOW_ADDRESS).format(address=typed_address)
         turns = _order_lookup_turns(rng, order_id, result, summary)
@@ -761,8 +931,9 @@ def _follow_up(rng: random.Random) -> tuple[list[dict[str, Any]], str, str | Non
         summary = f"Your order {order_id} was delivered by {carrier_name} (tracking number {tracking})."
         reason = rng.choice(("damaged", "wrong_item", "doesnt_fit"))
         text = f"Yes it came, but {rng.choice(_REASON_PHRASES[reason])}. I want to return it."
+        text, refund = _refund_method(rng, api, text)
         turns = _order_lookup_turns(rng, order_id, result, summary)
-        return turns, text, "start_return", {"order_id": order_id, "reason": reason}
+        return turns, text, "start_return", {"order_id": order_id, "reason": reason, **refund}
 
     days = rng.randint(1, 5)
     result = {
@@ -779,24 +950,85 @@ def _follow_up(rng: random.Random) -> tuple[list[dict[str, Any]], str, str | Non
     turns = _order_lookup_turns(rng, order_id, result, summary)
     if roll < 0.85:
         args = {"tracking_number": tracking, "carrier": carrier}
-        return turns, rng.choice(_FOLLOW_TRACK), "track_shipment", args
+        return turns, rng.choice(_FOLLOW_TRACK), api.track_tool, args
     return turns, rng.choice(_FOLLOW_THANKS), None, "You're welcome! Let me know if there's anything else."
 
 
-def make_conversation(rng: random.Random) -> Conversation:
-    """One clean router conversation and the teacher's answer (a tool call or a plain-text reply)."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+# --------------------------------------------------------------------------------------------------
+# The two versions of the backend API
+
+
+@dataclass(frozen=True)
+class RouterApi:
+    """One version of the shop's backend API as the teacher uses it: what it is told, the tools it
+    calls, and the traffic customers send while it is live."""
+
+    system_prompt: str
+    tools: list[dict[str, Any]]
+    track_tool: str
+    """The name of the tool that tracks a package."""
+    refund_method_required: bool
+    """Whether ``start_return`` takes a ``refund_method``."""
+    cancels_orders: bool
+    """Whether ``cancel_order`` exists (and customers ask to cancel)."""
+    new_wording: float
+    """The share of order-status, tracking and search queries typed in the new app's wording."""
+    intents: tuple[tuple[_IntentFn, float], ...]
+    tools_tokens: int = field(init=False)
+    _intent_cum: list[float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tools_tokens", estimate_tokens(orjson.dumps(self.tools).decode()))
+        object.__setattr__(self, "_intent_cum", list(itertools.accumulate(w for _, w in self.intents)))
+
+    def intent(self, rng: random.Random) -> _IntentFn:
+        """Draw what the customer wants, by the intents' weights."""
+        return self.intents[bisect.bisect_left(self._intent_cum, rng.random() * self._intent_cum[-1])][0]
+
+    @property
+    def tool_names(self) -> set[str]:
+        """The names of the API's tools."""
+        return {tool["function"]["name"] for tool in self.tools}
+
+
+API_V1 = RouterApi(
+    system_prompt=SYSTEM_PROMPT,
+    tools=TOOLS,
+    track_tool="track_shipment",
+    refund_method_required=False,
+    cancels_orders=False,
+    new_wording=0.0,
+    intents=_INTENTS,
+)
+"""The API the demo starts with: seven tools."""
+
+API_V2 = RouterApi(
+    system_prompt=SYSTEM_PROMPT_V2,
+    tools=TOOLS_V2,
+    track_tool="track_package",
+    refund_method_required=True,
+    cancels_orders=True,
+    new_wording=0.5,
+    intents=(*_INTENTS, (_cancel_order, 7)),
+)
+"""The API after the backend release: ``track_package`` (was ``track_shipment``), ``start_return``
+with a required ``refund_method``, and ``cancel_order`` for the new cancellation intent."""
+
+
+def make_conversation(rng: random.Random, api: RouterApi = API_V1) -> Conversation:
+    """One clean router conversation under ``api`` and the teacher's answer (a tool call or a plain-text
+    reply)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": api.system_prompt}]
     roll = rng.random()
     if roll < 0.1:
-        earlier, text, name, answer = _follow_up(rng)
+        earlier, text, name, answer = _follow_up(rng, api)
         messages.extend(earlier)
     else:
         if roll < 0.2:
             messages.append({"role": "user", "content": rng.choice(_GREETINGS)})
             messages.append({"role": "assistant", "content": rng.choice(_GREETING_REPLIES)})
-        intent = _INTENT_FNS[bisect.bisect_left(_INTENT_CUM, rng.random() * _INTENT_CUM[-1])]
-        text, name, answer = intent(rng)
+        text, name, answer = api.intent(rng)(rng, api)
     messages.append({"role": "user", "content": text})
     if name is None:
-        return Conversation(messages, TOOLS, _TOOLS_TOKENS, [], answer)
-    return Conversation(messages, TOOLS, _TOOLS_TOKENS, [(name, arguments_json(answer))], None)
+        return Conversation(messages, api.tools, api.tools_tokens, [], answer)
+    return Conversation(messages, api.tools, api.tools_tokens, [(name, arguments_json(answer))], None)

@@ -16,6 +16,7 @@ start), streams in constant memory and needs no I/O beyond reading the packaged 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import random
@@ -36,6 +37,10 @@ TEACHER_MODEL = "teacher-70b-instruct"
 
 WORKLOAD_KINDS = ("support_router", "bfcl_live")
 """Kinds of demo workload :func:`generate_traffic` can produce."""
+
+API_CHANGE_KINDS = ("support_router",)
+"""Kinds whose backend API can change (``generate_traffic(api_changed=True)``): the router's
+:data:`~flywheel.demo.support_router.API_V2`. BFCL requests replay fixed tool sets."""
 
 
 class NoiseKind(StrEnum):
@@ -73,6 +78,7 @@ def generate_traffic(
     seed: int,
     client_ids: Sequence[str],
     noise_rate: float = 0.08,
+    api_changed: bool = False,
 ) -> Iterator[DemoRecord]:
     """Yield `count` records for one data interval [start, end) (aware UTC datetimes).
 
@@ -83,9 +89,16 @@ def generate_traffic(
     record is a clean one exactly at `start` (millisecond precision). The same arguments give the same
     records; another interval start gives other records. Arguments are checked when this is called,
     not on the first ``next()``.
+
+    `api_changed`: the teacher works against the workload's changed backend API (one of
+    :data:`API_CHANGE_KINDS`): the requests log the changed tool schemas and the teacher calls them.
     """
     if kind not in WORKLOAD_KINDS:
         raise ValueError(f"unknown demo workload kind {kind!r}; expected one of {WORKLOAD_KINDS}")
+    if api_changed and kind not in API_CHANGE_KINDS:
+        raise ValueError(
+            f"api_changed: the {kind!r} demo workload has no API change; {API_CHANGE_KINDS} have"
+        )
     for label, value in (("start", start), ("end", end)):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"{label} must be a timezone-aware datetime, got {value!r}")
@@ -103,7 +116,15 @@ def generate_traffic(
     rng = random.Random(int.from_bytes(mixed, "big"))  # nosec B311 # reproducible demo traffic
     at_start_ms = start_ms if count >= 10 and _floor_ms(start) == start_ms else None
     return _generate(
-        _conversation_maker(kind), rng, workload_id, start_ms, end_ms, at_start_ms, count, clients, noise_rate
+        _conversation_maker(kind, api_changed),
+        rng,
+        workload_id,
+        start_ms,
+        end_ms,
+        at_start_ms,
+        count,
+        clients,
+        noise_rate,
     )
 
 
@@ -147,8 +168,13 @@ _UPSTREAM_TIMEOUT_MS = (30_000, 60_000, 120_000)
 _OUTSIDE_MAX_MS = 5 * 60 * 1000
 
 
-def _conversation_maker(kind: str) -> Callable[[random.Random], Conversation]:
-    return support_router.make_conversation if kind == "support_router" else bfcl.make_conversation
+def _conversation_maker(kind: str, api_changed: bool) -> Callable[[random.Random], Conversation]:
+    if kind == "support_router":
+        return functools.partial(
+            support_router.make_conversation,
+            api=support_router.API_V2 if api_changed else support_router.API_V1,
+        )
+    return bfcl.make_conversation
 
 
 def _generate(

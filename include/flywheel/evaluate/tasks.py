@@ -22,8 +22,8 @@ def plan_evaluation(
     """The run's evaluation jobs, all on the same dataset: the champion, and per candidate its variants.
 
     ``base`` and ``icl`` need only the candidate's base model; ``customized`` needs the adapter its
-    training job published (a candidate whose training failed gets no customized evaluation). The
-    champion, when the workload has one, is evaluated on the same examples.
+    training job published (a candidate whose training failed, or a run that does not train, gets no
+    customized evaluation). The champion, when the workload has one, is evaluated on the same examples.
     """
     from flywheel.compute import CHAMPION_CANDIDATE_ID, evaluate_job, read_outcomes
 
@@ -44,8 +44,10 @@ def plan_evaluation(
             elif name in trained:
                 model = ModelConfig(base_model=base_model, adapter=artifacts.adapter_uri(trained[name]))
                 planned.append((name, eval_type, model))
-            else:
+            elif train_jobs:
                 log.warning("%s: no adapter from training, so no customized evaluation", name)
+            else:
+                log.info("%s: this run does not train (training.retrain), so no customized evaluation", name)
     jobs = [
         evaluate_job(
             ctx.config,

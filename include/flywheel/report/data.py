@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -27,6 +28,9 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
     None when the run never reached the point of being recorded (its first task failed early).
     """
     from flywheel.compute import read_job_file
+    from flywheel.intervals import partition_day
+    from flywheel.report.savings import read_teacher_usage, savings, student_usage
+    from flywheel.storage import ArtifactStore
 
     workload = config.workload(workload_id)
     options = config.artifact_store.storage_options
@@ -58,7 +62,7 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
     for candidate in (train.summary or {}).get("candidates", []) if train else []:
         curve = read_job_file(candidate["output_uri"], artifacts.LOSS_CURVE, options)
         training.append(candidate | {"loss_curve": curve})
-    evaluations = []
+    evaluations, students = [], []
     with session_scope(config.metadata) as session:
         rows = session.scalars(
             select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id)
@@ -83,6 +87,13 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
                 "error": row.error,
             }
         )
+        if result:
+            identity = {"candidate_id": row.candidate_id, "eval_type": row.eval_type}
+            students.append((identity, student_usage(result)))
+    store = ArtifactStore(config.artifact_store.root, options)
+    teacher = read_teacher_usage(
+        store, workload_id, partition_day(as_utc(start)), workload.report.teacher_latency_field
+    )
     return {
         "workload_id": workload_id,
         "dag_id": workload.dag_id,
@@ -98,6 +109,89 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
         "evaluations": evaluations,
         "decision": decision_data,
         "metrics": metric_views(evaluations, decision_data, workload.evaluation.settings.metrics),
+        "trend": champion_trend(config, workload_id, until=end),
+        "savings": savings(teacher, students, workload.report.prices),
+    }
+
+
+def champion_trend(
+    config: FlywheelConfig, workload_id: str, until: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The workload's recorded decisions in data-interval order: how the champion and the challenger scored.
+
+    One JSON-safe point per ``decisions`` row of the workload whose run's interval ends at or before
+    ``until`` (all of them without it), ordered by interval, then by when it was decided (a re-run of a
+    night under another DAG run id is a point of its own)::
+
+        {"night": "2026-11-21",              # the date the run's data interval ends
+         "interval_start": ISO, "interval_end": ISO, "dag_run_id": str, "decided_at": ISO,
+         "outcome": "promote" | "alert" | "no_change",
+         "primary_metric": str,               # the decision's primary metric, named as in the metrics
+         "champion": {"value", "ci_low", "ci_high", "n", "version"} | None,
+         "challenger": {"value", "ci_low", "ci_high", "n", "version", "candidate_id", "eval_type"} | None}
+
+    ``champion`` and ``challenger`` are the primary metric of that run's evaluation of each (value
+    and 95% interval; a value may be None when no example applied); ``champion`` is None when the
+    run evaluated none (no champion yet, or its evaluation failed), ``challenger`` when the decision
+    named none.
+    """
+    query = (
+        select(DecisionRow, Run)
+        .join(Run, Run.id == DecisionRow.run_id)
+        .where(DecisionRow.workload_id == workload_id)
+        .order_by(Run.interval_start, Run.interval_end, DecisionRow.decided_at, DecisionRow.id)
+    )
+    if until is not None:
+        # SQLite keeps timestamps as naive UTC text, so the bound is compared in UTC.
+        query = query.where(Run.interval_end <= as_utc(until).astimezone(UTC))
+    with session_scope(config.metadata) as session:
+        rows = session.execute(query).all()
+        evaluations = session.scalars(
+            select(Evaluation).where(
+                Evaluation.run_id.in_([run.id for _, run in rows]), Evaluation.status == "succeeded"
+            )
+        ).all()
+        scored = {(e.run_id, e.candidate_id, e.eval_type): e.metrics for e in evaluations}
+        champions = {e.run_id: e.metrics for e in evaluations if e.eval_type == "champion"}
+        points = []
+        for decision, run in rows:
+            primary = decision.primary_metric
+            challenger = as_dict(decision.challenger)
+            champion_metrics = champions.get(run.id)
+            challenger_metrics = scored.get(
+                (run.id, challenger.get("candidate_id"), challenger.get("eval_type"))
+            )
+            points.append(
+                {
+                    "night": as_utc(run.interval_end).date().isoformat(),
+                    "interval_start": as_utc(run.interval_start).isoformat(),
+                    "interval_end": as_utc(run.interval_end).isoformat(),
+                    "dag_run_id": run.dag_run_id,
+                    "decided_at": as_utc(decision.decided_at).isoformat(),
+                    "outcome": decision.outcome,
+                    "primary_metric": primary,
+                    "champion": None
+                    if champion_metrics is None
+                    else _trend_side(champion_metrics, primary)
+                    | {"version": as_dict(decision.champion).get("version")},
+                    "challenger": None
+                    if not challenger or challenger_metrics is None
+                    else _trend_side(challenger_metrics, primary)
+                    | {
+                        "version": challenger.get("version"),
+                        "candidate_id": challenger.get("candidate_id"),
+                        "eval_type": challenger.get("eval_type"),
+                    },
+                }
+            )
+    return points
+
+
+def _trend_side(metrics: Any, primary: str) -> dict[str, Any]:
+    """The primary metric's value, interval and count in an evaluation's ``metrics`` (None where absent)."""
+    summary = metric_of({"metrics": metrics}, primary)
+    return {key: number(summary.get(key)) for key in ("value", "ci_low", "ci_high")} | {
+        "n": summary.get("n") if isinstance(summary.get("n"), int) else None
     }
 
 
@@ -133,7 +227,11 @@ def tool_count(champion: dict[str, Any], challenger: dict[str, Any], label: str)
 
 
 def curve_points(training: dict[str, Any], key: str) -> list[tuple[float, float]]:
-    """``(step, value)`` of a training run's loss curve where both are numbers (``key``: ``loss``, ...)."""
+    """``(step, value)`` of a training run's loss curve where both are numbers.
+
+    ``key``: :data:`flywheel.artifacts.TRAIN_LOSS` or :data:`~flywheel.artifacts.VALIDATION_LOSS`, the
+    names the trainer writes each point's losses under.
+    """
     points = []
     for point in dicts(training.get("loss_curve")):
         step, value = number(point.get("step")), number(point.get(key))

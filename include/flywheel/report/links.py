@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from airflow.sdk import BaseOperatorLink
@@ -10,12 +11,17 @@ if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
+log = logging.getLogger(__name__)
+
 
 class RunReportLink(BaseOperatorLink):
-    """The "Run report" button of the ``report`` task: the URI of the HTML report it wrote.
+    """The "Run report" button of the ``report`` task: the run's report on the Flywheel page's server.
 
-    Airflow 3 computes extra links when the task finishes and keeps them as XCom, so the button works
-    without a plugin; it is empty when no report was written.
+    The task returns the report's URI in the artifact store (None when it wrote none); the button
+    opens that report through the Flywheel plugin (``flywheel/reports/<workload>/<day>/run-report.html``,
+    relative to the api-server's base URL: docs/ui.md), which serves it to signed-in users whatever the
+    store. Airflow 3 computes extra links when the task finishes and keeps them as XCom; the button is
+    empty when no report was written.
     """
 
     name: ClassVar[str] = "Run report"
@@ -23,4 +29,12 @@ class RunReportLink(BaseOperatorLink):
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        return XCom.get_value(ti_key=ti_key, key="return_value") or ""
+        from flywheel.ui import report_link
+
+        uri = XCom.get_value(ti_key=ti_key, key="return_value")
+        if not uri:
+            return ""
+        link = report_link(uri)
+        if link is None:
+            log.warning("%s is not a run report's URI; the Run report button stays empty", uri)
+        return link or ""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from flywheel import artifacts
 from flywheel.report import plots
 from flywheel.report.data import (
     as_dict,
@@ -74,8 +75,9 @@ def render_report(data: Mapping[str, Any]) -> str:
     """The run report of one DAG run as a self-contained HTML page.
 
     ``data`` holds ``workload_id``, ``dag_id``, ``dag_run_id``, ``interval_start``,
-    ``interval_end``, ``generated_at``, ``stages``, ``training``, ``evaluations`` and ``decision``
-    (docs/report.md); any of them may be missing or None, and each section then says it has no data.
+    ``interval_end``, ``generated_at``, ``stages``, ``training``, ``evaluations``, ``decision``,
+    ``trend`` and ``savings`` (docs/report.md); any of them may be missing or None, and each section
+    then says it has no data.
     """
     run = _Run.from_data(data)
     return _template().render(
@@ -83,11 +85,13 @@ def render_report(data: Mapping[str, Any]) -> str:
         run=run,
         reasons=dicts(run.decision.get("reasons")),
         key_figures=_key_figures(run),
+        trend=_trend(run),
         evaluations=_evaluations(run),
         differences=_differences(run),
         paired=_paired(run),
         per_tool=_per_tool(run),
         training=_training(run),
+        savings=_savings(as_dict(data.get("savings"))),
         quality=_quality(run),
         stages=[
             (name, run.stages.get(name)) for name in [*STAGES, *(s for s in run.stages if s not in STAGES)]
@@ -107,9 +111,16 @@ def write_report(store: ArtifactStore, relative_path: str, html: str) -> str:
     return store.uri(path)
 
 
-@functools.cache
 def _template() -> jinja2.Template:
     """The page template, loaded from the package once per process; autoescaping on."""
+    return template_environment().get_template(TEMPLATE)
+
+
+@functools.cache
+def template_environment() -> jinja2.Environment:
+    """The Jinja2 environment of the report pages (``templates/``; the run report and the workload's
+    timeline, :mod:`flywheel.report.timeline`): autoescaping on, undefined names an error, and the
+    text filters below."""
     import jinja2
 
     environment = jinja2.Environment(
@@ -125,13 +136,14 @@ def _template() -> jinja2.Template:
         signed=_signed,
         p_value=plots.p_value_text,
         seconds=_seconds,
+        tokens=_tokens,
         variant=variant_name,
         error_text=_error_text,
         metric_cell=_metric_cell,
         model_text=_model_text,
     )
     environment.tests["linkable"] = _linkable
-    return environment.get_template(TEMPLATE)
+    return environment
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,8 @@ class _Run:
     primary: str
     metrics: dict[str, dict[str, Any]]
     """How each metric is shown (label, direction, per-tool key), by name, in report order."""
+    trend: list[dict[str, Any]]
+    """The workload's decisions up to this run's (:func:`flywheel.report.data.champion_trend`)."""
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> _Run:
@@ -159,6 +173,7 @@ class _Run:
             comparisons={str(k): v for k, v in comparisons.items() if isinstance(v, dict)},
             primary=str(decision.get("primary_metric") or ""),
             metrics={str(m.get("name")): m for m in dicts(data.get("metrics"))},
+            trend=dicts(data.get("trend")),
         )
 
     def summary(self, stage: str) -> dict[str, Any]:
@@ -217,6 +232,12 @@ def _key_figures(run: _Run) -> dict[str, Any]:
         "candidates": dicts(run.decision.get("candidates")),
         "policy": json.dumps(policy, indent=2, sort_keys=True, default=str) if policy else None,
     }
+
+
+def _trend(run: _Run) -> dict[str, Any]:
+    if not run.trend:
+        return {"empty": "No trend: no decision of this workload is recorded up to this run."}
+    return {"empty": None, "plot": plots.trend_plot(run.trend, run.metrics), "nights": len(run.trend)}
 
 
 def _comparison_row(
@@ -349,6 +370,7 @@ def _per_tool(run: _Run) -> dict[str, Any]:
         "empty": None,
         "plot": plots.per_tool_plot(shown, champion, challenger, key, run.metrics),
         "key": key,
+        "champion": bool(champion),
         "shown": len(shown),
         "labels": len(labels),
         "columns": columns,
@@ -375,8 +397,45 @@ def _sides(champion: dict[str, Any], challenger: dict[str, Any], label: str, key
 def _training(run: _Run) -> dict[str, Any]:
     if not run.training:
         return {"empty": run.absent("training runs", "train")}
-    curves = [t for t in run.training if curve_points(t, "loss") or curve_points(t, "validation_loss")]
+    curves = [
+        t
+        for t in run.training
+        if curve_points(t, artifacts.TRAIN_LOSS) or curve_points(t, artifacts.VALIDATION_LOSS)
+    ]
     return {"empty": None, "plot": plots.loss_plot(curves) if curves else None, "rows": run.training}
+
+
+def _savings(block: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's and each student's latency, tokens and cost per request, and each against the teacher."""
+    teacher = as_dict(block.get("teacher"))
+    rows = [("teacher", teacher, True)] if teacher else []
+    rows += [(variant_name(s), s, False) for s in dicts(block.get("students"))]
+    if not rows:
+        return {"empty": "No usage figures: neither the day's logs nor an evaluation recorded any."}
+
+    def against_teacher(figures: dict[str, Any], key: str) -> str:
+        mine, theirs = number(figures.get(key)), number(teacher.get(key))
+        return "—" if mine is None or not theirs else f"{mine / theirs - 1:+.0%}"
+
+    return {
+        "empty": None,
+        "plot": plots.savings_plot([(name, figures) for name, figures, _ in rows], block.get("currency")),
+        "currency": block.get("currency"),
+        "requests_per_cost": block.get("requests_per_cost"),
+        "teacher": teacher,
+        "rows": [
+            {
+                "name": name,
+                "is_teacher": is_teacher,
+                "figures": figures,
+                "cost": _money(figures.get("cost_per_1k")),
+                "vs_teacher": None
+                if is_teacher
+                else [against_teacher(figures, k) for k in ("latency_p95_s", "tokens_in", "cost_per_1k")],
+            }
+            for name, figures, is_teacher in rows
+        ],
+    }
 
 
 def _quality(run: _Run) -> dict[str, Any]:
@@ -449,6 +508,18 @@ def _signed(value: Any) -> str:
 def _seconds(value: Any) -> str:
     n = number(value)
     return "—" if n is None else f"{n:,.2f} s"
+
+
+def _tokens(value: Any) -> str:
+    """Tokens per request, to a tenth of a token."""
+    n = number(value)
+    return "—" if n is None else f"{n:,.1f}"
+
+
+def _money(value: Any) -> str:
+    """A cost to four significant digits (it may be a fraction of a cent), a dash for none."""
+    n = number(value)
+    return "—" if n is None else f"{n:,.4g}"
 
 
 def _metric_cell(metric: dict[str, Any]) -> str:

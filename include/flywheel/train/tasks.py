@@ -35,7 +35,8 @@ TRAIN_FIGURES = (
 
 
 def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, Any]]:
-    """One training job per candidate of the workload, on the dataset ``build_dataset`` summarised.
+    """One training job per candidate of the workload, on the dataset ``build_dataset`` summarised; none
+    when the workload's retrain policy says this run does not train (:mod:`flywheel.train.retrain`).
 
     A candidate whose settings say ``init_from: champion`` starts from the champion's adapter when it
     can (:func:`warm_start`). Returns the jobs as plain dicts (the XCom that the mapped ``train`` task
@@ -43,8 +44,11 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
     """
     from flywheel.compute import train_job
     from flywheel.deliver.registry import champion
+    from flywheel.train.retrain import plan_retrain
 
     current = champion(ctx.config.metadata, ctx.workload_id)
+    if not plan_retrain(ctx, dataset, current).train:
+        return []
     jobs = []
     for candidate in ctx.workload.training.candidates:
         start = warm_start(ctx.workload, candidate, current)
@@ -93,13 +97,16 @@ def warm_start(
 
 
 def collect_training(ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Read every candidate's ``result.json`` (or ``error.json``) from the artifact store and record them.
+    """Read every candidate's ``result.json`` (or ``error.json``) from the artifact store and record them,
+    with why the run trained or not (``retrain``, :mod:`flywheel.train.retrain`).
 
     Runs once all training jobs have finished, whatever their outcome. Raises TrainingFailedError when
-    no candidate produced an adapter; a run with some failed candidates goes on with the others.
+    jobs ran and no candidate produced an adapter; a run with some failed candidates goes on with the
+    others, and a run that planned no job (its retrain policy) records an empty stage.
     """
     from flywheel.compute import JobOutcome, failures_of, outcome_entry, read_outcomes, stage_summary
     from flywheel.errors import TrainingFailedError
+    from flywheel.train.retrain import read_retrain
 
     def figures(outcome: JobOutcome) -> dict[str, Any]:
         assert outcome.result is not None
@@ -115,7 +122,10 @@ def collect_training(ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[s
             outcome_entry(outcome, figures) | {"init_from": outcome.spec.init_from} for outcome in outcomes
         ]
         stage.summary = stage_summary(dataset["dataset_id"], "candidates", candidates)
-        if not stage.summary["succeeded"]:
+        retrain = read_retrain(ctx)
+        if retrain is not None:
+            stage.summary["retrain"] = retrain
+        if jobs and not stage.summary["succeeded"]:
             raise TrainingFailedError(
                 f"no candidate of {ctx.workload_id} produced an adapter ({failures_of(candidates)})"
             )

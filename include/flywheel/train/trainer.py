@@ -227,7 +227,7 @@ def train(
         elapsed = time.perf_counter() - train_started - eval_seconds
         point: dict[str, Any] = {
             "step": step,
-            "train_loss": round(step_loss, 5),
+            artifacts.TRAIN_LOSS: round(step_loss, 5),
             "lr": scheduler.get_last_lr()[0],
         }
         if step % config.log_every_steps == 0 or step == total_steps:
@@ -245,7 +245,7 @@ def train(
             eval_started = time.perf_counter()
             validation_loss = _validation_loss(model, validation_set, config.batch_size, step_settings)
             eval_seconds += time.perf_counter() - eval_started
-            point["validation_loss"] = round(validation_loss, 5)
+            point[artifacts.VALIDATION_LOSS] = round(validation_loss, 5)
             log.info("step %d validation loss %.4f", step, validation_loss)
             if best_loss is None or validation_loss < best_loss:
                 best_loss, best_step, evaluations_without_gain = validation_loss, step, 0
@@ -266,7 +266,9 @@ def train(
                     break
         curve.append(point)
     train_seconds = time.perf_counter() - train_started - eval_seconds
-    final_loss = next((p["validation_loss"] for p in reversed(curve) if "validation_loss" in p), None)
+    final_loss = next(
+        (p[artifacts.VALIDATION_LOSS] for p in reversed(curve) if artifacts.VALIDATION_LOSS in p), None
+    )
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
 

@@ -93,7 +93,11 @@ class DayValidation:
     pii: dict[str, int]
     success: bool
     failed_expectations: list[str]
+    warnings: list[str]
+    """Failed expectations that do not fail the batch (the tool shift under ``tool_shift_action: alert``)."""
     tool_shift: float | None
+    tool_shift_exceeded: bool
+    """The tool shift is above ``max_tool_shift``: the batch failed for it, or (``alert``) is flagged."""
     expectations: list[dict[str, Any]]
     clean_uri: str
     quarantine_uri: str
@@ -261,7 +265,9 @@ def validate_batches(
                 "labels": dict(summary.labels),
                 "pii": dict(summary.pii),
                 "failed_expectations": verdict.failed,
+                "warnings": verdict.warnings,
                 "tool_shift": verdict.tool_shift,
+                "tool_shift_exceeded": verdict.tool_shift_exceeded,
                 "data_docs": verdict.data_docs_uri,
             },
         )
@@ -279,7 +285,9 @@ def validate_batches(
         pii=dict(summary.pii),
         success=verdict.success,
         failed_expectations=verdict.failed,
+        warnings=verdict.warnings,
         tool_shift=verdict.tool_shift,
+        tool_shift_exceeded=verdict.tool_shift_exceeded,
         expectations=[asdict(o) for o in verdict.outcomes],
         clean_uri=clean_commit["path"],
         quarantine_uri=quarantine_commit["path"],

@@ -7,6 +7,8 @@ changes, so stored results stay interpretable):
 - ``flywheel.day_batch.v1`` on one summary row per record (label, quarantine reason, duplicate flag,
   timestamp): enough clean records, quarantine rate, duplicate rate, timestamps inside the interval,
   and the shift of the tool-name distribution against the previous days (KL divergence, reported).
+  Under ``tool_shift_action: alert`` the shift's expectation has GX severity ``warning``: a shift
+  above ``max_tool_shift`` is flagged (``tool_shift_exceeded``, ``warnings``) but passes the batch.
 
 GX Core is called directly (the Airflow GX provider does not install with Airflow 3.3). The result is
 returned as JSON, and Data Docs are built with a file context and copied into the artifact store.
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 RAW_SCHEMA_SUITE = "flywheel.raw_schema.v1"
 DAY_BATCH_SUITE = "flywheel.day_batch.v1"
 SUMMARY_COLUMNS = ("record_id", "timestamp", "label", "reason", "is_clean", "is_duplicate")
+TOOL_SHIFT_EXPECTATION = "expect_column_kl_divergence_to_be_less_than"
 
 
 @dataclass
@@ -48,11 +51,18 @@ class ExpectationOutcome:
     column: str | None
     success: bool
     observed: Any
+    severity: str = "critical"
+    """GX severity: only a failed ``critical`` expectation fails the batch; a ``warning`` is flagged."""
 
 
 @dataclass
 class BatchValidation:
-    """The verdict on a day's batch: every expectation, overall success and where the evidence is."""
+    """The verdict on a day's batch: every expectation, overall success and where the evidence is.
+
+    ``failed``: the failed critical expectations (each fails the batch); ``warnings``: the failed
+    warning ones (flagged, the batch passes); ``tool_shift_exceeded``: the tool shift is above
+    ``max_tool_shift``, whether that failed the batch or only warned.
+    """
 
     success: bool
     outcomes: list[ExpectationOutcome]
@@ -61,6 +71,8 @@ class BatchValidation:
     data_docs_uri: str | None = None
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    tool_shift_exceeded: bool = False
 
 
 def tool_distribution_weights(current: dict[str, int], baseline: dict[str, int]) -> dict[str, float] | None:
@@ -140,6 +152,7 @@ def validate_batch(
                 partition_object={"values": list(weights), "weights": list(weights.values())},
                 threshold=rules.max_tool_shift,
                 row_condition=clean_only,
+                severity="warning" if rules.tool_shift_action == "alert" else "critical",
             )
         )
 
@@ -170,22 +183,29 @@ def validate_batch(
             column=r.expectation_config.kwargs.get("column"),
             success=bool(r.success),
             observed=_observed(r.result),
+            severity=str(r.expectation_config.severity.value),
         )
         for name, result in results.items()
         for r in result.results
     ]
-    shift = next(
-        (o.observed for o in outcomes if o.expectation == "expect_column_kl_divergence_to_be_less_than"), None
-    )
+    shift = next((o for o in outcomes if o.expectation == TOOL_SHIFT_EXPECTATION), None)
+    failed = [o for o in outcomes if not o.success]
     return BatchValidation(
-        success=all(o.success for o in outcomes),
+        success=all(o.severity != "critical" for o in failed),
         outcomes=outcomes,
-        tool_shift=None if shift is None else _finite(shift),
+        tool_shift=None if shift is None else _finite(shift.observed),
         result_json={name: result.to_json_dict() for name, result in results.items()},
         data_docs_uri=docs_uri,
         seconds=round(time.perf_counter() - started, 3),
-        failed=[f"{o.expectation}({o.column or ''})" for o in outcomes if not o.success],
+        failed=[_name(o) for o in failed if o.severity == "critical"],
+        warnings=[_name(o) for o in failed if o.severity != "critical"],
+        tool_shift_exceeded=shift is not None and not shift.success,
     )
+
+
+def _name(outcome: ExpectationOutcome) -> str:
+    """How an expectation is named in summaries and errors: ``<expectation>(<column>)``."""
+    return f"{outcome.expectation}({outcome.column or ''})"
 
 
 def _publish(store: ArtifactStore, docs_dir: Path, target: str) -> str:

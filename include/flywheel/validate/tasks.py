@@ -14,7 +14,9 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     """Validate the interval's raw partition into clean and quarantine partitions and record the verdict.
 
     Raises DataQualityError when a batch expectation fails, after committing the partitions and the
-    evidence (validation result, Data Docs) so an operator can inspect them.
+    evidence (validation result, Data Docs) so an operator can inspect them. A tool shift above
+    ``max_tool_shift`` under ``tool_shift_action: alert`` passes, flagged (``tool_shift_exceeded``) for
+    ``decide`` and the retrain policy.
     """
     from flywheel.errors import DataQualityError
     from flywheel.tracking import record_validation
@@ -42,6 +44,15 @@ def validate(ctx: RunContext) -> dict[str, Any]:
             result.duplicates_in_day,
             result.data_docs_uri,
         )
+        if result.success and result.tool_shift_exceeded:
+            log.warning(
+                "the tool distribution of %s %s shifted: KL divergence %s above max_tool_shift %s "
+                "(tool_shift_action alert: the batch passes, the decision alerts)",
+                ctx.workload_id,
+                result.day,
+                result.tool_shift,
+                ctx.workload.data_quality.max_tool_shift,
+            )
         if not result.success:
             raise DataQualityError(
                 f"batch of {ctx.workload_id} {result.day} failed: {', '.join(result.failed_expectations)}; "

@@ -12,6 +12,7 @@ from flywheel.config import load_config
 from flywheel.dataset.build import EmptyWindowError, build_dataset
 from flywheel.dataset.splits import split_of
 from flywheel.demo.seed import write_raw_partition
+from flywheel.demo.support_router import TOOLS
 from flywheel.intervals import latest_intervals
 from flywheel.storage import ArtifactStore
 from flywheel.validate.day import validate_day
@@ -122,6 +123,8 @@ def test_duplicates_are_removed_newest_first_and_splits_follow_the_key(router):
                 == split
             )
     assert manifest["counts_per_label"]["evaluation"]
+    # The tools the records offer, one entry per distinct definition: the router's seven.
+    assert sorted(manifest["tools"].values()) == sorted(t["function"]["name"] for t in TOOLS)
     assert manifest["config_hash"] == result.config_hash
     assert manifest["content_hash"] == result.content_hash
 

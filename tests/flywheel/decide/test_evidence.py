@@ -185,6 +185,30 @@ def test_the_decision_pairs_the_evidence_and_registers_the_challenger(decided) -
     ]
 
 
+def test_a_tool_shift_flagged_by_validation_is_recorded_with_the_promotion(decided) -> None:
+    """The run's validation passed but flagged a tool shift (``tool_shift_action: alert``, e.g. an API
+    change): the challenger, better on that data, is still promoted, and the decision records the shift."""
+    config, _ = decided
+    with session_scope(config.metadata) as session:
+        run_id = session.scalar(select(Decision.run_id))
+    # A second try of the stage, as the validate task records it (the fields decide reads).
+    with record_stage(config.metadata, run_id, "validate", try_number=2) as stage:
+        stage.summary = {"day": "2026-11-20", "tool_shift": 1.5604, "tool_shift_exceeded": True}
+
+    summary = decide_run(config, WORKLOAD, run_id)
+
+    assert summary["outcome"] == "promote"
+    assert summary["reasons"][1] == {
+        "code": "tool_shift",
+        "message": "the tool-call distribution of 2026-11-20 shifted from the previous days': KL divergence "
+        "1.560 above max_tool_shift 0.5 (changed or new tools)",
+    }
+    with session_scope(config.metadata) as session:
+        row = session.scalar(select(Decision))
+        assert row.outcome == "promote"
+        assert [r["code"] for r in row.reasons] == ["challenger_superior", "tool_shift"]
+
+
 def test_a_failing_deploy_hook_leaves_the_champion_and_alerts(
     decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, refused_url: str
 ) -> None:
@@ -395,3 +419,72 @@ def test_two_promote_tasks_of_one_decision_at_once_promote_and_deploy_once(
     key = f"{WORKLOAD}/v2/decision-{summary['decision_id']}"
     assert [r.headers["idempotency-key"] for r in http_server.requests] == [key, key]  # one deploy, retried
     assert history(config.metadata, WORKLOAD)[-1].deployment["idempotency_key"] == key
+
+
+def _champion_from_another_run(config: FlywheelConfig, tmp_path: Path, interval_end: datetime) -> int:
+    """Register and promote a version evaluated by a run whose interval ends at ``interval_end``."""
+    run_id = ensure_run(
+        config.metadata,
+        workload_id=WORKLOAD,
+        dag_id="flywheel_x",
+        dag_run_id=f"other-{interval_end.isoformat()}",
+        interval_start=interval_end.replace(day=interval_end.day - 1),
+        interval_end=interval_end,
+    )
+    other = register_version(
+        config.metadata,
+        workload_id=WORKLOAD,
+        run_id=run_id,
+        candidate_id="tiny",
+        eval_type="icl",
+        model={"base_model": "base", "few_shot": True},
+        dataset_id="other",
+    )
+    promote(config.metadata, WORKLOAD, other.version, actor="another run", reason="its own evidence")
+    return other.version
+
+
+def _promotion_of(config: FlywheelConfig) -> dict[str, Any]:
+    with session_scope(config.metadata) as session:
+        return session.scalar(select(Decision)).promotion
+
+
+def test_a_champion_chosen_on_newer_data_supersedes_the_decision(decided, tmp_path: Path) -> None:
+    """A backfill of an old night (or one overlapping the scheduled run) never replaces a champion that
+    a newer night chose: its decision is recorded as superseded and the task succeeds."""
+    config, summary = decided
+    newer = _champion_from_another_run(config, tmp_path, datetime(2026, 11, 24, 2, tzinfo=UTC))
+
+    outcome = deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert outcome["status"] == "superseded"
+    assert (
+        "chosen on data up to 2026-11-24T02:00:00+00:00, newer than this run's interval" in outcome["reason"]
+    )
+    assert champion(config.metadata, WORKLOAD).version == newer
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1, newer]
+    assert _promotion_of(config) == outcome | {"challenger_version": summary["challenger_version"]}
+
+
+def test_a_champion_that_moved_during_the_run_supersedes_the_decision(decided, tmp_path: Path) -> None:
+    """The champion this run evaluated was replaced (on data no newer than this run's) while it ran: the
+    decision was made against the wrong champion, so it is superseded, not promoted and not a red run."""
+    config, summary = decided
+    moved = _champion_from_another_run(config, tmp_path, END)
+
+    outcome = deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert (outcome["status"], outcome["version"]) == ("superseded", moved)
+    assert outcome["reason"] == f"the champion moved to version {moved} while this run evaluated version 1"
+    assert champion(config.metadata, WORKLOAD).version == moved
+    assert _promotion_of(config)["status"] == "superseded"
+
+
+def test_a_retry_after_the_promotion_keeps_what_the_first_attempt_recorded(decided) -> None:
+    config, summary = decided
+    deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    recorded = _promotion_of(config)
+    assert (recorded["status"], recorded["version"], recorded["previous_version"]) == ("promoted", 2, 1)

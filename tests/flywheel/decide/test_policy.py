@@ -4,11 +4,12 @@ simulation (the A/A false-promotion rate and the detection rate of a 5-point imp
 from __future__ import annotations
 
 import math
+from datetime import date
 
 import pytest
 
 from flywheel.config import DecisionPolicyConfig, GuardrailConfig
-from flywheel.decide.policy import Outcomes, Reason, decide
+from flywheel.decide.policy import Outcomes, Reason, decide, tool_shift_reason
 from flywheel.decide.simulation import bench_decision, joint_cells, promotion_rate, simulation_policy
 
 PRIMARY = "function_name_and_args_accuracy"
@@ -182,6 +183,35 @@ def test_drift_with_a_better_challenger_promotes_and_says_so() -> None:
     assert codes(decision.reasons) == ["challenger_superior", "champion_drift"]
 
 
+@pytest.mark.parametrize(
+    ("right", "outcome", "reasons"),
+    [
+        (50, "alert", ["champion_drift", "no_challenger"]),
+        (120, "no_change", ["no_challenger", "champion_holds"]),
+    ],
+)
+def test_without_a_challenger_the_champion_is_still_judged_on_fresh_data(
+    right: int, outcome: str, reasons: list[str]
+) -> None:
+    # A run that trained nothing (its retrain policy) and evaluated only the champion.
+    decision = decide(
+        policy(floor=0.3, challenger_eval_types=["customized"]),
+        champion=outcomes("champion", "champion", right),
+        variants=[outcomes("m", "base", 190)],  # not eligible
+        champion_expected=True,
+    )
+
+    assert (decision.outcome, codes(decision.reasons)) == (outcome, reasons)
+    assert decision.challenger is None
+    assert decision.examples == 200
+    assert decision.comparisons[PRIMARY] == {
+        "role": "primary",
+        "champion": pytest.approx(right / 200),
+        "challenger": None,
+        "n": 200,
+    }
+
+
 def test_champion_floor_separate_from_the_promotion_floor() -> None:
     champion = outcomes("champion", "champion", 70)  # 0.35
     challenger = outcomes("m", "customized", 72)
@@ -344,6 +374,64 @@ def test_outcomes_from_examples_jsonl_lines() -> None:
     assert parsed.value("no_call_accuracy") == 1.0
     assert parsed.binary["no_call_accuracy"] == {("golden", "b"): True}
     assert parsed.value("parse_error_rate") == pytest.approx(1 / 3)
+
+
+# --- a shifted tool distribution ----------------------------------------------------------------
+
+SHIFT = tool_shift_reason(date(2026, 11, 20), 1.5604, 0.5)
+"""What ``decide_run`` passes for a day whose validation flagged a tool shift (an API change)."""
+
+
+def test_the_tool_shift_reason_names_the_day_the_divergence_and_the_threshold() -> None:
+    assert (SHIFT.code, SHIFT.message) == (
+        "tool_shift",
+        "the tool-call distribution of 2026-11-20 shifted from the previous days': KL divergence 1.560 "
+        "above max_tool_shift 0.5 (changed or new tools)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("champion_right", "challenger_right", "outcome", "reasons"),
+    [
+        # Nothing to promote: the shift alone makes it an alert, and leads the reasons.
+        (100, 100, "alert", ["tool_shift", "not_significant"]),
+        # A challenger that is better on the shifted data is promoted; the shift is recorded with it.
+        (100, 140, "promote", ["challenger_superior", "tool_shift"]),
+        # An alert of the comparison keeps its own reasons first.
+        (150, 100, "alert", ["challenger_regressed", "not_significant", "tool_shift"]),
+    ],
+)
+def test_a_tool_shift_is_an_alert_that_does_not_block_a_promotion(
+    champion_right: int, challenger_right: int, outcome: str, reasons: list[str]
+) -> None:
+    decision = decide(
+        policy(),
+        champion=outcomes("champion", "champion", champion_right),
+        variants=[outcomes("m", "customized", challenger_right)],
+        data_alerts=[SHIFT],
+    )
+
+    assert (decision.outcome, codes(decision.reasons)) == (outcome, reasons)
+    assert SHIFT in decision.reasons
+
+
+def test_a_tool_shift_without_a_challenger_or_with_a_failed_stage_is_an_alert() -> None:
+    # A night that trained nothing, its champion holding on the shifted data.
+    untrained = decide(
+        policy(challenger_eval_types=["customized"]),
+        champion=outcomes("champion", "champion", 150),
+        variants=[],
+        champion_expected=True,
+        data_alerts=[SHIFT],
+    )
+    failure = Reason("training_failed", "train failed: out of memory")
+    failed = decide(policy(), champion=None, variants=[], upstream_failures=[failure], data_alerts=[SHIFT])
+
+    assert (untrained.outcome, codes(untrained.reasons)) == (
+        "alert",
+        ["tool_shift", "no_challenger", "champion_holds"],
+    )
+    assert (failed.outcome, failed.reasons) == ("alert", [failure, SHIFT])
 
 
 # --- statistics by simulation -------------------------------------------------------------------

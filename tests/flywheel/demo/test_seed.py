@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from test_traffic import assert_calls_follow_own_schemas, teacher_calls
 
 from flywheel.demo.seed import SeedError, daily_index, demo_workloads, seed_logs
 from flywheel.extract.sources.elasticsearch import ElasticsearchSource, connect
@@ -46,3 +47,43 @@ def test_daily_index_follows_the_record_timestamp():
 def test_unknown_demo_workload_is_an_error(flywheel_config):
     with pytest.raises(SeedError, match="no configured workload has demo traffic"):
         demo_workloads(flywheel_config, ["nope"])
+
+
+def test_drift_day_switches_the_router_to_the_changed_api(empty_log_store, flywheel_config):
+    from elasticsearch.helpers import scan
+
+    from flywheel.demo.support_router import API_V1, API_V2
+    from flywheel.intervals import latest_intervals
+
+    report = seed_logs(
+        flywheel_config, days=3, records_per_day=300, now=NOW, seed=3, drift_day=2, noise_rate=0.0
+    )
+
+    intervals = latest_intervals("0 2 * * *", 3, NOW)
+    assert report.api_changed == {"customer_support_router": intervals[1][0].isoformat()}  # BFCL has none
+    client = connect("flywheel_logs")
+    query = {"query": {"term": {"workload_id": "customer_support_router"}}}
+    by_day: dict[int, list[dict]] = {0: [], 1: [], 2: []}
+    for hit in scan(client, index="flywheel-logs-*", query=query):
+        stamp = datetime.strptime(hit["_source"]["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        (day,) = [i for i, (start, end) in enumerate(intervals) if start <= stamp < end]
+        by_day[day].append(hit["_source"])
+    assert [len(sources) for sources in by_day.values()] == [300, 300, 300]
+
+    def called(sources: list[dict]) -> set[str]:
+        return {name for s in sources for name, _ in teacher_calls(s)}
+
+    # Before the day: tool set A; from the day on: the changed API, in the schemas and the calls.
+    assert all(s["request"]["tools"] == API_V1.tools for s in by_day[0])
+    assert called(by_day[0]) <= API_V1.tool_names
+    for day in (1, 2):
+        assert all(s["request"]["tools"] == API_V2.tools for s in by_day[day])
+        assert {"track_package", "cancel_order"} <= called(by_day[day]) <= API_V2.tool_names
+        returns = [a for s in by_day[day] for name, a in teacher_calls(s) if name == "start_return"]
+        assert returns and all(a["refund_method"] in ("original_payment", "store_credit") for a in returns)
+    assert_calls_follow_own_schemas([s for sources in by_day.values() for s in sources])
+
+
+def test_drift_day_must_be_a_seeded_day(flywheel_config):
+    with pytest.raises(SeedError, match=r"drift_day must be a seeded day, 1 .* to 3"):
+        seed_logs(flywheel_config, days=3, records_per_day=10, now=NOW, drift_day=4)

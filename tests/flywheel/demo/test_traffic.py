@@ -355,3 +355,78 @@ def test_bad_arguments_raise_at_call_time(overrides: dict[str, Any], message: st
     arguments.update(overrides)
     with pytest.raises(ValueError, match=message):
         generate_traffic(**arguments)
+
+
+# --- the router's API change -----------------------------------------------------------------------
+
+
+def teacher_calls(source: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every tool call the teacher made in a conversation: its earlier turns' and its answer's."""
+    messages = [*source["request"]["messages"], source["response"]["choices"][0]["message"]]
+    return [
+        (call["function"]["name"], json.loads(call["function"]["arguments"]))
+        for message in messages
+        for call in message.get("tool_calls") or ()
+    ]
+
+
+def assert_calls_follow_own_schemas(sources: list[dict[str, Any]]) -> None:
+    """Every teacher call names a tool of its own request and validates against that tool's JSON schema."""
+    from jsonschema import Draft202012Validator
+
+    for source in sources:
+        schemas = {t["function"]["name"]: t["function"]["parameters"] for t in source["request"]["tools"]}
+        for name, arguments in teacher_calls(source):
+            assert name in schemas, (name, sorted(schemas))
+            errors = [e.message for e in Draft202012Validator(schemas[name]).iter_errors(arguments)]
+            assert errors == [], (name, arguments, errors)
+
+
+def test_after_the_api_change_the_teacher_follows_the_new_api() -> None:
+    from flywheel.demo.support_router import API_V1, API_V2, TOOLS
+
+    before = [r.source for r in generate("support_router", 1500, noise_rate=0.0)]
+    after = [r.source for r in generate("support_router", 1500, noise_rate=0.0, api_changed=True)]
+
+    # Before: tool set A in every request, and only its tools called.
+    assert all(s["request"]["tools"] == TOOLS for s in before)
+    assert {name for s in before for name, _ in teacher_calls(s)} <= API_V1.tool_names
+    # After: one tool renamed, a required parameter added to another, a new tool; in the schemas...
+    assert all(s["request"]["tools"] == API_V2.tools for s in after)
+    assert API_V2.tool_names == API_V1.tool_names - {"track_shipment"} | {"track_package", "cancel_order"}
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in API_V2.tools}
+    assert "refund_method" in schemas["start_return"]["required"]
+    assert all(s["request"]["messages"][0]["content"] == API_V2.system_prompt for s in after)
+    # ...and in the teacher's calls, which always fill the new required parameter.
+    called = Counter(name for s in after for name, _ in teacher_calls(s))
+    assert called["track_package"] > 0 and called["cancel_order"] > 0 and called["track_shipment"] == 0
+    returns = [args for s in after for name, args in teacher_calls(s) if name == "start_return"]
+    assert returns and all("refund_method" in args for args in returns)
+    assert {args["refund_method"] for args in returns} == {"original_payment", "store_credit"}
+    assert_calls_follow_own_schemas(before + after)
+    for source in after:
+        assert_clean(source)
+    # The customers' wording shifts too: phrasings that never occurred before the change.
+    words = ("parcel", "delivery")
+    share = [
+        sum(any(w in s["request"]["messages"][-1]["content"].lower() for w in words) for s in sources)
+        / len(sources)
+        for sources in (before, after)
+    ]
+    assert share[1] > share[0] + 0.05, share
+
+
+def test_the_api_change_is_deterministic_and_bfcl_has_none() -> None:
+    first = [orjson.dumps(r.source) for r in generate("support_router", 300, api_changed=True)]
+    assert first == [orjson.dumps(r.source) for r in generate("support_router", 300, api_changed=True)]
+    with pytest.raises(ValueError, match="api_changed"):
+        generate_traffic(
+            kind="bfcl_live",
+            workload_id="w",
+            start=START,
+            end=END,
+            count=1,
+            seed=0,
+            client_ids=CLIENTS,
+            api_changed=True,
+        )

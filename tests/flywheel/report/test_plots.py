@@ -37,8 +37,51 @@ EVERY_PLOT = {
     "per-tool": lambda: plots.per_tool_plot(
         list(per_tool(0.9)), per_tool(0.8), per_tool(0.9), "function_name_accuracy", {}
     ),
-    "loss": lambda: plots.loss_plot([{"candidate_id": "a", "loss_curve": [{"step": 1, "loss": 2.0}]}]),
+    "loss": lambda: plots.loss_plot([{"candidate_id": "a", "loss_curve": [{"step": 1, "train_loss": 2.0}]}]),
     "quality": lambda: plots.quality_plot({"extracted": 10, "clean": 8, "quarantined": 2}, {"duplicate": 2}),
+    "trend": lambda: plots.trend_plot(
+        [
+            {
+                "night": "2026-11-20",
+                "outcome": "promote",
+                "primary_metric": "m",
+                "challenger": {"value": 0.7},
+            },
+            {"night": "2026-11-21", "outcome": "no_change", "champion": {"value": 0.7, "ci_low": 0.6}},
+        ]
+    ),
+    "savings": lambda: plots.savings_plot(
+        [("teacher", {"latency_p50_s": 0.9, "tokens_in": 800}), (HOSTILE, {"latency_p50_s": 0.1})], "USD"
+    ),
+}
+
+NOTHING_TO_DRAW = {
+    "metrics": (lambda: plots.metrics_plot([], [], {}), ["no evaluation produced a metric value"]),
+    "forest": (
+        lambda: plots.forest_plot([("m", {"role": "primary", "difference": None})], 0.02, {}),
+        ["no paired difference to draw"],
+    ),
+    "paired": (
+        lambda: plots.paired_plot({"only challenger right": 0, "only champion right": 0}, "m", None),
+        ["no paired examples"],
+    ),
+    "per-tool": (
+        lambda: plots.per_tool_plot(["refund"], {"refund": {"n": 3}}, {}, "function_name_accuracy", {}),
+        ["no per-tool function_name_accuracy to draw"],
+    ),
+    "loss": (
+        lambda: plots.loss_plot([{"candidate_id": "a", "loss_curve": [{"step": 1, "lr": 0.1}]}]),
+        ["no candidate logged a loss"],
+    ),
+    "quality": (
+        lambda: plots.quality_plot(dict.fromkeys(("extracted", "clean", "quarantined")), {}),
+        ["no record counts", "no record quarantined"],
+    ),
+    "trend": (lambda: plots.trend_plot([{"night": "not a date"}]), ["no decision recorded yet"]),
+    "savings": (
+        lambda: plots.savings_plot([("teacher", {}), ("tiny/icl", {"tokens_in": None})], None),
+        ["no latency recorded", "no token counts", "no prices set (report.prices)"],
+    ),
 }
 
 
@@ -94,3 +137,43 @@ def test_importing_the_report_modules_does_not_import_matplotlib_or_jinja2() -> 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", NOTHING_TO_DRAW)
+def test_a_plot_with_nothing_to_draw_says_so_in_words(name: str) -> None:
+    draw, lines = NOTHING_TO_DRAW[name]
+
+    svg = draw().svg
+
+    for line in lines:
+        assert f">{line}</text>" in svg
+    assert f'id="{name}-xtick_1"' not in svg and f'id="{name}-ytick_1"' not in svg  # no empty axes
+
+
+def test_the_trend_of_nights_without_scores_still_marks_each_decision() -> None:
+    svg = plots.trend_plot(
+        [{"night": "2026-11-20", "outcome": "alert"}, {"night": "2026-11-21", "outcome": "no_change"}]
+    ).svg
+
+    assert ">no evaluation scored the primary metric on these nights</text>" in svg
+    assert ">alert</text>" in svg and ">no_change</text>" in svg
+
+
+def test_the_trend_draws_champion_and_challenger_with_their_intervals_and_each_outcome() -> None:
+    points = [
+        {"night": f"2026-11-{day}", "outcome": outcome, "primary_metric": "function_name_accuracy"}
+        | {
+            side: {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05}
+            for side in ("champion", "challenger")
+        }
+        for day, outcome, value in ((17, "promote", 0.6), (18, "alert", 0.5), (19, "no_change", 0.65))
+    ]
+
+    svg = plots.trend_plot(points, {"function_name_accuracy": {"label": "function name"}}).svg
+
+    for text in ("champion", "challenger", "promote", "alert", "no_change", "function name"):
+        assert f">{text}</text>" in svg
+    # Each outcome has its own marker and colour, drawn in the decision row and the legend.
+    assert len({marker for marker, _ in plots.OUTCOME_MARKERS.values()}) == len(plots.OUTCOME_MARKERS)
+    for _, colour in plots.OUTCOME_MARKERS.values():
+        assert f"fill: {colour}" in svg

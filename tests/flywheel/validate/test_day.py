@@ -179,11 +179,73 @@ def test_tool_shift_is_measured_against_previous_days(extracted_days):
     assert shifts[0] is None  # no earlier validated day
     assert all(0 <= shift < workload.data_quality.max_tool_shift for shift in shifts[1:])
 
-    skewed = DataQualityConfig(max_tool_shift=1e-9)
+    skewed = DataQualityConfig(max_tool_shift=1e-9, tool_shift_action="fail")
     last = validate_day(
         store, workload_id=workload.workload_id, start=intervals[-1][0], end=intervals[-1][1], rules=skewed
     )
     assert "expect_column_kl_divergence_to_be_less_than(label)" in last.failed_expectations
+
+
+@pytest.mark.parametrize("action", ["alert", "fail"])
+def test_an_api_change_is_a_flagged_tool_shift_that_fails_the_batch_only_under_fail(make_config, action):
+    """The router's traffic before and after its API change (``track_shipment`` renamed, ``cancel_order``
+    new) through the ``validate`` task: the shift is measured and flagged either way; under ``alert``
+    the day passes and enters the next day's baseline, under ``fail`` it fails and stays out."""
+    from sqlalchemy import select
+
+    from flywheel.context import RunContext
+    from flywheel.db.engine import session_scope
+    from flywheel.db.models import RunStage, ValidatedPartition
+    from flywheel.demo.seed import write_raw_partition
+    from flywheel.validate.day import baseline_labels
+    from flywheel.validate.tasks import validate
+
+    config = make_config(data_quality={"tool_shift_action": action})
+    workload = config.workload("customer_support_router")
+    before, after = (
+        RunContext.of(
+            config, workload.workload_id, interval_start=s, interval_end=e, dag_run_id=f"manual__{s}"
+        )
+        for s, e in latest_intervals(workload.schedule, 2, NOW)
+    )
+    for ctx, api_changed in ((before, False), (after, True)):
+        write_raw_partition(
+            ctx.store,
+            workload,
+            start=ctx.interval_start,
+            end=ctx.interval_end,
+            count=300,
+            seed=5,
+            api_changed=api_changed,
+        )
+    assert validate(before)["tool_shift"] is None  # no baseline yet
+    if action == "alert":
+        validate(after)
+    else:
+        with pytest.raises(DataQualityError, match=r"failed: expect_column_kl_divergence_to_be_less_than"):
+            validate(after)
+
+    shift = "expect_column_kl_divergence_to_be_less_than(label)"
+    with session_scope(config.metadata) as session:
+        stage = session.scalars(
+            select(RunStage).where(RunStage.run_id == after.run_id, RunStage.stage == "validate")
+        ).one()
+        verdict = session.scalars(select(ValidatedPartition).where(ValidatedPartition.day == after.day)).one()
+        summary = stage.summary
+        assert (stage.status, verdict.success) == (
+            ("succeeded", True) if action == "alert" else ("failed", False)
+        )
+        assert verdict.tool_shift == summary["tool_shift"] > workload.data_quality.max_tool_shift
+    committed = after.store.read_partition_record(workload.workload_id, after.day, "clean")
+    assert summary["tool_shift_exceeded"] is committed["tool_shift_exceeded"] is True
+    assert committed["tool_shift"] == summary["tool_shift"]
+    assert (committed["failed_expectations"], committed["warnings"]) == (
+        ([], [shift]) if action == "alert" else ([shift], [])
+    )
+    assert {"track_package", "cancel_order"} <= set(summary["labels"])
+    # The next day's baseline holds the changed API's tools only when the day passed.
+    next_baseline = baseline_labels(after.store, workload.workload_id, after.day + timedelta(days=1), 7)
+    assert ("track_package" in next_baseline) is (action == "alert")
 
 
 def test_validate_jsonl_debugs_a_batch_without_airflow(tmp_path: Path):

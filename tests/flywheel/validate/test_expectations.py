@@ -49,6 +49,7 @@ def test_a_healthy_batch_passes():
     verdict = run(summary(), baseline={"a": 100, "b": 100})
     assert verdict.success, verdict.failed
     assert verdict.tool_shift == pytest.approx(0, abs=1e-3)
+    assert (verdict.tool_shift_exceeded, verdict.warnings) == (False, [])
 
 
 @pytest.mark.parametrize(
@@ -81,14 +82,29 @@ def test_schema_drift_new_and_vanished_columns():
     assert "session_id" in outcome.observed
 
 
-def test_tool_shift_reports_the_distance():
+@pytest.mark.parametrize(
+    ("action", "success", "severity"), [("alert", True, "warning"), ("fail", False, "critical")]
+)
+def test_a_tool_shift_is_flagged_and_fails_the_batch_only_under_fail(action, success, severity):
     verdict = run(
         summary(labels=("a",)),
-        DataQualityConfig(min_clean_records=10, max_tool_shift=0.5),
+        DataQualityConfig(min_clean_records=10, max_tool_shift=0.5, tool_shift_action=action),
         baseline={"a": 10, "b": 90},
     )
-    assert "expect_column_kl_divergence_to_be_less_than(label)" in verdict.failed
+    shift = "expect_column_kl_divergence_to_be_less_than(label)"
+    assert verdict.success is success
+    assert (verdict.failed, verdict.warnings) == (([], [shift]) if success else ([shift], []))
+    assert verdict.tool_shift_exceeded
     assert verdict.tool_shift > 0.5
+    outcome = next(o for o in verdict.outcomes if o.column == "label")
+    assert (outcome.success, outcome.severity, outcome.observed) == (False, severity, verdict.tool_shift)
+    # validation.json keeps the severity: the stored GX result says why a failed expectation passed.
+    stored = verdict.result_json["flywheel.day_batch.v1"]["results"]
+    assert [
+        r["expectation_config"]["severity"]
+        for r in stored
+        if r["expectation_config"]["kwargs"].get("column") == "label"
+    ] == [severity]
 
 
 def test_baseline_weights_smooth_new_labels():

@@ -78,9 +78,11 @@ class LogSource(PluginConfig):
     partition's writer reads, the page size, and the settle delay and recount of late logs.
     """
 
-    timestamp_field: str = "timestamp"
-    workload_field: str = "workload_id"
-    client_field: str = "client_id"
+    timestamp_field: str = Field(
+        "timestamp", description="Top-level field with each record's time (ISO 8601 or epoch milliseconds)."
+    )
+    workload_field: str = Field("workload_id", description="Top-level field with the workload id.")
+    client_field: str = Field("client_id", description="Top-level field with the client id.")
     page_size: int = Field(
         1000, ge=10, le=10_000, description="Records per page read (memory holds about three pages)."
     )

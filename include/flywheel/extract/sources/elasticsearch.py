@@ -476,7 +476,7 @@ class ElasticsearchSource(LogSource):
     keep_alive: str = Field(
         "5m", pattern=r"^\d+[smh]$", description="PIT / scroll context lifetime per page."
     )
-    request_timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0, description="Timeout of each request to the cluster.")
     max_page_bytes: int = Field(
         50_000_000,
         ge=1_000_000,

@@ -1,0 +1,110 @@
+"""Nights train, evaluate and decide in the order of their data intervals, each from the champion the
+night before chose.
+
+A backfill runs several nights at once, and next to it the scheduler may start the latest night's
+run. Their extraction, validation and datasets may run side by side, but the model half of a night
+(warm start from the champion, the champion's evaluation, the decision) must see the previous night's
+decision delivered, or every night decides against the same old champion.
+
+:class:`PreviousNightWait` is the DAG's ``previous_night`` task, between ``build_dataset`` and
+``plan_training``. It has ``depends_on_past``, so Airflow starts it only once the previous run's (by
+logical date, backfill or scheduled) ``previous_night`` has finished: that run has reached the same
+point and recorded itself. Then it waits, in reschedule mode (no worker slot held between checks),
+until that night's decision is recorded and its promotion settled. After
+``decision.previous_night_wait_minutes`` it goes on anyway with a warning: ``promote`` still never
+replaces a champion chosen on newer data (:func:`flywheel.deliver.tasks.promote`). It never fails,
+so one broken night cannot hold all later nights.
+
+This module is imported by the DAG file: its database imports are made on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from flywheel.context import RunContext
+
+log = logging.getLogger(__name__)
+
+POKE_SECONDS = 10
+
+
+def previous_night_pending(ctx: RunContext) -> str | None:
+    """What the previous night (the interval that ends where ``ctx``'s starts) has still to deliver.
+
+    None when that night has no run here, or its latest decision is recorded and, if it promotes,
+    its promotion settled (promoted, superseded or failed).
+    """
+    from sqlalchemy import select
+
+    from flywheel.db.engine import session_scope
+    from flywheel.db.models import Decision, Run
+
+    with session_scope(ctx.config.metadata) as session:
+        night = ctx.interval_start
+        runs = select(Run.id).where(Run.workload_id == ctx.workload_id, Run.interval_end == night)
+        if session.scalar(runs.limit(1)) is None:
+            return None
+        decision = session.scalar(
+            select(Decision).where(Decision.run_id.in_(runs)).order_by(Decision.id.desc()).limit(1)
+        )
+        if decision is None:
+            return f"the night ending {night.isoformat()} has not decided yet"
+        if decision.outcome == "promote" and decision.promotion is None:
+            return f"the night ending {night.isoformat()} is still promoting (decision {decision.id})"
+        return None
+
+
+class PreviousNightWait(BaseSensorOperator):
+    """Wait until the previous night's decision is delivered (see the module's docstring).
+
+    Returns (XCom) what it waited for: ``{"waited_for": str | None, "gave_up": bool}``.
+    """
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, workload_id: str, wait_minutes: float, **kwargs: Any) -> None:
+        kwargs.setdefault("poke_interval", POKE_SECONDS)
+        super().__init__(
+            mode="reschedule",
+            depends_on_past=True,
+            # Its own deadline ends the wait first; the sensor timeout only backs it up.
+            timeout=(wait_minutes + 60) * 60,
+            **kwargs,
+        )
+        self.workload_id = workload_id
+        self.wait_minutes = wait_minutes
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        from flywheel.context import RunContext
+
+        since = context["ti"].get_first_reschedule_date(context) or datetime.now(UTC)
+        done = previous_night_done(RunContext.current(self.workload_id), since, self.wait_minutes)
+        return False if done is None else PokeReturnValue(is_done=True, xcom_value=done)
+
+
+def previous_night_done(
+    ctx: RunContext, waiting_since: datetime, wait_minutes: float
+) -> dict[str, Any] | None:
+    """What ``previous_night`` returns when it may go on (``waited_for``, ``gave_up``); None: wait on."""
+    pending = previous_night_pending(ctx)
+    if pending is None:
+        return {"waited_for": None, "gave_up": False}
+    if datetime.now(UTC) - waiting_since < timedelta(minutes=wait_minutes):
+        log.info("%s: waiting: %s", ctx.workload_id, pending)
+        return None
+    log.warning(
+        "%s: %s after %s minutes; going on with the current champion (promote never replaces a champion "
+        "chosen on newer data)",
+        ctx.workload_id,
+        pending,
+        wait_minutes,
+    )
+    return {"waited_for": pending, "gave_up": True}
