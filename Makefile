@@ -24,10 +24,11 @@ COMPILE = $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
 # bytecode (some machines set PYTHONDONTWRITEBYTECODE, which makes each start recompile ~1,000 modules).
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help install lock postgres chromium demo test test-slow lint bench clean
+.PHONY: help install lock postgres chromium demo scenario test test-slow lint bench clean
 
 help:
 	@echo "make demo       run the nightly flywheel end to end on the embedded default"
+	@echo "make scenario   14 days with an API change, replayed by a real Airflow; writes the timeline report"
 	@echo "make test       lint + the default test suite (installs everything first)"
 	@echo "make test-slow  the slow tier too (long benchmarks, real-model runs)"
 	@echo "make bench      extraction and data-stage benchmarks at 200,000 records (print JSON)"
@@ -76,8 +77,13 @@ chromium:
 demo: $(STAMP)
 	$(BIN)/flywheel demo run
 
+# Up to an hour on 2 cores; `flywheel demo scenario --model tiny --days 4 --drift-day 3` shows the mechanics in minutes.
+scenario: $(STAMP)
+	$(BIN)/flywheel demo scenario
+
+# One pytest worker per core (pytest-xdist); the slow tier runs serially (real models need the memory).
 test: $(STAMP) postgres chromium lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 test-slow: $(STAMP) postgres chromium
 	$(BIN)/python -m pytest -m "slow or not slow"

@@ -21,11 +21,13 @@ from airflow.sdk import (
     task,
 )
 
+from flywheel import assets
 from flywheel.compute.backend import compute_backend
 from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
 from flywheel.context import RunContext
 from flywheel.decide.order import PreviousNightWait
 from flywheel.deliver.alerts import FlywheelNotifier
+from flywheel.deliver.approval import PromotionApproval
 from flywheel.errors import PermanentError, RetryableError
 from flywheel.extract.settle import SettleWait
 from flywheel.report.links import RunReportLink
@@ -46,16 +48,20 @@ Tasks, in order:
    alerts, with the backfill command that re-runs the day, when a count moved since extraction
    (late logs); the recount is in `runs/{workload_id}/<day>/recount.json`.
 1. `extract`: the interval's logs into the `raw/{workload_id}/<day>/` Parquet partition
-   (`raw_partitions` row).
+   (`raw_partitions` row); asset `flywheel.{workload_id}.raw_day`, partition key the day. Then
+   `previous_night` waits (`depends_on_past`, reschedule mode, no worker slot) until the previous
+   night has decided and delivered, at most {previous_night_wait} minutes: nights validate (the tool
+   shift compares with the days before), build their datasets (the last days' clean data), train,
+   evaluate and decide **in interval order**, so a backfill replays history with the champion carried
+   from night to night, even next to the scheduled run; extraction runs side by side.
 2. `validate`: record rules, PII scrubbing and batch expectations; the day's `clean/` and
    `quarantine/` partitions, the GX result and Data Docs under `reports/{workload_id}/<day>/`
-   (`validated_partitions` row). Fails when a batch expectation fails.
+   (`validated_partitions` row); asset `flywheel.{workload_id}.clean_day`, partition key the day. Fails
+   when a batch expectation fails.
 3. `build_dataset`: the last {window} validated days de-duplicated and split into train, validation
-   and evaluation files with a manifest under `datasets/{workload_id}/<dataset_id>/` (`datasets` row).
-4. `previous_night` waits (`depends_on_past`, reschedule mode) until the previous night has decided
-   and delivered, at most {previous_night_wait} minutes: nights train, evaluate and decide **in
-   interval order**, so a backfill replays history with the champion carried from night to night,
-   even next to the scheduled run. Then `plan_training`: one training job per candidate base model
+   and evaluation files with a manifest under `datasets/{workload_id}/<dataset_id>/` (`datasets` row);
+   asset `flywheel.{workload_id}.dataset`.
+4. `plan_training`: one training job per candidate base model
    ({candidates}) when the retrain policy `{retrain}` says this run trains (none otherwise: the
    champion is still evaluated); why, in `runs/{workload_id}/<day>/retrain.json` and the `train`
    stage summary.
@@ -76,11 +82,11 @@ Tasks, in order:
    the same examples under the workload's policy ({policy}); a failed stage is itself the
    evidence. The decision, every figure and the reasons go to the `decisions` table; the challenger
    becomes a model version in the registry.
-11. `branch` follows the decision to exactly one of: `promote` (the `champion` alias moves in one
-   audited transaction with the deploy hook, **{deploy}**; a hook failure leaves the old champion
-   and alerts; a champion chosen on newer data, or one that moved during the run, stays, and the
-   decision is recorded as superseded), `alert` (drift, a regressed challenger, a failed stage) or
-   `no_change`.
+11. `branch` follows the decision to exactly one of: {approval}`promote` (the `champion` alias moves
+   in one audited transaction with the deploy hook, **{deploy}**; a hook failure leaves the old
+   champion and alerts; a champion chosen on newer data, or one that moved during the run, stays,
+   and the decision is recorded as superseded; asset `flywheel.{workload_id}.champion` when the
+   alias moved), `alert` (drift, a regressed challenger, a failed stage) or `no_change`.
 12. `report`: the run's HTML report with plots, `reports/{workload_id}/<day>/run-report.html`.
 13. `watcher`: runs only when a task failed, and fails the DAG run so it shows red.
 
@@ -92,8 +98,21 @@ previous one.
 **Artifact store**: `{artifact_root}`. Every run and stage is recorded in the metadata database
 (`runs`, `run_stages`).
 
-**Manual runs** accept `page_size` and `client_ids` (see the trigger form). **Backfill** a range of
-days (each one replaces that day's partition):
+**Manual runs** take these params (the trigger form validates them; a scheduled run uses the
+defaults):
+
+- `page_size`, `client_ids`: how the run reads the log source, and which clients.
+- `champion_only` (default false): re-evaluate the champion only. Nothing trains, whatever the retrain
+  policy says (the train stage records `champion_only`), and no candidate is evaluated: the decision
+  judges the champion on the run's fresh data (`no_change`, or `alert` when it is below its floor).
+  Fails at `plan_training` when there is no champion to evaluate.
+- `dry_run` (default false): decide, record and notify as a **dry run**. The decision is recorded with
+  `dry_run` set, `promote` records `promotion: {{"status": "dry_run"}}` and notifies "would be
+  promoted"; the champion alias, serving and the champion asset do not move, and no approval is asked.
+- `candidates` (default null: all of {candidate_ids}): train and evaluate only these candidates. An id
+  that is not a candidate of this workload is refused, naming the param.
+
+**Backfill** a range of days (each one replaces that day's partition):
 
 ```
 airflow backfill create --dag-id {dag_id} --from-date 2026-11-01 --to-date 2026-11-08 \\
@@ -158,6 +177,14 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             policy=f"primary metric `{workload.decision.primary_metric}`, alpha {workload.decision.alpha}, "
             f"floor {workload.decision.floor}, at least {workload.decision.min_examples} examples",
             deploy=workload.deploy.type,
+            approval=(
+                f"`approve` (a person approves within {workload.decision.approval_timeout_hours:g} hours, "
+                "in the UI's Required actions; a rejection or no answer keeps the champion, recorded as "
+                "`not_approved`), then "
+                if workload.decision.approval == "required"
+                else ""
+            ),
+            candidate_ids=", ".join(f"`{c.candidate_id}`" for c in workload.training.candidates),
             channels=", ".join(
                 ["local sink"] * workload.alerts.local_sink + [c.type for c in workload.alerts.channels]
             )
@@ -190,16 +217,44 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 minItems=1,
                 description="Extract only these client_id values (null: the workload's configured filter).",
             ),
+            "champion_only": Param(
+                False,
+                type="boolean",
+                description="Re-evaluate the champion only: train nothing, whatever the retrain policy says, "
+                "and evaluate no candidate.",
+            ),
+            "dry_run": Param(
+                False,
+                type="boolean",
+                description="Decide, record and notify as a dry run: the champion alias never moves and no "
+                "approval is asked for.",
+            ),
+            "candidates": Param(
+                None,
+                type=["null", "array"],
+                items={"type": "string", "enum": [c.candidate_id for c in workload.training.candidates]},
+                uniqueItems=True,
+                minItems=1,
+                description="Train and evaluate only these candidates (null: every candidate).",
+            ),
         },
         render_template_as_native_obj=True,
     ) as dag:
+        raw_day, clean_day = assets.raw_day(workload_id), assets.clean_day(workload_id)
+        dataset_asset = assets.dataset(workload_id)
 
-        @task(task_id="extract", doc_md="Stream the data interval's logs from the log source into Parquet.")
-        def extract(params: dict) -> dict:
+        @task(
+            task_id="extract",
+            outlets=[raw_day],
+            doc_md="Stream the data interval's logs from the log source into Parquet.",
+        )
+        def extract(params: dict, outlet_events=None) -> dict:
             from flywheel.extract import tasks
 
             ctx = RunContext.current(workload_id)
-            return tasks.extract(ctx, page_size=params["page_size"], client_ids=params["client_ids"])
+            summary = tasks.extract(ctx, page_size=params["page_size"], client_ids=params["client_ids"])
+            assets.emit_day(outlet_events, raw_day, ctx.day, summary)
+            return summary
 
         @task(
             task_id="recount",
@@ -211,17 +266,30 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
             return tasks.recount(RunContext.current(workload_id))
 
-        @task(task_id="validate", doc_md="Record rules, PII scrubbing and batch expectations of the day.")
-        def validate() -> dict:
+        @task(
+            task_id="validate",
+            outlets=[clean_day],
+            doc_md="Record rules, PII scrubbing and batch expectations of the day.",
+        )
+        def validate(outlet_events=None) -> dict:
             from flywheel.validate import tasks
 
-            return tasks.validate(RunContext.current(workload_id))
+            ctx = RunContext.current(workload_id)
+            summary = tasks.validate(ctx)
+            assets.emit_day(outlet_events, clean_day, ctx.day, summary)
+            return summary
 
-        @task(task_id="build_dataset", doc_md="De-duplicate the training window and split it.")
-        def build_dataset() -> dict:
+        @task(
+            task_id="build_dataset",
+            outlets=[dataset_asset],
+            doc_md="De-duplicate the training window and split it.",
+        )
+        def build_dataset(outlet_events=None) -> dict:
             from flywheel.dataset import tasks
 
-            return tasks.build_dataset(RunContext.current(workload_id))
+            summary = tasks.build_dataset(RunContext.current(workload_id))
+            assets.emit_dataset(outlet_events, dataset_asset, summary)
+            return summary
 
         @task(
             task_id="plan_training",
@@ -280,15 +348,30 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
 
             return tasks.decide(RunContext.current(workload_id))
 
-        @task.branch(task_id="branch", doc_md="Follow the decision: `promote`, `alert` or `no_change`.")
+        approval = workload.decision.approval == "required"
+
+        @task.branch(
+            task_id="branch",
+            doc_md="Follow the decision: `promote` (through `approve` when approval is required), `alert` "
+            "or `no_change`.",
+        )
         def branch(decision: dict) -> str:
+            if decision["outcome"] == "promote" and approval:
+                return "approve"
             return decision["outcome"]
 
-        @task(task_id="promote", doc_md="Move the champion alias (one transaction, audited), deploy, notify.")
-        def promote(decision: dict) -> dict:
+        @task(
+            task_id="promote",
+            outlets=[assets.promotions(workload_id)],
+            doc_md="Move the champion alias (one transaction, audited), deploy, notify; the champion's "
+            "asset event when the alias moved.",
+        )
+        def promote(decision: dict, approved: dict | None, outlet_events=None) -> dict:
             from flywheel.deliver import tasks
 
-            return tasks.promote(RunContext.current(workload_id), decision)
+            promotion = tasks.promote(RunContext.current(workload_id), decision, approved)
+            assets.emit_champion(outlet_events, workload_id, promotion)
+            return promotion
 
         @task(task_id="alert", doc_md="Notify the workload's channels: drift, regression or a failed stage.")
         def alert(decision: dict) -> None:
@@ -321,8 +404,8 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             doc_md="Wait, deferred, until the data interval ended `log_source.settle_minutes` ago.",
         )
         dataset = build_dataset()
-        settle >> extract() >> validate() >> dataset
-        # The model half of the night starts from the champion the previous night chose.
+        extracted = settle >> extract()
+        # From validation on, a night starts from the days, and the champion, the nights before left.
         previous_night = PreviousNightWait(
             task_id="previous_night",
             workload_id=workload_id,
@@ -330,8 +413,10 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             trigger_rule=TriggerRule.ALL_DONE,
             doc_md="Wait until the previous night has decided and delivered (nights in interval order).",
         )
+        validated = validate()
+        extracted >> previous_night >> validated
+        extracted >> validated >> dataset
         train_plan = plan_training(dataset)
-        dataset >> previous_night >> train_plan
         # The compute backend makes the mapped job tasks: one `train` / `evaluate` instance per planned job.
         training = backend.mapped_task("train", train_plan, doc_md=JOB_DOCS["train"])
         trained = training >> collect_training(dataset, train_plan)
@@ -341,16 +426,34 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
         evaluated = evaluation >> collect_evaluation(dataset, evaluation_plan)
         decision = decide()
         evaluated >> decision
-        outcomes = [promote(decision), alert(decision), no_change(decision)]
-        branch(decision) >> outcomes
+        # With approval required, a person approves between the decision and the promotion
+        # (flywheel.deliver.approval); `promote` then also waits for the answer (its XCom).
+        approve = (
+            PromotionApproval(
+                task_id="approve",
+                workload_id=workload_id,
+                timeout=timedelta(hours=workload.decision.approval_timeout_hours),
+                doc_md="Ask a person to approve the promotion (Required actions): the decision's evidence, "
+                "sent to the alert channels too. Reject or no answer in time: no promotion, recorded.",
+            )
+            if approval
+            else None
+        )
+        outcomes = [
+            promote(decision, approve.output if approve else None),
+            alert(decision),
+            no_change(decision),
+        ]
+        branch(decision) >> ([approve, *outcomes[1:]] if approve else outcomes)
         report_task = report()
         report_task.operator.operator_extra_links = (RunReportLink(),)
         outcomes >> report_task
         if source.recount_days:
             settle >> recount() >> report_task
         # The leaves succeed even when a stage failed (the decision alerts instead): fail the run then.
-        # Not downstream of `branch`, which skips every direct downstream task it does not follow.
-        [t for t in dag.tasks if t.task_id != "branch"] >> watcher()
+        # Not downstream of `branch` nor `approve`, which skip every direct downstream task they do not
+        # follow (a rejection skips `promote`).
+        [t for t in dag.tasks if t.task_id not in ("branch", "approve")] >> watcher()
     return dag
 
 

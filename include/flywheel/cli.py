@@ -178,6 +178,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the seeded day (1 = the oldest) from which the router's backend API has changed "
         "(a tool renamed, a required parameter added, a new tool); default: no change",
     )
+    seed.add_argument(
+        "--pii-rate",
+        type=float,
+        help="share of conversations with a planted e-mail address, phone, card number or IP address, "
+        "which validation scrubs (default: flywheel.demo.traffic.PII_RATE, 0.05)",
+    )
     seed.set_defaults(handler=_demo_seed)
     run = demo_commands.add_parser("run", help="start local services, seed, run the nightly DAGs, summarise")
     run.add_argument("--days", type=int, default=7)
@@ -193,6 +199,36 @@ def _parser() -> argparse.ArgumentParser:
         help="repeatable; default: customer_support_router (bfcl_live_assistant has demo traffic too)",
     )
     run.set_defaults(handler=_demo_run)
+    scenario = demo_commands.add_parser(
+        "scenario",
+        help="two weeks of router traffic with an API change, replayed by a real Airflow (backfill); "
+        "writes the timeline report",
+    )
+    scenario.add_argument("--days", type=int, default=14, help="nights seeded and run (default: 14)")
+    scenario.add_argument(
+        "--drift-day",
+        type=int,
+        default=8,
+        help="the seeded day (1 = the oldest) from which the router's backend API has changed (default: 8)",
+    )
+    scenario.add_argument("--records-per-day", type=int, default=2000)
+    scenario.add_argument(
+        "--model",
+        choices=["smollm2", "tiny"],
+        default="smollm2",
+        help="smollm2: the real SmolLM2-135M (up to an hour); tiny: a tiny random model, to see the "
+        "mechanics in minutes",
+    )
+    scenario.add_argument(
+        "--timeout-minutes", type=float, default=120, help="how long to wait for every night (default: 120)"
+    )
+    scenario.add_argument(
+        "--parallelism",
+        type=int,
+        default=3,
+        help="task processes Airflow's executor runs at once (default: 3)",
+    )
+    scenario.set_defaults(handler=_demo_scenario)
 
     bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(required=True)
     etl = bench.add_parser("etl", help="seed N records into a fresh local log store and time extraction")
@@ -564,6 +600,7 @@ def _demo_seed(args: argparse.Namespace) -> int:
             seed=args.seed,
             workloads=args.workloads,
             drift_day=args.drift_day,
+            **({} if args.pii_rate is None else {"pii_rate": args.pii_rate}),
         )
     except SeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -582,6 +619,20 @@ def _demo_run(args: argparse.Namespace) -> int:
         now=args.now,
         workloads=args.workloads,
         nights=args.nights,
+    )
+
+
+def _demo_scenario(args: argparse.Namespace) -> int:
+    from flywheel.demo.scenario import run_scenario
+
+    return run_scenario(
+        args.config,
+        days=args.days,
+        drift_day=args.drift_day,
+        records_per_day=args.records_per_day,
+        model=args.model,
+        timeout_minutes=args.timeout_minutes,
+        parallelism=args.parallelism,
     )
 
 

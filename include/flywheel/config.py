@@ -655,7 +655,20 @@ class DecisionPolicyConfig(_Strict):
         360,
         ge=0,
         description="How long a night waits for the previous night's decision and promotion before it "
-        "trains and evaluates from the current champion anyway (docs/decision.md, \"Nights in order\").",
+        "trains and evaluates from the current champion anyway (docs/operations.md, nights in order).",
+    )
+    approval: Literal["none", "required"] = Field(
+        "none",
+        description="required: a promotion waits for a person to approve it in Airflow (a human-in-the-loop "
+        "task between the decision and the promotion; the request goes to the alert channels as "
+        "approval_requested). none: a promote decision promotes at once (docs/decision-delivery.md).",
+    )
+    approval_timeout_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 7,
+        description="With approval required: how long a promotion waits for an answer; then it is not "
+        "approved (the champion stays, the run stays green, not_approved notifies).",
     )
 
     @field_validator("primary_metric")
@@ -689,7 +702,7 @@ AlertChannelConfig = Annotated[
 """One of ``alerts.channels``: a :class:`flywheel.deliver.channels.AlertChannel` (``slack``, ``email``,
 ``webhook`` or the dotted path of the user's own) with its options."""
 
-NotifyEvent = Literal["promote", "alert", "no_change", "task_failure"]
+NotifyEvent = Literal["promote", "alert", "no_change", "task_failure", "approval_requested", "not_approved"]
 
 
 class AlertsConfig(_Strict):
@@ -702,7 +715,9 @@ class AlertsConfig(_Strict):
         True, description="Log every notification and write it as JSON under alerts/ in the artifact store."
     )
     notify_on: list[NotifyEvent] = Field(
-        default_factory=lambda: ["promote", "alert", "task_failure"], description="Events that notify."
+        default_factory=lambda: ["promote", "alert", "task_failure", "approval_requested", "not_approved"],
+        description="Events that notify. approval_requested and not_approved happen only with "
+        "decision.approval required: a promotion waits for a person, and was rejected or timed out.",
     )
 
 
@@ -832,6 +847,15 @@ class WorkloadConfig(_Strict):
                     raise ValueError(
                         f"{key}: {name!r} is not evaluated; add it to evaluation.settings.metrics"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _approval_requests_reach_someone(self) -> WorkloadConfig:
+        if self.decision.approval == "required" and "approval_requested" not in self.alerts.notify_on:
+            raise ValueError(
+                "alerts.notify_on: must include approval_requested when decision.approval is required, "
+                "or no channel hears that a promotion waits for approval"
+            )
         return self
 
     @property

@@ -6,19 +6,85 @@ same five arguments, and the CLI and tests build it with :meth:`RunContext.of`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
+from flywheel.config import CandidateConfig, FlywheelConfig, WorkloadConfig, load_config
+from flywheel.errors import RunParamError
 from flywheel.intervals import partition_day, run_interval
 
 if TYPE_CHECKING:
     from flywheel.storage import ArtifactStore
     from flywheel.tracking import StageRecord
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a manual run asked for besides the nightly defaults: the DAG's ``champion_only``, ``dry_run``
+    and ``candidates`` params (a scheduled run has the defaults: none of them)."""
+
+    champion_only: bool = False
+    """Re-evaluate the champion only: nothing trains, whatever the retrain policy says, and no candidate
+    is evaluated; the decision judges the champion on the run's fresh data."""
+    dry_run: bool = False
+    """Decide, record and notify, marked as a dry run; the champion alias never moves and no approval is
+    asked for."""
+    candidates: tuple[str, ...] | None = None
+    """Only these candidates train and are evaluated; None: every configured candidate."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], workload: WorkloadConfig) -> RunOptions:
+        """The options in a DAG run's ``params``; RunParamError naming the param that does not fit."""
+        flags = {}
+        for name in ("champion_only", "dry_run"):
+            value = params.get(name, False)
+            if not isinstance(value, bool):
+                raise RunParamError(f"param {name}: must be true or false, got {value!r}")
+            flags[name] = value
+        candidates = params.get("candidates")
+        if candidates is not None:
+            known = [c.candidate_id for c in workload.training.candidates]
+            if not isinstance(candidates, list | tuple) or not candidates:
+                raise RunParamError(
+                    "param candidates: must be null or a non-empty list of candidate ids "
+                    f"({', '.join(known)})"
+                )
+            unknown = [c for c in candidates if c not in known]
+            if unknown:
+                raise RunParamError(
+                    f"param candidates: {', '.join(map(repr, unknown))} "
+                    f"{'is not a candidate' if len(unknown) == 1 else 'are not candidates'} of workload "
+                    f"{workload.workload_id}; its candidates: {', '.join(known)}"
+                )
+            if flags["champion_only"]:
+                raise RunParamError(
+                    "params champion_only and candidates: a champion-only run trains and evaluates no "
+                    "candidate; set one of them"
+                )
+            candidates = tuple(dict.fromkeys(candidates))
+        return cls(flags["champion_only"], flags["dry_run"], candidates)
+
+    def candidates_of(self, workload: WorkloadConfig) -> list[CandidateConfig]:
+        """The workload's candidates this run trains and evaluates, in the configuration's order."""
+        if self.champion_only:
+            return []
+        return [
+            c
+            for c in workload.training.candidates
+            if self.candidates is None or c.candidate_id in self.candidates
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a summary or a notification quotes them."""
+        return {
+            "champion_only": self.champion_only,
+            "dry_run": self.dry_run,
+            "candidates": list(self.candidates) if self.candidates is not None else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -31,6 +97,7 @@ class RunContext:
     interval_end: datetime
     dag_run_id: str
     try_number: int = field(default=1, compare=False)
+    options: RunOptions = field(default_factory=RunOptions)
 
     @classmethod
     def of(
@@ -42,9 +109,18 @@ class RunContext:
         interval_end: datetime,
         dag_run_id: str,
         try_number: int = 1,
+        options: RunOptions | None = None,
     ) -> RunContext:
         """The context of ``workload_id``'s run ``dag_run_id`` over ``[interval_start, interval_end)``."""
-        return cls(config, config.workload(workload_id), interval_start, interval_end, dag_run_id, try_number)
+        return cls(
+            config,
+            config.workload(workload_id),
+            interval_start,
+            interval_end,
+            dag_run_id,
+            try_number,
+            options or RunOptions(),
+        )
 
     @classmethod
     def current(cls, workload_id: str) -> RunContext:
@@ -53,11 +129,12 @@ class RunContext:
 
         airflow = get_current_context()
         config = load_config()
+        workload = config.workload(workload_id)
         start, end = run_interval(
             airflow["data_interval_start"],
             airflow["data_interval_end"],
             airflow["dag_run"].run_after,
-            config.workload(workload_id).schedule,
+            workload.schedule,
         )
         return cls.of(
             config,
@@ -66,6 +143,7 @@ class RunContext:
             interval_end=end,
             dag_run_id=airflow["run_id"],
             try_number=airflow["ti"].try_number,
+            options=RunOptions.from_params(airflow.get("params") or {}, workload),
         )
 
     @property

@@ -106,3 +106,7 @@ class DeployError(RetryableError):
 class PromotionFailedError(PermanentError):
     """The promote branch could not move the champion alias (the deploy hook failed, or the champion
     moved during the run); the registry is unchanged and an alert went out."""
+
+
+class RunParamError(PermanentError, ValueError):
+    """A manual run's parameter (the DAG's ``params``) does not fit the workload; the message names it."""

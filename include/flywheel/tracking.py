@@ -23,6 +23,7 @@ from flywheel.db.models import (
     ValidatedPartition,
     utcnow,
 )
+from flywheel.redact import redact_text
 
 if TYPE_CHECKING:
     from flywheel.dataset.build import DatasetResult
@@ -87,7 +88,8 @@ def _finish(metadata: MetadataConfig, handle: StageRecord, status: str, error: s
         row.status = status
         row.finished_at = utcnow()
         row.summary = handle.summary
-        row.error = error[:4000] if error else None
+        # An exception's text can quote a URL with its credentials (a connection's host, a driver's DSN).
+        row.error = redact_text(error)[:4000] if error else None
 
 
 def record_partition(metadata: MetadataConfig, result: ExtractionResult, run_id: int) -> None:
@@ -195,7 +197,7 @@ def record_evaluation(
         latency_p95_s=result["latency_s"]["p95"] if result else None,
         result_uri=result_uri,
         examples_uri=result["examples_uri"] if result else None,
-        error=None if result else f"{failure.get('error')}: {failure.get('message', '')}",
+        error=None if result else redact_text(f"{failure.get('error')}: {failure.get('message', '')}"),
         evaluated_at=utcnow(),
     )
 

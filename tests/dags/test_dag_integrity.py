@@ -93,6 +93,24 @@ def test_params_validate_manual_run_input(dagbag):
             with_values(**bad)
     assert with_values(client_ids=None)["client_ids"] is None
 
+    # The manual-run params: off (and every candidate) unless a run asks.
+    assert (defaults["champion_only"], defaults["dry_run"], defaults["candidates"]) == (False, False, None)
+    candidate_ids = [
+        c.candidate_id for c in load_config().workload("customer_support_router").training.candidates
+    ]
+    assert with_values(candidates=candidate_ids[:1], dry_run=True)["candidates"] == candidate_ids[:1]
+    for name, bad in (
+        ("candidates", ["no-such-candidate"]),
+        ("candidates", []),
+        ("candidates", candidate_ids[:1] * 2),
+        ("champion_only", "yes"),
+        ("dry_run", 1),
+    ):
+        with pytest.raises(ParamValidationError, match=rf"^Invalid input for param {name}: "):
+            with_values(**{name: bad})
+    for name in ("champion_only", "dry_run", "candidates"):
+        assert f"`{name}`" in dag.doc_md, name
+
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
 def test_dag_file_imports_no_heavy_library(dag_file: Path):
@@ -121,10 +139,10 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
     assert [t.task_id for t in dag.topological_sort()] == [
         "settle",
         "extract",
+        "previous_night",
         "validate",
         "recount",
         "build_dataset",
-        "previous_night",
         "plan_training",
         "train",
         "collect_training",
@@ -139,10 +157,13 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
         "report",
         "watcher",
     ]
-    # Nights train, evaluate and decide in interval order (flywheel.decide.order), whatever the dataset.
+    # Nights validate, train, evaluate and decide in interval order (flywheel.decide.order), whatever
+    # their extraction did; validation still needs its own day extracted.
     previous_night = dag.get_task("previous_night")
     assert (previous_night.depends_on_past, previous_night.trigger_rule) == (True, "all_done")
-    assert previous_night.downstream_task_ids == {"plan_training", "watcher"}
+    assert dag.get_task("validate").upstream_task_ids == {"extract", "previous_night"}
+    assert previous_night.upstream_task_ids == {"extract"}
+    assert previous_night.downstream_task_ids == {"validate", "watcher"}
     train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
     assert train.is_mapped and evaluate.is_mapped
     assert train.map_index_template == "{{ candidate_id }}"
@@ -216,3 +237,50 @@ def test_extraction_waits_for_the_configured_settle_delay(make_config):
     assert dag.get_task("extract").upstream_task_ids == {"settle"}
     assert dag.get_task("recount").downstream_task_ids == {"report", "watcher"}
     assert "**45 minutes**" in dag.doc_md
+
+
+def test_each_stages_durable_output_is_an_asset(dagbag):
+    from airflow.sdk import Asset, AssetAlias
+
+    dag = dagbag.dags["flywheel_customer_support_router"]
+    outlets = {task.task_id: task.outlets for task in dag.tasks if task.outlets}
+
+    def asset(kind: str) -> Asset:
+        return Asset(
+            name=f"flywheel.customer_support_router.{kind}",
+            uri=f"x-flywheel://customer_support_router/{kind}",
+        )
+
+    assert outlets == {
+        "extract": [asset("raw_day")],
+        "validate": [asset("clean_day")],
+        "build_dataset": [asset("dataset")],
+        # The champion's event goes through an alias: only a promotion that moved the alias emits one.
+        "promote": [AssetAlias(name="flywheel.customer_support_router.promotions")],
+    }
+
+
+def test_required_approval_puts_a_person_between_the_decision_and_the_promotion(make_config):
+    from datetime import timedelta
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from conftest import TEST_DECISION, workload_dag
+
+    config = make_config(decision={**TEST_DECISION, "approval": "required", "approval_timeout_hours": 2})
+    dag = workload_dag(config, "customer_support_router")
+    approve = dag.get_task("approve")
+
+    assert isinstance(approve, ApprovalOperator)
+    assert (approve.response_timeout, approve.defaults) == (timedelta(hours=2), ["Reject"])
+    assert set(approve.params) == {"comment"}  # the request's form: the DAG's params stay off it
+    assert dag.get_task("branch").downstream_task_ids == {"approve", "alert", "no_change"}
+    assert approve.downstream_task_ids == {"promote"}
+    assert dag.get_task("promote").upstream_task_ids == {"decide", "approve"}
+    # A rejection skips `approve`'s direct downstream tasks: the watcher must not be one of them.
+    assert dag.get_task("watcher").upstream_task_ids == {t.task_id for t in dag.tasks} - {
+        "watcher",
+        "branch",
+        "approve",
+    }
+    assert "`approve` (a person approves within 2 hours" in dag.doc_md

@@ -66,6 +66,7 @@ def conversation(messages: list[dict[str, Any]]) -> str:
     return json.dumps([(m["role"], m.get("content")) for m in messages if m["role"] in ("user", "assistant")])
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_champion_drift_then_a_regressed_challenger_alert(
     dagbag, airflow_db, empty_log_store, make_config, tiny_model, openai_server
 ):

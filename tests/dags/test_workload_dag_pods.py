@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from test_workload_dag_training import FAST_RETRIES, WORKLOAD, run_latest_day, train_instances
 
 from conftest import TEST_EVALUATION, TEST_TRAINING, write_config
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["fake_kubernetes"]
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_candidates_train_in_pods_and_a_bad_job_fails_without_retry(
     dagbag, airflow_db, empty_log_store, tiny_model, fake_kubernetes: FakeKubernetes, tmp_path, monkeypatch
 ):

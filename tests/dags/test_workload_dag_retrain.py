@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from conftest import TEST_TRAINING
@@ -22,6 +23,7 @@ WORKLOAD = "customer_support_router"
 DAG_ID = f"flywheel_{WORKLOAD}"
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_on_trigger_skips_training_for_a_healthy_champion_and_still_evaluates_it(
     dagbag, airflow_db, empty_log_store, make_config, tiny_model
 ):

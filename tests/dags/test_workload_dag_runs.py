@@ -24,6 +24,7 @@ NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 DAG_ID = "flywheel_customer_support_router"
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_two_consecutive_days_make_two_partitions(
     dagbag, airflow_db, empty_log_store, make_config, tiny_model, vllm_server, monkeypatch: pytest.MonkeyPatch
 ):
@@ -145,6 +146,7 @@ def test_rerunning_a_day_replaces_its_partition(
         assert rows[0].version == second["version"]
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_a_day_from_the_files_log_source(dagbag, airflow_db, make_config, tiny_model, tmp_path: Path):
     """The same DAG on a gateway's JSONL export (day folders under a file:// URL) instead of Elasticsearch."""
     logs = tmp_path / "gateway-logs"

@@ -58,6 +58,7 @@ def mapped_instances(dag_run, task_id: str) -> dict[str, object]:
     return {ti.rendered_map_index: ti for ti in dag_run.get_task_instances() if ti.task_id == task_id}
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_each_candidate_trains_its_adapter_and_a_bad_one_fails_without_retry(
     dagbag, airflow_db, empty_log_store, tiny_model, tmp_path, monkeypatch
 ):
@@ -134,6 +135,7 @@ def test_each_candidate_trains_its_adapter_and_a_bad_one_fails_without_retry(
         )
 
 
+@pytest.mark.slow  # a long DAG run (`make test-slow`)
 def test_a_terminated_training_job_is_retried(
     dagbag, airflow_db, empty_log_store, tiny_model, tmp_path, monkeypatch
 ):

@@ -776,3 +776,60 @@ def test_retrain_policy_defaults_to_always_and_takes_every_n_days(edited_config:
 
     assert config.workloads[0].training.retrain.policy == "always"
     assert config.workloads[1].training.retrain.model_dump() == {"policy": "every_n_days", "every_n_days": 7}
+
+
+@pytest.mark.parametrize(
+    ("decision", "notify_on", "line"),
+    [
+        (
+            {"approval": "sometimes"},
+            None,
+            "workloads[0].decision.approval: Input should be 'none' or 'required' (got 'sometimes')",
+        ),
+        (
+            {"approval": "required", "approval_timeout_hours": 0},
+            None,
+            "workloads[0].decision.approval_timeout_hours: Input should be greater than 0 (got 0)",
+        ),
+        (
+            {"approval": "required", "approval_timeout_hours": 24 * 8},
+            None,
+            "workloads[0].decision.approval_timeout_hours: Input should be less than or equal to 168 (got 192)",
+        ),
+        (
+            {"approval": "required"},
+            ["promote", "alert"],
+            "workloads[0]: alerts.notify_on: must include approval_requested when decision.approval is "
+            "required, or no channel hears that a promotion waits for approval",
+        ),
+    ],
+)
+def test_bad_approval_settings_name_the_key(
+    edited_config: Callable[..., Path], decision: dict[str, object], notify_on: list[str] | None, line: str
+) -> None:
+    def edit(raw: Raw) -> None:
+        workload = raw["workloads"][0]
+        workload["decision"] = workload["decision"] | decision
+        if notify_on is not None:
+            workload["alerts"] = workload["alerts"] | {"notify_on": notify_on}
+
+    assert f"  - {line}" in load_error(edited_config(edit)).splitlines()
+
+
+def test_approval_is_off_by_default_and_required_takes_a_timeout(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        workload = raw["workloads"][1]
+        workload["decision"] = workload["decision"] | {"approval": "required", "approval_timeout_hours": 0.5}
+        workload.pop("alerts", None)  # the default notify_on includes approval_requested
+
+    config = load_config(edited_config(edit))
+
+    assert (config.workloads[0].decision.approval, config.workloads[0].decision.approval_timeout_hours) == (
+        "none",
+        24.0,
+    )
+    assert (config.workloads[1].decision.approval, config.workloads[1].decision.approval_timeout_hours) == (
+        "required",
+        0.5,
+    )
+    assert {"approval_requested", "not_approved"} <= set(config.workloads[1].alerts.notify_on)

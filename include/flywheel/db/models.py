@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -278,4 +279,6 @@ class Decision(Base):
     policy: Mapped[dict[str, Any]] = mapped_column(JSON)
     report_uri: Mapped[str | None] = mapped_column(Text)
     promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what the promote branch did
+    # A manual run's dry run (its `dry_run` param): decided and notified, the champion alias never moved.
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

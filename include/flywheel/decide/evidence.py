@@ -95,8 +95,14 @@ def outcomes_of(row: Evaluation, storage_options: dict[str, Any], metrics: Seque
     )
 
 
-def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[str, Any]:
-    """Decide the run, register its challenger, upsert its ``decisions`` row; return the summary."""
+def decide_run(
+    config: FlywheelConfig, workload_id: str, run_id: int, *, dry_run: bool = False
+) -> dict[str, Any]:
+    """Decide the run, register its challenger, upsert its ``decisions`` row; return the summary.
+
+    ``dry_run``: a manual run's dry run; the row and the summary carry the mark, and the delivery
+    tasks then move nothing (:func:`flywheel.deliver.tasks.promote`).
+    """
     workload = config.workload(workload_id)
     policy = workload.decision
     stages = latest_stages(config, run_id)
@@ -145,11 +151,12 @@ def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[st
         row.policy = policy.model_dump(mode="json")
         row.report_uri = report_uri
         row.promotion = None
+        row.dry_run = dry_run
         row.decided_at = utcnow()
         session.flush()
         decision_id = row.id
     summary = decision_summary(
-        decision, decision_id=decision_id, challenger=challenger, report_uri=report_uri
+        decision, decision_id=decision_id, challenger=challenger, report_uri=report_uri, dry_run=dry_run
     )
     log.info(
         "decision for %s: %s (%s)",
@@ -161,7 +168,12 @@ def decide_run(config: FlywheelConfig, workload_id: str, run_id: int) -> dict[st
 
 
 def decision_summary(
-    decision: Decision, *, decision_id: int, challenger: VersionInfo | None, report_uri: str
+    decision: Decision,
+    *,
+    decision_id: int,
+    challenger: VersionInfo | None,
+    report_uri: str,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """The small JSON the ``decide`` task returns (its XCom) and notifications quote."""
     primary = decision.comparisons.get(decision.primary_metric, {})
@@ -182,6 +194,7 @@ def decision_summary(
             if primary.get(key) is not None
         },
         "report_uri": report_uri,
+        "dry_run": dry_run,
     }
 
 

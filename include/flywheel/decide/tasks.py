@@ -15,5 +15,8 @@ def decide(ctx: RunContext) -> dict[str, Any]:
     from flywheel.decide.evidence import decide_run
 
     with ctx.stage("decide") as stage:
-        stage.summary = decide_run(ctx.config, ctx.workload_id, ctx.run_id) | ctx.interval_summary()
+        stage.summary = (
+            decide_run(ctx.config, ctx.workload_id, ctx.run_id, dry_run=ctx.options.dry_run)
+            | ctx.interval_summary()
+        )
     return stage.summary

@@ -1,4 +1,4 @@
-"""Notifications of a workload's run: promotions, alerts, "no change" and task failures.
+"""Notifications of a workload's run: promotions, alerts, "no change", task failures and approvals.
 
 A :class:`Notification` is what happened, in words and numbers. :func:`notify` sends it where the
 workload's ``alerts`` block says: the local sink (a log line and a JSON file under ``alerts/`` in the
@@ -27,6 +27,7 @@ from airflow.sdk import BaseNotifier
 from flywheel import artifacts
 from flywheel.config import FlywheelConfig, NotifyEvent, WorkloadConfig, load_config
 from flywheel.errors import AlertDeliveryError
+from flywheel.redact import redact_text
 from flywheel.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENTS: tuple[str, ...] = get_args(NotifyEvent)
-"""Events a notification can report: ``promote``, ``alert``, ``no_change``, ``task_failure``."""
+"""Events a notification can report: ``promote``, ``alert``, ``no_change``, ``task_failure``, and with
+``decision.approval: required`` ``approval_requested`` and ``not_approved``."""
 
-WARNING_EVENTS = ("alert", "task_failure")
+WARNING_EVENTS = ("alert", "task_failure", "not_approved")
 """Events the local sink logs at WARNING (the others at INFO)."""
 
 MAX_ERROR_CHARS = 500
@@ -49,7 +51,10 @@ class Notification:
     """One notification about a workload: the event, why (reasons), the key numbers and links.
 
     ``reasons`` are ``{"code": ..., "message": ...}`` records; ``figures`` maps a name to a number (or
-    short value), e.g. the champion's and challenger's primary metric and the p-value.
+    short value), e.g. the champion's and challenger's primary metric and the p-value. ``dry_run``: the
+    run was a dry run (nothing moved). ``action_url``: where a person answers (an approval request).
+    The title and the reason messages quote exception texts, so every URL in them is kept without its
+    credentials (:func:`flywheel.redact.redact_text`).
     """
 
     workload_id: str
@@ -63,11 +68,19 @@ class Notification:
     interval_end: datetime | None = None
     run_url: str | None = None
     report_uri: str | None = None
+    action_url: str | None = None
+    dry_run: bool = False
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         if self.event not in EVENTS:
             raise ValueError(f"unknown notification event {self.event!r}; events: {', '.join(EVENTS)}")
+        object.__setattr__(self, "title", redact_text(self.title))
+        reasons = [
+            {**r, "message": redact_text(r["message"])} if isinstance(r.get("message"), str) else r
+            for r in self.reasons
+        ]
+        object.__setattr__(self, "reasons", reasons)
 
     def to_dict(self) -> dict[str, Any]:
         """The notification as JSON-safe values (ISO datetimes, non-finite numbers as null)."""
@@ -83,13 +96,16 @@ class Notification:
             "interval_end": _json_safe(self.interval_end),
             "run_url": self.run_url,
             "report_uri": self.report_uri,
+            "action_url": self.action_url,
+            "dry_run": self.dry_run,
             "created_at": _json_safe(self.created_at),
         }
 
     @property
     def subject(self) -> str:
         """One line for an e-mail subject or a log prefix (line breaks in the title become spaces)."""
-        return " ".join(f"[flywheel {self.event}] {self.workload_id}: {self.title}".split())
+        event = f"{self.event}, dry run" if self.dry_run else self.event
+        return " ".join(f"[flywheel {event}] {self.workload_id}: {self.title}".split())
 
     def text(self) -> str:
         """A readable plain-text message: title, interval, reasons, figures, report and run links."""
@@ -106,6 +122,8 @@ class Notification:
             lines += [f"  - {name}: {_figure(value)}" for name, value in self.figures.items()]
         if self.report_uri:
             lines.append(f"Report: {self.report_uri}")
+        if self.action_url:
+            lines.append(f"Respond: {self.action_url}")
         if self.run_url:
             lines.append(f"Run: {self.run_url}")
         return "\n".join(lines)
@@ -136,7 +154,11 @@ class Notification:
             parts.append(f"<table>{rows}</table>")
         links = [
             f"{label}: {_html_link(uri)}"
-            for label, uri in (("Report", self.report_uri), ("Run", self.run_url))
+            for label, uri in (
+                ("Report", self.report_uri),
+                ("Respond", self.action_url),
+                ("Run", self.run_url),
+            )
             if uri
         ]
         if links:
@@ -207,7 +229,8 @@ def failure_notification(workload_id: str, context: Mapping[str, Any]) -> Notifi
         workload_id=workload_id,
         event="task_failure",
         title=f"task {task_id} failed" + (f" (try {try_number})" if try_number else ""),
-        reasons=[{"code": "task_failed", "message": _cut(error)}],
+        # Redacted before it is cut: a cut through a URL's credentials would leave them unrecognised.
+        reasons=[{"code": "task_failed", "message": _cut(redact_text(error))}],
         figures=figures,
         dag_id=getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", None),
         dag_run_id=context.get("run_id") or getattr(dag_run, "run_id", None),
@@ -218,14 +241,31 @@ def failure_notification(workload_id: str, context: Mapping[str, Any]) -> Notifi
 
 
 def decision_notification(
-    workload: WorkloadConfig, event: str, decision: Mapping[str, Any], dag_run_id: str
+    workload: WorkloadConfig,
+    event: str,
+    decision: Mapping[str, Any],
+    dag_run_id: str,
+    *,
+    action_url: str | None = None,
+    report_url: str | None = None,
 ) -> Notification:
-    """The ``promote``, ``alert`` or ``no_change`` notification of a decision (the ``decide`` task's XCom)."""
+    """The notification of a decision (the ``decide`` task's XCom): ``promote``, ``alert``, ``no_change``,
+    and with approval required ``approval_requested`` and ``not_approved``.
+
+    A dry run's decision (``dry_run``) is marked so. ``action_url``: where a person answers;
+    ``report_url``: the run report's address (default: its URI in the artifact store).
+    """
     workload_id = workload.workload_id
+    challenger = decision["challenger"]
+    promoted = (
+        "would be promoted to champion (dry run)" if decision.get("dry_run") else "promoted to champion"
+    )
     titles = {
-        "promote": f"{workload_id}: {decision['challenger']} promoted to champion",
+        "promote": f"{workload_id}: {challenger} {promoted}",
         "alert": f"{workload_id}: ALERT ({', '.join(r['code'] for r in decision['reasons'])})",
         "no_change": f"{workload_id}: the champion stays",
+        "approval_requested": f"{workload_id}: approve promoting {challenger} to champion?",
+        "not_approved": f"{workload_id}: {challenger} was not approved; the champion stays",
     }
     figures = {
         "primary_metric": decision["primary_metric"],
@@ -247,7 +287,9 @@ def decision_notification(
         interval_start=_parse(decision.get("interval_start")),
         interval_end=_parse(decision.get("interval_end")),
         run_url=airflow_run_url(workload.dag_id, dag_run_id),
-        report_uri=decision["report_uri"],
+        report_uri=report_url or decision["report_uri"],
+        action_url=action_url,
+        dry_run=bool(decision.get("dry_run")),
     )
 
 

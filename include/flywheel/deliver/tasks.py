@@ -10,8 +10,15 @@ from flywheel.context import RunContext
 log = logging.getLogger(__name__)
 
 
-def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+def promote(
+    ctx: RunContext, decision: dict[str, Any], approval: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Move the champion alias to the run's challenger, deploy it, and notify.
+
+    ``approval``: a person's approval of the promotion (the ``approve`` task's response, with
+    ``decision.approval: required``; :mod:`flywheel.deliver.approval`): the approver becomes the audit
+    row's actor and their comment joins its reason, and the promotion record keeps both. A dry run's
+    decision (``dry_run``) moves nothing: the promotion is recorded as ``dry_run`` and notified as one.
 
     The alias moves in one transaction with its audit row, and the deploy hook runs inside it: a hook
     failure, or an adapter that no longer matches its registered digest, leaves the registry as it
@@ -30,6 +37,8 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     from flywheel.errors import DeployError
     from flywheel.storage import ArtifactStore
 
+    if decision.get("dry_run"):
+        return _dry_run(ctx, decision)
     metadata = ctx.config.metadata
     current = champion(metadata, ctx.workload_id)
     if current is not None and current.version == decision["challenger_version"]:
@@ -50,12 +59,23 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
             )
     deployment: dict[str, Any] = {}
     reason = "; ".join(r["message"] for r in decision["reasons"])
+    actor = f"{ctx.workload.dag_id}/{ctx.dag_run_id}"
+    approved = None
+    if approval is not None:
+        from flywheel.deliver.approval import approval_record, approver_name
+
+        approved = approval_record(approval)
+        # The person who approved is who moved the alias; the DAG run is how.
+        actor = f"{approver_name(approved['by'])} (approved {actor})"[:250]
+        reason += f"; approved by {approver_name(approved['by'])}" + (
+            f": {approved['comment']}" if approved["comment"] else ""
+        )
     try:
         move = move_alias(
             metadata,
             ctx.workload_id,
             decision["challenger_version"],
-            actor=f"{ctx.workload.dag_id}/{ctx.dag_run_id}",
+            actor=actor,
             reason=reason,
             decision_id=decision["decision_id"],
             expected_champion=decision["champion_version"],
@@ -87,6 +107,8 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
         "alias_event_id": move.id,
         "deployment": deployment or None,
     }
+    if approved is not None:
+        promotion["approval"] = approved
     _record(ctx, decision, promotion)
     log.info(
         "%s: version %s is the champion (was %s); deployment: %s",
@@ -96,6 +118,59 @@ def promote(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
         deployment or "none",
     )
     _notify(ctx, "promote", decision)
+    return promotion
+
+
+def _dry_run(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+    """A dry run's promote decision: recorded and notified as a dry run; the alias does not move."""
+    promotion = {
+        "status": "dry_run",
+        "version": decision["champion_version"],
+        "challenger_version": decision["challenger_version"],
+        "reason": "a dry run (param dry_run): the champion alias did not move",
+    }
+    log.info(
+        "%s: dry run: version %s would have replaced version %s as the champion; nothing moved",
+        ctx.workload_id,
+        decision["challenger_version"],
+        decision["champion_version"],
+    )
+    _record(ctx, decision, promotion)
+    _notify(ctx, "promote", decision)
+    return promotion
+
+
+def not_approved(ctx: RunContext, decision: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """Record and notify that a person rejected the promotion, or nobody answered in time: the champion
+    stays (``promotion: {"status": "not_approved", "reason": "rejected" | "timed out", ...}``).
+
+    ``response``: the human-in-the-loop response the ``approve`` task received (a timeout answers with
+    its default, Reject, and no responder).
+    """
+    from flywheel.deliver.approval import approval_record, approver_name
+
+    record = approval_record(response)
+    timed_out = record["status"] == "timed_out"
+    promotion = {
+        "status": "not_approved",
+        "reason": "timed out" if timed_out else "rejected",
+        "version": decision["champion_version"],
+        "challenger_version": decision["challenger_version"],
+        "approval": record,
+    }
+    if timed_out:
+        hours = ctx.workload.decision.approval_timeout_hours
+        message = f"nobody approved the promotion within {hours:g} hours (decision.approval_timeout_hours)"
+    else:
+        message = f"{approver_name(record['by'])} rejected the promotion" + (
+            f": {record['comment']}" if record["comment"] else ""
+        )
+    log.warning(
+        "%s: %s; version %s stays the champion", ctx.workload_id, message, decision["champion_version"]
+    )
+    _record(ctx, decision, promotion)
+    reason = {"code": "not_approved", "message": f"{message}; the champion is unchanged"}
+    _notify(ctx, "not_approved", decision | {"reasons": [reason, *decision["reasons"]]})
     return promotion
 
 

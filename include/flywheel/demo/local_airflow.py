@@ -3,7 +3,9 @@ triggerer, LocalExecutor, SQLite metadata) in its own home, driven the way an op
 
 The scenario (``flywheel demo scenario``) and the real-scheduler tests use it to run the workload DAGs
 as scheduled runs and ``airflow backfill create``, not through ``dag.test()``. Runs are watched over
-Airflow's REST API; with ``simple_auth_manager_all_admins`` every local request is an admin's.
+Airflow's REST API; with ``simple_auth_manager_all_admins`` (the default) every local request is an
+anonymous admin's, and with ``users`` each request signs in as a named user (who answered a
+human-in-the-loop request, for instance).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class LocalAirflow:
     ``parallelism`` bounds the LocalExecutor's concurrent task processes. ``command`` starts it:
     ``standalone`` (every component), or e.g. ``("api-server", "--workers", "1")`` for the API and
     UI alone, which need ``home`` to hold a migrated metadata database (``airflow.db``) already.
+    ``users`` (name to password; all admins): SimpleAuthManager's users instead of the anonymous
+    admin; requests then sign in as the first one, or as the ``user`` given to :meth:`request`.
     """
 
     home: Path
@@ -68,7 +72,9 @@ class LocalAirflow:
     parallelism: int = 4
     command: tuple[str, ...] = ("standalone",)
     port: int = field(default_factory=_free_port)
+    users: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    _tokens: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -85,14 +91,20 @@ class LocalAirflow:
         inherited = {
             k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_HOME"
         }
+        auth = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": str(not self.users)}
+        if self.users:
+            auth |= {
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:admin" for name in self.users),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+            }
         return (
             inherited
             | airflow_settings(self.home)
+            | auth
             | {
                 # standalone starts its components as `airflow ...` looked up on PATH.
                 "PATH": os.pathsep.join([bin_dir, inherited.get("PATH", "")]),
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__API__PORT": str(self.port),
                 # Without it every task is killed at start: the execution API defaults to port 8080.
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -105,6 +117,8 @@ class LocalAirflow:
     def start(self, timeout_s: float = 180) -> LocalAirflow:
         """Start ``airflow <command>``; wait until its API answers (at most ``timeout_s``)."""
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.users:
+            (self.home / "passwords.json").write_text(json.dumps(dict(self.users)))
         with self.log_path.open("ab") as sink:
             self.process = subprocess.Popen(  # nosec B603 B607 # the venv's airflow, fixed arguments
                 ["airflow", *self.command],
@@ -117,7 +131,9 @@ class LocalAirflow:
         log.info(
             "airflow %s (pid %s) in %s, UI at %s", self.command[0], self.process.pid, self.home, self.url
         )
-        self._wait(lambda: self._get("/api/v2/monitor/health") is not None, timeout_s, "the API to answer")
+        self.wait_until(
+            lambda: self._get("/api/v2/monitor/health") is not None, timeout_s, "the API to answer"
+        )
         return self
 
     def stop(self, grace_s: float = 20) -> None:
@@ -158,12 +174,12 @@ class LocalAirflow:
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 180) -> None:
         """Wait until the dag-processor has parsed ``dag_id``."""
-        self._wait(
+        self.wait_until(
             lambda: self._get(f"/api/v2/dags/{dag_id}") is not None, timeout_s, f"{dag_id} to be parsed"
         )
 
     def unpause(self, dag_id: str) -> None:
-        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
     def backfill(
         self, dag_id: str, first: datetime, last: datetime, *, max_active_runs: int | None = None
@@ -201,10 +217,12 @@ class LocalAirflow:
                 on_poll(runs)
             return len(runs) >= count and all(r["state"] in FINISHED for r in runs)
 
-        self._wait(finished, timeout_s, f"{count} finished runs of {dag_id}")
+        self.wait_until(finished, timeout_s, f"{count} finished runs of {dag_id}")
         return self.dag_runs(dag_id)
 
-    def _wait(self, done: Any, timeout_s: float, what: str) -> None:
+    def wait_until(self, done: Callable[[], Any], timeout_s: float, what: str) -> None:
+        """Poll ``done()`` every 2 s until it is true; LocalAirflowError after ``timeout_s`` (naming
+        ``what``) or when Airflow exited."""
         deadline = time.monotonic() + timeout_s
         while not done():
             if self.process is not None and self.process.poll() is not None:
@@ -219,16 +237,34 @@ class LocalAirflow:
 
     def _get(self, path: str) -> Any:
         try:
-            return self._request("GET", path)
+            return self.request("GET", path)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, user: str | None = None
+    ) -> Any:
+        """Call Airflow's REST API (``path`` from ``/api/v2/...``) and return the decoded JSON answer;
+        with ``users``, signed in as ``user`` (default: the first). HTTPError on an error status."""
+        headers = {"Content-Type": "application/json"}
+        if self.users:
+            headers["Authorization"] = f"Bearer {self._token(user or next(iter(self.users)))}"
+        return self._call(method, path, body, headers)
+
+    def _token(self, user: str) -> str:
+        """A JWT of ``user`` from SimpleAuthManager's login endpoint (kept for later requests)."""
+        if user not in self._tokens:
+            body = {"username": user, "password": self.users[user]}
+            answer = self._call("POST", "/auth/token", body, {"Content-Type": "application/json"})
+            self._tokens[user] = answer["access_token"]
+        return self._tokens[user]
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None, headers: dict[str, str]) -> Any:
         request = urllib.request.Request(  # nosec B310 # a fixed http://127.0.0.1 URL
             self.url + path,
             data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers=headers,
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # nosec B310 # local Airflow
             return json.loads(response.read() or b"null")

@@ -91,10 +91,10 @@ def run_demo(
         # Elasticsearch sources read the local log store; a files source reads its own url.
         for conn_id in {w.log_source.conn_id for w in chosen if w.log_source.type == "elasticsearch"}:
             env.update(log_store.connection_env(conn_id))
-        with _environment(env):
-            _step(f"log store (osmem-server) at {log_store.url}")
+        with temporary_environment(env):
+            step(f"log store (osmem-server) at {log_store.url}")
             revision = upgrade(get_engine(config.metadata))
-            _step(
+            step(
                 f"metadata database at revision {revision}: {config.metadata.conn_id or config.metadata.url}"
             )
             report = seed_logs(
@@ -104,12 +104,12 @@ def run_demo(
                 now=now,
                 workloads=[w.workload_id for w in chosen],
             )
-            _step(f"seeded {report.documents} log records over {days} day(s): {report.by_workload}")
+            step(f"seeded {report.documents} log records over {days} day(s): {report.by_workload}")
             migrate_log = logs_dir / "airflow-db-migrate.log"
             if not _airflow(["db", "migrate"], migrate_log):
-                _step(f"Airflow database migration FAILED (log: {migrate_log})")
+                step(f"Airflow database migration FAILED (log: {migrate_log})")
                 return 1
-            _step(f"Airflow database migrated ({env['AIRFLOW_HOME']})")
+            step(f"Airflow database migrated ({env['AIRFLOW_HOME']})")
             failures = 0
             for workload in chosen:
                 for night, (start, end) in enumerate(latest_intervals(workload.schedule, nights, now), 1):
@@ -117,7 +117,7 @@ def run_demo(
                     # A manual run (`dags test` makes one) owns the interval ending at its logical date.
                     ok = _airflow(["dags", "test", workload.dag_id, end.isoformat()], log_file)
                     failures += not ok
-                    _step(
+                    step(
                         f"night {night}: {workload.dag_id} {start:%Y-%m-%d}: "
                         f"{'succeeded' if ok else 'FAILED'} (log: {log_file})"
                     )
@@ -184,7 +184,7 @@ def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
 
 
 @contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def temporary_environment(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for the block (and its subprocesses), then restore the old ones."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
@@ -198,7 +198,8 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def _step(message: str) -> None:
+def step(message: str) -> None:
+    """Print one step of a demo run (``==> ...``), at once."""
     print(f"==> {message}", flush=True)
 
 

@@ -21,7 +21,7 @@ from datetime import date, datetime
 from typing import Any
 
 from flywheel.config import FlywheelConfig, WorkloadConfig
-from flywheel.demo.traffic import API_CHANGE_KINDS, DemoRecord, generate_traffic
+from flywheel.demo.traffic import API_CHANGE_KINDS, PII_RATE, DemoRecord, generate_traffic
 from flywheel.errors import PermanentError
 from flywheel.extract.sources.elasticsearch import ElasticsearchSource
 from flywheel.extract.sources.files import FilesSource
@@ -55,12 +55,14 @@ class SeedError(PermanentError):
 
 @dataclass
 class SeedReport:
-    """What was written: documents per workload and interval, the noise injected, and where the API
-    changed (``api_changed``: workload to the start of its first interval under the changed API)."""
+    """What was written: documents per workload and interval, the noise injected, the personal data
+    planted (values per kind), and where the API changed (``api_changed``: workload to the start of its
+    first interval under the changed API)."""
 
     documents: int = 0
     by_workload: dict[str, int] = field(default_factory=dict)
     noise: dict[str, dict[str, int]] = field(default_factory=dict)
+    pii: dict[str, dict[str, int]] = field(default_factory=dict)
     intervals: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     api_changed: dict[str, str] = field(default_factory=dict)
 
@@ -69,6 +71,7 @@ class SeedReport:
             "documents": self.documents,
             "by_workload": self.by_workload,
             "noise": self.noise,
+            "pii": self.pii,
             "intervals": self.intervals,
             "api_changed": self.api_changed,
         }
@@ -134,17 +137,22 @@ def seed_logs(
     workloads: list[str] | None = None,
     noise_rate: float = 0.08,
     drift_day: int | None = None,
+    pii_rate: float = PII_RATE,
 ) -> SeedReport:
     """Write ``days`` data intervals of demo traffic for each demo workload into its log source.
 
     ``records_per_day`` is the full-volume workload's count; quieter ones get their share of it.
     ``drift_day``: the seeded day (1 is the oldest, ``days`` the latest) from which the workloads
     whose backend API can change (:data:`~flywheel.demo.traffic.API_CHANGE_KINDS`) run on the changed
-    API; None (the default): no change.
+    API; None (the default): no change. ``pii_rate``: the share of conversations with a planted e-mail
+    address, phone number, card number or IP address (:mod:`flywheel.demo.personal_data`), which
+    validation scrubs.
 
     An Elasticsearch source's documents go through its own Airflow connection (``log_source.conn_id``);
     a files source's are written under its ``url``, replacing the workload's earlier demo files.
     """
+    if not 0.0 <= pii_rate <= 1.0:
+        raise SeedError(f"pii_rate must be within [0, 1], got {pii_rate}")
     if drift_day is not None and not 1 <= drift_day <= days:
         raise SeedError(
             f"drift_day must be a seeded day, 1 (the oldest) to {days} (the latest); got {drift_day}"
@@ -154,31 +162,44 @@ def seed_logs(
         source = workload.log_source
         intervals = latest_intervals(workload.schedule, days, now)
         noise: Counter[str] = Counter()
+        pii: Counter[str] = Counter()
         per_day = max(1, round(records_per_day * demo.volume_share))
         # Index of the first interval under the changed API (len(intervals): none is).
         changed_from = len(intervals)
         if drift_day is not None and demo.kind in API_CHANGE_KINDS:
             changed_from = drift_day - 1
             report.api_changed[workload.workload_id] = intervals[changed_from][0].isoformat()
-        records = _records(workload, demo.kind, intervals, per_day, seed, noise_rate, changed_from)
+        records = _counted(
+            _records(workload, demo.kind, intervals, per_day, seed, noise_rate, changed_from, pii_rate),
+            noise,
+            pii,
+        )
         if isinstance(source, ElasticsearchSource):
-            written = _index_documents(source, workload.workload_id, records, noise)
+            written = _index_documents(source, workload.workload_id, records)
         elif isinstance(source, FilesSource):
-            written = _write_files(source, workload.workload_id, records, noise)
+            written = _write_files(source, workload.workload_id, records)
         else:
             raise SeedError(f"{workload.workload_id}: cannot seed a {source.type!r} log source")
         report.documents += written
         report.by_workload[workload.workload_id] = written
         report.noise[workload.workload_id] = dict(sorted(noise.items()))
+        report.pii[workload.workload_id] = dict(sorted(pii.items()))
         report.intervals[workload.workload_id] = [(s.isoformat(), e.isoformat()) for s, e in intervals]
     return report
 
 
+def _counted(
+    records: Iterator[tuple[DemoRecord, datetime]], noise: Counter[str], pii: Counter[str]
+) -> Iterator[tuple[DemoRecord, datetime]]:
+    """``records`` as they are, counting their noise kinds and planted personal data on the way."""
+    for record, interval_start in records:
+        noise[record.noise.value if record.noise else "clean"] += 1
+        pii.update(planted.kind.value for planted in record.pii)
+        yield record, interval_start
+
+
 def _index_documents(
-    source: ElasticsearchSource,
-    workload_id: str,
-    records: Iterator[tuple[DemoRecord, datetime]],
-    noise: Counter[str],
+    source: ElasticsearchSource, workload_id: str, records: Iterator[tuple[DemoRecord, datetime]]
 ) -> int:
     from elasticsearch.helpers import streaming_bulk
 
@@ -192,7 +213,7 @@ def _index_documents(
     failures: list[Any] = []
     for ok, item in streaming_bulk(
         client,
-        _actions(records, source, noise),
+        _actions(records, source),
         chunk_size=2000,
         raise_on_error=False,
         max_retries=2,
@@ -208,10 +229,7 @@ def _index_documents(
 
 
 def _write_files(
-    source: FilesSource,
-    workload_id: str,
-    records: Iterator[tuple[DemoRecord, datetime]],
-    noise: Counter[str],
+    source: FilesSource, workload_id: str, records: Iterator[tuple[DemoRecord, datetime]]
 ) -> int:
     """Write the records as ``<day folder>/demo-<workload_id>.jsonl``, one file per UTC day."""
     import fsspec
@@ -223,7 +241,6 @@ def _write_files(
     written = 0
     try:
         for record, interval_start in records:
-            noise[record.noise.value if record.noise else "clean"] += 1
             day = date.fromisoformat(_log_day(record.source.get(source.timestamp_field), interval_start))
             folder = f"{root.rstrip('/')}/{source.day_folder(day)}"
             if folder not in files:
@@ -245,6 +262,7 @@ def _records(
     seed: int,
     noise_rate: float,
     changed_from: int,
+    pii_rate: float,
 ) -> Iterator[tuple[DemoRecord, datetime]]:
     """The records of every interval; those from interval ``changed_from`` on under the changed API."""
     clients = workload.client_ids or list(DEFAULT_CLIENT_IDS)
@@ -259,15 +277,15 @@ def _records(
             client_ids=clients,
             noise_rate=noise_rate,
             api_changed=index >= changed_from,
+            pii_rate=pii_rate,
         ):
             yield record, start
 
 
 def _actions(
-    records: Iterator[tuple[DemoRecord, datetime]], source: ElasticsearchSource, noise: Counter[str]
+    records: Iterator[tuple[DemoRecord, datetime]], source: ElasticsearchSource
 ) -> Iterator[dict[str, Any]]:
     for record, interval_start in records:
-        noise[record.noise.value if record.noise else "clean"] += 1
         index = daily_index(source, record.source.get(source.timestamp_field), interval_start)
         yield {"_op_type": "index", "_index": index, "_source": record.source}
 

@@ -37,6 +37,14 @@ from flywheel.demo.conversation import (
     function_tool,
     new_call_id,
 )
+from flywheel.demo.personal_data import (
+    PlantedPii,
+    append_sentence,
+    fake_value,
+    plant_in_user_message,
+    with_user_sentence,
+)
+from flywheel.validate.pii import PiiKind
 
 SYSTEM_PROMPT = (
     "You are the customer-support assistant of Larkspur Goods, an online shop for electronics, home, "
@@ -169,6 +177,10 @@ TOOLS: list[dict[str, Any]] = [
                             "type": "string",
                             "enum": list(COUNTRIES),
                             "description": "ISO 3166-1 code.",
+                        },
+                        "phone": {
+                            "type": "string",
+                            "description": "A number the courier can call, when the customer gives one.",
                         },
                     },
                     "required": ["street", "city", "postal_code", "country"],
@@ -1032,3 +1044,52 @@ def make_conversation(rng: random.Random, api: RouterApi = API_V1) -> Conversati
     if name is None:
         return Conversation(messages, api.tools, api.tools_tokens, [], answer)
     return Conversation(messages, api.tools, api.tools_tokens, [(name, arguments_json(answer))], None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Personal data, where the router's tools take it
+
+_COURIER_PHONE = (
+    "The courier can reach me on {value} for the delivery.",
+    "Please give the driver my number {value} too.",
+)
+_CALL_BACK = {
+    PiiKind.PHONE: ("Please call me back on {value}", "call back on {value}"),
+    PiiKind.EMAIL: ("Please email me at {value} about it.", "reply to {value}"),
+}
+_NOTED_EMAIL = "I've noted {value} as your contact address."
+
+
+def plant_personal_data(
+    conversation: Conversation, rng: random.Random
+) -> tuple[Conversation, tuple[PlantedPii, ...]]:
+    """``conversation`` with one customer's contact or payment detail in it, as real support chats carry.
+
+    Where the teacher's answer would use it, it does: an address update gets the courier's phone number
+    in its ``address``, a hand-over to a human the call-back number or e-mail in its ``reason``, and a
+    plain-text reply confirms the e-mail address half the time. Otherwise the value is only said in the
+    customer's last message (:func:`flywheel.demo.personal_data.plant_in_user_message`).
+    """
+    if conversation.tool_calls:
+        name, arguments = conversation.tool_calls[0]
+        if name in ("update_shipping_address", "talk_to_human"):
+            planted = orjson.loads(arguments)
+            if name == "update_shipping_address":
+                kind = PiiKind.PHONE
+                value = fake_value(kind, rng)
+                planted["address"]["phone"] = value
+                sentence = rng.choice(_COURIER_PHONE).format(value=value)
+            else:
+                kind = rng.choice(tuple(_CALL_BACK))
+                value = fake_value(kind, rng)
+                said, summary = _CALL_BACK[kind]
+                planted["reason"] = f"{planted['reason']}; {summary.format(value=value)}"
+                sentence = said.format(value=value)
+            calls = [(name, arguments_json(planted)), *conversation.tool_calls[1:]]
+            changed = with_user_sentence(conversation, sentence)._replace(tool_calls=calls)
+            return changed, (PlantedPii(kind, value),)
+    elif conversation.content is not None and rng.random() < 0.5:
+        planted_email, found = plant_in_user_message(conversation, rng, PiiKind.EMAIL)
+        content = append_sentence(conversation.content, _NOTED_EMAIL.format(value=found[0].value))
+        return planted_email._replace(content=content), found
+    return plant_in_user_message(conversation, rng)

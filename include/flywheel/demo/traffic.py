@@ -7,7 +7,10 @@ only produces clean conversations (:class:`~flywheel.demo.conversation.Conversat
 turns them into documents and injects the noise that real logs carry (duplicates, broken tool-call
 arguments, missing responses, wrong types, records outside the window...). Which noise a record
 carries is returned next to it as ground truth (:class:`DemoRecord`) and is never written into the
-document itself, so the extractor and the validator must find it on their own.
+document itself, so the extractor and the validator must find it on their own. A share of the
+conversations (``pii_rate``) also carries a customer's e-mail address, phone number, card number or IP
+address (:mod:`flywheel.demo.personal_data`), which validation must scrub; the planted values are
+ground truth beside the record too.
 
 Generation is a pure function of its arguments (the seed is mixed with the workload and the interval
 start), streams in constant memory and needs no I/O beyond reading the packaged BFCL sample.
@@ -31,12 +34,16 @@ import orjson
 
 from flywheel.demo import bfcl, support_router
 from flywheel.demo.conversation import Conversation, new_call_id
+from flywheel.demo.personal_data import PlantedPii, plant_in_user_message
 
 TEACHER_MODEL = "teacher-70b-instruct"
 """Model name the gateway logs for the production (teacher) model."""
 
 WORKLOAD_KINDS = ("support_router", "bfcl_live")
 """Kinds of demo workload :func:`generate_traffic` can produce."""
+
+PII_RATE = 0.05
+"""Share of demo conversations that carry planted personal data unless ``pii_rate`` says otherwise."""
 
 API_CHANGE_KINDS = ("support_router",)
 """Kinds whose backend API can change (``generate_traffic(api_changed=True)``): the router's
@@ -62,10 +69,12 @@ class NoiseKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DemoRecord:
-    """One generated log document and the noise injected into it (``None``: clean teacher traffic)."""
+    """One generated log document, the noise injected into it (``None``: clean teacher traffic) and the
+    personal data planted in it (``()``: none)."""
 
     source: dict[str, Any]
     noise: NoiseKind | None
+    pii: tuple[PlantedPii, ...] = ()
 
 
 def generate_traffic(
@@ -79,6 +88,7 @@ def generate_traffic(
     client_ids: Sequence[str],
     noise_rate: float = 0.08,
     api_changed: bool = False,
+    pii_rate: float = PII_RATE,
 ) -> Iterator[DemoRecord]:
     """Yield `count` records for one data interval [start, end) (aware UTC datetimes).
 
@@ -92,6 +102,10 @@ def generate_traffic(
 
     `api_changed`: the teacher works against the workload's changed backend API (one of
     :data:`API_CHANGE_KINDS`): the requests log the changed tool schemas and the teacher calls them.
+
+    `pii_rate`: the share of conversations (clean or noisy) with one planted personal value
+    (:attr:`DemoRecord.pii`). It is drawn from a random stream of its own, so the records, their noise
+    and their timestamps are the same at every rate; only the planted text differs.
     """
     if kind not in WORKLOAD_KINDS:
         raise ValueError(f"unknown demo workload kind {kind!r}; expected one of {WORKLOAD_KINDS}")
@@ -109,15 +123,21 @@ def generate_traffic(
         raise ValueError(f"count must be >= 0, got {count}")
     if not 0.0 <= noise_rate <= 1.0:
         raise ValueError(f"noise_rate must be within [0, 1], got {noise_rate}")
+    if not 0.0 <= pii_rate <= 1.0:
+        raise ValueError(f"pii_rate must be within [0, 1], got {pii_rate}")
     clients = tuple(client_ids)
     if not clients:
         raise ValueError("client_ids must name at least one client")
     mixed = hashlib.blake2b(f"{seed}|{kind}|{workload_id}|{start_ms}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(mixed, "big"))  # nosec B311 # reproducible demo traffic
+    pii_rng = random.Random(int.from_bytes(mixed, "big") ^ _PII_STREAM)  # nosec B311 # reproducible demo traffic
     at_start_ms = start_ms if count >= 10 and _floor_ms(start) == start_ms else None
     return _generate(
         _conversation_maker(kind, api_changed),
+        _PII_PLANTERS[kind],
         rng,
+        pii_rng,
+        pii_rate,
         workload_id,
         start_ms,
         end_ms,
@@ -125,6 +145,8 @@ def generate_traffic(
         count,
         clients,
         noise_rate,
+        # Records dated before the interval belong to the day before, which ran on the old API.
+        _conversation_maker(kind, False) if api_changed else None,
     )
 
 
@@ -168,6 +190,16 @@ _UPSTREAM_TIMEOUT_MS = (30_000, 60_000, 120_000)
 _OUTSIDE_MAX_MS = 5 * 60 * 1000
 
 
+_PII_STREAM = 0x5049_4920_5049_4921
+"""Mixed into the seed of the personal-data stream, so it is independent of the records' stream."""
+
+_Planter = Callable[[Conversation, random.Random], tuple[Conversation, tuple[PlantedPii, ...]]]
+_PII_PLANTERS: dict[str, _Planter] = {
+    "support_router": support_router.plant_personal_data,
+    "bfcl_live": plant_in_user_message,  # BFCL's calls are ground truth: the value is only said
+}
+
+
 def _conversation_maker(kind: str, api_changed: bool) -> Callable[[random.Random], Conversation]:
     if kind == "support_router":
         return functools.partial(
@@ -179,7 +211,10 @@ def _conversation_maker(kind: str, api_changed: bool) -> Callable[[random.Random
 
 def _generate(
     make: Callable[[random.Random], Conversation],
+    plant: _Planter,
     rng: random.Random,
+    pii_rng: random.Random,
+    pii_rate: float,
     workload_id: str,
     start_ms: int,
     end_ms: int,
@@ -187,10 +222,13 @@ def _generate(
     count: int,
     clients: tuple[str, ...],
     noise_rate: float,
+    make_before: Callable[[random.Random], Conversation] | None = None,
 ) -> Iterator[DemoRecord]:
     """The record stream of :func:`generate_traffic` (arguments already checked, times in epoch ms).
 
     `at_start_ms` is the timestamp of record 0 when it must sit exactly at the interval start.
+    Personal data is planted with `plant`, drawing only from `pii_rng`. `make_before` makes the
+    conversation of a record dated before the interval (the previous day's API); None: `make`.
     """
     span = end_ms - start_ms
     # Busier clients first: weights 1, 1/2, 1/3... over the configured client ids.
@@ -201,7 +239,12 @@ def _generate(
     first_kinds = list(_NOISE_KINDS)
     rng.shuffle(first_kinds)
     noisy_so_far = 0
-    snapshots: list[bytes] = []
+    snapshots: list[tuple[bytes, tuple[PlantedPii, ...]]] = []
+
+    def planted(conversation: Conversation) -> tuple[Conversation, tuple[PlantedPii, ...]]:
+        if pii_rate and pii_rng.random() < pii_rate:
+            return plant(conversation, pii_rng)
+        return conversation, ()
 
     for index in range(count):
         client_id = clients[bisect.bisect_left(client_cum, rng.random() * client_total)]
@@ -218,19 +261,22 @@ def _generate(
 
         if noise is None:
             ts_ms = at_start_ms if index == 0 and at_start_ms is not None else start_ms + rng.randrange(span)
-            source = _build_source(ts_ms, workload_id, client_id, make(rng), rng)
+            conversation, pii = planted(make(rng))
+            source = _build_source(ts_ms, workload_id, client_id, conversation, rng)
             if not snapshots or rng.random() < _SNAPSHOT_RATE:
-                snapshot = orjson.dumps(source)
+                snapshot = (orjson.dumps(source), pii)
                 if len(snapshots) < _DUPLICATE_POOL:
                     snapshots.append(snapshot)
                 else:
                     snapshots[rng.randrange(_DUPLICATE_POOL)] = snapshot
-            yield DemoRecord(source, None)
+            yield DemoRecord(source, None, pii)
         elif noise is NoiseKind.EXACT_DUPLICATE:
-            yield DemoRecord(orjson.loads(rng.choice(snapshots)), noise)
+            snapshot, pii = rng.choice(snapshots)
+            yield DemoRecord(orjson.loads(snapshot), noise, pii)
         elif noise is NoiseKind.NEAR_DUPLICATE:
-            source = _near_duplicate(orjson.loads(rng.choice(snapshots)), start_ms + rng.randrange(span), rng)
-            yield DemoRecord(source, noise)
+            snapshot, pii = rng.choice(snapshots)
+            source = _near_duplicate(orjson.loads(snapshot), start_ms + rng.randrange(span), rng)
+            yield DemoRecord(source, noise, pii)
         else:
             conversation = make(rng)
             if noise in _NEEDS_TOOL_CALL:
@@ -240,13 +286,17 @@ def _generate(
                     conversation = make(rng)
                 else:
                     raise RuntimeError(f"workload produced no tool call in {_MAX_DRAWS} conversations")
+            conversation, pii = planted(conversation)
             if noise is NoiseKind.OUTSIDE_WINDOW:
                 ts_ms = _outside_window_ms(start_ms, end_ms, rng)
+                if ts_ms < start_ms and make_before is not None:
+                    # Its own stream: the interval's other records stay the same as without it.
+                    conversation, pii = planted(make_before(random.Random(ts_ms)))  # nosec B311 # demo traffic
             else:
                 ts_ms = start_ms + rng.randrange(span)
             source = _build_source(ts_ms, workload_id, client_id, conversation, rng)
             _CORRUPTORS[noise](source, rng)
-            yield DemoRecord(source, noise)
+            yield DemoRecord(source, noise, pii)
 
 
 def _noise_budget(count: int, noise_rate: float) -> int:

@@ -24,6 +24,8 @@ def plan_evaluation(
     ``base`` and ``icl`` need only the candidate's base model; ``customized`` needs the adapter its
     training job published (a candidate whose training failed, or a run that does not train, gets no
     customized evaluation). The champion, when the workload has one, is evaluated on the same examples.
+    A manual run's params narrow the candidates: ``champion_only`` evaluates the champion alone,
+    ``candidates`` only those (:class:`~flywheel.context.RunOptions`).
     """
     from flywheel.compute import CHAMPION_CANDIDATE_ID, evaluate_job, read_outcomes
 
@@ -36,7 +38,7 @@ def plan_evaluation(
     champion, version = current_champion(ctx)
     if champion is not None:
         planned.append((CHAMPION_CANDIDATE_ID, "champion", champion))
-    for candidate in ctx.workload.training.candidates:
+    for candidate in ctx.options.candidates_of(ctx.workload):
         name, base_model = candidate.candidate_id, candidate.base_model
         for eval_type in ctx.workload.evaluation.eval_types:
             if eval_type != "customized":

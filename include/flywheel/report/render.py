@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flywheel import artifacts
+from flywheel.redact import redact_text
 from flywheel.report import plots
 from flywheel.report.data import (
     as_dict,
@@ -446,12 +447,16 @@ def _quality(run: _Run) -> dict[str, Any]:
         failed = validate.get("failed_expectations")
         if isinstance(failed, list):
             failed = ", ".join(str(x) for x in failed)
+        pii = {str(k): n for k, v in as_dict(validate.get("pii")).items() if (n := number(v)) is not None}
         validation = {
             "empty": None,
             "plot": plots.quality_plot(counts, reasons),
             "duplicates": validate.get("duplicates_in_day"),
             "success": validate.get("success"),
             "failed": failed or None,
+            # Values the PII scrubber replaced in clean records, per kind ("none" when it found nothing).
+            "pii": ", ".join(f"{kind} {_text(int(n))}" for kind, n in sorted(pii.items()))
+            or ("none" if "pii" in validate else None),
         }
     else:
         validation = {"empty": run.absent("validation summary", "validate")}
@@ -536,12 +541,15 @@ def _model_text(model: Any) -> str:
 
 
 def _error_text(error: Any) -> str:
-    """A job's error (text, or an ``error.json`` dict: its class and message); "" for none."""
+    """A job's error (text, or an ``error.json`` dict: its class and message), every URL in it without
+    its credentials; "" for none."""
     if not error:
         return ""
     if isinstance(error, dict):
-        return ": ".join(str(error[k]) for k in ("error", "message") if error.get(k)) or json.dumps(error)
-    return str(error)
+        text = ": ".join(str(error[k]) for k in ("error", "message") if error.get(k)) or json.dumps(error)
+    else:
+        text = str(error)
+    return redact_text(text)
 
 
 def _linkable(uri: Any) -> bool:

@@ -30,13 +30,15 @@ from flywheel.db.models import Decision, Run, RunStage, as_utc, utcnow
 from flywheel.intervals import partition_day
 from flywheel.report.data import as_dict, champion_trend, dicts, number
 from flywheel.storage import ArtifactStore
+from flywheel.train.retrain import TRIGGERING_ALERTS
 
 TEMPLATE = "timeline.html"
 
 QUIET_RETRAIN_CODES = {"policy_always", "no_champion", "training_due"}
 """Reasons to train that say nothing about the data: a fixed policy, no champion yet, a due date."""
-DRIFT_REASON_CODES = {"champion_drift", "tool_shift"}
-"""Decision reasons that report a change in the data whatever the outcome (a promotion may carry them)."""
+DRIFT_REASON_CODES = {*TRIGGERING_ALERTS, "tool_shift"}
+"""Decision reasons that report a change in the data or in how the champion does on it: the champion
+below its floor, a failed batch, a shifted tool distribution (a promotion may carry one too)."""
 
 
 def timeline_data(
@@ -146,16 +148,13 @@ def _night(
 def _signals(night: dict[str, Any], champion_floor: float, max_tool_shift: float) -> list[str]:
     """What in this night's run says the data or the champion changed (codes; [] when nothing did).
 
-    An alert's reason codes (and a drift reason recorded with any outcome), the retrain triggers
-    about the data or the champion, the champion's score below its floor, a tool distribution that
-    shifted beyond ``max_tool_shift``.
+    The decision's reasons about the data (:data:`DRIFT_REASON_CODES`, whatever its outcome), the
+    retrain triggers about the data or the champion, the champion's score below its floor, a tool
+    distribution that shifted beyond ``max_tool_shift``.
     """
     decision = night["decision"] or {}
-    alerted = decision.get("outcome") == "alert"
     signals = [
-        str(r.get("code"))
-        for r in dicts(decision.get("reasons"))
-        if alerted or r.get("code") in DRIFT_REASON_CODES
+        str(r.get("code")) for r in dicts(decision.get("reasons")) if r.get("code") in DRIFT_REASON_CODES
     ]
     training = night["training"] or {}
     if training.get("trained"):
@@ -245,14 +244,13 @@ def render_timeline(data: Mapping[str, Any]) -> str:
     )
 
 
-def write_timeline(config: FlywheelConfig, workload_id: str, *, changed_on: date | None = None) -> str:
-    """Render the workload's timeline now and store it at ``reports/<workload_id>/timeline.html``
+def write_timeline(config: FlywheelConfig, data: Mapping[str, Any]) -> str:
+    """Store the page of ``data`` (:func:`timeline_data`) at ``reports/<workload_id>/timeline.html``
     (atomically: readers see the previous page or this one); return its URI."""
     from flywheel.report.render import write_report
 
     store = ArtifactStore(config.artifact_store.root, config.artifact_store.storage_options)
-    html = render_timeline(timeline_data(config, workload_id, changed_on=changed_on))
-    return write_report(store, artifacts.timeline_path(workload_id), html)
+    return write_report(store, artifacts.timeline_path(str(data["workload_id"])), render_timeline(data))
 
 
 # ---------------------------------------------------------------- the plain-text table

@@ -24,10 +24,11 @@ of this run's dataset and of the dataset the champion was registered with.
 - ``every_n_days``: a run trains when there is no champion, or no earlier night trained an adapter
   in the last ``every_n_days`` days.
 
-A run that does not train still evaluates the champion on its fresh data, and ``decide`` alerts the
-same night when the champion is below its floor; the next night then trains (``previous_alert``). An
-API change, the usual cause of a sudden drop, shows as a tool-set change and triggers training the
-night it reaches the data, and usually as a tool shift as well.
+A manual run with the DAG's ``champion_only`` param does not train, whatever the policy
+(``champion_only``). A run that does not train still evaluates the champion on its fresh data, and
+``decide`` alerts the same night when the champion is below its floor; the next night then trains
+(``previous_alert``). An API change, the usual cause of a sudden drop, shows as a tool-set change
+and triggers training the night it reaches the data, and usually as a tool shift as well.
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def read_retrain(ctx: RunContext) -> dict[str, Any] | None:
 
 def _plan(ctx: RunContext, dataset: dict[str, Any], champion: VersionInfo | None) -> RetrainPlan:
     policy = ctx.workload.training.retrain
+    if ctx.options.champion_only:  # a manual run's param overrides the policy
+        message = (
+            "a manual run asked to re-evaluate the champion only (param champion_only): nothing trains, "
+            f"whatever the retrain policy {policy.policy} says"
+        )
+        return RetrainPlan(False, policy.policy, [Reason("champion_only", message)])
     if policy.policy == "always":
         return RetrainPlan(True, "always", [Reason("policy_always", "the retrain policy is always")])
     if champion is None:

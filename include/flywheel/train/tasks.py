@@ -38,19 +38,27 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
     """One training job per candidate of the workload, on the dataset ``build_dataset`` summarised; none
     when the workload's retrain policy says this run does not train (:mod:`flywheel.train.retrain`).
 
+    A manual run's params override both: ``champion_only`` trains nothing (RunParamError when there is
+    no champion to re-evaluate), ``candidates`` trains only those (:class:`~flywheel.context.RunOptions`).
     A candidate whose settings say ``init_from: champion`` starts from the champion's adapter when it
     can (:func:`warm_start`). Returns the jobs as plain dicts (the XCom that the mapped ``train`` task
     expands over).
     """
     from flywheel.compute import train_job
     from flywheel.deliver.registry import champion
+    from flywheel.errors import RunParamError
     from flywheel.train.retrain import plan_retrain
 
     current = champion(ctx.config.metadata, ctx.workload_id)
+    if ctx.options.champion_only and current is None and ctx.workload.evaluation.champion is None:
+        raise RunParamError(
+            f"param champion_only: workload {ctx.workload_id} has no champion to re-evaluate (the registry "
+            "holds none and evaluation.champion is not set)"
+        )
     if not plan_retrain(ctx, dataset, current).train:
         return []
     jobs = []
-    for candidate in ctx.workload.training.candidates:
+    for candidate in ctx.options.candidates_of(ctx.workload):
         start = warm_start(ctx.workload, candidate, current)
         job = train_job(
             ctx.config,

@@ -21,6 +21,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision
 from flywheel.decide.evidence import decide_run
 from flywheel.deliver import tasks as deliver
+from flywheel.deliver.approval import approval_request
 from flywheel.deliver.registry import champion, get_version, history, promote, register_version
 from flywheel.errors import PromotionFailedError
 from flywheel.evaluate.tasks import current_champion
@@ -488,3 +489,130 @@ def test_a_retry_after_the_promotion_keeps_what_the_first_attempt_recorded(decid
 
     recorded = _promotion_of(config)
     assert (recorded["status"], recorded["version"], recorded["previous_version"]) == ("promoted", 2, 1)
+
+
+def _sink(config: FlywheelConfig, event: str) -> list[dict[str, Any]]:
+    """The local sink's notifications of ``event`` for the run's day."""
+    folder = Path(config.artifact_store.root) / "alerts" / WORKLOAD / START.date().isoformat()
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"*-{event}.json"))]
+
+
+def test_a_dry_run_is_decided_recorded_and_notified_but_moves_nothing(decided) -> None:
+    config, summary = decided
+    with session_scope(config.metadata) as session:
+        run_id = session.scalar(select(Decision.run_id))
+    dry = decide_run(config, WORKLOAD, run_id, dry_run=True) | {
+        key: summary[key] for key in ("interval_start", "interval_end", "dag_run_id")
+    }
+
+    outcome = deliver.promote(run_context(config, summary["dag_run_id"]), dry)
+
+    assert (dry["outcome"], dry["dry_run"], dry["challenger_version"]) == ("promote", True, 2)
+    assert outcome == {
+        "status": "dry_run",
+        "version": 1,
+        "challenger_version": 2,
+        "reason": "a dry run (param dry_run): the champion alias did not move",
+    }
+    assert champion(config.metadata, WORKLOAD).version == 1
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1]
+    with session_scope(config.metadata) as session:
+        row = session.scalar(select(Decision))
+        assert (row.dry_run, row.promotion) == (True, outcome)
+    (notice,) = _sink(config, "promote")
+    assert notice["dry_run"] is True
+    assert notice["title"] == f"{WORKLOAD}: tiny/customized would be promoted to champion (dry run)"
+
+
+def test_an_approved_promotion_names_the_approver_in_the_audit_row(decided) -> None:
+    config, summary = decided
+    approval = {
+        "chosen_options": ["Approve"],
+        "params_input": {"comment": "the new tools look right"},
+        "responded_at": datetime(2026, 11, 21, 9, 30, tzinfo=UTC),
+        "responded_by_user": {"id": "alice", "name": "alice"},
+    }
+
+    promotion = deliver.promote(run_context(config, summary["dag_run_id"]), summary, approval)
+
+    assert (promotion["status"], promotion["version"]) == ("promoted", 2)
+    assert promotion["approval"] == {
+        "status": "approved",
+        "by": {"id": "alice", "name": "alice"},
+        "comment": "the new tools look right",
+        "responded_at": "2026-11-21T09:30:00+00:00",
+    }
+    last = history(config.metadata, WORKLOAD)[-1]
+    assert last.actor == f"alice (approved flywheel_{WORKLOAD}/{summary['dag_run_id']})"
+    assert "beats the champion" in last.reason
+    assert last.reason.endswith("; approved by alice: the new tools look right")
+    assert _promotion_of(config) == promotion
+
+
+@pytest.mark.parametrize(
+    ("response", "reason", "message"),
+    [
+        (
+            {
+                "chosen_options": ["Reject"],
+                "params_input": {"comment": "wait for the API change"},
+                "responded_at": datetime(2026, 11, 21, 9, 30, tzinfo=UTC),
+                "responded_by_user": {"id": "7", "name": "Bob"},
+                "timedout": False,
+            },
+            "rejected",
+            "Bob (id 7) rejected the promotion: wait for the API change",
+        ),
+        (
+            # What the scheduler answers when nobody did: the default option, no responder.
+            {
+                "chosen_options": ["Reject"],
+                "params_input": {"comment": ""},
+                "responded_at": datetime(2026, 11, 22, 9, 30, tzinfo=UTC),
+                "responded_by_user": None,
+                "timedout": True,
+            },
+            "timed out",
+            "nobody approved the promotion within 24 hours (decision.approval_timeout_hours)",
+        ),
+    ],
+    ids=["rejected", "timed_out"],
+)
+def test_a_rejected_or_unanswered_approval_keeps_the_champion(
+    decided, response: dict[str, Any], reason: str, message: str
+) -> None:
+    config, summary = decided
+
+    outcome = deliver.not_approved(run_context(config, summary["dag_run_id"]), summary, response)
+
+    assert (outcome["status"], outcome["reason"], outcome["version"]) == ("not_approved", reason, 1)
+    assert outcome["approval"]["by"] == response["responded_by_user"]
+    assert champion(config.metadata, WORKLOAD).version == 1
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1]
+    assert _promotion_of(config) == outcome
+    (notice,) = _sink(config, "not_approved")
+    assert notice["reasons"][0] == {
+        "code": "not_approved",
+        "message": f"{message}; the champion is unchanged",
+    }
+    assert notice["title"] == f"{WORKLOAD}: tiny/customized was not approved; the champion stays"
+
+
+def test_the_approval_request_carries_the_decisions_evidence(decided) -> None:
+    config, summary = decided
+    link = f"flywheel/reports/{WORKLOAD}/2026-11-20/run-report.html"
+
+    subject, body = approval_request(run_context(config, summary["dag_run_id"]), summary, report_url=link)
+
+    assert subject == f"{WORKLOAD}: promote tiny/customized (version 2) to champion?"
+    lines = body.splitlines()
+    assert "- Champion: champion/champion (version 1)" in lines
+    assert "- Challenger: tiny/customized (version 2)" in lines
+    assert any(
+        line.startswith("- `challenger_superior`: tiny/customized beats the champion") for line in lines
+    )
+    # Each side with its evaluation's 95% interval, the paired difference with its own.
+    (primary,) = [line for line in lines if line.startswith("| function_name_and_args_accuracy (primary) |")]
+    assert "| 0.500 [0.400, 0.600] | 0.750 [0.650, 0.850] | +0.250 [" in primary
+    assert "McNemar p = " in primary
+    assert lines[-1] == f"[Run report]({link}) (every figure and plot of the run)"

@@ -430,3 +430,17 @@ def test_the_api_change_is_deterministic_and_bfcl_has_none() -> None:
             client_ids=CLIENTS,
             api_changed=True,
         )
+
+
+def test_records_dated_before_the_change_day_follow_the_old_api() -> None:
+    """A change day's records whose timestamps fall in the day before (outside-window noise) belong to
+    that day, which still ran on the old API: the day before the change holds no new-API record."""
+    from flywheel.demo.support_router import API_V1, API_V2
+
+    records = list(generate("support_router", 2000, noise_rate=0.2, api_changed=True))
+    earlier = [r.source for r in records if parse_ts(r.source["timestamp"]) < START]
+    inside = [r.source for r in records if r.noise is None]
+
+    assert earlier and all(s["request"]["tools"] == API_V1.tools for s in earlier)
+    assert all(s["request"]["tools"] == API_V2.tools for s in inside)
+    assert_calls_follow_own_schemas(earlier)

@@ -11,10 +11,13 @@ import pytest
 from conftest import TEST_EVALUATION
 from flywheel.compute import JobSpec
 from flywheel.config import FlywheelConfig
-from flywheel.context import RunContext
+from flywheel.context import RunContext, RunOptions
 from flywheel.deliver.registry import VersionInfo, promote, register_version
+from flywheel.errors import RunParamError
+from flywheel.evaluate.tasks import plan_evaluation
 from flywheel.jobs import write_result
 from flywheel.tracking import ensure_run
+from flywheel.train.retrain import read_retrain
 from flywheel.train.tasks import TRAIN_FIGURES, collect_training, plan_training
 
 WORKLOAD = "customer_support_router"
@@ -32,9 +35,14 @@ TRAINING = {
 """Two candidates that ask for a warm start (on two base models) and one that does not."""
 
 
-def context(config: FlywheelConfig) -> RunContext:
+def context(config: FlywheelConfig, options: RunOptions | None = None) -> RunContext:
     return RunContext.of(
-        config, WORKLOAD, interval_start=START, interval_end=END, dag_run_id="manual__2026-11-21"
+        config,
+        WORKLOAD,
+        interval_start=START,
+        interval_end=END,
+        dag_run_id="manual__2026-11-21",
+        options=options,
     )
 
 
@@ -137,3 +145,62 @@ def test_the_train_summary_says_where_each_adapter_started(make_config) -> None:
         ("other", "succeeded", {"base": f"the champion v1 (tiny/customized) adapts {TINY}, not {OTHER}"}),
         ("fresh", "failed", {"base": "init_from is base"}),
     ]
+
+
+def evaluated(ctx: RunContext, train_jobs: list[dict]) -> list[tuple[str, str]]:
+    """(candidate, eval type) of each evaluation job ``plan_evaluation`` plans after ``train_jobs``."""
+    jobs = map(JobSpec.from_dict, plan_evaluation(ctx, {"uri": "file:///datasets/ds-1"}, train_jobs))
+    return [(job.labels["flywheel.io/candidate"], job.labels["flywheel.io/eval-type"]) for job in jobs]
+
+
+def test_the_candidates_param_trains_and_evaluates_only_those_candidates(make_config) -> None:
+    config = make_config(
+        training=TRAINING, evaluation={**TEST_EVALUATION, "eval_types": ["base", "customized"]}
+    )
+    ctx = context(config, RunOptions(candidates=("fresh", "tiny")))
+
+    jobs = plan_training(ctx, {"uri": "file:///datasets/ds-1"})
+    for job in jobs:
+        write_result(job["output_uri"], dict.fromkeys(TRAIN_FIGURES, 1))
+
+    # In the configuration's order, whatever the param's.
+    assert [JobSpec.from_dict(job).labels["flywheel.io/candidate"] for job in jobs] == ["tiny", "fresh"]
+    assert evaluated(ctx, jobs) == [
+        ("tiny", "base"),
+        ("tiny", "customized"),
+        ("fresh", "base"),
+        ("fresh", "customized"),
+    ]
+
+
+def test_champion_only_overrides_the_retrain_policy_and_evaluates_the_champion_alone(make_config) -> None:
+    config = make_config(
+        training=TRAINING, evaluation={**TEST_EVALUATION, "eval_types": ["base", "customized"]}
+    )
+    champion_version(config, "customized", {"base_model": TINY, "adapter": "/artifacts/models/v1"})
+    ctx = context(config, RunOptions(champion_only=True))
+
+    # The retrain policy is `always`: only the param keeps the run from training.
+    assert config.workload(WORKLOAD).training.retrain.policy == "always"
+    assert plan_training(ctx, {"uri": "file:///datasets/ds-1"}) == []
+    assert read_retrain(ctx) == {
+        "train": False,
+        "policy": "always",
+        "reasons": [
+            {
+                "code": "champion_only",
+                "message": "a manual run asked to re-evaluate the champion only (param champion_only): "
+                "nothing trains, whatever the retrain policy always says",
+            }
+        ],
+    }
+    assert evaluated(ctx, []) == [("champion", "champion")]
+
+
+def test_champion_only_without_a_champion_is_an_error_naming_the_param(make_config) -> None:
+    ctx = context(make_config(training=TRAINING), RunOptions(champion_only=True))
+
+    with pytest.raises(
+        RunParamError, match=r"^param champion_only: workload customer_support_router has no "
+    ):
+        plan_training(ctx, {"uri": "file:///datasets/ds-1"})
