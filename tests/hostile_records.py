@@ -589,7 +589,13 @@ _UNREPRESENTABLE = object()
 
 
 def hostile_documents(
-    workload_id: str, start: datetime, tools: list[dict[str, Any]], *, client_id: str, max_document_bytes: int
+    workload_id: str,
+    start: datetime,
+    tools: list[dict[str, Any]],
+    *,
+    client_id: str,
+    max_record_bytes: int,
+    max_document_bytes: int,
 ) -> list[HostileDocument]:
     """The hostile corpus as log documents of ``workload_id``'s client ``client_id``, in the night that
     starts at ``start``.
@@ -599,8 +605,9 @@ def hostile_documents(
     document over ``max_document_bytes`` is kept unparseable by extraction (no workload:
     ``workload_mismatch``). Rows a log store cannot hold (text that is not JSON, bytes, rows of another
     workload or outside the day, which extraction never selects) are left out. Added: a document nested
-    5,000 levels deep (kept unparseable), and clean records carrying :data:`HOSTILE_TEXTS` and odd but
-    valid shapes, each calling the first of ``tools`` (the workload's own) for its own order.
+    5,000 levels deep (kept unparseable), one over ``max_record_bytes`` but under ``max_document_bytes``
+    (``record_too_large``), and clean records carrying :data:`HOSTILE_TEXTS` and odd but valid shapes,
+    each calling the first of ``tools`` (the workload's own) for its own order.
     """
     shift = start - START
     documents: list[HostileDocument] = []
@@ -640,6 +647,12 @@ def hostile_documents(
     )
     (tool, *_) = tools
     name, parameter = tool["function"]["name"], next(iter(tool["function"]["parameters"]["properties"]))
+    large = [{"role": "user", "content": "where is order H-99999? " + "x" * max_record_bytes}]
+    add(
+        "a record over max_record_bytes",
+        _clean(workload_id, client_id, at, large, tools, name, {parameter: "H-99999"}),
+        QuarantineReason.record_too_large,
+    )
     for copy in range(3):  # several orders each, so that some reach every split of the dataset
         for n, text in enumerate(HOSTILE_TEXTS):
             order = f"H-{copy}{n:04d}"

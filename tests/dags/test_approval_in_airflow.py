@@ -1,13 +1,13 @@
 """Human approval before promotion under a real Airflow (``airflow standalone``: scheduler, dag-processor,
 api-server; LocalExecutor; SQLite), with the real log store, the tiny model and two signed-in users.
 
-One night of a workload whose promotions need approval (``decision.approval: required``, a 36 s
-timeout) decides ``promote`` (no champion yet) and asks. Bob rejects it through Airflow's REST API:
-the run ends green, the champion stays none. An operator clears ``approve`` to ask again, and nobody
-answers: the request times out, the same. Cleared once more, Alice approves: the challenger becomes
-the champion, with Alice and her comment in the alias's audit row. The champion's asset event then
-starts the serving team's DAG of docs/examples/dags/flywheel_downstream.py, and the day's clean-day
-event its day-partitioned export.
+One night of a workload whose promotions need approval (``decision.approval: required``, an 18 s
+timeout), run as a backfill, decides ``promote`` (no champion yet) and asks. Bob rejects it through
+Airflow's REST API: the run ends green, the champion stays none. An operator clears ``approve`` to ask
+again, and nobody answers: the request times out, the same. Cleared once more, Alice approves: the
+challenger becomes the champion, with Alice and her comment in the alias's audit row. The champion's
+asset event then starts the serving team's DAG of docs/examples/dags/flywheel_downstream.py, and the
+backfilled day's clean-day event its day-partitioned export, keyed by the day.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ WORKLOAD = "customer_support_router"
 DAG_ID = f"flywheel_{WORKLOAD}"
 ROLLOUT, EXPORT = f"serving_rollout_{WORKLOAD}", f"clean_day_export_{WORKLOAD}"
 USERS = {"alice": "alice-password", "bob": "bob-password"}
-TIMEOUT_HOURS = 0.01  # 36 s
+TIMEOUT_HOURS = 0.005  # 18 s
 
 
 @pytest.mark.slow  # a real Airflow and a DAG run (`make test-slow`)
@@ -69,10 +69,13 @@ def test_a_promotion_waits_for_a_person_rejected_timed_out_then_approved(
             airflow.wait_for_dag(dag_id)
         airflow.unpause(ROLLOUT)
         airflow.unpause(EXPORT)
-        # The scheduler creates the latest night's run at once.
+        # A backfill of the latest night, created while the DAG is paused: the scheduler then finds
+        # that night's run there and creates none of its own.
+        airflow.backfill(DAG_ID, start, start)
         airflow.unpause(DAG_ID)
-        airflow.wait_until(lambda: airflow.dag_runs(DAG_ID), 60, f"the scheduled run of {DAG_ID}")
+        airflow.wait_until(lambda: airflow.dag_runs(DAG_ID), 60, f"the backfill run of {DAG_ID}")
         (run,) = airflow.dag_runs(DAG_ID)
+        assert run["run_type"] == "backfill"
         approvals = Approvals(airflow, run["dag_run_id"])
 
         # 1. Bob rejects, with a reason.

@@ -143,6 +143,12 @@ def test_demo_seed_drift_day_outside_the_seeded_days_exits_2(capsys: pytest.Capt
     )
 
 
+def test_demo_seed_pii_rate_outside_zero_to_one_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "seed", "--days", "1", "--pii-rate", "2"]) == 2
+
+    assert "error: pii_rate must be within [0, 1], got 2.0" in capsys.readouterr().err
+
+
 def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([])

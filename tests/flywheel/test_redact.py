@@ -134,3 +134,51 @@ def test_storage_option_names_that_hold_secrets() -> None:
     )
     assert plain == {"endpoint_url": 6}
     assert set(secret) == {"key", "token", "account_key", "client_secret", "password"}
+
+
+def test_a_credential_in_an_error_reaches_neither_the_database_nor_the_report_nor_an_alert(
+    flywheel_config: FlywheelConfig,
+) -> None:
+    """A stage failing with a URL's credentials in its exception text (a connection's host, a driver's
+    DSN): the stage row, the run report and the task-failure alert keep the URL, not the credentials,
+    even when the alert cuts the text short."""
+    from datetime import UTC, datetime
+
+    from flywheel.db.engine import session_scope
+    from flywheel.db.models import RunStage
+    from flywheel.deliver.alerts import MAX_ERROR_CHARS, failure_notification, notify
+    from flywheel.report.data import report_data
+    from flywheel.report.render import render_report
+    from flywheel.tracking import ensure_run, record_stage
+
+    workload = flywheel_config.workload("customer_support_router")
+    start, end = datetime(2026, 11, 20, 2, tzinfo=UTC), datetime(2026, 11, 21, 2, tzinfo=UTC)
+    run_id = ensure_run(
+        flywheel_config.metadata,
+        workload_id=workload.workload_id,
+        dag_id=workload.dag_id,
+        dag_run_id="manual__leaky",
+        interval_start=start,
+        interval_end=end,
+    )
+    url = f"https://flywheel:{PLANTED}@es.example:9200/flywheel-logs-*/_search?api_key={PLANTED}"
+    # So long that the alert cuts it in the middle of the password (were it cut before it is redacted).
+    before = len("ConnectionError: ") + len(" cannot reach https://flywheel:") + len(PLANTED) // 2
+    error = ConnectionError("x" * (MAX_ERROR_CHARS - 3 - before) + f" cannot reach {url}")
+    with pytest.raises(ConnectionError), record_stage(flywheel_config.metadata, run_id, "extract"):
+        raise error
+
+    with session_scope(flywheel_config.metadata) as session:
+        (stage,) = session.query(RunStage).all()
+        assert stage.status == "failed" and PLANTED not in stage.error
+        assert "https://***@es.example:9200/flywheel-logs-*/_search?api_key=***" in stage.error
+    page = render_report(report_data(flywheel_config, workload.workload_id, "manual__leaky"))
+    assert PLANTED not in page and "https://***@es.example:9200" in page
+
+    context = {"exception": error, "run_id": "manual__leaky", "data_interval_start": start}
+    notification = failure_notification(workload.workload_id, context)
+    (delivery,) = notify(flywheel_config, notification)
+    sink = Path(delivery["uri"].removeprefix("file://")).read_text()
+    for text in (sink, notification.text(), notification.html(), json.dumps(notification.to_dict())):
+        assert PLANTED not in text and "flywheel:" not in text
+    assert notification.reasons[0]["message"].startswith("ConnectionError: xxx")

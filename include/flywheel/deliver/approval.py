@@ -49,7 +49,7 @@ class PromotionApproval(ApprovalOperator):
         self, *, workload_id: str, timeout: timedelta, params: ParamsDict | None = None, **kwargs: Any
     ) -> None:
         # `params` are the DAG's (Airflow merges them in); the request's form shows only the task's own.
-        params = ParamsDict(params) if not isinstance(params, ParamsDict) else params
+        params = params if isinstance(params, ParamsDict) else ParamsDict(params or {})
         params[COMMENT] = Param(
             "",
             source="task",
@@ -116,7 +116,7 @@ def request_approval(
             report_url=report_url(report_uri),
         ),
     )
-    log.info("%s: %s: waiting for an answer (%s)", ctx.workload_id, subject, action_url or "Required actions")
+    log.info("%s: waiting for an answer (%s)", subject, action_url or "the UI's Required actions")
     return subject, body
 
 

@@ -148,6 +148,7 @@ def not_approved(ctx: RunContext, decision: dict[str, Any], response: dict[str, 
     its default, Reject, and no responder).
     """
     from flywheel.deliver.approval import approval_record, approver_name
+    from flywheel.errors import AlertDeliveryError
 
     record = approval_record(response)
     timed_out = record["status"] == "timed_out"
@@ -166,11 +167,18 @@ def not_approved(ctx: RunContext, decision: dict[str, Any], response: dict[str, 
             f": {record['comment']}" if record["comment"] else ""
         )
     log.warning(
-        "%s: %s; version %s stays the champion", ctx.workload_id, message, decision["champion_version"]
+        "%s: %s; the champion is unchanged (version %s)",
+        ctx.workload_id,
+        message,
+        decision["champion_version"] or "none",
     )
     _record(ctx, decision, promotion)
     reason = {"code": "not_approved", "message": f"{message}; the champion is unchanged"}
-    _notify(ctx, "not_approved", decision | {"reasons": [reason, *decision["reasons"]]})
+    try:
+        _notify(ctx, "not_approved", decision | {"reasons": [reason, *decision["reasons"]]})
+    except AlertDeliveryError as exc:
+        # Recorded already; a retry of `approve` would ask the person again, so the task goes on.
+        log.error("%s: the not_approved notification was not fully delivered: %s", ctx.workload_id, exc)
     return promotion
 
 

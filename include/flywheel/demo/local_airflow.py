@@ -156,16 +156,25 @@ class LocalAirflow:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def cli(self, *args: str, timeout_s: float = 120) -> str:
-        """Run ``airflow <args>`` against this Airflow; its stdout (LocalAirflowError when it fails)."""
-        done = subprocess.run(  # nosec B603 B607 # the venv's airflow, arguments built here
-            ["airflow", *args],
-            env=self.environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
+    def cli(self, *args: str, timeout_s: float = 120, attempts: int = 5) -> str:
+        """Run ``airflow <args>`` against this Airflow; its stdout (LocalAirflowError when it fails).
+
+        A command that fails on SQLite's "database is locked" (the scheduler was writing) ran in one
+        rolled-back transaction and is run again, up to ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            done = subprocess.run(  # nosec B603 B607 # the venv's airflow, arguments built here
+                ["airflow", *args],
+                env=self.environment(),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+            if done.returncode == 0 or "database is locked" not in done.stderr or attempt == attempts:
+                break
+            log.info("airflow %s: the metadata database was locked; again in %d s", args[0], attempt)
+            time.sleep(attempt)
         if done.returncode != 0:
             raise LocalAirflowError(
                 f"airflow {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}"

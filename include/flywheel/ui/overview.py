@@ -63,6 +63,9 @@ class RunLine:
     recorded_at: datetime
     outcome: str | None
     """``promote``, ``alert`` or ``no_change``; None when the run has no decision (yet)."""
+    delivery: str | None
+    """What became of a decision that did not simply promote or stand: ``dry run``, ``not approved:
+    rejected by bob``, ``superseded``, ``promotion failed`` ...; None otherwise."""
     reasons: list[dict[str, Any]]
     primary_metric: str | None
     champion: str | None
@@ -151,6 +154,7 @@ def _runs(config: FlywheelConfig, workload: WorkloadConfig, store: ArtifactStore
                 dag_run_id=run.dag_run_id,
                 recorded_at=as_utc(run.created_at),
                 outcome=decision.outcome if decision else None,
+                delivery=_delivery(decision),
                 reasons=dicts(decision.reasons if decision else None),
                 primary_metric=primary,
                 champion=_side(decision.champion if decision else None),
@@ -161,6 +165,22 @@ def _runs(config: FlywheelConfig, workload: WorkloadConfig, store: ArtifactStore
             )
         )
     return lines
+
+
+def _delivery(decision: Decision | None) -> str | None:
+    """The note the outcome gets when its decision was a dry run or its promotion did not happen."""
+    if decision is None:
+        return None
+    if decision.dry_run:
+        return "dry run"
+    promotion = as_dict(decision.promotion)
+    status = promotion.get("status")
+    if status in (None, "promoted", "already_champion"):
+        return None
+    if status == "not_approved":
+        by = as_dict(as_dict(promotion.get("approval")).get("by")).get("name")
+        return f"not approved: {promotion.get('reason')}{f' by {by}' if by else ''}"
+    return "promotion failed" if status == "failed" else str(status).replace("_", " ")
 
 
 def _side(side: Any) -> str | None:

@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 
 from conftest import write_config
 from flywheel.config import FlywheelConfig, load_config
-from flywheel.deliver.alerts import FlywheelNotifier, Notification, notify
+from flywheel.deliver.alerts import FlywheelNotifier, Notification, decision_notification, notify
 from flywheel.errors import AlertDeliveryError
 
 if TYPE_CHECKING:
@@ -280,6 +280,46 @@ def test_html_and_text_of_hostile_values() -> None:
     assert '<a href="javascript' not in body and "<code>javascript:alert(1)</code>" in body
     assert 'href="http://reports.example/x&quot;onmouseover=&quot;steal()"' in body
     assert HOSTILE in notification.text()  # plain text stays verbatim
+
+
+def test_an_approval_request_links_where_to_answer_and_a_dry_run_is_marked(tmp_path: Path) -> None:
+    workload = load_config(write_config(tmp_path)).workload("customer_support_router")
+    decision = {
+        "decision_id": 7,
+        "outcome": "promote",
+        "reasons": [{"code": "first_champion", "message": "no champion yet"}],
+        "primary_metric": "function_name_and_args_accuracy",
+        "examples": 120,
+        "champion": None,
+        "champion_version": None,
+        "challenger": "tiny/customized",
+        "challenger_version": 3,
+        "figures": {"challenger": 0.75},
+        "report_uri": "s3://flywheel/reports/customer_support_router/2026-12-05/run-report.html",
+        "interval_start": INTERVAL[0].isoformat(),
+        "interval_end": INTERVAL[1].isoformat(),
+    }
+    respond = (
+        "http://airflow.example/dags/flywheel_customer_support_router/runs/r/tasks/approve/required_actions"
+    )
+    report = "http://airflow.example/flywheel/reports/customer_support_router/2026-12-05/run-report.html"
+
+    request = decision_notification(
+        workload, "approval_requested", decision, "r", action_url=respond, report_url=report
+    )
+    dry = decision_notification(workload, "promote", decision | {"dry_run": True}, "r")
+
+    assert request.subject == (
+        "[flywheel approval_requested] customer_support_router: customer_support_router: approve promoting "
+        "tiny/customized to champion?"
+    )
+    assert f"Respond: {respond}" in request.text().splitlines()
+    assert f'Respond: <a href="{respond}">' in request.html()
+    assert (request.to_dict()["action_url"], request.to_dict()["report_uri"]) == (respond, report)
+    assert dry.subject.startswith("[flywheel promote, dry run] customer_support_router: ")
+    assert dry.title.endswith("tiny/customized would be promoted to champion (dry run)")
+    assert dry.to_dict()["dry_run"] is True and request.to_dict()["dry_run"] is False
+    assert dry.report_uri == decision["report_uri"]
 
 
 def test_to_dict_is_json_safe_and_events_are_checked() -> None:

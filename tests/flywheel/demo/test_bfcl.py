@@ -250,6 +250,7 @@ def test_traffic_from_the_sample() -> None:
         seed=3,
         client_ids=["assistant-api"],
         noise_rate=0.0,
+        pii_rate=0.0,  # the sample's own text, without planted personal data
     )
     by_question: dict[bytes, list[dict[str, Any]]] = {}
     for row in bfcl.load_sample():

@@ -25,6 +25,12 @@ def test_seed_writes_every_record_into_daily_indices(log_store, flywheel_config)
     assert {"exact_duplicate", "arguments_not_json", "outside_window"} <= set(
         report.noise["customer_support_router"]
     )
+    # Personal data is planted in about PII_RATE of the conversations, of every kind.
+    for workload_id, pii in report.pii.items():
+        assert set(pii) == {"email", "phone", "card", "ip"}
+        written = report.by_workload[workload_id]
+        assert 0.02 * written < sum(pii.values()) < 0.1 * written
+    assert report.to_dict()["pii"] == report.pii
     client = connect("flywheel_logs")
     indices = set(client.indices.get(index="flywheel-logs-*"))
     assert {"flywheel-logs-2026.11.19", "flywheel-logs-2026.11.20", "flywheel-logs-2026.11.21"} <= indices
@@ -42,6 +48,11 @@ def test_daily_index_follows_the_record_timestamp():
     assert daily_index(source, "2026-11-20T23:59:59.999Z", fallback) == "llm-logs-2026.11.20"
     assert daily_index(source, 1234, fallback) == "llm-logs-2026.01.02"
     assert daily_index(ElasticsearchSource(index="llm-logs"), "2026-11-20T00:00:00Z", fallback) == "llm-logs"
+
+
+def test_pii_rate_outside_zero_to_one_is_an_error(flywheel_config):
+    with pytest.raises(SeedError, match=r"pii_rate must be within \[0, 1\], got -0.1"):
+        seed_logs(flywheel_config, days=1, records_per_day=10, now=NOW, pii_rate=-0.1)
 
 
 def test_unknown_demo_workload_is_an_error(flywheel_config):

@@ -715,3 +715,21 @@ def test_the_trend_section_says_when_no_decision_is_recorded(full_run: dict[str,
 
     assert "No trend: no decision of this workload is recorded up to this run" in trend
     assert "<svg" not in trend
+
+
+def test_the_data_quality_section_shows_the_personal_data_the_scrubber_replaced(
+    full_run: dict[str, Any],
+) -> None:
+    def shown(pii: dict[str, int] | None) -> str:
+        summary = {**VALIDATE, "pii": pii} if pii is not None else dict(VALIDATE)
+        full_run["stages"][1] = stage("validate", summary)
+        quality = section(render_report(full_run), "data-quality")
+        match = re.search(
+            r"personal data replaced \(<code>data_quality.pii</code>\)</th><td>(.*?)</td>", quality
+        )
+        assert match, quality
+        return match[1]
+
+    assert shown({"phone": 3, "email": 1204, "ip": 1}) == "email 1,204, ip 1, phone 3"
+    assert shown({}) == "none"  # the scrubber ran and found nothing
+    assert shown(None) == "—"  # a summary of a version that did not count it

@@ -181,3 +181,33 @@ def test_a_broken_configuration_is_an_error_that_names_the_key(admin, tmp_path, 
     assert response.status_code == 500
     assert "flywheel configuration error" in response.text
     assert "workloads" in response.text
+
+
+def test_a_dry_run_and_a_promotion_nobody_approved_are_marked_under_their_outcome(
+    admin, seeded: Seeded
+) -> None:
+    from sqlalchemy import select
+
+    from flywheel.db.engine import session_scope
+    from flywheel.db.models import Decision, Run
+
+    with session_scope(seeded.config.metadata) as session:
+        decisions = {
+            run.dag_run_id: decision
+            for run, decision in session.execute(
+                select(Run, Decision).join(Decision, Decision.run_id == Run.id)
+            )
+        }
+        decisions[dag_run_id(FIRST_NIGHT)].promotion = {
+            "status": "not_approved",
+            "reason": "rejected",
+            "approval": {"status": "rejected", "by": {"id": "bob", "name": "bob"}, "comment": "not yet"},
+        }
+        decisions[dag_run_id(PROMOTED_DAY)].dry_run = True
+
+    runs = page_sections(admin.get("/flywheel/").text)[WORKLOAD].tables["runs"]
+
+    _, promoted, unchanged, first = runs
+    assert promoted[1] == "promote (dry run)"
+    assert unchanged[1] == "no_change"
+    assert first[1] == "promote (not approved: rejected by bob)"

@@ -450,9 +450,19 @@ def test_odd_shapes_do_not_raise() -> None:
 
 
 def demo_conversations(kind: str, count: int = 2000) -> list[tuple[list[dict], list[dict], str | None]]:
+    """The generators' own conversations: no noise, and no personal data planted (that is
+    tests/flywheel/demo/test_personal_data.py's)."""
     conversations = []
     for record in generate_traffic(
-        kind=kind, workload_id="w", start=START, end=END, count=count, seed=0, client_ids=["a"], noise_rate=0
+        kind=kind,
+        workload_id="w",
+        start=START,
+        end=END,
+        count=count,
+        seed=0,
+        client_ids=["a"],
+        noise_rate=0,
+        pii_rate=0,
     ):
         message = record.source["response"]["choices"][0]["message"]
         arguments = [orjson.loads(call["function"]["arguments"]) for call in message.get("tool_calls") or []]
