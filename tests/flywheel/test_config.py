@@ -794,7 +794,8 @@ def test_retrain_policy_defaults_to_always_and_takes_every_n_days(edited_config:
         (
             {"approval": "required", "approval_timeout_hours": 24 * 8},
             None,
-            "workloads[0].decision.approval_timeout_hours: Input should be less than or equal to 168 (got 192)",
+            "workloads[0].decision.approval_timeout_hours: Input should be less than or equal to 168 "
+            "(got 192)",
         ),
         (
             {"approval": "required"},
