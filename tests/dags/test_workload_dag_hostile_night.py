@@ -40,7 +40,7 @@ from conftest import PROJECT_ROOT, TEST_EVALUATION, write_config
 from flywheel.config import load_config
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
-from flywheel.db.models import Decision, RawPartition, ValidatedPartition
+from flywheel.db.models import Decision, RawPartition, RunStage, ValidatedPartition
 from flywheel.demo.seed import daily_index, log_index_template
 from flywheel.demo.support_router import TOOLS
 from flywheel.demo.traffic import generate_traffic
@@ -372,10 +372,10 @@ def _check_personal_data(
     # The scrubber's counts: in the validate summary, its partition record and the report.
     clean_record = store.read_partition_record(WORKLOAD, day, "clean")
     with session_scope(config.metadata) as session:
-        summary = session.execute(
-            text("SELECT summary FROM run_stages WHERE stage = 'validate' AND status = 'succeeded'")
-        ).scalar_one()
-    pii = (json.loads(summary) if isinstance(summary, str) else summary)["pii"]
+        summary = session.scalars(
+            select(RunStage.summary).where(RunStage.stage == "validate", RunStage.status == "succeeded")
+        ).one()
+    pii = summary["pii"]
     assert pii == clean_record["pii"]
     assert set(pii) == {"email", "phone", "card", "ip"}
     assert sum(pii.values()) >= sum(1 for r in traffic if r.noise is None and r.pii)
