@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
-from flywheel.demo.seed import log_index_template
+from flywheel.demo.seed import put_log_index_template
 from flywheel.extract.sources.elasticsearch import ElasticsearchSource, connect
 
 START = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -56,7 +55,7 @@ def index_docs(source: ElasticsearchSource, docs: list[dict]) -> None:
     from elasticsearch.helpers import bulk
 
     client = connect(source.conn_id)
-    client.indices.put_index_template(name=f"t-{uuid.uuid4().hex[:8]}", **log_index_template(source))
+    put_log_index_template(client, source)
     ok, errors = bulk(client, ({"_index": source.index[:-1] + "2026.11.20", "_source": d} for d in docs))
     assert ok == len(docs) and not errors
     client.indices.refresh(index=source.index)

@@ -41,7 +41,7 @@ from flywheel.config import load_config
 from flywheel.db.engine import get_engine, session_scope
 from flywheel.db.migrate import upgrade
 from flywheel.db.models import Decision, RawPartition, RunStage, ValidatedPartition
-from flywheel.demo.seed import daily_index, log_index_template
+from flywheel.demo.seed import daily_index, put_log_index_template
 from flywheel.demo.support_router import TOOLS
 from flywheel.demo.traffic import generate_traffic
 from flywheel.extract.sources.elasticsearch import connect
@@ -238,7 +238,7 @@ def _index(
     """The demo day and the hostile documents into the log store, in one bulk request of raw JSON (some
     documents are nested deeper than the client's serializer can write)."""
     client = connect(source.conn_id)
-    client.indices.put_index_template(name="hostile-night", **log_index_template(source))
+    put_log_index_template(client, source)
     lines = []
     for number, record in enumerate(traffic):
         index = daily_index(source, record.source["timestamp"], NOW)

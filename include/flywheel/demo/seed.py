@@ -198,6 +198,16 @@ def _counted(
         yield record, interval_start
 
 
+def put_log_index_template(client: Any, source: ElasticsearchSource) -> None:
+    """Put the template of ``source``'s log indices (:func:`log_index_template`).
+
+    One template per index pattern: workloads sharing a pattern share (and re-put) it, and two templates
+    of one pattern would refuse each other's indices.
+    """
+    name = TEMPLATE_NAME + "-" + re.sub(r"[^a-z0-9_-]+", "-", source.index.lower()).strip("-")
+    client.indices.put_index_template(name=name, **log_index_template(source))
+
+
 def _index_documents(
     source: ElasticsearchSource, workload_id: str, records: Iterator[tuple[DemoRecord, datetime]]
 ) -> int:
@@ -206,9 +216,7 @@ def _index_documents(
     from flywheel.extract.sources.elasticsearch import connect
 
     client = connect(source.conn_id, source.request_timeout_s)
-    # One template per index pattern: workloads sharing a pattern share (and re-put) the template.
-    template_name = TEMPLATE_NAME + "-" + re.sub(r"[^a-z0-9_-]+", "-", source.index.lower()).strip("-")
-    client.indices.put_index_template(name=template_name, **log_index_template(source))
+    put_log_index_template(client, source)
     written = 0
     failures: list[Any] = []
     for ok, item in streaming_bulk(
