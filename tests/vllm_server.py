@@ -1,8 +1,13 @@
 """Local HTTP servers for tests of deploy hooks and alert channels (real sockets, no HTTP mocks).
 
 ``RecordingServer`` answers every request with ``reply(request)`` (default ``200 ok``) and records it;
-``faults`` scripts answers, one entry consumed per request, in order: ``{"status": 500, "body": ...}``
-answers with that status. Webhook and Slack tests point an Airflow connection at ``server.url``.
+``faults`` scripts answers, one entry consumed per request, in order. Fault keys (combinable, the names
+of ``tests/openai_server.py``): ``status`` (answer with that status and ``body`` instead of the reply,
+which then does not take effect), ``apply`` (the request takes effect first, as ``reply`` would have it),
+``delay_s`` (then wait that long before answering, e.g. past the client's timeout; without ``apply`` the
+request takes effect after the wait, as on a slow server), ``drop`` (close the connection without an
+answer). ``{"apply": True, "delay_s": 5}`` is a server that applied a request and timed out before it
+answered. Webhook and Slack tests point an Airflow connection at ``server.url``.
 
 ``VllmServer`` is a small, faithful fake of vLLM's runtime LoRA API (the server started with
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``), from vLLM's ``serving_models.py``:
@@ -11,7 +16,10 @@ answers with that status. Webhook and Slack tests point an Airflow connection at
   ``Success: LoRA adapter '<name>' added successfully.``; 400 ``InvalidUserInput`` when a field is
   missing or ``The lora adapter '<name>' has already been loaded.``; 404 ``NotFoundError`` when a
   local ``lora_path`` holds no ``adapter_config.json`` (URLs are accepted as given);
-- ``GET /v1/models``: the base model and the loaded adapters;
+- ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: 200 with the text body
+  ``Success: LoRA adapter '<name>' removed successfully.``; 400 ``InvalidUserInput`` without a name;
+  404 ``NotFoundError`` ``The lora adapter '<name>' cannot be found.``;
+- ``GET /v1/models``: the base model and the loaded adapters (each with its path as ``root``);
 - any other route: 404 ``{"detail": "Not Found"}`` (FastAPI's answer);
 - with ``api_key`` set, requests without ``Authorization: Bearer <api_key>`` get 401
   ``{"error": "Unauthorized"}``.
@@ -23,6 +31,7 @@ no inference, no check that the adapter matches the base model.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -60,6 +69,7 @@ class RecordingServer:
         self.errors: list[str] = []
         """Exceptions raised while answering (a bug in ``reply``): fixtures fail the test on any."""
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
@@ -82,6 +92,8 @@ class RecordingServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving; requests still waiting in a ``delay_s`` fault are cut short, unanswered."""
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -114,6 +126,8 @@ class VllmServer(RecordingServer):
         body = request.body if isinstance(request.body, dict) else {}
         if route == ("POST", "/v1/load_lora_adapter"):
             return self._load(body)
+        if route == ("POST", "/v1/unload_lora_adapter"):
+            return self._unload(body)
         if route == ("GET", "/v1/models"):
             cards = [{"id": self.base_model, "object": "model", "root": self.base_model, "parent": None}]
             cards += [
@@ -136,6 +150,17 @@ class VllmServer(RecordingServer):
                 )
             self.loaded[name] = path
         return 200, f"Success: LoRA adapter '{name}' added successfully."
+
+    def _unload(self, body: dict[str, Any]) -> Reply:
+        name = body.get("lora_name")
+        if not name:
+            return _error(
+                400, "either 'lora_name' and 'lora_int_id' needs to be provided.", "InvalidUserInput"
+            )
+        with self._lock:
+            if self.loaded.pop(name, None) is None:
+                return _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        return 200, f"Success: LoRA adapter '{name}' removed successfully."
 
 
 def _error(status: int, message: str, type_: str) -> Reply:
@@ -163,14 +188,29 @@ def _handler_class(server: RecordingServer) -> type[BaseHTTPRequestHandler]:
                 body = raw.decode("utf-8", "replace")
             headers = {k.lower(): v for k, v in self.headers.items()}
             request = RecordedRequest(self.command, self.path, headers, body)
-            fault = server._record(request)
+            fault = server._record(request) or {}
+            answer = self._reply(request) if fault.get("apply") else None
+            if fault.get("delay_s") and server._stopping.wait(fault["delay_s"]):
+                return  # the server stops
+            if fault.get("drop"):
+                self.close_connection = True
+                return
+            if "status" in fault:
+                answer = (fault["status"], fault.get("body", "error"))
+            elif answer is None:
+                answer = self._reply(request)
+            # The client may have given up (its timeout) before the answer came.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._send(*answer)
+
+        def _reply(self, request: RecordedRequest) -> Reply:
             try:
-                status, payload = (
-                    (fault["status"], fault.get("body", "error")) if fault else server.reply(request)
-                )
+                return server.reply(request)
             except Exception as exc:
                 server.errors.append(f"{type(exc).__name__}: {exc}")
-                status, payload = 500, "fake server error"
+                return 500, "fake server error"
+
+        def _send(self, status: int, payload: Any) -> None:
             is_json = isinstance(payload, dict | list)
             data = (json.dumps(payload) if is_json else str(payload)).encode()
             self.send_response(status)

@@ -103,6 +103,20 @@ class DeployError(RetryableError):
         self.http_status = http_status
 
 
+class DeployUncertainError(DeployError):
+    """A deploy request was sent but its answer was lost (a read timeout, a dropped connection, a
+    gateway's 504): serving may have applied it. ``sent`` is what was sent (URL and body, no credentials).
+
+    A hook raises it instead of a plain DeployError; :func:`flywheel.deliver.deploy.deploy_hook` then
+    takes the deploy back (:meth:`~flywheel.deliver.deploy.DeployHook.undeploy`) and raises it again with
+    the outcome.
+    """
+
+    def __init__(self, message: str, *, sent: dict, http_status: int | None = None) -> None:
+        super().__init__(message, http_status=http_status)
+        self.sent = sent
+
+
 class PromotionFailedError(PermanentError):
     """The promote branch could not move the champion alias (the deploy hook failed, or the champion
     moved during the run); the registry is unchanged and an alert went out."""

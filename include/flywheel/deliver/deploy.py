@@ -15,6 +15,12 @@ VersionInfo`) and the :class:`PromotionContext`, and runs inside the alias trans
 A run's promotion carries an idempotency key (workload, version and decision): a retried task sends the
 same key, so a webhook receiver that deduplicates does not deploy twice.
 
+A deploy request that went out and got no answer (a read timeout, a dropped connection, a gateway's 504)
+may have been applied: the hook raises DeployUncertainError, and :func:`deploy_hook` asks the hook to
+take it back (:meth:`DeployHook.undeploy`; ``vllm`` unloads the adapter if vLLM lists it) before the
+alias move rolls back, so serving agrees with the registry again; the error says where serving stands.
+A refused connection or any other error answer is a plain DeployError: nothing was applied.
+
 Endpoints come from Airflow connections (conn_type ``http``): the host (with or without its scheme),
 the port, and ``schema`` as the scheme (``http``/``https``, as HttpHook reads it) or, from a connection
 URI, the path. A password is sent as a Bearer token (HTTP Basic when a login is set too), and
@@ -37,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 
 from flywheel.config import PluginConfig
-from flywheel.errors import DeployError
+from flywheel.errors import DeployError, DeployUncertainError
 from flywheel.plugins import Registry
 
 if TYPE_CHECKING:
@@ -55,6 +61,9 @@ MAX_MESSAGE_CHARS = 300
 
 _RETRYABLE_STATUS = 429
 """Besides 5xx, the one 4xx answer worth retrying (too many requests)."""
+
+_GATEWAY_TIMEOUT = 504
+"""A gateway's answer that the server behind it did not answer in time: it may still apply the request."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,18 @@ class DeployHook(PluginConfig):
     @abstractmethod
     def deploy(self, champion: VersionInfo, promotion: PromotionContext) -> dict[str, Any]:
         """Tell serving that ``champion`` is the new champion; the result says what was done (JSON-safe:
-        it is recorded with the decision). Raise DeployError when serving did not accept it."""
+        it is recorded with the decision). Raise DeployError when serving did not accept it, and
+        DeployUncertainError when a request went out but its answer was lost."""
+
+    def undeploy(self, champion: VersionInfo, promotion: PromotionContext) -> dict[str, Any]:
+        """Take back a deploy of ``champion`` that serving may have applied (its answer was lost), so that
+        serving runs what the registry keeps (``promotion.previous``).
+
+        The result (JSON-safe) says what serving reported: ``status`` ``undeployed`` (it ran the champion
+        and no longer does) or ``not_served`` (it does not run it). Raise DeployError when serving cannot
+        tell or undo it. The default cannot: it raises, and the alert says that serving may run it.
+        """
+        raise DeployError(f"deploy type {self.type!r} cannot take a deploy back (it has no undeploy)")
 
 
 class NoDeploy(DeployHook):
@@ -120,7 +140,10 @@ class WebhookDeploy(DeployHook):
         payload = promotion_payload(champion, promotion)
         key = payload["idempotency_key"]
         headers = target.headers | ({"Idempotency-Key": key} if key else {})
+        sent = {"url": target.safe_url, "body": payload}
         attempts = 0
+        # The first attempt that went out and got no answer: the receiver may have applied it.
+        unanswered = None
         while True:
             attempts += 1
             retry_reason = None
@@ -129,6 +152,8 @@ class WebhookDeploy(DeployHook):
             except httpx.TransportError as exc:
                 retry_reason = f"{type(exc).__name__}: {target.redact(str(exc))}"
                 status = None
+                if _may_have_applied(exc):
+                    unanswered = unanswered or f"attempt {attempts}"
             else:
                 status = response.status_code
                 if response.is_success:
@@ -148,19 +173,25 @@ class WebhookDeploy(DeployHook):
                         "idempotency_key": key,
                         "response": _server_message(response, target) if response.text.strip() else None,
                     }
+                if status == _GATEWAY_TIMEOUT:
+                    unanswered = unanswered or f"attempt {attempts}"
                 if status < 500 and status != _RETRYABLE_STATUS:
-                    raise DeployError(
+                    raise _failure(
                         f"deploy webhook {target.safe_url} (connection {self.conn_id!r}) rejected "
                         f"{champion.workload_id} v{champion.version}: HTTP {status}: "
                         f"{_server_message(response, target)} (not retried)",
                         http_status=status,
+                        unanswered=unanswered,
+                        sent=sent,
                     )
                 retry_reason = f"HTTP {status}: {_server_message(response, target)}"
             if attempts > self.max_retries:
-                raise DeployError(
+                raise _failure(
                     f"deploy webhook {target.safe_url} (connection {self.conn_id!r}) failed for "
                     f"{champion.workload_id} v{champion.version} after {attempts} attempts: {retry_reason}",
                     http_status=status,
+                    unanswered=unanswered,
+                    sent=sent,
                 )
             delay = RETRY_BACKOFF_S * 2 ** (attempts - 1)
             log.warning("Deploy webhook %s: %s; retrying in %.1f s", target.safe_url, retry_reason, delay)
@@ -195,7 +226,7 @@ class VllmDeploy(DeployHook):
     def deploy(self, champion: VersionInfo, promotion: PromotionContext) -> dict[str, Any]:
         import httpx
 
-        name = self.adapter_name.format(workload_id=champion.workload_id, version=champion.version)
+        name = self._name(champion)
         if not champion.adapter_uri:
             raise DeployError(
                 f"cannot deploy {champion.workload_id} v{champion.version} to vLLM: its "
@@ -204,15 +235,18 @@ class VllmDeploy(DeployHook):
                 "(with its few-shot prompt for 'icl') yourself, or use deploy type 'webhook' or 'none'"
             )
         target = _target(self.conn_id)
-        base = target.url.rstrip("/")
-        url = f"{base}/load_lora_adapter" if base.endswith("/v1") else f"{base}/v1/load_lora_adapter"
+        url = _vllm_url(target, "load_lora_adapter")
         where = f"vLLM {_safe_url(url)} (connection {self.conn_id!r})"
         body = {"lora_name": name, "lora_path": champion.adapter_uri}
+        sent = {"url": _safe_url(url), "body": body}
         try:
             response = httpx.post(url, json=body, headers=target.headers, timeout=self.timeout_s)
         except httpx.TransportError as exc:
-            raise DeployError(
-                f"{where}: cannot load adapter {name!r}: {type(exc).__name__}: {target.redact(str(exc))}"
+            raise _failure(
+                f"{where}: cannot load adapter {name!r}: {type(exc).__name__}: {target.redact(str(exc))}",
+                http_status=None,
+                unanswered="the load request" if _may_have_applied(exc) else None,
+                sent=sent,
             ) from None
         message = _server_message(response, target)
         already_loaded = response.status_code == 400 and "has already been loaded" in message
@@ -222,13 +256,15 @@ class VllmDeploy(DeployHook):
                 if response.status_code == 404 and message == "Not Found"
                 else ""
             )
-            raise DeployError(
+            raise _failure(
                 f"{where} refused adapter {name!r} from {champion.adapter_uri!r}: "
                 f"HTTP {response.status_code}: {message}{hint}",
                 http_status=response.status_code,
+                unanswered="the load request" if response.status_code == _GATEWAY_TIMEOUT else None,
+                sent=sent,
             )
         if already_loaded:
-            _check_loaded_path(target, base, name, champion.adapter_uri, where)
+            _check_loaded_path(target, name, champion.adapter_uri, where, self.timeout_s)
         log.info(
             "%s: adapter %s %s (%s)",
             where,
@@ -244,6 +280,51 @@ class VllmDeploy(DeployHook):
             "http_status": response.status_code,
             "message": message,
         }
+
+    def undeploy(self, champion: VersionInfo, promotion: PromotionContext) -> dict[str, Any]:
+        """Unload the champion's adapter if vLLM serves it from the champion's path (``GET /v1/models``,
+        then ``POST /v1/unload_lora_adapter``); the result lists the adapters vLLM served (``served``)."""
+        import httpx
+
+        name = self._name(champion)
+        target = _target(self.conn_id)
+        url = _vllm_url(target, "unload_lora_adapter")
+        where = f"vLLM {_safe_url(url)} (connection {self.conn_id!r})"
+        try:
+            served = _served_adapters(target, self.timeout_s)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise DeployError(
+                f"{where}: cannot list the served adapters (GET /v1/models) to take {name!r} back: "
+                f"{type(exc).__name__}: {target.redact(str(exc))}"
+            ) from None
+        if served.get(name) != champion.adapter_uri:
+            return {"status": "not_served", "adapter_name": name, "served": served}
+        try:
+            response = httpx.post(
+                url, json={"lora_name": name}, headers=target.headers, timeout=self.timeout_s
+            )
+        except httpx.TransportError as exc:
+            raise DeployError(
+                f"{where}: cannot unload adapter {name!r}: {type(exc).__name__}: {target.redact(str(exc))}"
+            ) from None
+        message = _server_message(response, target)
+        if not response.is_success:
+            raise DeployError(
+                f"{where} did not unload adapter {name!r}: HTTP {response.status_code}: {message}",
+                http_status=response.status_code,
+            )
+        log.warning("%s: adapter %s unloaded: serving runs what the registry keeps", where, name)
+        return {
+            "status": "undeployed",
+            "adapter_name": name,
+            "served": served,
+            "http_status": response.status_code,
+            "message": message,
+        }
+
+    def _name(self, champion: VersionInfo) -> str:
+        """The name vLLM serves the champion's adapter under (``adapter_name`` filled in)."""
+        return self.adapter_name.format(workload_id=champion.workload_id, version=champion.version)
 
 
 DEPLOY_HOOKS: Registry[type[DeployHook]] = Registry(
@@ -277,17 +358,64 @@ def deploy_hook(
 
     The hook receives ``(new champion, previous champion)``, deploys the new one with :func:`deploy`,
     puts the result into ``results`` and returns it (the registry keeps it in the audit row); its
-    DeployError rolls the alias move back.
+    DeployError rolls the alias move back. A DeployUncertainError (serving may have applied the deploy)
+    is taken back first with the hook's :meth:`~DeployHook.undeploy`: ``results`` then holds the record
+    of it (``status: uncertain``, what was sent, the idempotency key, the error, the ``undeploy``
+    outcome and ``serving_agrees``), and the error raised again says where serving stands.
     """
 
     def before_commit(champion: VersionInfo, previous: VersionInfo | None) -> dict[str, Any]:
         promotion = PromotionContext(previous=previous, decision_id=decision_id, dag_run_id=dag_run_id)
-        outcome = deploy(hook, champion, promotion)
+        try:
+            outcome = deploy(hook, champion, promotion)
+        except DeployUncertainError as exc:
+            record, message = _take_back(hook, champion, promotion, exc)
+            if results is not None:
+                results.update(record)
+            raise DeployUncertainError(message, sent=exc.sent, http_status=exc.http_status) from exc
         if results is not None:
             results.update(outcome)
         return outcome
 
     return before_commit
+
+
+def _take_back(
+    hook: DeployHook, champion: VersionInfo, promotion: PromotionContext, error: DeployUncertainError
+) -> tuple[dict[str, Any], str]:
+    """Undeploy a deploy of ``champion`` that serving may have applied; the record of it, and the error
+    message that says where serving stands."""
+    try:
+        undone = hook.undeploy(champion, promotion)
+    except Exception as exc:  # whatever went wrong, serving's state is unknown: say so, keep the first error
+        undone = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]}
+    kept = f"v{promotion.previous.version}" if promotion.previous is not None else "no champion"
+    new = f"{champion.workload_id} v{champion.version}"
+    key = idempotency_key(champion, promotion)
+    agrees = undone.get("status") in ("undeployed", "not_served")
+    if undone.get("status") == "undeployed":
+        outcome = f"serving ran {new} and it was taken back, so serving agrees with the registry ({kept})"
+    elif agrees:
+        outcome = f"serving did not run {new} when asked, so serving agrees with the registry ({kept})"
+    else:
+        outcome = (
+            f"SERVING MAY RUN {new} while the registry keeps {kept}: "
+            f"undeploy failed: {undone.get('error') or undone}; "
+            f"check serving, then promote again or take v{champion.version} back by hand"
+            + (f" (a retry of this promotion re-sends idempotency key {key})" if key else "")
+        )
+    log.error("%s v%s: deploy may have been applied: %s", champion.workload_id, champion.version, outcome)
+    record = {
+        "type": hook.type,
+        "status": "uncertain",
+        "version": champion.version,
+        "idempotency_key": key,
+        "sent": error.sent,
+        "error": str(error),
+        "undeploy": undone,
+        "serving_agrees": agrees,
+    }
+    return record, f"{error}; {outcome}"
 
 
 def skipped_deploy(hook: DeployHook, by: str) -> Callable[[VersionInfo, VersionInfo | None], dict[str, Any]]:
@@ -345,27 +473,67 @@ class _Target:
         return text
 
 
-def _check_loaded_path(target: _Target, base: str, name: str, adapter_uri: str, where: str) -> None:
-    """Raise DeployError when vLLM serves ``name`` from another path than ``adapter_uri``.
+def _failure(message: str, *, http_status: int | None, unanswered: str | None, sent: dict) -> DeployError:
+    """The error of a failed deploy: DeployUncertainError when a request went out and got no answer
+    (``unanswered`` names it), since serving may have applied it; a plain DeployError otherwise."""
+    if unanswered is None:
+        return DeployError(message, http_status=http_status)
+    return DeployUncertainError(
+        f"{message}; {unanswered} got no answer after it was sent, so serving may have applied it",
+        sent=sent,
+        http_status=http_status,
+    )
 
-    vLLM lists each loaded adapter in ``GET /v1/models`` with its path as ``root``; a listing that
-    cannot be read leaves the name's presence as the answer (it is loaded).
-    """
+
+def _may_have_applied(exc: httpx.TransportError) -> bool:
+    """Whether a request that failed with ``exc`` may have reached the server: every transport error but
+    those raised before anything was sent (no connection, no proxy, an unsupported or invalid request)."""
     import httpx
 
-    models_url = f"{base}/models" if base.endswith("/v1") else f"{base}/v1/models"
+    unsent = (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.ProxyError,
+        httpx.UnsupportedProtocol,
+        httpx.LocalProtocolError,
+    )
+    return not isinstance(exc, unsent)
+
+
+def _vllm_url(target: _Target, route: str) -> str:
+    """The URL of vLLM's ``/v1/<route>`` from the connection's URL (with or without its ``/v1``)."""
+    base = target.url.rstrip("/")
+    return f"{base}/{route}" if base.endswith("/v1") else f"{base}/v1/{route}"
+
+
+def _served_adapters(target: _Target, timeout_s: float) -> dict[str, str | None]:
+    """The LoRA adapters vLLM serves, name -> path: ``GET /v1/models`` lists each with its path as
+    ``root`` and its base model as ``parent``. Raises httpx.HTTPError, ValueError, KeyError or TypeError
+    when the listing cannot be read."""
+    import httpx
+
+    response = httpx.get(_vllm_url(target, "models"), headers=target.headers, timeout=timeout_s)
+    response.raise_for_status()
+    cards = response.json()["data"]
+    return {c["id"]: c.get("root") for c in cards if isinstance(c, dict) and c.get("parent")}
+
+
+def _check_loaded_path(target: _Target, name: str, adapter_uri: str, where: str, timeout_s: float) -> None:
+    """Raise DeployError when vLLM serves ``name`` from another path than ``adapter_uri``; a listing that
+    cannot be read leaves the name's presence as the answer (it is loaded)."""
+    import httpx
+
     try:
-        response = httpx.get(models_url, headers=target.headers, timeout=30.0)
-        cards = response.json()["data"] if response.is_success else []
+        served = _served_adapters(target, timeout_s)
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: cannot list loaded adapters to check %s (%s)", where, name, type(exc).__name__)
         return
-    for card in cards:
-        if isinstance(card, dict) and card.get("id") == name and card.get("root") not in (None, adapter_uri):
-            raise DeployError(
-                f"{where} already serves an adapter named {name!r} from {card['root']!r}, not from "
-                f"{adapter_uri!r}; unload it or change deploy.adapter_name"
-            )
+    if served.get(name) not in (None, adapter_uri):
+        raise DeployError(
+            f"{where} already serves an adapter named {name!r} from {served[name]!r}, not from "
+            f"{adapter_uri!r}; unload it or change deploy.adapter_name"
+        )
 
 
 def _target(conn_id: str) -> _Target:

@@ -22,7 +22,10 @@ def promote(
 
     The alias moves in one transaction with its audit row, and the deploy hook runs inside it: a hook
     failure, or an adapter that no longer matches its registered digest, leaves the registry as it
-    was, records why, raises an alert and fails the task (PromotionFailedError). A concurrent
+    was, records why, raises an alert and fails the task (PromotionFailedError). A deploy whose answer
+    was lost (serving may have applied it) is taken back first (:func:`~flywheel.deliver.deploy.
+    deploy_hook`); it is recorded as ``deploy_uncertain`` and the ``deploy_uncertain`` alert says
+    whether serving agrees with the registry. A concurrent
     promotion of the same version (a duplicate run of this task) that won the race is "already the
     champion", not a failure.
 
@@ -34,7 +37,7 @@ def promote(
     from flywheel.deliver.deploy import deploy_hook
     from flywheel.deliver.registry import AlreadyPromotedError, RegistryError, champion, chosen_on
     from flywheel.deliver.registry import promote as move_alias
-    from flywheel.errors import DeployError
+    from flywheel.errors import DeployError, DeployUncertainError
     from flywheel.storage import ArtifactStore
 
     if decision.get("dry_run"):
@@ -98,6 +101,8 @@ def promote(
             )
         log.info("%s: version %s already is the champion (%s)", ctx.workload_id, exc.champion, exc)
         return _record(ctx, decision, {"status": "already_champion", "version": exc.champion}, replace=False)
+    except DeployUncertainError as exc:
+        raise _promotion_failed(ctx, decision, exc, deployment) from exc
     except (DeployError, RegistryError) as exc:
         raise _promotion_failed(ctx, decision, exc) from exc
     promotion = {
@@ -213,15 +218,36 @@ def _record(
     return promotion
 
 
-def _promotion_failed(ctx: RunContext, decision: dict[str, Any], exc: Exception) -> Exception:
-    """Record why the promotion failed and alert; the PromotionFailedError that fails the task."""
+def _promotion_failed(
+    ctx: RunContext, decision: dict[str, Any], exc: Exception, deployment: dict[str, Any] | None = None
+) -> Exception:
+    """Record why the promotion failed and alert; the PromotionFailedError that fails the task.
+
+    ``deployment``: the deploy hook's record of a deploy that serving may have applied (``status:
+    uncertain``); the promotion is then ``deploy_uncertain``, and the alert says where serving stands.
+    """
     from flywheel.errors import PromotionFailedError
 
-    _record(ctx, decision, {"status": "failed", "error": str(exc)[:2000]})
-    failure = {
-        "code": "promotion_failed",
-        "message": f"promotion failed, the champion is unchanged: {exc}",
-    }
+    if deployment is None:
+        _record(ctx, decision, {"status": "failed", "error": str(exc)[:2000]})
+        failure = {
+            "code": "promotion_failed",
+            "message": f"promotion failed, the champion is unchanged: {exc}",
+        }
+    else:
+        held, challenger = decision["champion_version"], decision["challenger_version"]
+        promotion = {
+            "status": "deploy_uncertain",
+            "version": held,
+            "challenger_version": challenger,
+            "error": str(exc)[:2000],
+            "deployment": deployment,
+        }
+        _record(ctx, decision, promotion)
+        where = "the champion is unchanged"
+        if not deployment.get("serving_agrees"):
+            where = f"the registry keeps version {held}, but SERVING MAY RUN version {challenger}"
+        failure = {"code": "deploy_uncertain", "message": f"promotion failed, {where}: {exc}"}
     _notify(ctx, "alert", decision | {"reasons": [failure, *decision["reasons"]]})
     return PromotionFailedError(str(failure["message"]))
 

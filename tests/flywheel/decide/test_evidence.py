@@ -258,6 +258,85 @@ def test_promotion_loads_the_adapter_and_moves_the_alias(
         assert session.scalar(select(Decision)).promotion["deployment"]["type"] == "vllm"
 
 
+def test_a_deploy_that_timed_out_after_vllm_loaded_it_is_taken_back(
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, vllm_server
+) -> None:
+    """vLLM loads the challenger's adapter and the answer is lost (the hook's timeout): the registry
+    keeps the champion, the adapter is unloaded, so serving agrees, and the record and the alert say so."""
+    _, summary = decided
+    monkeypatch.setenv("AIRFLOW_CONN_VLLM_ROUTER", json.dumps({"conn_type": "http", "host": vllm_server.url}))
+    config = make_config(
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "vllm", "conn_id": "vllm_router", "timeout_s": 0.5},
+    )
+    vllm_server.faults.append({"apply": True, "delay_s": 10})  # loads it, then answers too late
+
+    with pytest.raises(
+        PromotionFailedError, match=r"promotion failed, the champion is unchanged: .*ReadTimeout"
+    ):
+        deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert champion(config.metadata, WORKLOAD).version == 1
+    assert [m.version for m in history(config.metadata, WORKLOAD)] == [1]
+    assert vllm_server.loaded == {}  # loaded, then taken back: serving and the registry agree
+    promotion = _promotion_of(config)
+    assert (promotion["status"], promotion["version"], promotion["challenger_version"]) == (
+        "deploy_uncertain",
+        1,
+        2,
+    )
+    deployment = promotion["deployment"]
+    assert deployment["idempotency_key"] == f"{WORKLOAD}/v2/decision-{summary['decision_id']}"
+    assert deployment["sent"]["body"] == {
+        "lora_name": f"{WORKLOAD}-v2",
+        "lora_path": get_version(config.metadata, WORKLOAD, 2).adapter_uri,
+    }
+    assert "ReadTimeout" in deployment["error"]
+    assert (deployment["undeploy"]["status"], deployment["serving_agrees"]) == ("undeployed", True)
+    (alert,) = _sink(config, "alert")
+    assert alert["reasons"][0]["code"] == "deploy_uncertain"
+    assert f"serving ran {WORKLOAD} v2 and it was taken back" in alert["reasons"][0]["message"]
+
+
+def test_an_uncertain_deploy_that_cannot_be_taken_back_alerts_and_a_rerun_reconciles(
+    decided, make_config, metadata_url: str, monkeypatch: pytest.MonkeyPatch, http_server
+) -> None:
+    """A webhook receiver applies the promotion and its answer is lost; the webhook cannot undeploy, so
+    the alert says that serving may run the challenger. Clearing ``promote`` re-sends the same
+    idempotency key, the receiver answers, and the registry moves to what serving runs."""
+    _, summary = decided
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PROMOTE_HOOK", json.dumps({"conn_type": "http", "host": http_server.url})
+    )
+    config = make_config(
+        metadata_url=metadata_url,
+        decision={"floor": 0.5, "min_examples": 100, "guardrails": {}},
+        deploy={"type": "webhook", "conn_id": "promote_hook", "timeout_s": 0.3, "max_retries": 0},
+    )
+    http_server.faults.append({"apply": True, "delay_s": 10})
+
+    with pytest.raises(
+        PromotionFailedError, match="the registry keeps version 1, but SERVING MAY RUN version 2"
+    ):
+        deliver.promote(run_context(config, summary["dag_run_id"]), summary)
+
+    assert champion(config.metadata, WORKLOAD).version == 1
+    promotion = _promotion_of(config)
+    assert (promotion["status"], promotion["deployment"]["serving_agrees"]) == ("deploy_uncertain", False)
+    (alert,) = _sink(config, "alert")
+    assert alert["reasons"][0]["code"] == "deploy_uncertain"
+    assert f"SERVING MAY RUN {WORKLOAD} v2 while the registry keeps v1" in alert["reasons"][0]["message"]
+
+    outcome = deliver.promote(run_context(config, summary["dag_run_id"]), summary)  # the task cleared
+
+    assert (outcome["status"], outcome["version"]) == ("promoted", 2)
+    assert champion(config.metadata, WORKLOAD).version == 2
+    key = f"{WORKLOAD}/v2/decision-{summary['decision_id']}"
+    assert [r.headers["idempotency-key"] for r in http_server.requests] == [key, key]
+    assert _promotion_of(config)["status"] == "promoted"
+
+
 def test_an_icl_champion_is_registered_and_re_evaluated_with_its_shots(decided, tmp_path: Path) -> None:
     from flywheel.compute import evaluate_job
     from flywheel.config import ModelConfig

@@ -1,4 +1,5 @@
-"""Deploy hooks against real local HTTP servers: a webhook receiver and a faithful fake vLLM server."""
+"""Deploy hooks against real local HTTP servers: a webhook receiver and a faithful fake vLLM server,
+including deploys whose answer was lost after the server applied them (taken back, or reported)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from flywheel.deliver.deploy import NoDeploy, PromotionContext, VllmDeploy, WebhookDeploy, deploy, deploy_hook
 from flywheel.deliver.registry import VersionInfo
-from flywheel.errors import DeployError
+from flywheel.errors import DeployError, DeployUncertainError
 
 if TYPE_CHECKING:
     from vllm_server import VllmServer
@@ -191,8 +192,80 @@ def test_webhook_connection_refused_fails_after_retries(connection, refused_url)
     with pytest.raises(DeployError, match="after 2 attempts: ConnectError") as raised:
         deploy(WebhookDeploy(conn_id="promote_hook", max_retries=1), version(), PROMOTION)
 
+    assert type(raised.value) is DeployError  # nothing was sent, so nothing can have been applied
     assert raised.value.http_status is None
     assert TOKEN not in str(raised.value)
+
+
+APPLIED_UNANSWERED = {
+    "timeout": ({"apply": True, "delay_s": 10}, "ReadTimeout"),
+    "dropped": ({"apply": True, "drop": True}, "RemoteProtocolError: Server disconnected"),
+    "gateway-timeout": ({"apply": True, "status": 504, "body": "upstream timed out"}, "HTTP 504"),
+}
+"""Ways a server applies a request and its answer is lost: fault, and what the error names."""
+
+
+@pytest.mark.parametrize(("fault", "names"), APPLIED_UNANSWERED.values(), ids=APPLIED_UNANSWERED.keys())
+def test_webhook_applied_but_unanswered_is_uncertain(connection, http_server, fault, names) -> None:
+    connection("promote_hook", host=http_server.url, password=TOKEN)
+    http_server.faults.append(fault)
+
+    with pytest.raises(DeployUncertainError, match="attempt 1 got no answer after it was sent") as raised:
+        deploy(WebhookDeploy(conn_id="promote_hook", timeout_s=0.3, max_retries=0), version(), PROMOTION)
+
+    assert names in str(raised.value)
+    assert raised.value.sent == {"url": http_server.url, "body": PAYLOAD}
+    assert TOKEN not in str(raised.value)
+
+
+def test_webhook_retries_an_unanswered_request_with_the_same_key(connection, http_server) -> None:
+    """The webhook contract: a receiver that deduplicates on the idempotency key answers the retry of a
+    request it applied with success, and the deploy is done once."""
+    connection("promote_hook", host=http_server.url)
+    http_server.faults.append({"apply": True, "delay_s": 10})
+
+    result = deploy(WebhookDeploy(conn_id="promote_hook", timeout_s=0.3, max_retries=1), version(), PROMOTION)
+
+    assert (result["status"], result["attempts"]) == ("deployed", 2)
+    assert [r.headers["idempotency-key"] for r in http_server.requests] == ["router/v3/decision-17"] * 2
+
+
+def test_a_later_failure_after_an_unanswered_attempt_is_still_uncertain(connection, http_server) -> None:
+    connection("promote_hook", host=http_server.url)
+    http_server.faults.extend([{"apply": True, "drop": True}, {"status": 409, "body": "key already used"}])
+
+    with pytest.raises(DeployUncertainError, match=r"HTTP 409: key already used .*attempt 1 got no answer"):
+        deploy(WebhookDeploy(conn_id="promote_hook", max_retries=1), version(), PROMOTION)
+
+
+def test_an_uncertain_webhook_deploy_cannot_be_taken_back_and_says_so(connection, http_server) -> None:
+    connection("promote_hook", host=http_server.url)
+    http_server.faults.append({"apply": True, "delay_s": 10})
+    results: dict[str, Any] = {}
+    hook = deploy_hook(
+        WebhookDeploy(conn_id="promote_hook", timeout_s=0.3, max_retries=0),
+        decision_id=17,
+        dag_run_id=PROMOTION.dag_run_id,
+        results=results,
+    )
+
+    with pytest.raises(DeployUncertainError, match="SERVING MAY RUN router v3 while the registry keeps v2"):
+        hook(version(), PROMOTION.previous)
+
+    assert results == {
+        "type": "webhook",
+        "status": "uncertain",
+        "version": 3,
+        "idempotency_key": "router/v3/decision-17",
+        "sent": {"url": http_server.url, "body": PAYLOAD},
+        "error": results["error"],
+        "undeploy": {
+            "status": "failed",
+            "error": "DeployError: deploy type 'webhook' cannot take a deploy back (it has no undeploy)",
+        },
+        "serving_agrees": False,
+    }
+    assert "ReadTimeout" in results["error"]
 
 
 def test_vllm_loads_the_adapter_and_a_repeat_is_idempotent(connection, vllm_server, adapter_dir) -> None:
@@ -282,8 +355,87 @@ def test_vllm_cannot_deploy_a_variant_without_adapter(connection, vllm_server) -
 def test_vllm_unreachable(connection, refused_url) -> None:
     connection("vllm_router", host=refused_url)
 
-    with pytest.raises(DeployError, match="cannot load adapter 'router-v3': ConnectError"):
+    with pytest.raises(DeployError, match="cannot load adapter 'router-v3': ConnectError") as raised:
         deploy(VllmDeploy(conn_id="vllm_router"), version(), PROMOTION)
+
+    assert type(raised.value) is DeployError  # refused: a plain failure, nothing to take back
+
+
+def test_a_vllm_load_applied_but_unanswered_is_unloaded(connection, vllm_server, adapter_dir) -> None:
+    """vLLM loads the adapter, and the answer is lost: deploy_hook lists what vLLM serves, unloads it,
+    and the error says that serving agrees with the registry again."""
+    vllm_server.api_key = TOKEN
+    connection("vllm_router", host=vllm_server.url, password=TOKEN)
+    vllm_server.loaded["router-v2"] = "/adapters/router-v2"  # the registry's champion, served
+    vllm_server.faults.append({"apply": True, "delay_s": 10})
+    results: dict[str, Any] = {}
+    hook = deploy_hook(VllmDeploy(conn_id="vllm_router", timeout_s=0.3), decision_id=17, results=results)
+
+    with pytest.raises(
+        DeployUncertainError,
+        match=r"ReadTimeout.*; serving ran router v3 and it was taken back, so serving agrees with the "
+        r"registry \(v2\)$",
+    ):
+        hook(version(3, adapter_dir), PROMOTION.previous)
+
+    assert vllm_server.loaded == {"router-v2": "/adapters/router-v2"}
+    assert [(r.method, r.path) for r in vllm_server.requests] == [
+        ("POST", "/v1/load_lora_adapter"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/unload_lora_adapter"),
+    ]
+    assert vllm_server.requests[2].body == {"lora_name": "router-v3"}
+    assert (results["status"], results["serving_agrees"], results["idempotency_key"]) == (
+        "uncertain",
+        True,
+        "router/v3/decision-17",
+    )
+    assert results["sent"] == {
+        "url": f"{vllm_server.url}/v1/load_lora_adapter",
+        "body": {"lora_name": "router-v3", "lora_path": adapter_dir},
+    }
+    assert results["undeploy"] == {
+        "status": "undeployed",
+        "adapter_name": "router-v3",
+        "served": {"router-v2": "/adapters/router-v2", "router-v3": adapter_dir},
+        "http_status": 200,
+        "message": "Success: LoRA adapter 'router-v3' removed successfully.",
+    }
+
+
+def test_a_vllm_load_lost_before_it_applied_leaves_nothing_to_unload(connection, vllm_server) -> None:
+    connection("vllm_router", host=vllm_server.url)
+    vllm_server.faults.append({"drop": True})  # the connection drops before vLLM loads anything
+    results: dict[str, Any] = {}
+
+    with pytest.raises(
+        DeployUncertainError, match="serving did not run router v3 when asked, so serving agrees"
+    ):
+        deploy_hook(VllmDeploy(conn_id="vllm_router"), results=results)(version(), None)
+
+    assert vllm_server.loaded == {}
+    assert results["undeploy"] == {"status": "not_served", "adapter_name": "router-v3", "served": {}}
+    assert results["serving_agrees"] is True
+    assert [r.path for r in vllm_server.requests] == ["/v1/load_lora_adapter", "/v1/models"]
+
+
+def test_a_vllm_load_that_cannot_be_taken_back_says_serving_may_run_it(
+    connection, vllm_server, adapter_dir
+) -> None:
+    connection("vllm_router", host=vllm_server.url)
+    vllm_server.faults.extend([{"apply": True, "delay_s": 10}, {"drop": True}])  # then the listing drops
+    results: dict[str, Any] = {}
+    hook = deploy_hook(VllmDeploy(conn_id="vllm_router", timeout_s=0.3), decision_id=17, results=results)
+
+    with pytest.raises(
+        DeployUncertainError,
+        match=r"SERVING MAY RUN router v3 while the registry keeps v2: undeploy failed: DeployError: .*"
+        r"cannot list the served adapters \(GET /v1/models\) to take 'router-v3' back: RemoteProtocolError",
+    ):
+        hook(version(3, adapter_dir), PROMOTION.previous)
+
+    assert vllm_server.loaded == {"router-v3": adapter_dir}
+    assert results["serving_agrees"] is False
 
 
 def test_the_fake_vllm_server_answers_like_vllm(vllm_server: VllmServer, adapter_dir) -> None:
@@ -299,6 +451,15 @@ def test_the_fake_vllm_server_answers_like_vllm(vllm_server: VllmServer, adapter
     assert httpx.post(load, json={"lora_name": "a", "lora_path": adapter_dir}).status_code == 200
     models = httpx.get(f"{vllm_server.url}/v1/models").json()["data"]
     assert [(m["id"], m["parent"]) for m in models] == [("base-model", None), ("a", "base-model")]
+    unload = f"{vllm_server.url}/v1/unload_lora_adapter"
+    assert (
+        httpx.post(unload, json={"lora_name": "a"}).text == "Success: LoRA adapter 'a' removed successfully."
+    )
+    missing = httpx.post(unload, json={"lora_name": "a"})
+    assert (missing.status_code, missing.json()["error"]["message"]) == (
+        404,
+        "The lora adapter 'a' cannot be found.",
+    )
     assert httpx.get(f"{vllm_server.url}/v1/nothing").json() == {"detail": "Not Found"}
 
 
