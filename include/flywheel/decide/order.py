@@ -1,19 +1,20 @@
-"""Nights train, evaluate and decide in the order of their data intervals, each from the champion the
-night before chose.
+"""Nights validate, train, evaluate and decide in the order of their data intervals, each from the
+days and the champion the nights before left.
 
 A backfill runs several nights at once, and next to it the scheduler may start the latest night's
-run. Their extraction, validation and datasets may run side by side, but the model half of a night
-(warm start from the champion, the champion's evaluation, the decision) must see the previous night's
+run. Their extractions may run side by side, but the rest of a night may not: validation compares a
+day's tool calls with the days before it, the dataset is built from the window's validated days, and
+training (warm start), the champion's evaluation and the decision must see the previous night's
 decision delivered, or every night decides against the same old champion.
 
-:class:`PreviousNightWait` is the DAG's ``previous_night`` task, between ``build_dataset`` and
-``plan_training``. It has ``depends_on_past``, so Airflow starts it only once the previous run's (by
-logical date, backfill or scheduled) ``previous_night`` has finished: that run has reached the same
-point and recorded itself. Then it waits, in reschedule mode (no worker slot held between checks),
-until that night's decision is recorded and its promotion settled. After
-``decision.previous_night_wait_minutes`` it goes on anyway with a warning: ``promote`` still never
-replaces a champion chosen on newer data (:func:`flywheel.deliver.tasks.promote`). It never fails,
-so one broken night cannot hold all later nights.
+:class:`PreviousNightWait` is the DAG's ``previous_night`` task, between ``extract`` and ``validate``.
+It has ``depends_on_past``, so Airflow starts it only once the previous run's (by logical date,
+backfill or scheduled) ``previous_night`` has finished: that run has reached the same point and
+recorded itself. Then it waits, in reschedule mode (no worker slot held between checks, which start
+10 s apart and back off to 5 minutes), until that night's decision is recorded and its promotion
+settled. After ``decision.previous_night_wait_minutes`` it goes on anyway with a warning: ``promote``
+still never replaces a champion chosen on newer data (:func:`flywheel.deliver.tasks.promote`). It
+never fails, so one broken night cannot hold all later nights.
 
 This module is imported by the DAG file: its database imports are made on first use.
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POKE_SECONDS = 10
+MAX_POKE_SECONDS = 300
 
 
 def previous_night_pending(ctx: RunContext) -> str | None:
@@ -74,6 +76,9 @@ class PreviousNightWait(BaseSensorOperator):
         kwargs.setdefault("poke_interval", POKE_SECONDS)
         super().__init__(
             mode="reschedule",
+            # Each check starts a task process: wait longer between checks the longer a night waits.
+            exponential_backoff=True,
+            max_wait=timedelta(seconds=MAX_POKE_SECONDS),
             depends_on_past=True,
             # Its own deadline ends the wait first; the sensor timeout only backs it up.
             timeout=(wait_minutes + 60) * 60,
