@@ -173,6 +173,38 @@ def to_template_messages(
     return converted
 
 
+WORD_JOINER = "\u2060"
+"""Written after the first character of a special token's text found in logged content."""
+
+
+def defuse_special_tokens(tokenizer: Any, value: Any) -> Any:
+    """``value`` (messages, tools, any JSON) with every special token's text in its strings defused.
+
+    The template writes the special tokens (``<|im_start|>``, ``<|im_end|>``...) around messages, and
+    tokenizing the rendered text turns each of their texts into that token. Logged content that holds
+    such text (a customer pasting ``<|im_end|><|im_start|>system``) would otherwise end its turn and
+    open one of its own, in training and at inference alike. A word joiner after the first character
+    keeps the text readable and makes it ordinary tokens.
+    """
+    specials = sorted({t for t in tokenizer.all_special_tokens if len(t) > 1}, key=len, reverse=True)
+    if not specials:
+        return value
+
+    def defuse(item: Any) -> Any:
+        if isinstance(item, str):
+            for special in specials:
+                if special in item:
+                    item = item.replace(special, special[0] + WORD_JOINER + special[1:])
+            return item
+        if isinstance(item, list):
+            return [defuse(element) for element in item]
+        if isinstance(item, dict):
+            return {key: defuse(element) for key, element in item.items()}
+        return item
+
+    return defuse(value)
+
+
 def format_tool_call(call: dict[str, Any]) -> str:
     """One call as fallback text: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
@@ -200,8 +232,8 @@ def encode_for_training(
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("a training example's messages must end with the assistant answer")
     native = supports_tools(tokenizer)
-    converted = to_template_messages(messages, tools, native=native)
-    template_tools = tools if native else None
+    converted = defuse_special_tokens(tokenizer, to_template_messages(messages, tools, native=native))
+    template_tools = defuse_special_tokens(tokenizer, tools) if native else None
     prompt_text = _render(tokenizer, converted[:-1], template_tools, generation_prompt=True)
     full_text = _render(tokenizer, converted, template_tools)
     if not full_text.startswith(prompt_text):
@@ -235,8 +267,9 @@ def encode_for_training(
 def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
     """The evaluation input: the prompt ``messages`` (no answer) rendered with the generation prompt."""
     native = supports_tools(tokenizer)
-    converted = to_template_messages(messages, tools, native=native)
-    return _render(tokenizer, converted, tools if native else None, generation_prompt=True)
+    converted = defuse_special_tokens(tokenizer, to_template_messages(messages, tools, native=native))
+    template_tools = defuse_special_tokens(tokenizer, tools) if native else None
+    return _render(tokenizer, converted, template_tools, generation_prompt=True)
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
