@@ -111,8 +111,8 @@ def run_scenario(
 ) -> int:
     """Run the scenario (see the module docstring); 0 when every night's DAG run succeeded.
 
-    ``parallelism``: task processes the LocalExecutor runs at once (the backfill's nights extract and
-    validate side by side; their model halves wait for the night before, the DAG's ``previous_night``).
+    ``parallelism``: task processes the LocalExecutor runs at once (the backfill's nights extract side
+    by side; from validation on, each waits for the night before, the DAG's ``previous_night``).
     The defaults are ``flywheel demo scenario``'s.
 
     Whatever happens, the Airflow it started and the log store are stopped before it returns or

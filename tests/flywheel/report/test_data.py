@@ -141,24 +141,7 @@ def record_night(
         champion = current_version(config, workload_id) if eval_type == "champion" else None
         model = {"base_model": "base"} | ({"version": champion} if champion else {})
         directory = root / candidate_id / eval_type
-        directory.mkdir(parents=True)
-        lines = [
-            {
-                "example_id": f"e{i:03d}",
-                "scores": {"function_name": i < right, "function_name_and_args": i < right},
-            }
-            for i in range(N)
-        ]
-        (directory / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-        result = {
-            "model": model,
-            "examples": N,
-            "examples_hash": "same",
-            "metrics": {PRIMARY: proportion([True] * right + [False] * (N - right))},
-            "latency_s": {"mean": 0.2, "p50": 0.2, "p95": 0.3},
-            "examples_uri": str(directory / "examples.jsonl"),
-        }
-        (directory / "result.json").write_text(json.dumps(result))
+        result = write_evaluation(directory, model, right)
         record_evaluation(
             config.metadata,
             run_id,
@@ -172,6 +155,29 @@ def record_night(
             error=None,
         )
     decide_run(config, workload_id, run_id)
+
+
+def write_evaluation(directory: Path, model: dict[str, Any], right: int) -> dict[str, Any]:
+    """Write ``examples.jsonl`` and ``result.json`` of a model right on the first ``right`` of N examples."""
+    directory.mkdir(parents=True)
+    lines = [
+        {
+            "example_id": f"e{i:03d}",
+            "scores": {"function_name": i < right, "function_name_and_args": i < right},
+        }
+        for i in range(N)
+    ]
+    (directory / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = {
+        "model": model,
+        "examples": N,
+        "examples_hash": "same",
+        "metrics": {PRIMARY: proportion([True] * right + [False] * (N - right))},
+        "latency_s": {"mean": 0.2, "p50": 0.2, "p95": 0.3},
+        "examples_uri": str(directory / "examples.jsonl"),
+    }
+    (directory / "result.json").write_text(json.dumps(result))
+    return result
 
 
 def current_version(config: FlywheelConfig, workload_id: str) -> int | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_data import N, write_evaluation
 
 from conftest import TEST_TRAINING
 from flywheel import artifacts
@@ -22,8 +23,6 @@ from flywheel.storage import ArtifactStore
 from flywheel.tracking import ensure_run, record_evaluation, record_promotion, record_stage
 
 WORKLOAD = "customer_support_router"
-N = 120
-PRIMARY = "function_name_and_args_accuracy"
 CHANGED_ON = date(2026, 11, 18)
 HOSTILE = "<script>alert(1)</script>"
 
@@ -92,24 +91,7 @@ def record_night(
         else:
             model = {"base_model": "base", "adapter": candidates[0]["adapter_uri"]}
         directory = run_dir / "evaluate" / candidate_id / eval_type
-        directory.mkdir(parents=True)
-        lines = [
-            {
-                "example_id": f"e{i:03d}",
-                "scores": {"function_name": i < right, "function_name_and_args": i < right},
-            }
-            for i in range(N)
-        ]
-        (directory / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-        result = {
-            "model": model,
-            "examples": N,
-            "examples_hash": "same",
-            "metrics": {PRIMARY: proportion([True] * right + [False] * (N - right))},
-            "latency_s": {"mean": 0.2, "p50": 0.2, "p95": 0.3},
-            "examples_uri": str(directory / "examples.jsonl"),
-        }
-        (directory / "result.json").write_text(json.dumps(result))
+        result = write_evaluation(directory, model, right)
         record_evaluation(
             config.metadata,
             run_id,
