@@ -235,6 +235,12 @@ class LoraSettings(_Strict):
         "stay frozen, so training runs no backward pass through them and a shared prefix's pass "
         "through them is computed once per job.",
     )
+    loraplus_lr_ratio: float = Field(
+        1.0,
+        ge=1,
+        description="LoRA+: the learning rate of the adapter's B matrices over its A matrices' "
+        "(learning_rate); 1 trains both alike (peft's create_loraplus_optimizer).",
+    )
 
 
 class TrainingConfig(_Strict):
@@ -283,6 +289,12 @@ class TrainingConfig(_Strict):
         le=1,
         description="Each epoch draws label L (the answer's first tool, or no_call) in proportion to "
         "count(L) ** label_balance: 1 keeps the data's mix, 0 draws every label equally often.",
+    )
+    label_balance_by: Literal["tool", "call_shape"] = Field(
+        "tool",
+        description="What a label of label_balance is: 'tool', the answer's first tool (or no_call); "
+        "'call_shape', that tool with the names of its arguments (track_shipment(carrier, "
+        "tracking_number)), so the rarer form of a call with optional arguments is drawn as its own label.",
     )
     seed: int = Field(0, description="Seed of the adapter's initialisation and the data order.")
     eval_every_steps: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")

@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 NO_CALL = "no_call"
 """Label of an example whose answer calls no tool."""
 
@@ -37,6 +39,29 @@ def label_of_calls(calls: Sequence[Mapping[str, Any]]) -> str:
     """The name of the first of ``calls`` (OpenAI ``tool_calls`` entries or ``{"name", "arguments"}``
     reference calls), or :data:`NO_CALL` when there are none: evaluation breaks results down by it."""
     return calls[0].get("function", calls[0]).get("name", "") if calls else NO_CALL
+
+
+def call_shape_of(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The first tool call of the final assistant message with the names of its arguments, e.g.
+    ``track_shipment(carrier, tracking_number)``, or :data:`NO_CALL`.
+
+    Balancing by call shape (``TrainingConfig.label_balance_by: call_shape``) treats a call that adds
+    an optional argument as its own label, so the rarer form (a carrier named, a price limit given)
+    is trained on often enough to learn when the argument belongs in the call.
+    """
+    answer = next((m for m in reversed(messages) if m.get("role") == "assistant"), {})
+    calls = answer.get("tool_calls") or []
+    if not calls:
+        return NO_CALL
+    function = calls[0].get("function", calls[0])
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            arguments = None
+    names = sorted(arguments) if isinstance(arguments, dict) else []
+    return f"{function.get('name', '')}({', '.join(names)})"
 
 
 def label_counts(labels: Iterable[str]) -> dict[str, int]:

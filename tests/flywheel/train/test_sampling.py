@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from flywheel.train.sampling import NO_CALL, balanced_epoch, label_counts, label_of, label_shares
+from flywheel.train.sampling import (
+    NO_CALL,
+    balanced_epoch,
+    call_shape_of,
+    label_counts,
+    label_of,
+    label_shares,
+)
 from flywheel.train.trainer import _length_grouped_batches, encode_split
 
 ROUTER_COUNTS = {
@@ -49,6 +56,28 @@ def test_label_is_the_first_tool_of_the_final_answer_or_no_call():
         {"role": "assistant", "content": "It has shipped."},
     ]
     assert label_of(earlier) == NO_CALL
+
+
+def test_call_shape_is_the_first_tool_with_its_argument_names():
+    ask = {"role": "user", "content": "Where is 1Z999AA10123456784?"}
+
+    def answer(arguments: Any) -> dict[str, Any]:
+        function = {"name": "track_shipment", "arguments": arguments}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": function}],
+        }
+
+    named = answer(json.dumps({"tracking_number": "1Z999AA10123456784", "carrier": "ups"}))
+    assert call_shape_of([ask, named]) == "track_shipment(carrier, tracking_number)"
+    assert (
+        call_shape_of([ask, answer({"tracking_number": "1Z999AA10123456784"})])
+        == "track_shipment(tracking_number)"
+    )
+    # Arguments that are not a JSON object still give the tool its own label, without names.
+    assert call_shape_of([ask, answer("not json")]) == "track_shipment()"
+    assert call_shape_of([ask, {"role": "assistant", "content": "Hello!"}]) == NO_CALL
 
 
 def test_label_counts_are_most_frequent_first():
@@ -153,5 +182,6 @@ def test_encode_split_labels_each_kept_example(tiny_model, tmp_path):
 
     assert split.skipped == 1
     assert split.answer_labels == ["track_shipment", NO_CALL, "start_return"]
+    assert split.call_shapes == ["track_shipment()", NO_CALL, "start_return()"]
     assert len(split.examples) == len(split.answer_labels)
     assert split.label_counts == {NO_CALL: 1, "start_return": 1, "track_shipment": 1}

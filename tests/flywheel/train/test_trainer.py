@@ -359,3 +359,20 @@ def test_bf16_autocast_gives_the_float32_loss_within_bf16_precision(lora_tiny):
             batch
         )
     assert losses[True] == pytest.approx(losses[False], rel=0.02)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 16.0])
+def test_loraplus_trains_the_b_matrices_at_its_ratio_of_the_learning_rate(lora_tiny, ratio):
+    from flywheel.train.trainer import _optimizer
+
+    config = TrainingConfig(learning_rate=1e-3, lora={"loraplus_lr_ratio": ratio})
+    optimizer = _optimizer(lora_tiny, config)
+
+    names = {id(p): n for n, p in lora_tiny.named_parameters()}
+    rates = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    trainable = {n for n, p in lora_tiny.named_parameters() if p.requires_grad}
+    assert set(rates) == trainable  # every adapter weight is trained, nothing else
+    assert {rate for name, rate in rates.items() if "lora_A" in name} == {1e-3}
+    assert [rate for name, rate in rates.items() if "lora_B" in name] == pytest.approx(
+        [1e-3 * ratio] * sum("lora_B" in name for name in rates)
+    )
