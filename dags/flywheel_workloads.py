@@ -27,7 +27,7 @@ from flywheel.config import FlywheelConfig, WorkloadConfig, load_config
 from flywheel.context import RunContext
 from flywheel.decide.order import PreviousNightWait
 from flywheel.deliver.alerts import FlywheelNotifier
-from flywheel.deliver.approval import PromotionApproval
+from flywheel.deliver.approval import PromotionApproval, who_may_answer
 from flywheel.errors import PermanentError, RetryableError
 from flywheel.extract.settle import SettleWait
 from flywheel.report.links import RunReportLink
@@ -143,6 +143,8 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
     source = workload.log_source
     defaults = config.airflow
     backend = compute_backend(config)
+    approvers = who_may_answer(workload.decision.approvers)
+    approver = f"one of {approvers}" if approvers else "a person"
     with DAG(
         dag_id=workload.dag_id,
         description=f"Nightly data flywheel for workload {workload_id}",
@@ -178,7 +180,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
             f"floor {workload.decision.floor}, at least {workload.decision.min_examples} examples",
             deploy=workload.deploy.type,
             approval=(
-                f"`approve` (a person approves within {workload.decision.approval_timeout_hours:g} hours, "
+                f"`approve` ({approver} approves within {workload.decision.approval_timeout_hours:g} hours, "
                 "in the UI's Required actions; a rejection or no answer keeps the champion, recorded as "
                 "`not_approved`), then "
                 if workload.decision.approval == "required"
@@ -433,6 +435,7 @@ def build_dag(config: FlywheelConfig, workload: WorkloadConfig) -> DAG:
                 task_id="approve",
                 workload_id=workload_id,
                 timeout=timedelta(hours=workload.decision.approval_timeout_hours),
+                approvers=workload.decision.approvers,
                 doc_md="Ask a person to approve the promotion (Required actions): the decision's evidence, "
                 "sent to the alert channels too. Reject or no answer in time: no promotion, recorded.",
             )

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import orjson
 
+from flywheel.extract.documents import TOO_DEEP, UnparseableReason, too_large_document, unparseable_document
 from flywheel.validate.records import QuarantineReason
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -132,6 +134,14 @@ NULL_ROW = dict.fromkeys(
         "source_record_id",
     )
 )
+
+
+def kept_unparseable(document: dict[str, msgspec.Raw]) -> dict[str, Any]:
+    """The raw row extraction writes for a document it kept as unparseable: no fields but ``extra_json``."""
+    fields = {key: json.loads(bytes(value)) for key, value in document.items()}
+    return NULL_ROW | {"record_id": "u", "extra_json": json.dumps(fields), "source_record_id": "logs-1/u"}
+
+
 MSG0 = "request.messages[0]"
 MSG1 = "request.messages[1]"
 CALL0 = f"{ANSWER}.tool_calls[0]"
@@ -143,6 +153,36 @@ HOSTILE: list[tuple[str, dict[str, Any], QuarantineReason, str]] = [
     ("empty mapping", {}, QuarantineReason.workload_mismatch, "workload_id"),
     ("workload mismatch", row(workload_id="billing"), QuarantineReason.workload_mismatch, "workload_id"),
     ("workload not text", row(workload_id=["router"]), QuarantineReason.workload_mismatch, "workload_id"),
+    (
+        "document over max_document_bytes (kept unparseable by extraction)",
+        kept_unparseable(
+            too_large_document('{"timestamp": "2026-03-01T03:00:00Z", "req', 5_000_000, 1_000_000)
+        ),
+        QuarantineReason.document_too_large,
+        "document",
+    ),
+    (
+        "document nested too deeply (kept unparseable by extraction)",
+        kept_unparseable(
+            unparseable_document(
+                '{"request": ' + nested(1_000) + "}", UnparseableReason.document_too_deep, TOO_DEEP
+            )
+        ),
+        QuarantineReason.document_too_deep,
+        "document",
+    ),
+    (
+        "a line that is not JSON (kept unparseable, no reason known)",
+        kept_unparseable(unparseable_document("{truncated")),
+        QuarantineReason.workload_mismatch,
+        "workload_id",
+    ),
+    (
+        "unparseable, a reason that is not extraction's",
+        kept_unparseable(unparseable_document("x") | {"unparseable_reason": msgspec.Raw(b'"check_error"')}),
+        QuarantineReason.workload_mismatch,
+        "workload_id",
+    ),
     ("huge record", row(with_user("x" * 2_000_000)), QuarantineReason.record_too_large, "record"),
     (
         "huge response",
@@ -602,10 +642,10 @@ def hostile_documents(
 
     Every :data:`HOSTILE` row of the corpus's workload and day whose request and response are JSON
     values becomes a document at the same time of the night, expecting the same reason, except that a
-    document over ``max_document_bytes`` is kept unparseable by extraction (no workload:
-    ``workload_mismatch``). Rows a log store cannot hold (text that is not JSON, bytes, rows of another
-    workload or outside the day, which extraction never selects) are left out. Added: a document nested
-    5,000 levels deep (kept unparseable), one over ``max_record_bytes`` but under ``max_document_bytes``
+    document over ``max_document_bytes`` is kept unparseable by extraction (``document_too_large``).
+    Rows a log store cannot hold (text that is not JSON, bytes, rows of another workload or outside the
+    day, which extraction never selects) are left out. Added: a document nested 5,000 levels deep (kept
+    unparseable: ``document_too_deep``), one over ``max_record_bytes`` but under ``max_document_bytes``
     (``record_too_large``), and clean records carrying :data:`HOSTILE_TEXTS` and odd but valid shapes,
     each calling the first of ``tools`` (the workload's own) for its own order.
     """
@@ -635,7 +675,7 @@ def hostile_documents(
         }
         body = orjson.dumps(document)
         too_large = len(body) > max_document_bytes
-        add(name, body, QuarantineReason.workload_mismatch if too_large else reason)
+        add(name, body, QuarantineReason.document_too_large if too_large else reason)
 
     at = _iso(start + timedelta(hours=3))
     deep = b"[" * 5_000 + b"]" * 5_000
@@ -643,7 +683,7 @@ def hostile_documents(
         "a document nested 5,000 levels deep",
         b'{"timestamp": "%s", "workload_id": "%s", "client_id": "%s", "request": {"messages": %s}}'
         % (at.encode(), workload_id.encode(), client_id.encode(), deep),
-        QuarantineReason.workload_mismatch,
+        QuarantineReason.document_too_deep,
     )
     (tool, *_) = tools
     name, parameter = tool["function"]["name"], next(iter(tool["function"]["parameters"]["properties"]))

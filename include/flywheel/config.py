@@ -307,6 +307,14 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, more time."
     )
+    prefix_gradient: Literal["exact", "none"] = Field(
+        "exact",
+        description="A batch's shared prefix (system message and tool schemas) runs once per batch. "
+        "'exact': the loss's gradient flows through the prefix's keys and values too (the prefix's "
+        "backward pass runs once per batch). 'none': the prefix is computed with the current adapter "
+        "but held without gradients: the same loss, a gradient without the prefix's share, and no "
+        "backward pass over the prefix (an approximation; docs/training.md measures it).",
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="auto: bf16 weights on a GPU; on a CPU, bf16 autocast where it has bf16 instructions "
@@ -578,16 +586,24 @@ class WorkloadEvaluationConfig(_Strict):
         min_length=1,
         description="Evaluated for every candidate; 'customized' needs its adapter from this run.",
     )
+    eval_types_with_champion: list[Literal["base", "icl", "customized"]] | None = Field(
+        None,
+        min_length=1,
+        description="Evaluated for every candidate instead of eval_types once the run has a champion to "
+        "compare with (the registry's, or evaluation.champion); null: eval_types. base and icl tell "
+        "whether fine-tuning pays at all; once a champion holds, it is the reference, and leaving them "
+        "out saves two evaluations a night.",
+    )
     champion: ModelConfig | None = Field(
         None,
         description="The production model while the registry holds no champion for the workload (e.g. "
         "the teacher's endpoint); the registry's champion wins once there is one.",
     )
 
-    @field_validator("eval_types")
+    @field_validator("eval_types", "eval_types_with_champion")
     @classmethod
-    def _eval_types_unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
+    def _eval_types_unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("lists an eval type twice")
         return value
 
@@ -626,6 +642,27 @@ def _default_guardrails() -> dict[str, GuardrailConfig]:
         "parse_error_rate": GuardrailConfig(margin=0.02),
         "latency_p95_s": GuardrailConfig(margin=0.25, relative=True),
     }
+
+
+class ApproverConfig(_Strict):
+    """A person who may answer a promotion's approval request, as Airflow's auth manager knows them (a
+    string in ``decision.approvers`` is the id)."""
+
+    id: str = Field(
+        ...,
+        min_length=1,
+        description="The user's id in Airflow's auth manager, which the API server checks the responder "
+        "against: the username with the simple auth manager, the numeric user id with FAB.",
+    )
+    name: str | None = Field(None, min_length=1, description="How the request shows them; null: the id.")
+
+
+def _approver_from_id(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"id": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a user id or a mapping with id and name (got {value!r})")
+    return value
 
 
 class DecisionPolicyConfig(_Strict):
@@ -682,6 +719,11 @@ class DecisionPolicyConfig(_Strict):
         description="With approval required: how long a promotion waits for an answer; then it is not "
         "approved (the champion stays, the run stays green, not_approved notifies).",
     )
+    approvers: list[Annotated[ApproverConfig, BeforeValidator(_approver_from_id)]] = Field(
+        default_factory=list,
+        description="With approval required: who may answer (Airflow's API server refuses anyone else), each "
+        "a user id or {id, name}. Empty: any user the auth manager lets answer the DAG's required actions.",
+    )
 
     @field_validator("primary_metric")
     @classmethod
@@ -697,6 +739,22 @@ class DecisionPolicyConfig(_Strict):
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return value
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers_once_each(cls, value: list[ApproverConfig]) -> list[ApproverConfig]:
+        ids = [approver.id for approver in value]
+        twice = sorted({id_ for id_ in ids if ids.count(id_) > 1})
+        if twice:
+            raise ValueError(f"listed more than once: {', '.join(twice)}")
+        return value
+
+    @model_validator(mode="after")
+    def _approvers_need_approval(self) -> DecisionPolicyConfig:
+        # Approvers without required approval would suggest a sign-off that never happens.
+        if self.approvers and self.approval != "required":
+            raise ValueError("approvers: only used when approval is required; set approval: required")
+        return self
 
     @property
     def drift_floor(self) -> float:

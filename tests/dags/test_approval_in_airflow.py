@@ -1,9 +1,10 @@
 """Human approval before promotion under a real Airflow (``airflow standalone``: scheduler, dag-processor,
-api-server; LocalExecutor; SQLite), with the real log store, the tiny model and two signed-in users.
+api-server; LocalExecutor; SQLite), with the real log store, the tiny model and three signed-in users.
 
-One night of a workload whose promotions need approval (``decision.approval: required``, an 18 s
-timeout), run as a backfill, decides ``promote`` (no champion yet) and asks. Bob rejects it through
-Airflow's REST API: the run ends green, the champion stays none. An operator clears ``approve`` to ask
+One night of a workload whose promotions need approval by Alice or Bob (``decision.approval: required``,
+``decision.approvers``, an 18 s timeout), run as a backfill, decides ``promote`` (no champion yet) and
+asks them. Carol, an admin but not an approver, is refused. Bob rejects it through Airflow's REST API:
+the run ends green, the champion stays none. An operator clears ``approve`` to ask
 again, and nobody answers: the request times out, the same. Cleared once more, Alice approves: the
 challenger becomes the champion, with Alice and her comment in the alias's audit row. The champion's
 asset event then starts the serving team's DAG of docs/examples/dags/flywheel_downstream.py, and the
@@ -12,11 +13,13 @@ backfilled day's clean-day event its day-partitioned export, keyed by the day.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import quote
 
 import pytest
@@ -35,7 +38,8 @@ from flywheel.intervals import latest_intervals
 WORKLOAD = "customer_support_router"
 DAG_ID = f"flywheel_{WORKLOAD}"
 ROLLOUT, EXPORT = f"serving_rollout_{WORKLOAD}", f"clean_day_export_{WORKLOAD}"
-USERS = {"alice": "alice-password", "bob": "bob-password"}
+USERS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
+APPROVERS = ["alice", "bob"]
 TIMEOUT_HOURS = 0.005  # 18 s
 
 
@@ -44,7 +48,14 @@ def test_a_promotion_waits_for_a_person_rejected_timed_out_then_approved(
     empty_log_store, make_config, tiny_model, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    make_config(decision={**TEST_DECISION, "approval": "required", "approval_timeout_hours": TIMEOUT_HOURS})
+    make_config(
+        decision={
+            **TEST_DECISION,
+            "approval": "required",
+            "approval_timeout_hours": TIMEOUT_HOURS,
+            "approvers": APPROVERS,
+        }
+    )
     path = Path(os.environ["FLYWHEEL_CONFIG"])
     raw = yaml.safe_load(path.read_text())
     for workload in raw["workloads"]:
@@ -78,13 +89,23 @@ def test_a_promotion_waits_for_a_person_rejected_timed_out_then_approved(
         assert run["run_type"] == "backfill"
         approvals = Approvals(airflow, run["dag_run_id"])
 
-        # 1. Bob rejects, with a reason.
         request = approvals.wait_for_request()
         assert request["subject"].startswith(f"{WORKLOAD}: promote ") and request["subject"].endswith(
             "to champion?"
         )
         assert "| metric | champion | challenger | challenger - champion | verdict |" in request["body"]
         assert f"(flywheel/reports/{WORKLOAD}/{day}/run-report.html)" in request["body"]
+        assert request["assigned_users"] == [{"id": name, "name": name} for name in APPROVERS]
+        assert "\n\nOnly alice, bob may answer (decision.approvers).\n\n" in request["body"]
+
+        # Carol may answer the DAG's required actions (an admin) but is no approver: refused, still waiting.
+        with pytest.raises(HTTPError) as refused:
+            approvals.answer("Approve", "looks fine to me", user="carol")
+        assert refused.value.code == 403
+        assert "User=carol (id=carol) is not a respondent" in json.loads(refused.value.read())["detail"]
+        assert approvals.task_state("approve") == "awaiting_input"
+
+        # 1. Bob rejects, with a reason.
         answer = approvals.answer("Reject", "the new tools are not live yet", user="bob")
         assert (answer["responded_by"]["name"], answer["chosen_options"]) == ("bob", ["Reject"])
         assert approvals.finished() == {"run": "success", "approve": "success", "promote": "skipped"}

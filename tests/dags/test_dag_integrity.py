@@ -274,6 +274,7 @@ def test_required_approval_puts_a_person_between_the_decision_and_the_promotion(
     assert isinstance(approve, ApprovalOperator)
     assert (approve.response_timeout, approve.defaults) == (timedelta(hours=2), ["Reject"])
     assert set(approve.params) == {"comment"}  # the request's form: the DAG's params stay off it
+    assert approve.assigned_users == []  # no decision.approvers: anyone the auth manager lets answer
     assert dag.get_task("branch").downstream_task_ids == {"approve", "alert", "no_change"}
     assert approve.downstream_task_ids == {"promote"}
     assert dag.get_task("promote").upstream_task_ids == {"decide", "approve"}
@@ -284,3 +285,18 @@ def test_required_approval_puts_a_person_between_the_decision_and_the_promotion(
         "approve",
     }
     assert "`approve` (a person approves within 2 hours" in dag.doc_md
+
+
+def test_only_the_configured_approvers_are_assigned_the_approval_request(make_config):
+    from conftest import TEST_DECISION, workload_dag
+
+    approvers = ["alice", {"id": "7", "name": "Bob"}]
+    config = make_config(decision={**TEST_DECISION, "approval": "required", "approvers": approvers})
+    dag = workload_dag(config, "customer_support_router")
+
+    # The human-in-the-loop request's assigned users: the API server refuses an answer from anyone else.
+    assert dag.get_task("approve").assigned_users == [
+        {"id": "alice", "name": "alice"},
+        {"id": "7", "name": "Bob"},
+    ]
+    assert "`approve` (one of alice, Bob (id 7) approves within 24 hours" in dag.doc_md

@@ -803,6 +803,26 @@ def test_retrain_policy_defaults_to_always_and_takes_every_n_days(edited_config:
             "workloads[0]: alerts.notify_on: must include approval_requested when decision.approval is "
             "required, or no channel hears that a promotion waits for approval",
         ),
+        (
+            {"approvers": ["alice"]},
+            None,
+            "workloads[0].decision: approvers: only used when approval is required; set approval: required",
+        ),
+        (
+            {"approval": "required", "approvers": ["alice", "bob", "alice"]},
+            None,
+            "workloads[0].decision.approvers: listed more than once: alice",
+        ),
+        (
+            {"approval": "required", "approvers": [{"name": "Bob"}]},
+            None,
+            "workloads[0].decision.approvers[0].id: Field required",
+        ),
+        (
+            {"approval": "required", "approvers": [7]},
+            None,
+            "workloads[0].decision.approvers[0]: must be a user id or a mapping with id and name (got 7)",
+        ),
     ],
 )
 def test_bad_approval_settings_name_the_key(
@@ -834,3 +854,19 @@ def test_approval_is_off_by_default_and_required_takes_a_timeout(edited_config: 
         0.5,
     )
     assert {"approval_requested", "not_approved"} <= set(config.workloads[1].alerts.notify_on)
+
+
+def test_approvers_are_user_ids_or_ids_with_names(edited_config: Callable[..., Path]) -> None:
+    def edit(raw: Raw) -> None:
+        workload = raw["workloads"][1]
+        approvers = ["alice", {"id": "7", "name": "Bob"}]
+        workload["decision"] = workload["decision"] | {"approval": "required", "approvers": approvers}
+        workload.pop("alerts", None)
+
+    config = load_config(edited_config(edit))
+
+    assert config.workloads[0].decision.approvers == []  # anyone the auth manager lets answer
+    assert [a.model_dump() for a in config.workloads[1].decision.approvers] == [
+        {"id": "alice", "name": None},
+        {"id": "7", "name": "Bob"},
+    ]

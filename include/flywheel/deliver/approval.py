@@ -5,7 +5,9 @@
 ``branch``'s promote path and ``promote``. When a run decides ``promote`` it renders the run report,
 asks in the Airflow UI (**Required actions**, or ``PATCH .../taskInstances/approve/-1/hitlDetails``
 of the REST API) with the decision's evidence in the request's body, and sends the request to the
-workload's alert channels (``approval_requested``). Then the task waits without a worker slot.
+workload's alert channels (``approval_requested``). Then the task waits without a worker slot. With
+``decision.approvers`` only those users may answer: they are the request's assigned users, and
+Airflow's API server refuses an answer from anyone else.
 
 - **Approve**: ``promote`` runs; the approver and their comment go into the alias's audit row
   (:func:`flywheel.deliver.tasks.promote`).
@@ -21,6 +23,7 @@ the flywheel's heavier modules are imported when a run asks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,9 @@ from airflow.sdk import Param, ParamsDict
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.execution_time.hitl import HITLUser
 
+    from flywheel.config import ApproverConfig
     from flywheel.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,13 @@ class PromotionApproval(ApprovalOperator):
     """
 
     def __init__(
-        self, *, workload_id: str, timeout: timedelta, params: ParamsDict | None = None, **kwargs: Any
+        self,
+        *,
+        workload_id: str,
+        timeout: timedelta,
+        approvers: Sequence[ApproverConfig] = (),
+        params: ParamsDict | None = None,
+        **kwargs: Any,
     ) -> None:
         # `params` are the DAG's (Airflow merges them in); the request's form shows only the task's own.
         params = params if isinstance(params, ParamsDict) else ParamsDict(params or {})
@@ -64,6 +75,8 @@ class PromotionApproval(ApprovalOperator):
             # What the scheduler answers when nobody did in time: no promotion.
             defaults=self.REJECT,
             response_timeout=timeout,
+            # Empty: anyone the auth manager lets answer the DAG's required actions.
+            assigned_users=assigned_users(approvers),
             params=params,
             **kwargs,
         )
@@ -144,6 +157,7 @@ def approval_request(ctx: RunContext, decision: dict[str, Any], *, report_url: s
         champion += f" (version {decision['champion_version']})"
     challenger = f"{decision['challenger']} (version {decision['challenger_version']})"
     hours = ctx.workload.decision.approval_timeout_hours
+    approvers = who_may_answer(ctx.workload.decision.approvers)
     lines = [
         f"The run `{ctx.dag_run_id}` of workload **{ctx.workload_id}** decided **promote** on the data of "
         f"{ctx.interval_start:%Y-%m-%d %H:%M} to {ctx.interval_end:%Y-%m-%d %H:%M} UTC "
@@ -164,10 +178,22 @@ def approval_request(ctx: RunContext, decision: dict[str, Any], *, report_url: s
         f"serving (deploy: {ctx.workload.deploy.type}). **Reject**, or no answer within {hours:g} hours, "
         "keeps the champion. Your comment goes into the champion's audit trail.",
     ]
+    if approvers:
+        lines += ["", f"Only {approvers} may answer (decision.approvers)."]
     if report_url:
         lines += ["", f"[Run report]({report_url}) (every figure and plot of the run)"]
     subject = f"{ctx.workload_id}: promote {challenger} to champion?"
     return subject, "\n".join(lines)
+
+
+def assigned_users(approvers: Sequence[ApproverConfig]) -> list[HITLUser]:
+    """``decision.approvers`` as the request's assigned users: ``{id, name}``, the name the id by default."""
+    return [{"id": approver.id, "name": approver.name or approver.id} for approver in approvers]
+
+
+def who_may_answer(approvers: Sequence[ApproverConfig]) -> str | None:
+    """``decision.approvers`` named for people (``alice, Bob (id 7)``); None when anyone may answer."""
+    return ", ".join(approver_name(user) for user in assigned_users(approvers)) or None
 
 
 def report_url(report_uri: str, *, relative: bool = False) -> str:

@@ -154,11 +154,19 @@ DEMO_TRAINING_BY_WORKLOAD = {
 prefix and every token of a row (about 700 on average) runs with gradients; 12 steps of 8 are about
 ten minutes on 2 cores, in micro-batches the memory budget sizes."""
 
-DEMO_EVALUATION = {"max_examples": 64, "generation": {"batch_size": 16}}
+DEMO_EVALUATION = {
+    "settings": {"max_examples": 64, "generation": {"batch_size": 16}},
+    "eval_types_with_champion": ["customized"],
+}
 """Evaluation settings of the demo: 64 paired examples per model variant, answers capped from the
-longest reference answer (``max_new_tokens: auto``)."""
+longest reference answer (``max_new_tokens: auto``); base and icl only until there is a champion (on
+2 CPU cores each evaluation of 64 router examples takes about 2 minutes, icl's about 4)."""
 
-DEMO_DECISION = {"min_examples": DEMO_EVALUATION["max_examples"], "floor": 0.25, "champion_floor": 0.25}
+DEMO_DECISION = {
+    "min_examples": DEMO_EVALUATION["settings"]["max_examples"],
+    "floor": 0.25,
+    "champion_floor": 0.25,
+}
 """The demo evaluates 64 examples, so as many suffice; and its CPU-trained 135M model is held to a
 floor of 0.25 instead of production's 0.5."""
 
@@ -176,7 +184,7 @@ def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
         raw["training"]["settings"] = deep_merge(raw["training"]["settings"], training)
         for candidate in raw["training"]["candidates"]:
             candidate["settings"] = deep_merge(candidate["settings"], training)
-        raw["evaluation"]["settings"] = deep_merge(raw["evaluation"]["settings"], DEMO_EVALUATION)
+        raw["evaluation"] = deep_merge(raw["evaluation"], DEMO_EVALUATION)
         raw["decision"] = deep_merge(raw["decision"], DEMO_DECISION)
         raw["data_quality"] = deep_merge(raw["data_quality"], DEMO_DATA_QUALITY)
         workloads.append(WorkloadConfig.model_validate(raw))

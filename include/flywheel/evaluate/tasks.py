@@ -23,7 +23,8 @@ def plan_evaluation(
 
     ``base`` and ``icl`` need only the candidate's base model; ``customized`` needs the adapter its
     training job published (a candidate whose training failed, or a run that does not train, gets no
-    customized evaluation). The champion, when the workload has one, is evaluated on the same examples.
+    customized evaluation). The champion, when the workload has one, is evaluated on the same examples,
+    and the candidates' variants are then ``evaluation.eval_types_with_champion`` when set.
     A manual run's params narrow the candidates: ``champion_only`` evaluates the champion alone,
     ``candidates`` only those (:class:`~flywheel.context.RunOptions`).
     """
@@ -36,11 +37,13 @@ def plan_evaluation(
     }
     planned: list[tuple[str, str, ModelConfig]] = []
     champion, version = current_champion(ctx)
+    eval_types = ctx.workload.evaluation.eval_types
     if champion is not None:
         planned.append((CHAMPION_CANDIDATE_ID, "champion", champion))
+        eval_types = ctx.workload.evaluation.eval_types_with_champion or eval_types
     for candidate in ctx.options.candidates_of(ctx.workload):
         name, base_model = candidate.candidate_id, candidate.base_model
-        for eval_type in ctx.workload.evaluation.eval_types:
+        for eval_type in eval_types:
             if eval_type != "customized":
                 planned.append((name, eval_type, ModelConfig(base_model=base_model)))
             elif name in trained:

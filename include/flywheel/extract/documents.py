@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -21,7 +22,30 @@ A source that cannot decode a document it read (nested too deeply, too large to 
 way, so that validation quarantines it with a reason instead of the read failing."""
 
 UNPARSEABLE_REASON_FIELD = "unparseable_reason"
-"""Beside :data:`UNPARSEABLE_FIELD` where a source knows why it could not keep the document as read."""
+"""Beside :data:`UNPARSEABLE_FIELD` where a source knows why it could not keep the document as read: an
+:class:`UnparseableReason`, which validation quarantines the record as."""
+
+UNPARSEABLE_DETAIL_FIELD = "unparseable_detail"
+"""Beside :data:`UNPARSEABLE_REASON_FIELD`: what was found, in words (the quarantine record's detail)."""
+
+_UNPARSEABLE_FIELDS = frozenset({UNPARSEABLE_FIELD, UNPARSEABLE_REASON_FIELD, UNPARSEABLE_DETAIL_FIELD})
+
+
+class UnparseableReason(StrEnum):
+    """Why a source kept a document as unparseable; each is also a quarantine reason of the same name
+    (:class:`flywheel.validate.records.QuarantineReason`)."""
+
+    document_too_large = "document_too_large"
+    """Larger than ``log_source.max_document_bytes``: only its first :data:`OPENING_BYTES` are kept."""
+    document_too_deep = "document_too_deep"
+    """Nested too deeply for the decoders (about 1,000 levels): its text is kept whole."""
+
+
+TOO_DEEP = "nested too deeply to decode (about 1,000 levels or more)"
+"""The detail of a document kept as :attr:`UnparseableReason.document_too_deep`."""
+
+OPENING_BYTES = 1_000
+"""How much of a document over ``max_document_bytes`` is kept, for the quarantine record to show."""
 
 
 class RawRecord(msgspec.Struct, frozen=True):
@@ -41,21 +65,71 @@ def decode_document(line: bytes) -> dict[str, msgspec.Raw]:
 
     Such a document has no timestamp or workload, so validation quarantines it with a reason and the
     quarantine record shows what the line held: a broken line is never dropped silently. A line nested
-    deeper than the decoder's recursion limit (about 1,000 levels) is kept the same way: it must not
-    fail the whole day's read on every retry.
+    deeper than the decoder's recursion limit (about 1,000 levels) is kept the same way, as
+    :attr:`UnparseableReason.document_too_deep`: it must not fail the whole day's read on every retry.
     """
     try:
         return _decode_fields(line)
-    except (msgspec.DecodeError, RecursionError):
-        return unparseable_document(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+    except msgspec.DecodeError:
+        return unparseable_document(_line_text(line))
+    except RecursionError:
+        return unparseable_document(_line_text(line), UnparseableReason.document_too_deep, TOO_DEEP)
 
 
-def unparseable_document(text: str, reason: str | None = None) -> dict[str, msgspec.Raw]:
-    """A document that only holds ``text`` (what was read) and, if given, why it could not be decoded."""
+def _line_text(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def unparseable_document(
+    text: str, reason: UnparseableReason | None = None, detail: str | None = None
+) -> dict[str, msgspec.Raw]:
+    """A document that only holds ``text`` (what was read) and, if known, why it could not be kept as read."""
     document = {UNPARSEABLE_FIELD: msgspec.Raw(_encode(text))}
     if reason is not None:
-        document[UNPARSEABLE_REASON_FIELD] = msgspec.Raw(_encode(reason))
+        document[UNPARSEABLE_REASON_FIELD] = msgspec.Raw(_encode(reason.value))
+        document[UNPARSEABLE_DETAIL_FIELD] = msgspec.Raw(_encode(detail or reason.value))
     return document
+
+
+def is_unparseable(document: dict[str, msgspec.Raw]) -> bool:
+    """Whether ``document`` is one a source could not keep as read (:func:`unparseable_document`)."""
+    return UNPARSEABLE_FIELD in document and document.keys() <= _UNPARSEABLE_FIELDS
+
+
+def document_bytes(document: dict[str, msgspec.Raw]) -> int:
+    """About the bytes of the document's JSON text: its field names and raw values."""
+    return sum(len(key) + len(value) + 4 for key, value in document.items())
+
+
+def too_large_document(opening: str, size: int, limit: int) -> dict[str, msgspec.Raw]:
+    """The stand-in of a document of ``size`` bytes over ``log_source.max_document_bytes`` (``limit``):
+    its ``opening`` text (at most :data:`OPENING_BYTES`) and why, for validation to quarantine."""
+    detail = (
+        f"document of {size} bytes is larger than log_source.max_document_bytes ({limit}); "
+        f"only its first {OPENING_BYTES} bytes are kept"
+    )
+    return unparseable_document(opening, UnparseableReason.document_too_large, detail)
+
+
+def within_budget(document: dict[str, msgspec.Raw], limit: int | None) -> tuple[dict[str, msgspec.Raw], int]:
+    """``document``, or its stand-in (:func:`too_large_document`) when it takes more than ``limit`` bytes
+    (None: no limit); and the bytes of the document as read (:func:`document_bytes`)."""
+    size = document_bytes(document)
+    if limit is None or size <= limit:
+        return document, size
+    return too_large_document(_opening(document, OPENING_BYTES), size, limit), size
+
+
+def _opening(document: dict[str, msgspec.Raw], limit: int) -> str:
+    """The first ``limit`` bytes of the document's JSON text, without copying the rest of it."""
+    out = bytearray(b"{")
+    for key, value in document.items():
+        if len(out) >= limit:
+            break
+        out += _encode(key) + b":"
+        out += memoryview(value)[: max(0, limit - len(out))]
+        out += b","
+    return bytes(out[:limit]).decode("utf-8", errors="replace")
 
 
 def decode_or_none(raw: msgspec.Raw) -> Any:

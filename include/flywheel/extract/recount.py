@@ -11,6 +11,7 @@ that re-runs the day (a re-run replaces the day's partition, so it picks the lat
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
@@ -198,3 +199,14 @@ def recount_previous_days(
         raise failed[0]
     summary["uri"] = store.uri(path)
     return summary
+
+
+def read_recount(store: ArtifactStore, workload_id: str, day: date) -> dict[str, Any] | None:
+    """The recount the run of ``day`` recorded (:func:`recount_previous_days`); None when it recorded none."""
+    from flywheel import artifacts
+
+    path = store.path(artifacts.recount_path(workload_id, day))
+    if not store.fs.exists(path):
+        return None
+    with store.fs.open(path, "rb") as handle:
+        return json.load(handle)

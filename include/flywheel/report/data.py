@@ -28,6 +28,7 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
     None when the run never reached the point of being recorded (its first task failed early).
     """
     from flywheel.compute import read_job_file
+    from flywheel.extract.recount import read_recount
     from flywheel.intervals import partition_day
     from flywheel.report.savings import read_teacher_usage, savings, student_usage
     from flywheel.storage import ArtifactStore
@@ -91,9 +92,8 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
             identity = {"candidate_id": row.candidate_id, "eval_type": row.eval_type}
             students.append((identity, student_usage(result)))
     store = ArtifactStore(config.artifact_store.root, options)
-    teacher = read_teacher_usage(
-        store, workload_id, partition_day(as_utc(start)), workload.report.teacher_latency_field
-    )
+    day = partition_day(as_utc(start))
+    teacher = read_teacher_usage(store, workload_id, day, workload.report.teacher_latency_field)
     return {
         "workload_id": workload_id,
         "dag_id": workload.dag_id,
@@ -111,6 +111,8 @@ def report_data(config: FlywheelConfig, workload_id: str, dag_run_id: str) -> di
         "metrics": metric_views(evaluations, decision_data, workload.evaluation.settings.metrics),
         "trend": champion_trend(config, workload_id, until=end),
         "savings": savings(teacher, students, workload.report.prices),
+        "recount": read_recount(store, workload_id, day),
+        "recount_days": workload.log_source.recount_days,
     }
 
 

@@ -77,8 +77,8 @@ def render_report(data: Mapping[str, Any]) -> str:
 
     ``data`` holds ``workload_id``, ``dag_id``, ``dag_run_id``, ``interval_start``,
     ``interval_end``, ``generated_at``, ``stages``, ``training``, ``evaluations``, ``decision``,
-    ``trend`` and ``savings`` (docs/report.md); any of them may be missing or None, and each section
-    then says it has no data.
+    ``trend``, ``savings``, ``recount`` and ``recount_days`` (docs/report.md); any of them may be
+    missing or None, and each section then says it has no data.
     """
     run = _Run.from_data(data)
     return _template().render(
@@ -94,6 +94,7 @@ def render_report(data: Mapping[str, Any]) -> str:
         training=_training(run),
         savings=_savings(as_dict(data.get("savings"))),
         quality=_quality(run),
+        late_logs=_late_logs(data),
         stages=[
             (name, run.stages.get(name)) for name in [*STAGES, *(s for s in run.stages if s not in STAGES)]
         ],
@@ -471,6 +472,37 @@ def _quality(run: _Run) -> dict[str, Any]:
     else:
         built = {"empty": run.absent("dataset", "build_dataset")}
     return {"validation": validation, "dataset": built}
+
+
+def _late_logs(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The earlier days this run counted again in the log store (``recount.json``): each one's records at
+    extraction, the store's count now, whether it moved, and the alert sent for it."""
+    recount = as_dict(data.get("recount"))
+    recounts = dicts(recount.get("recounts"))
+    if not recounts:
+        if data.get("recount_days") == 0:
+            return {"empty": "No recount: log_source.recount_days is 0, so no earlier day is counted again."}
+        return {"empty": "No recount recorded: the recount task did not run, or failed before recording."}
+    moved = recount.get("moved_days") if isinstance(recount.get("moved_days"), list) else []
+    channels = {
+        alert.get("day"): ", ".join(str(d.get("channel")) for d in dicts(alert.get("deliveries")))
+        for alert in dicts(recount.get("alerts"))
+    }
+    rows = []
+    for day in recounts:
+        extracted, counted = number(day.get("extracted")), number(day.get("counted"))
+        rows.append(
+            {
+                "day": day.get("day"),
+                "extracted": day.get("extracted"),
+                "counted": day.get("counted"),
+                "difference": None if extracted is None or counted is None else int(counted - extracted),
+                "status": str(day.get("status") or "").replace("_", " ") or None,
+                "moved": day.get("day") in moved,
+                "alert": channels.get(day.get("day")) or None,
+            }
+        )
+    return {"empty": None, "rows": rows, "moved": sum(row["moved"] for row in rows)}
 
 
 def _links(run: _Run) -> list[tuple[str, Any, bool]]:

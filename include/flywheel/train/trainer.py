@@ -184,6 +184,7 @@ def train(
         autocast=autocast,
         # transformers drops the KV cache under gradient checkpointing: the shared prefix needs it.
         share_prefix=not config.gradient_checkpointing,
+        prefix_gradient=config.prefix_gradient == "exact",
         planner=memory_planner(model, config, device, dtype),
         micro_batch_size=config.micro_batch_size,
     )
@@ -573,6 +574,8 @@ class StepSettings:
     """bf16 autocast around the forward pass (weights and gradients stay float32)."""
     share_prefix: bool
     """Run a batch's shared prefix once (off under gradient checkpointing, which drops the KV cache)."""
+    prefix_gradient: bool = True
+    """Back-propagate through the shared prefix (``TrainingConfig.prefix_gradient: exact``)."""
     planner: MemoryPlanner | None = None
     micro_batch_size: int | None = None
     """At most this many rows per forward/backward pass (``TrainingConfig.micro_batch_size``)."""
@@ -594,6 +597,8 @@ def run_batch(
     gradients still flow through the prefix (LoRA adapts its keys and values too): each micro-batch
     back-propagates into the prefix's keys and values, held as leaves, and once the last one has, the
     prefix's own backward pass runs once with the sum. Loss and gradients equal the padded batch's.
+    With ``settings.prefix_gradient`` off the prefix runs without gradients: the same loss, and the
+    gradient only of the suffixes' own computation (``TrainingConfig.prefix_gradient: none``).
     """
     import torch
 
@@ -601,11 +606,12 @@ def run_batch(
     if shared < MIN_SHARED_PREFIX:
         shared = 0
     prefix = leaves = []
+    prefix_backward = backward_scale is not None and settings.prefix_gradient
     if shared:
-        with _autocast(settings):
+        with _autocast(settings), torch.set_grad_enabled(prefix_backward):
             prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
         leaves = prefix
-        if backward_scale is not None:
+        if prefix_backward:
             # Layers below the adapted ones give the prefix keys and values without gradients: no
             # leaf there, so the suffixes' backward pass stops at the lowest adapted layer.
             leaves = [
@@ -633,7 +639,7 @@ def run_batch(
         total += float(loss.detach())
         if watch is not None:
             watch.done()
-    if shared and backward_scale is not None:
+    if shared and prefix_backward:
         pairs = [
             (out, leaf.grad)
             for kv, leaf_kv in zip(prefix, leaves, strict=True)

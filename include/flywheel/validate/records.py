@@ -32,12 +32,24 @@ from typing import Any
 
 import msgspec
 
+from flywheel.extract.documents import (
+    UNPARSEABLE_DETAIL_FIELD,
+    UNPARSEABLE_REASON_FIELD,
+    UnparseableReason,
+)
+
 
 class QuarantineReason(StrEnum):
     """Why a record was quarantined. The values are stored and queried: never rename one."""
 
     record_too_large = "record_too_large"
     """``request_json`` + ``response_json`` take more UTF-8 bytes than the configured maximum."""
+    document_too_large = UnparseableReason.document_too_large.value
+    """The log document took more bytes than ``log_source.max_document_bytes``: extraction kept only its
+    opening bytes (``extra_json``: ``unparseable_line``), so it has no workload, timestamp or request."""
+    document_too_deep = UnparseableReason.document_too_deep.value
+    """The log document was nested too deeply to decode (about 1,000 levels): extraction kept its text
+    (``extra_json``: ``unparseable_line``) instead of its fields."""
     workload_mismatch = "workload_mismatch"
     """The record's ``workload_id`` is not the workload being validated (including a null one)."""
     timestamp_missing = "timestamp_missing"
@@ -190,6 +202,8 @@ def _check(
 
     found_workload = row.get("workload_id")
     if found_workload != workload_id:
+        if found_workload is None and (kept := _unparseable(row.get("extra_json"))) is not None:
+            return kept
         return _violation(
             QuarantineReason.workload_mismatch,
             "workload_id",
@@ -516,6 +530,19 @@ def _answer_call(call: Any, k: int, names: frozenset[str]) -> ToolCall | Violati
             f"expected a JSON object, found {_kind(parsed)} {_show(arguments)}",
         )
     return ToolCall(name, parsed)
+
+
+def _unparseable(extra: Any) -> Violation | None:
+    """The violation of a document that extraction kept as unparseable for a known reason (too large,
+    too deep: :mod:`flywheel.extract.documents`); None for any other record."""
+    if type(extra) is not str or UNPARSEABLE_REASON_FIELD not in extra:
+        return None
+    try:
+        fields = _decode(extra)
+        reason = QuarantineReason(UnparseableReason(fields[UNPARSEABLE_REASON_FIELD]).value)
+    except (*_DECODE_ERRORS, KeyError):
+        return None
+    return _violation(reason, "document", str(fields.get(UNPARSEABLE_DETAIL_FIELD) or reason.value))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -694,4 +694,19 @@ def test_the_approval_request_carries_the_decisions_evidence(decided) -> None:
     (primary,) = [line for line in lines if line.startswith("| function_name_and_args_accuracy (primary) |")]
     assert "| 0.500 [0.400, 0.600] | 0.750 [0.650, 0.850] | +0.250 [" in primary
     assert "McNemar p = " in primary
+    assert not [line for line in lines if "may answer" in line]  # no decision.approvers: anyone may
     assert lines[-1] == f"[Run report]({link}) (every figure and plot of the run)"
+
+
+def test_the_approval_request_names_who_may_answer(decided, make_config, metadata_url: str) -> None:
+    config, summary = decided
+    approvers = ["alice", {"id": "7", "name": "Bob"}]
+    decision = config.workload(WORKLOAD).decision.model_dump() | {
+        "approval": "required",
+        "approvers": approvers,
+    }
+    approving = make_config(metadata_url=metadata_url, decision=decision)
+
+    _, body = approval_request(run_context(approving, summary["dag_run_id"]), summary, report_url=None)
+
+    assert body.splitlines()[-1] == "Only alice, Bob (id 7) may answer (decision.approvers)."

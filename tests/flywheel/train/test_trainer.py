@@ -227,11 +227,18 @@ def lora_tiny(tiny_model):
     return _lora_tiny(tiny_model, LoraSettings(dropout=0.0))
 
 
-def _loss_and_grads(model, batch, *, share: bool, planner=None):
+def _loss_and_grads(model, batch, *, share: bool, planner=None, prefix_gradient: bool = True):
     """run_batch's loss per supervised token and the LoRA gradients it back-propagates."""
     from flywheel.train.trainer import StepSettings, run_batch, supervised_tokens
 
-    settings = StepSettings(device="cpu", pad_id=0, autocast=False, share_prefix=share, planner=planner)
+    settings = StepSettings(
+        device="cpu",
+        pad_id=0,
+        autocast=False,
+        share_prefix=share,
+        planner=planner,
+        prefix_gradient=prefix_gradient,
+    )
     model.zero_grad()
     scale = 1.0 / supervised_tokens(batch)
     loss = run_batch(model, batch, settings, backward_scale=scale) * scale
@@ -256,6 +263,45 @@ def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(lora_tiny):
 
     whole = _loss_and_grads(lora_tiny, batch, share=False)
     _assert_same(_loss_and_grads(lora_tiny, batch, share=True), whole)
+
+
+def test_a_prefix_without_gradient_gives_the_same_loss_and_the_suffixes_own_gradient(lora_tiny):
+    # prefix_gradient: none. The reference runs each row on its own through transformers' KV cache,
+    # after the prefix computed under no_grad: the gradient every row's suffix gives by itself.
+    import copy
+
+    import torch
+
+    rng = random.Random(1)
+    prefix = [rng.randrange(1000) for _ in range(48)]
+    batch = _random_batch(rng, prefix, (10, 25, 40))
+    scale = 1.0 / sum(1 for _, labels in batch for label in labels if label != -100)
+
+    lora_tiny.zero_grad()
+    with torch.no_grad():
+        cache = lora_tiny(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+    total = 0.0
+    for ids, labels in batch:
+        suffix = torch.tensor([ids[len(prefix) :]])
+        positions = torch.arange(len(prefix), len(ids)).unsqueeze(0)
+        logits = lora_tiny(
+            input_ids=suffix, past_key_values=copy.deepcopy(cache), position_ids=positions
+        ).logits
+        targets = torch.tensor([*labels[len(prefix) + 1 :], -100])
+        loss = torch.nn.functional.cross_entropy(logits[0], targets, ignore_index=-100, reduction="sum")
+        (loss * scale).backward()
+        total += float(loss.detach())
+    reference = (
+        total * scale,
+        {n: p.grad.clone() for n, p in lora_tiny.named_parameters() if p.requires_grad},
+    )
+
+    approximate = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradient=False)
+    _assert_same(approximate, reference)
+    # The loss is the exact one; the gradient lacks only the prefix's share, which is not zero here.
+    exact = _loss_and_grads(lora_tiny, batch, share=True)
+    assert approximate[0] == pytest.approx(exact[0], rel=1e-5)
+    assert any(not torch.allclose(approximate[1][n], exact[1][n], atol=1e-6) for n in exact[1])
 
 
 def test_lora_on_the_top_layers_adapts_only_them_with_the_whole_batchs_gradients(tiny_model):

@@ -204,3 +204,22 @@ def test_champion_only_without_a_champion_is_an_error_naming_the_param(make_conf
         RunParamError, match=r"^param champion_only: workload customer_support_router has no "
     ):
         plan_training(ctx, {"uri": "file:///datasets/ds-1"})
+
+
+def test_eval_types_with_champion_replace_eval_types_once_there_is_a_champion(make_config) -> None:
+    evaluation = {
+        **TEST_EVALUATION,
+        "eval_types": ["base", "icl", "customized"],
+        "eval_types_with_champion": ["customized"],
+    }
+    config = make_config(training=TRAINING, evaluation=evaluation)
+    ctx = context(config, RunOptions(candidates=("tiny",)))
+    jobs = plan_training(ctx, {"uri": "file:///datasets/ds-1"})
+    for job in jobs:
+        write_result(job["output_uri"], dict.fromkeys(TRAIN_FIGURES, 1))
+
+    # No champion yet: base and icl are the references that say whether fine-tuning pays.
+    assert evaluated(ctx, jobs) == [("tiny", "base"), ("tiny", "icl"), ("tiny", "customized")]
+
+    champion_version(config, "customized", {"base_model": TINY, "adapter": "/artifacts/models/v1"})
+    assert evaluated(ctx, jobs) == [("champion", "champion"), ("tiny", "customized")]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from flywheel.config import PluginConfig
 from flywheel.errors import PermanentError, RetryableError
@@ -123,6 +123,36 @@ class LogSource(PluginConfig):
         reading (Elasticsearch's ``_count``) overrides it.
         """
         return sum(len(page) for page in self.pages(window, self.page_size, ReadReport()))
+
+
+class BudgetedLogSource(LogSource):
+    """A log source that holds what it reads to byte budgets, so that a few huge documents cannot exhaust
+    the worker: a page's documents to ``max_page_bytes``, and a document over ``max_document_bytes`` is
+    kept as unparseable (its opening bytes and why, :func:`flywheel.extract.documents.within_budget`), for
+    validation to quarantine as ``document_too_large``. Both built-in sources are such sources; how a
+    page is held to its budget is each one's own (see theirs)."""
+
+    max_page_bytes: int = Field(
+        50_000_000,
+        ge=1_000_000,
+        description="Byte budget of one page of documents. elasticsearch: the point-in-time read asks for "
+        "fewer documents per page to fit, a scroll page over it fails the read; files: a page ends before "
+        "it would exceed it.",
+    )
+    max_document_bytes: int = Field(
+        1_000_000,
+        ge=1_000,
+        description="A larger document is kept as unparseable (its first 1,000 bytes) and quarantined "
+        "(document_too_large).",
+    )
+
+    @field_validator("max_document_bytes")
+    @classmethod
+    def _document_fits_a_page(cls, value: int, info: ValidationInfo) -> int:
+        page = info.data.get("max_page_bytes")
+        if page is not None and value > page:
+            raise ValueError(f"{value} must not exceed max_page_bytes ({page})")
+        return value
 
 
 class LogSourceError(PermanentError):

@@ -26,11 +26,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from flywheel.errors import ConfigError, PermanentError
-from flywheel.extract.documents import split_array, split_object, unparseable_document
-from flywheel.extract.sources import IncompleteReadError, LogSource, LogWindow, ReadReport
+from flywheel.extract.documents import (
+    TOO_DEEP,
+    UnparseableReason,
+    split_array,
+    split_object,
+    unparseable_document,
+    within_budget,
+)
+from flywheel.extract.sources import BudgetedLogSource, IncompleteReadError, LogWindow, ReadReport
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -71,16 +78,13 @@ class _Envelope(msgspec.Struct):
     status: int | None = None
 
 
-TOO_DEEP = "nested too deeply to decode (about 1,000 levels or more)"
-"""Why a hit is kept as unparseable when its ``_source`` is too deep for the decoder."""
-
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _hit_decoder = msgspec.json.Decoder(Hit)
 
 
 def decode_deep_page(data: bytes) -> _Envelope:
     """A response whose fast decode hit the recursion limit: each hit decoded on its own, and one whose
-    ``_source`` is too deep kept as unparseable (:data:`TOO_DEEP`) instead of failing the page.
+    ``_source`` is too deep kept as unparseable (``document_too_deep``) instead of failing the page.
 
     Found without recursion (:func:`flywheel.extract.documents.split_object`); raises ``ValueError`` when
     ``data`` is not a JSON object.
@@ -104,7 +108,8 @@ def _decode_hit(text: bytes) -> Hit:
     source = members.pop("_source", None)
     hit = _hit_decoder.decode(msgspec.json.encode(members))
     if source is not None:
-        hit.document = unparseable_document(bytes(source).decode("utf-8", errors="replace"), TOO_DEEP)
+        text = bytes(source).decode("utf-8", errors="replace")
+        hit.document = unparseable_document(text, UnparseableReason.document_too_deep, TOO_DEEP)
     return hit
 
 
@@ -372,16 +377,9 @@ class HitPages:
     def _bound_documents(self, hits: list[Hit]) -> int:
         """The documents' bytes in the page, keeping each over ``max_document_bytes`` as unparseable."""
         total = 0
-        limit = self.max_document_bytes
         for hit in hits:
-            size = document_bytes(hit.document)
+            hit.document, size = within_budget(hit.document, self.max_document_bytes)
             total += size
-            if limit is not None and size > limit:
-                reason = (
-                    f"document of {size} bytes is larger than log_source.max_document_bytes ({limit}); "
-                    f"only its first {_OPENING_BYTES} bytes are kept"
-                )
-                hit.document = unparseable_document(_opening(hit.document, _OPENING_BYTES), reason)
         return total
 
     def _next_size(self, size: int, records: int, page_bytes: int) -> int:
@@ -415,29 +413,6 @@ class HitPages:
             log.warning("could not release search context early: %s", exc)
 
 
-_OPENING_BYTES = 1_000
-"""How much of a document over ``max_document_bytes`` is kept, for the quarantine record to show."""
-
-_encode = msgspec.json.Encoder().encode
-
-
-def document_bytes(document: dict[str, msgspec.Raw]) -> int:
-    """About the bytes of the document's JSON text: its field names and raw values."""
-    return sum(len(key) + len(value) + 4 for key, value in document.items())
-
-
-def _opening(document: dict[str, msgspec.Raw], limit: int) -> str:
-    """The first ``limit`` bytes of the document's JSON text, without copying the rest of it."""
-    out = bytearray(b"{")
-    for key, value in document.items():
-        if len(out) >= limit:
-            break
-        out += _encode(key) + b":"
-        out += memoryview(value)[: max(0, limit - len(out))]
-        out += b","
-    return bytes(out[:limit]).decode("utf-8", errors="replace")
-
-
 def check_complete(response: Any, what: str) -> None:
     """Raise :class:`IncompleteReadError` when a search, scroll or count answer is partial: failed
     shards (``_shards.failed``) or a search that timed out (``timed_out``)."""
@@ -466,7 +441,7 @@ def _shard_failure(failures: Any) -> str:
     return f"shard {first.get('shard', '?')} of {first.get('index', '?')}: {reason}"
 
 
-class ElasticsearchSource(LogSource):
+class ElasticsearchSource(BudgetedLogSource):
     """The ``elasticsearch`` log source: one term + range (+ terms) query over an index, read by
     :class:`HitPages` through the Airflow connection ``conn_id``."""
 
@@ -477,25 +452,6 @@ class ElasticsearchSource(LogSource):
         "5m", pattern=r"^\d+[smh]$", description="PIT / scroll context lifetime per page."
     )
     request_timeout_s: float = Field(120.0, gt=0, description="Timeout of each request to the cluster.")
-    max_page_bytes: int = Field(
-        50_000_000,
-        ge=1_000_000,
-        description="Byte budget of one page of documents: the point-in-time read asks for fewer "
-        "documents per page to fit; a scroll page over it fails the read.",
-    )
-    max_document_bytes: int = Field(
-        1_000_000,
-        ge=1_000,
-        description="A larger document is kept as unparseable (its first 1,000 bytes) and quarantined.",
-    )
-
-    @field_validator("max_document_bytes")
-    @classmethod
-    def _document_fits_a_page(cls, value: int, info: ValidationInfo) -> int:
-        page = info.data.get("max_page_bytes")
-        if page is not None and value > page:
-            raise ValueError(f"{value} must not exceed max_page_bytes ({page})")
-        return value
 
     @property
     def location(self) -> str:

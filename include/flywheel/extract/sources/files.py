@@ -13,6 +13,11 @@ them with a reason: lines that are not JSON objects and the workload's records w
 be read. Each is kept by exactly one window, the one whose partition day is its folder's day, so a
 re-read or the next day's run never counts it twice. A record's own id is its file's URL and its
 1-based line (``<url>/line-<n>``) or row (``<url>/row-<n>``), stable across re-reads.
+
+What a read holds is bounded as in the Elasticsearch source (:class:`BudgetedLogSource`): a JSONL line
+is read a block at a time and never held past ``max_document_bytes`` (a longer one, or a Parquet row
+over it, is kept as unparseable: its opening bytes and why), a line nested too deeply to decode is kept
+as unparseable too, and a page ends before its documents would take more than ``max_page_bytes``.
 """
 
 from __future__ import annotations
@@ -27,8 +32,17 @@ from typing import Any, Literal
 import msgspec
 from pydantic import Field, field_validator
 
-from flywheel.extract.documents import UNPARSEABLE_FIELD, RawRecord, as_text, decode_document, field_epoch_ms
-from flywheel.extract.sources import LogSource, LogWindow, ReadReport
+from flywheel.extract.documents import (
+    OPENING_BYTES,
+    RawRecord,
+    as_text,
+    decode_document,
+    field_epoch_ms,
+    is_unparseable,
+    too_large_document,
+    within_budget,
+)
+from flywheel.extract.sources import BudgetedLogSource, LogWindow, ReadReport
 from flywheel.intervals import partition_day
 
 log = logging.getLogger(__name__)
@@ -37,7 +51,7 @@ _encode = msgspec.json.Encoder().encode
 _is_json = msgspec.json.Decoder().decode
 
 
-class FilesSource(LogSource):
+class FilesSource(BudgetedLogSource):
     """The ``files`` log source: a workload's logs read from day folders of JSONL or Parquet files."""
 
     type: Literal["files"] = "files"
@@ -90,6 +104,7 @@ class FilesSource(LogSource):
         select = _Selection(self, window)
         owner_day = partition_day(window.start)
         page: list[RawRecord] = []
+        page_bytes = 0
         for day in _days(window):
             folder = f"{root.rstrip('/')}/{self.day_folder(day)}"
             day_folders.append(fs.unstrip_protocol(folder))
@@ -100,16 +115,20 @@ class FilesSource(LogSource):
                 continue
             for path in paths:
                 counts["files_read"] += 1
-                for record in self._records(fs, path, page_size):
+                for record, size in self._records(fs, path, page_size):
                     counts["documents_read"] += 1
                     kept = select.keep(record.document, owns_unplaceable=day == owner_day)
                     if kept is None:
                         continue
                     counts[kept] += 1
+                    if page and page_bytes + size > self.max_page_bytes:
+                        yield page
+                        page, page_bytes = [], 0
                     page.append(record)
+                    page_bytes += size
                     if len(page) == page_size:
                         yield page
-                        page = []
+                        page, page_bytes = [], 0
         if page:
             yield page
         report.details.update({key: counts[key] for key in ("files_read", "documents_read", *_KEPT_UNPLACED)})
@@ -129,15 +148,51 @@ class FilesSource(LogSource):
                 paths.append(path)
         return paths
 
-    def _records(self, fs: Any, path: str, batch_rows: int) -> Iterator[RawRecord]:
+    def _records(self, fs: Any, path: str, batch_rows: int) -> Iterator[tuple[RawRecord, int]]:
+        """The file's records, each with the bytes of its document as read; a document over
+        ``max_document_bytes`` comes as its stand-in."""
         url = fs.unstrip_protocol(path)
+        limit = self.max_document_bytes
         if self.format == "parquet":
-            yield from _parquet_records(fs, path, url, batch_rows)
+            for record in _parquet_records(fs, path, url, batch_rows):
+                document, size = within_budget(record.document, limit)
+                yield RawRecord(record.source_record_id, document), size
             return
-        with fs.open(path, "rb", compression="infer") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    yield RawRecord(f"{url}/line-{number}", decode_document(line))
+        with fs.open(path, "rb", compression="infer") as stream:
+            for number, (line, size) in enumerate(bounded_lines(stream, limit), start=1):
+                if size > limit:
+                    opening = line[:OPENING_BYTES].decode("utf-8", errors="replace")
+                    yield RawRecord(f"{url}/line-{number}", too_large_document(opening, size, limit)), size
+                elif line.strip():
+                    yield RawRecord(f"{url}/line-{number}", decode_document(line)), size
+
+
+_BLOCK_BYTES = 1 << 20
+"""How much of a file is read at a time."""
+
+
+def bounded_lines(stream: Any, limit: int) -> Iterator[tuple[bytes, int]]:
+    """Each line of a binary stream (without its newline) and its length in bytes; a line longer than
+    ``limit`` comes cut to its first ``limit`` bytes (its length says how long it was).
+
+    The stream is read :data:`_BLOCK_BYTES` at a time, so a line of any length never takes more than
+    ``limit`` bytes of memory (iterating over a file's lines would hold a whole line, however long).
+    """
+    head = b""  # the start of a line that goes on in the next block (at most limit bytes)
+    size = 0  # that line's bytes so far
+    while block := stream.read(_BLOCK_BYTES):
+        *ended, rest = block.split(b"\n")
+        for piece in ended:
+            if size:
+                yield head + piece[: max(0, limit - len(head))], size + len(piece)
+                head, size = b"", 0
+            else:
+                yield piece[:limit], len(piece)
+        if len(head) < limit:
+            head += rest[: limit - len(head)]
+        size += len(rest)
+    if size:
+        yield head, size
 
 
 _IN_WINDOW = "in_window"
@@ -159,7 +214,7 @@ class _Selection:
 
     def keep(self, document: dict[str, msgspec.Raw], *, owns_unplaceable: bool) -> str | None:
         """Why the document is this window's (in it, or kept unplaced); None when it is not."""
-        if UNPARSEABLE_FIELD in document and len(document) == 1:
+        if is_unparseable(document):
             return _UNPARSEABLE if owns_unplaceable else None
         if _text(document, self.source.workload_field) != self.workload_id:
             return None
@@ -193,7 +248,8 @@ def _parquet_records(fs: Any, path: str, url: str, batch_rows: int) -> Iterator[
     """The rows of a Parquet file as documents, ``batch_rows`` rows in memory at a time.
 
     Null cells are absent fields. Nested columns become JSON objects and arrays; a ``request`` or
-    ``response`` string that holds JSON is taken as that JSON (exports often store them as text).
+    ``response`` string that holds JSON is taken as that JSON (exports often store them as text), and so
+    is one nested too deeply to check (validation quarantines it as ``unreadable_json``).
     """
     import pyarrow.parquet as pq
 
@@ -207,11 +263,17 @@ def _parquet_records(fs: Any, path: str, url: str, batch_rows: int) -> Iterator[
 
 
 def _raw(column: str, value: Any) -> msgspec.Raw:
-    if column in _JSON_TEXT_COLUMNS and isinstance(value, str):
-        try:
-            _is_json(value)
-        except msgspec.DecodeError:
-            pass
-        else:
-            return msgspec.Raw(value.encode())
+    if column in _JSON_TEXT_COLUMNS and isinstance(value, str) and _holds_json(value):
+        return msgspec.Raw(value.encode())
     return msgspec.Raw(_encode(value))
+
+
+def _holds_json(text: str) -> bool:
+    """Whether ``text`` is JSON; text nested too deeply to check counts as JSON (validation judges it)."""
+    try:
+        _is_json(text)
+    except msgspec.DecodeError:
+        return False
+    except RecursionError:
+        return True
+    return True

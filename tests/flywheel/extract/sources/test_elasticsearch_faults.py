@@ -23,11 +23,17 @@ from conftest import write_config
 from es_gateway import connection_json, start_gateway
 from flywheel.config import load_config
 from flywheel.errors import ConfigError, RetryableError
-from flywheel.extract.documents import UNPARSEABLE_FIELD, UNPARSEABLE_REASON_FIELD, split_array, split_object
+from flywheel.extract.documents import (
+    TOO_DEEP,
+    UNPARSEABLE_DETAIL_FIELD,
+    UNPARSEABLE_FIELD,
+    UNPARSEABLE_REASON_FIELD,
+    split_array,
+    split_object,
+)
 from flywheel.extract.partition import extract_interval
 from flywheel.extract.sources import IncompleteReadError
 from flywheel.extract.sources.elasticsearch import (
-    TOO_DEEP,
     ElasticsearchSource,
     PageTooLargeError,
     connect,
@@ -91,8 +97,8 @@ def nothing_committed(store: ArtifactStore) -> bool:
     return store.fs.ls(store.raw_day_path(WORKLOAD, START.date()), detail=False) == []
 
 
-def read_rows(store: ArtifactStore) -> list[dict]:
-    files = store.partition_files(WORKLOAD, partition_day(START))
+def read_rows(store: ArtifactStore, layer: str = "raw") -> list[dict]:
+    files = store.partition_files(WORKLOAD, partition_day(START), layer)
     return pq.ParquetDataset(files, filesystem=store.fs).read().to_pylist()
 
 
@@ -218,20 +224,26 @@ def test_a_document_nested_1000_levels_deep_is_kept_unparseable_and_quarantined(
     deep = next(r for r in read_rows(store) if r["source_record_id"] == f"{index}/deep")
     assert deep["workload_id"] is None and deep["request_json"] is None
     extra = json.loads(deep["extra_json"])
-    assert extra[UNPARSEABLE_REASON_FIELD] == TOO_DEEP
+    assert (extra[UNPARSEABLE_REASON_FIELD], extra[UNPARSEABLE_DETAIL_FIELD]) == (
+        "document_too_deep",
+        TOO_DEEP,
+    )
     assert (
         extra[UNPARSEABLE_FIELD].startswith('{"timestamp"') and extra[UNPARSEABLE_FIELD].count("[") == 1_000
     )
     validation = validate_day(
         store, workload_id=WORKLOAD, start=START, end=END, rules=DataQualityConfig(), build_docs=False
     )
-    assert validation.clean == 19 and validation.reasons == {"workload_mismatch": 1}
+    assert validation.clean == 19 and validation.reasons == {"document_too_deep": 1}
 
 
-def test_a_document_over_max_document_bytes_is_kept_unparseable(gateway, store):
-    huge = log_doc(START + timedelta(hours=1), 99)
+def test_a_document_over_max_document_bytes_is_kept_unparseable_and_quarantined(gateway, store):
+    from flywheel.config import DataQualityConfig
+    from flywheel.validate.day import validate_day
+
+    huge = clean_doc(START + timedelta(hours=1), 99)
     huge["request"]["messages"][0]["content"] = "x" * 20_000
-    docs = [log_doc(START + timedelta(minutes=i), i) for i in range(5)]
+    docs = [clean_doc(START + timedelta(minutes=i), i) for i in range(5)]
     source = seeded_source([*docs, huge], page_size=10, max_document_bytes=5_000)
 
     result = extract(source, store)
@@ -240,9 +252,17 @@ def test_a_document_over_max_document_bytes_is_kept_unparseable(gateway, store):
     rows = read_rows(store)
     stub = next(r for r in rows if r["workload_id"] is None)
     extra = json.loads(stub["extra_json"])
-    assert "larger than log_source.max_document_bytes (5000)" in extra[UNPARSEABLE_REASON_FIELD]
+    assert extra[UNPARSEABLE_REASON_FIELD] == "document_too_large"
+    assert "larger than log_source.max_document_bytes (5000)" in extra[UNPARSEABLE_DETAIL_FIELD]
     assert len(extra[UNPARSEABLE_FIELD].encode()) <= 1_000 and stub["request_json"] is None
     assert sum(r["workload_id"] == WORKLOAD for r in rows) == 5
+    validation = validate_day(
+        store, workload_id=WORKLOAD, start=START, end=END, rules=DataQualityConfig(), build_docs=False
+    )
+    assert validation.clean == 5 and validation.reasons == {"document_too_large": 1}
+    (quarantined,) = read_rows(store, "quarantine")
+    assert (quarantined["reason"], quarantined["field"]) == ("document_too_large", "document")
+    assert quarantined["detail"].startswith("document of ") and "(5000)" in quarantined["detail"]
 
 
 def big_docs(count: int, size: int) -> list[dict]:

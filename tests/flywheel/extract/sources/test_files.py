@@ -4,6 +4,7 @@ and a user's own source named by dotted path."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -14,10 +15,12 @@ import pytest
 from pydantic import TypeAdapter
 
 from conftest import write_config
-from flywheel.config import LogSourceConfig, load_config
+from flywheel.config import DataQualityConfig, LogSourceConfig, load_config
 from flywheel.errors import ConfigError
+from flywheel.extract.documents import TOO_DEEP
 from flywheel.extract.partition import RAW_SCHEMA, extract_interval
-from flywheel.extract.sources.files import FilesSource
+from flywheel.extract.sources import files
+from flywheel.extract.sources.files import FilesSource, bounded_lines
 from flywheel.intervals import partition_day
 from flywheel.storage import ArtifactStore
 from flywheel.validate.day import validate_day
@@ -208,8 +211,6 @@ def test_malformed_lines_are_kept_once_and_quarantined(tmp_path, store):
     )
     assert next_window.records == 1  # the other broken line; END - MS belonged to the first window
 
-    from flywheel.config import DataQualityConfig
-
     validation = validate_day(
         store, workload_id=WORKLOAD, start=START, end=END, rules=DataQualityConfig(), build_docs=False
     )
@@ -217,7 +218,18 @@ def test_malformed_lines_are_kept_once_and_quarantined(tmp_path, store):
     assert validation.reasons == {"workload_mismatch": 1, "timestamp_missing": 2}
 
 
-def test_a_line_nested_1000_levels_deep_is_kept_unparseable(tmp_path, store):
+def validate(store: ArtifactStore):
+    return validate_day(
+        store, workload_id=WORKLOAD, start=START, end=END, rules=DataQualityConfig(), build_docs=False
+    )
+
+
+def quarantined(store: ArtifactStore) -> list[dict]:
+    files = store.partition_files(WORKLOAD, partition_day(START), "quarantine")
+    return pq.ParquetDataset(files, filesystem=store.fs).read().to_pylist()
+
+
+def test_a_line_nested_1000_levels_deep_is_kept_unparseable_and_quarantined(tmp_path, store):
     """No JSON decoder here can read it (they all recurse): it must not fail the day on every retry."""
     deep = b'{"timestamp": "2026-11-20T05:00:00Z", "workload_id": "router", "request": ' + b"[" * 1_000
     deep += b"]" * 1_000 + b"}"
@@ -230,7 +242,113 @@ def test_a_line_nested_1000_levels_deep_is_kept_unparseable(tmp_path, store):
     record = store.read_partition_record(WORKLOAD, START.date())
     assert result.records == 2 and record["kept_unparseable"] == 1
     kept = next(r for r in read_partition(store).to_pylist() if r["workload_id"] is None)
-    assert json.loads(kept["extra_json"]) == {"unparseable_line": deep.decode()}
+    assert json.loads(kept["extra_json"]) == {
+        "unparseable_line": deep.decode(),
+        "unparseable_reason": "document_too_deep",
+        "unparseable_detail": TOO_DEEP,
+    }
+    validation = validate(store)
+    assert validation.clean == 1 and validation.reasons == {"document_too_deep": 1}
+    (row,) = quarantined(store)
+    assert (row["reason"], row["field"], row["detail"]) == ("document_too_deep", "document", TOO_DEEP)
+
+
+def test_a_line_over_max_document_bytes_is_never_held_whole_and_is_quarantined(tmp_path, store):
+    """A 3 MB line (longer than a read block) in a gzip file, under a budget of 1 MB: its record keeps
+    the opening 1,000 bytes and why; the next line is read as usual."""
+    huge = clean_doc(START + timedelta(hours=1), 2)
+    huge["request"]["messages"][0]["content"] = "x" * 3_000_000
+    logs = tmp_path / "logs"
+    write_day(
+        logs, "2026-11-20", "part-0.jsonl.gz", [clean_doc(START, 1), huge, clean_doc(START, 3)], compress=True
+    )
+    source = FilesSource(url=str(logs), max_document_bytes=1_000_000)
+
+    result = extract_interval(source, store, workload_id=WORKLOAD, start=START, end=END)
+
+    record = store.read_partition_record(WORKLOAD, START.date())
+    assert result.records == 3 and record["kept_unparseable"] == 1
+    rows = read_partition(store).to_pylist()
+    stub = next(r for r in rows if r["workload_id"] is None)
+    assert stub["source_record_id"].endswith("part-0.jsonl.gz/line-2")
+    extra = json.loads(stub["extra_json"])
+    assert extra["unparseable_line"] == json.dumps(huge)[:1_000]
+    assert extra["unparseable_reason"] == "document_too_large"
+    assert "larger than log_source.max_document_bytes (1000000)" in extra["unparseable_detail"]
+    assert orders(read_partition(store)) == ["A-1", "A-3"]
+    validation = validate(store)
+    assert validation.clean == 2 and validation.reasons == {"document_too_large": 1}
+    (row,) = quarantined(store)
+    assert (row["reason"], row["field"]) == ("document_too_large", "document")
+
+
+def test_a_parquet_row_over_max_document_bytes_is_kept_unparseable(tmp_path, store):
+    docs = [clean_doc(START + timedelta(minutes=i), i) for i in range(3)]
+    docs[1]["request"]["messages"][0]["content"] = "y" * 5_000
+    folder = tmp_path / "logs" / "dt=2026-11-20"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(docs), folder / "part-0.parquet")
+    source = FilesSource(url=str(tmp_path / "logs"), format="parquet", max_document_bytes=2_000)
+
+    assert extract_interval(source, store, workload_id=WORKLOAD, start=START, end=END).records == 3
+
+    assert orders(read_partition(store)) == ["A-0", "A-2"]
+    assert validate(store).reasons == {"document_too_large": 1}
+
+
+def test_a_parquet_request_text_nested_1000_levels_deep_is_quarantined(tmp_path, store):
+    """A JSON text column too deep to check is kept as it is (not a RecursionError): validation says why."""
+    folder = tmp_path / "logs" / "dt=2026-11-20"
+    folder.mkdir(parents=True)
+    doc = clean_doc(START, 1)
+    rows = {
+        "timestamp": pa.array([START, START], pa.timestamp("ms", tz="UTC")),
+        "workload_id": [WORKLOAD] * 2,
+        "request": [json.dumps(doc["request"]), '{"messages": ' + "[" * 1_000 + "]" * 1_000 + "}"],
+        "response": [json.dumps(doc["response"])] * 2,
+    }
+    pq.write_table(pa.table(rows), folder / "part-0.parquet")
+    source = FilesSource(url=str(tmp_path / "logs"), format="parquet")
+
+    assert extract_interval(source, store, workload_id=WORKLOAD, start=START, end=END).records == 2
+
+    validation = validate(store)
+    assert validation.clean == 1 and validation.reasons == {"unreadable_json": 1}
+    assert "nested too deep" in quarantined(store)[0]["detail"]
+
+
+def test_pages_end_before_they_exceed_max_page_bytes(tmp_path, store):
+    docs = [clean_doc(START + timedelta(minutes=i), i) for i in range(12)]
+    for doc in docs:
+        doc["request"]["messages"][0]["content"] += " " + "z" * 240_000
+    write_day(tmp_path / "logs", "2026-11-20", "part-0.jsonl", docs)
+    source = FilesSource(url=str(tmp_path / "logs"), page_size=10, max_page_bytes=1_000_000)
+    sizes: list[int] = []
+
+    result = extract_interval(
+        source, store, workload_id=WORKLOAD, start=START, end=END, on_page=lambda _, n: sizes.append(n)
+    )
+
+    assert result.records == 12 and result.pages == 3  # 1 MB holds four documents of 240 KB
+    assert sizes == [4, 8, 12]
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64])
+def test_bounded_lines_cut_long_lines_across_read_blocks(block, monkeypatch):
+    monkeypatch.setattr(files, "_BLOCK_BYTES", block)
+    data = b"short\n\n" + b"a" * 20 + b"\r\n" + b"exactly10!\n" + b"tail without newline"
+
+    lines = list(bounded_lines(io.BytesIO(data), 10))
+
+    assert lines == [
+        (b"short", 5),
+        (b"", 0),
+        (b"a" * 10, 21),  # cut to the limit; its length is the whole line's (with its \r)
+        (b"exactly10!", 10),
+        (b"tail witho", 20),
+    ]
+    assert list(bounded_lines(io.BytesIO(b"one\ntwo\n"), 10)) == [(b"one", 3), (b"two", 3)]
+    assert list(bounded_lines(io.BytesIO(b""), 10)) == []
 
 
 def test_rerun_replaces_the_partition(tmp_path, store):
@@ -279,6 +397,8 @@ def test_files_options_are_validated_naming_the_key(tmp_path):
         ({"type": "files", "url": "s3://x", "layout": "{hour}"}, "layout"),
         ({"type": "files", "url": "s3://x", "format": "csv"}, "format"),
         ({"type": "files", "url": "s3://x", "index": "logs-*"}, "index"),
+        ({"type": "files", "url": "s3://x", "max_document_bytes": 60_000_000}, "max_document_bytes"),
+        ({"type": "files", "url": "s3://x", "max_page_bytes": 1_000}, "max_page_bytes"),
     ]:
         path = write_config(tmp_path, log_source=block)
         with pytest.raises(ConfigError, match=rf"workloads\[0\]\.log_source\.{key}: "):
