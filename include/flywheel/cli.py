@@ -240,6 +240,15 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--records", type=int, required=True)
     data.add_argument("--json", action="store_true", help="print only the JSON result")
     data.set_defaults(handler=_bench_data)
+    day = bench.add_parser(
+        "day",
+        help="a day of N demo records through the files log source: time and peak RSS of generating, "
+        "extracting and validating it, each stage in its own process",
+    )
+    day.add_argument("--records", type=int, required=True)
+    day.add_argument("--page-size", type=int, default=1000)
+    day.add_argument("--json", action="store_true", help="print only the JSON result")
+    day.set_defaults(handler=_bench_day)
     bench_train = bench.add_parser(
         "train", help="time our LoRA trainer (and with prefix gradients) against a plain transformers Trainer"
     )
@@ -648,6 +657,13 @@ def _bench_data(args: argparse.Namespace) -> int:
     from flywheel.bench import bench_data
 
     print(json.dumps(bench_data(records=args.records, quiet=args.json)))
+    return 0
+
+
+def _bench_day(args: argparse.Namespace) -> int:
+    from flywheel.bench import bench_day
+
+    print(json.dumps(bench_day(records=args.records, page_size=args.page_size, quiet=args.json)))
     return 0
 
 

@@ -55,3 +55,27 @@ def test_bench_data_prints_its_figures_as_json():
     assert result["records_per_s"] > 0
     assert 0 < result["gx_share"] < 1
     assert sum(result["splits"].values()) > 0
+
+
+def test_bench_day_prints_each_stages_figures_and_the_counts_reconcile():
+    out = subprocess.run(
+        [FLYWHEEL, "bench", "day", "--records", "3000", "--json"], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert (result["benchmark"], result["log_source"], result["records"]) == ("day", "files", 3000)
+    assert result["generated"] == 3000 == result["stages"]["generate"]["records"]
+    # The demo noise dates a few records outside the day: the window's selection leaves them out.
+    assert 2850 <= result["extracted"] < 3000
+    assert (
+        result["extracted"]
+        == result["stages"]["extract"]["records"]
+        == result["stages"]["validate"]["records"]
+    )
+    assert result["extracted"] == result["clean"] + result["quarantined"]
+    assert result["quarantined"] == sum(result["stages"]["validate"]["reasons"].values()) > 0
+    assert list(result["stages"]) == ["generate", "extract", "validate"]
+    for name, stage in result["stages"].items():
+        assert stage["seconds"] > 0 and stage["records_per_s"] > 0, name
+        assert stage["peak_rss_mb"] >= stage["baseline_rss_mb"] > 0, name
+    assert result["stages"]["extract"]["pages"] == 3 and result["log_mb"] > 0

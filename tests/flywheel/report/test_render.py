@@ -313,6 +313,25 @@ def full_run_data() -> dict[str, Any]:
                 },
             ],
         },
+        "recount": {
+            "workload_id": "customer_support_router",
+            "day": "2026-11-20",
+            "recounts": [
+                {
+                    "workload_id": "customer_support_router",
+                    "day": "2026-11-19",
+                    "status": "unchanged",
+                    "extracted": 1980,
+                    "counted": 1980,
+                    "interval_start": "2026-11-19T00:00:00+00:00",
+                    "interval_end": "2026-11-20T00:00:00+00:00",
+                    "extracted_at": "2026-11-20T00:31:02+00:00",
+                }
+            ],
+            "moved_days": [],
+            "alerts": [],
+        },
+        "recount_days": 1,
     }
     return data | {"metrics": metric_views(data["evaluations"], data["decision"], [])}
 
