@@ -283,6 +283,14 @@ class TrainingConfig(_Strict):
         description="Optimizer steps of a run that starts from the champion's adapter (it only has to "
         "learn the new window's traffic); null: as many as a fresh start (max_steps or epochs).",
     )
+    warm_start_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Peak learning rate of a run that starts from the champion's adapter; null: "
+        "learning_rate. A trained adapter restarted at a fresh start's rate can lose what it learned "
+        "(docs/training.md, Warm start).",
+    )
     label_balance: float = Field(
         0.5,
         ge=0,

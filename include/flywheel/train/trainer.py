@@ -166,11 +166,13 @@ def train(
 
     model = _lora_model(model, config.lora, init_adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = _optimizer(model, config)
+    warm = init_adapter is not None
+    learning_rate = (warm and config.warm_start_learning_rate) or config.learning_rate
+    optimizer = _optimizer(model, config, learning_rate)
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    if init_adapter is not None and config.warm_start_steps:
+    if warm and config.warm_start_steps:
         total_steps = config.warm_start_steps
     scheduler = get_scheduler(
         config.lr_schedule,
@@ -381,9 +383,9 @@ class AdapterMismatchError(TrainingInputError):
     """The adapter to start from (``--init-adapter``) is not shaped as the configured ``lora`` settings."""
 
 
-def _optimizer(model: Any, config: TrainingConfig) -> Any:
-    """AdamW over the adapter's trainable weights; with ``lora.loraplus_lr_ratio`` above 1, LoRA+ (the
-    B matrices at that multiple of the learning rate: faster progress per step at the same stability)."""
+def _optimizer(model: Any, config: TrainingConfig, learning_rate: float) -> Any:
+    """AdamW over the adapter's trainable weights at ``learning_rate``; with ``lora.loraplus_lr_ratio``
+    above 1, LoRA+ (the B matrices at that multiple of the learning rate)."""
     import torch
 
     if config.lora.loraplus_lr_ratio > 1:
@@ -392,13 +394,13 @@ def _optimizer(model: Any, config: TrainingConfig) -> Any:
         return create_loraplus_optimizer(
             model,
             torch.optim.AdamW,
-            lr=config.learning_rate,
+            lr=learning_rate,
             loraplus_lr_ratio=config.lora.loraplus_lr_ratio,
             weight_decay=config.weight_decay,
         )
     return torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=config.learning_rate,
+        lr=learning_rate,
         weight_decay=config.weight_decay,
     )
 

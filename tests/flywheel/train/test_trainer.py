@@ -412,7 +412,7 @@ def test_loraplus_trains_the_b_matrices_at_its_ratio_of_the_learning_rate(lora_t
     from flywheel.train.trainer import _optimizer
 
     config = TrainingConfig(learning_rate=1e-3, lora={"loraplus_lr_ratio": ratio})
-    optimizer = _optimizer(lora_tiny, config)
+    optimizer = _optimizer(lora_tiny, config, config.learning_rate)
 
     names = {id(p): n for n, p in lora_tiny.named_parameters()}
     rates = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}

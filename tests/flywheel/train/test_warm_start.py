@@ -137,11 +137,13 @@ def test_flywheel_train_warm_starts_and_records_the_parent_version(
     import torch
 
     output = tmp_path / "out"
-    # One step at a vanishing learning rate: the published adapter is the champion's, barely moved.
+    # One step at a vanishing warm-start learning rate (a fresh start's would wreck the weights): the
+    # published adapter is the champion's, barely moved.
     settings = {
         "max_steps": 1,
         "batch_size": 4,
-        "learning_rate": 1e-9,
+        "learning_rate": 0.5,
+        "warm_start_learning_rate": 1e-9,
         "max_seq_length": 128,
         "init_from": "champion",
         "lora": CHAMPION_LORA.model_dump(),
