@@ -245,8 +245,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a day of N demo records through the files log source: time and peak RSS of generating, "
         "extracting and validating it, each stage in its own process",
     )
-    day.add_argument("--records", type=int, required=True)
-    day.add_argument("--page-size", type=int, default=1000)
+    day.add_argument("--records", type=int, required=True, help="records the day holds (e.g. 1000000)")
+    day.add_argument("--page-size", type=int, default=1000, help="records per extraction page")
     day.add_argument("--json", action="store_true", help="print only the JSON result")
     day.set_defaults(handler=_bench_day)
     bench_train = bench.add_parser(

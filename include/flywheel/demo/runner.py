@@ -127,25 +127,27 @@ def run_demo(
 
 
 DEMO_TRAINING = {
-    "max_steps": 20,
+    "max_steps": 40,
     "batch_size": 8,
     "max_seq_length": 2048,
     "learning_rate": 2e-3,
-    "lr_schedule": "constant_with_warmup",
+    "lr_schedule": "cosine",
     "warmup_ratio": 0.1,
     "eval_every_steps": 1000,
     "max_validation_examples": 16,
     "early_stopping_patience": None,
-    "log_every_steps": 2,
-    "lora": {"dropout": 0.0},
+    "log_every_steps": 4,
+    "lora": {"dropout": 0.0, "top_layers": 20},
+    "prefix_gradient": "none",
     "init_from": "champion",
-    "warm_start_steps": 4,
+    "warm_start_steps": 8,
+    "warm_start_learning_rate": 2e-4,
 }
-"""Training settings the demo applies to every candidate: 20 steps of 8 router conversations (each
-batch's shared system prompt and tool schemas run once) at a high learning rate; from night 2 a
-candidate starts from the champion's adapter, when that is one, and trains 4 steps on the new window.
-16 steps of 32 (512 examples, in passes of 8) measured worse on night 1: 0.125
-``function_name_and_args_accuracy`` on 64 examples (docs/decision.md, "The demo")."""
+"""Training settings the demo applies to every candidate: 40 steps of 8 router conversations at a
+high learning rate, decaying, on the top 20 of the model's 30 layers, each batch's shared system
+prompt and tool schemas run once without gradients (about 1 example/s on 2 cores); from night 2 a
+candidate starts from the champion's adapter, when that is one, and trains 8 steps at a tenth of the
+rate. What these choices are worth is measured in docs/training.md ("What 2 CPU cores can reach")."""
 
 DEMO_TRAINING_BY_WORKLOAD = {
     "bfcl_live_assistant": {"max_steps": 12, "batch_size": 8, "micro_batch_size": None}
