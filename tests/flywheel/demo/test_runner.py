@@ -13,7 +13,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision, Evaluation, RawPartition
 from flywheel.decide.evidence import outcomes_of
 from flywheel.decide.paired import discordant_counts, mcnemar_exact
-from flywheel.demo.runner import demo_settings, run_demo
+from flywheel.demo.runner import DEMO_TRAINING, demo_settings, run_demo
 
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
@@ -30,7 +30,7 @@ def test_demo_runs_two_nights_of_the_router(tmp_path, monkeypatch, capsys, tiny_
     assert "night 2: flywheel_customer_support_router 2026-11-20: succeeded" in out
     assert "bfcl_live_assistant" not in out
     assert "stages: extract succeeded, validate succeeded, build_dataset succeeded, train succeeded" in out
-    assert "candidate tiny (" in out and "20 steps" in out  # the demo's short training
+    assert "candidate tiny (" in out and f"{DEMO_TRAINING['max_steps']} steps" in out  # the demo's training
     assert "fine-tuning gain of tiny on function_name_and_args_accuracy: base" in out
     # The tiny random model stays below the demo's floor: both nights decide no change, with reasons.
     assert out.count("DECISION: no_change") == 2
