@@ -8,15 +8,18 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from flywheel.config import load_config
 from flywheel.intervals import latest_intervals
+
+T = TypeVar("T")
 
 BENCH_WORKLOAD = "customer_support_router"
 BENCH_NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
@@ -209,20 +212,36 @@ def bench_day(records: int, page_size: int = 1000, quiet: bool = False) -> dict[
     }
 
 
+def _measured(work: Callable[[], T]) -> tuple[T, dict[str, Any]]:
+    """``work()``'s result, and its ``seconds``, ``peak_rss_mb`` and ``baseline_rss_mb`` (the RSS before)."""
+    baseline = peak_rss_mb()
+    started = time.perf_counter()
+    result = work()
+    figures = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+    }
+    return result, figures
+
+
+def _bench_window(config_path: str) -> tuple[Any, Any, datetime, datetime]:
+    """The bench configuration, its workload and the day's window (the latest interval before BENCH_NOW)."""
+    config = load_config(config_path)
+    workload = config.workload(BENCH_WORKLOAD)
+    start, end = latest_intervals(workload.schedule, 1, BENCH_NOW)[0]
+    return config, workload, start, end
+
+
 def _generate_day(config_path: str, records: int) -> dict[str, Any]:
     """Write one day of demo traffic into the ``files`` source's day folders."""
     from flywheel.demo.seed import seed_logs
 
     config = load_config(config_path)
-    baseline = peak_rss_mb()
-    started = time.perf_counter()
-    report = seed_logs(config, days=1, records_per_day=records, now=BENCH_NOW, workloads=[BENCH_WORKLOAD])
-    return {
-        "records": report.documents,
-        "seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
-    }
+    report, figures = _measured(
+        lambda: seed_logs(config, days=1, records_per_day=records, now=BENCH_NOW, workloads=[BENCH_WORKLOAD])
+    )
+    return {"records": report.documents, **figures}
 
 
 def _extract_day(config_path: str) -> dict[str, Any]:
@@ -230,24 +249,20 @@ def _extract_day(config_path: str) -> dict[str, Any]:
     from flywheel.extract.partition import extract_interval
     from flywheel.storage import ArtifactStore
 
-    config = load_config(config_path)
-    workload = config.workload(BENCH_WORKLOAD)
-    start, end = latest_intervals(workload.schedule, 1, BENCH_NOW)[0]
-    baseline = peak_rss_mb()
-    started = time.perf_counter()
-    result = extract_interval(
-        workload.log_source,
-        ArtifactStore(config.artifact_store.root),
-        workload_id=BENCH_WORKLOAD,
-        start=start,
-        end=end,
-        client_ids=workload.client_ids,
+    config, workload, start, end = _bench_window(config_path)
+    result, figures = _measured(
+        lambda: extract_interval(
+            workload.log_source,
+            ArtifactStore(config.artifact_store.root),
+            workload_id=BENCH_WORKLOAD,
+            start=start,
+            end=end,
+            client_ids=workload.client_ids,
+        )
     )
     return {
         "records": result.records,
-        "seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
+        **figures,
         "pages": result.pages,
         "parquet_mb": round(result.bytes / 2**20, 1),
     }
@@ -260,23 +275,19 @@ def _validate_day(config_path: str) -> dict[str, Any]:
     from flywheel.storage import ArtifactStore
     from flywheel.validate.day import validate_day
 
-    config = load_config(config_path)
-    workload = config.workload(BENCH_WORKLOAD)
-    start, end = latest_intervals(workload.schedule, 1, BENCH_NOW)[0]
-    baseline = peak_rss_mb()
-    started = time.perf_counter()
-    day = validate_day(
-        ArtifactStore(config.artifact_store.root),
-        workload_id=BENCH_WORKLOAD,
-        start=start,
-        end=end,
-        rules=workload.data_quality,
+    config, workload, start, end = _bench_window(config_path)
+    day, figures = _measured(
+        lambda: validate_day(
+            ArtifactStore(config.artifact_store.root),
+            workload_id=BENCH_WORKLOAD,
+            start=start,
+            end=end,
+            rules=workload.data_quality,
+        )
     )
     return {
         "records": day.extracted,
-        "seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
+        **figures,
         "clean": day.clean,
         "quarantined": day.quarantined,
         "reasons": day.reasons,
