@@ -291,6 +291,13 @@ class TrainingConfig(_Strict):
         "learning_rate. A trained adapter restarted at a fresh start's rate can lose what it learned "
         "(docs/training.md, Warm start).",
     )
+    warm_start_optimizer: Literal["resume", "fresh"] = Field(
+        "resume",
+        description="A run that starts from the champion's adapter: 'resume' continues the AdamW moments "
+        "saved with it, so each weight moves as far as its gradients' history warrants; 'fresh' starts "
+        "new moments, whose first steps move every weight by about the learning rate, noise included. "
+        "An adapter saved without moments starts fresh.",
+    )
     label_balance: float = Field(
         0.5,
         ge=0,

@@ -85,6 +85,19 @@ def shared_prefix_attention(
     return output.reshape(batch, heads, queries, dim).transpose(1, 2).contiguous(), None
 
 
+def attention_pays(prefix: int, own: int) -> bool:
+    """Whether rows of ``own`` tokens of their own should attend to a shared ``prefix`` with
+    :func:`shared_prefix_attention`, rather than with SDPA over the prefix expanded to every row.
+
+    It saves reading the prefix once per row, but it materialises each row's attention to its own
+    tokens (``own`` squared per head and layer; kept for the backward pass in training), which SDPA's
+    fused kernel never does. So only where a row's own tokens are at most the prefix: a router request
+    after its tool schemas, not a BFCL request of 1,600 tokens after a 50-token system message (whose
+    own attention in batches of 5 rows outgrew a 24 GiB machine).
+    """
+    return 0 < own <= prefix
+
+
 def _own_mask(attention_mask: Any, queries: int, own: int, device: Any) -> Any:
     """The boolean mask (batch or 1, queries, own) of the rows' own keys; None when every key is visible."""
     if attention_mask is not None:

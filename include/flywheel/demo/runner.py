@@ -127,7 +127,7 @@ def run_demo(
 
 
 DEMO_TRAINING = {
-    "max_steps": 40,
+    "max_steps": 60,
     "batch_size": 8,
     "max_seq_length": 2048,
     "learning_rate": 2e-3,
@@ -143,11 +143,12 @@ DEMO_TRAINING = {
     "warm_start_steps": 8,
     "warm_start_learning_rate": 2e-4,
 }
-"""Training settings the demo applies to every candidate: 40 steps of 8 router conversations at a
+"""Training settings the demo applies to every candidate: 60 steps of 8 router conversations at a
 high learning rate, decaying, on the top 20 of the model's 30 layers, each batch's shared system
 prompt and tool schemas run once without gradients (about 1 example/s on 2 cores); from night 2 a
-candidate starts from the champion's adapter, when that is one, and trains 8 steps at a tenth of the
-rate. What these choices are worth is measured in docs/training.md ("What 2 CPU cores can reach")."""
+candidate starts from the champion's adapter and optimizer moments, when it is an adapter, and trains
+8 steps at a tenth of the rate. What these choices are worth is measured in docs/training.md ("What 2
+CPU cores can reach")."""
 
 DEMO_TRAINING_BY_WORKLOAD = {
     "bfcl_live_assistant": {"max_steps": 12, "batch_size": 8, "micro_batch_size": None}

@@ -32,7 +32,7 @@ from transformers.cache_utils import DynamicLayer
 
 from flywheel.config import GenerationConfig
 from flywheel.evaluate.generation import TRUNCATED, AnswerLimits, Generation, Prompt
-from flywheel.shared_prefix import SharedPrefix, use_shared_prefix_attention
+from flywheel.shared_prefix import SharedPrefix, attention_pays, use_shared_prefix_attention
 from flywheel.train.formatting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ class LocalGenerator:
         prefix = self._prefix(rows[0][:shared]) if shared > 0 else []
         # With shared-prefix attention the cache holds only each row's own tokens; the prefix's keys and
         # values stay at batch size 1. Otherwise they are copied to every row of the cache.
-        separate = bool(prefix) and self.shared_prefix_attention
+        own = max(len(r) for r in rows) - shared
+        separate = bool(prefix) and self.shared_prefix_attention and attention_pays(shared, own)
         capacity = max(len(r) for r in rows) - (shared if separate else 0) + max_new_tokens
         cache = self._new_cache(capacity)
         forward: dict[str, Any] = {"shared_prefix": SharedPrefix(prefix)} if separate else {}

@@ -136,9 +136,9 @@ class MemoryPlanner:
     """Rows per micro-batch that keep a job within ``budget_mb`` (see the module docstring).
 
     Per row of a micro-batch: ``token_mb`` per token that runs with gradients (the activations kept for
-    the backward pass), ``pair_mb`` per pair of such a token and a shared-prefix token it attends to
-    (attention over a prefix keeps its scores and weights for the backward pass; attention within a
-    row's own tokens runs in SDPA's memory-efficient kernel), and ``logit_mb`` per supervised position
+    the backward pass), ``pair_mb`` per pair of such a token and a key whose attention weight is kept
+    for the backward pass (shared-prefix attention keeps them, over the prefix and the row's own tokens;
+    SDPA's fused kernel keeps none), and ``logit_mb`` per supervised position
     (the vocabulary's logits and their gradient). ``correction`` scales the estimate; it only grows,
     from observed peaks.
     """
@@ -166,9 +166,10 @@ class MemoryPlanner:
             logit_mb=config.vocab_size * 4 * 3 / 2**20,
         )
 
-    def row_mb(self, tokens: int, prefix: int, supervised: int) -> float:
-        """Estimated memory of one row of ``tokens`` tokens with gradients after a shared ``prefix``."""
-        raw = tokens * self.token_mb + tokens * prefix * self.pair_mb + supervised * self.logit_mb
+    def row_mb(self, tokens: int, attended: int, supervised: int) -> float:
+        """Estimated memory of one row of ``tokens`` tokens with gradients, each keeping its attention
+        weights over ``attended`` keys, and ``supervised`` positions with logits."""
+        raw = tokens * self.token_mb + tokens * attended * self.pair_mb + supervised * self.logit_mb
         return raw * self.correction
 
     def rows_that_fit(self, rows: int, row_mb: float, free_mb: float) -> int:

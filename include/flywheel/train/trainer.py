@@ -66,6 +66,8 @@ class TrainResult:
     """The adapter training started from (the champion's, ``--init-adapter``); None: a fresh LoRA."""
     parent_version: int | None
     """The registry version of the champion that ``init_adapter`` is the adapter of."""
+    optimizer_resumed: bool = False
+    """Whether the warm start resumed the optimizer's moments saved with ``init_adapter``."""
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,6 +171,8 @@ def train(
     warm = init_adapter is not None
     learning_rate = (warm and config.warm_start_learning_rate) or config.learning_rate
     optimizer = _optimizer(model, config, learning_rate)
+    resume = init_adapter is not None and config.warm_start_optimizer == "resume"
+    optimizer_resumed = resume and _resume_optimizer(optimizer, init_adapter)
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
@@ -298,9 +302,10 @@ def train(
         config_hash=training_config_hash(config, base_model),
         init_adapter=init_adapter,
         parent_version=parent_version,
+        optimizer_resumed=optimizer_resumed,
         config=config.model_dump(mode="json"),
     )
-    _publish(model, tokenizer, result, curve, output_uri)
+    _publish(model, tokenizer, optimizer, result, curve, output_uri)
     return result
 
 
@@ -403,6 +408,31 @@ def _optimizer(model: Any, config: TrainingConfig, learning_rate: float) -> Any:
         lr=learning_rate,
         weight_decay=config.weight_decay,
     )
+
+
+def _resume_optimizer(optimizer: Any, adapter: str) -> bool:
+    """Load the moments saved with ``adapter`` into ``optimizer``; False (and why, logged) when there are
+    none or they do not fit its parameters. The learning rate and other settings stay the new run's."""
+    import torch
+
+    from flywheel.train.models import fetch_adapter
+
+    with fetch_adapter(adapter, storage_options=storage_options_from_env()) as directory:
+        path = Path(directory) / artifacts.OPTIMIZER_STATE
+        if not path.is_file():
+            log.info("warm start: %s has no optimizer state, the optimizer starts fresh", adapter)
+            return False
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    current = optimizer.state_dict()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    shapes = {index: tuple(p.shape) for index, p in enumerate(parameters)}
+    saved_shapes = {index: tuple(state["exp_avg"].shape) for index, state in saved["state"].items()}
+    if saved_shapes != shapes:
+        log.warning("warm start: the optimizer state of %s does not fit this adapter, starts fresh", adapter)
+        return False
+    optimizer.load_state_dict({**current, "state": saved["state"]})
+    log.info("warm start: resumed the optimizer's moments of %s", adapter)
+    return True
 
 
 def _lora_model(model: Any, settings: LoraSettings, init_adapter: str | None) -> Any:
@@ -673,20 +703,21 @@ def _suffix_loss_sum(
 ) -> Any:
     """Summed loss of ``chunk``'s suffixes after ``shared`` tokens whose keys and values are ``prefix``.
 
-    With :mod:`flywheel.shared_prefix` attention the prefix stays at batch size 1; otherwise its keys
-    and values are expanded to the rows as a cache.
+    With :mod:`flywheel.shared_prefix` attention, where it pays (:func:`~flywheel.shared_prefix.
+    attention_pays`), the prefix stays at batch size 1; otherwise its keys and values are expanded to
+    the rows as a cache and SDPA's fused kernel attends.
     """
     import torch
     from transformers import DynamicCache
 
-    from flywheel.shared_prefix import ATTENTION, SharedPrefix
+    from flywheel.shared_prefix import ATTENTION, SharedPrefix, attention_pays
 
     inputs = _collate(
         [(ids[shared:], labels[shared:]) for ids, labels in chunk], settings.pad_id, settings.device
     )
     rows, width = inputs["input_ids"].shape
     positions = torch.arange(shared, shared + width, device=settings.device).unsqueeze(0).expand(rows, -1)
-    if model.config._attn_implementation == ATTENTION:
+    if model.config._attn_implementation == ATTENTION and attention_pays(shared, width):
         forward: dict[str, Any] = {
             "shared_prefix": SharedPrefix(prefix),
             "attention_mask": inputs["attention_mask"],
@@ -705,10 +736,15 @@ def _suffix_loss_sum(
 
 
 def _row_mb(planner: MemoryPlanner, rows: Sequence[Example], shared: int) -> float:
-    """The planner's estimate for one row as long as the longest of ``rows``, after ``shared`` tokens."""
+    """The planner's estimate for one row as long as the longest of ``rows``, after ``shared`` tokens:
+    with shared-prefix attention each token's weights over the prefix and its own row are kept; SDPA's
+    fused kernel keeps none."""
+    from flywheel.shared_prefix import attention_pays
+
     longest = max(len(ids) for ids, _ in rows) - shared
     supervised = max(sum(1 for label in labels if label != -100) for _, labels in rows)
-    return planner.row_mb(longest, shared, supervised)
+    attended = shared + longest if attention_pays(shared, longest) else 0
+    return planner.row_mb(longest, attended, supervised)
 
 
 def _rows_that_fit(batch: Sequence[Example], wanted: int, shared: int, planner: MemoryPlanner) -> int:
@@ -805,16 +841,24 @@ def peak_memory_mb(device: str) -> float:
 
 
 def _publish(
-    model: Any, tokenizer: Any, result: TrainResult, curve: list[dict[str, Any]], output_uri: str
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    result: TrainResult,
+    curve: list[dict[str, Any]],
+    output_uri: str,
 ) -> None:
-    """Write adapter, tokenizer, loss curve and result.json; result.json last, as the completion marker."""
+    """Write adapter (with the optimizer's state, for a later warm start), tokenizer, loss curve and
+    result.json; result.json last, as the completion marker."""
     import fsspec
+    import torch
 
     fs, root = fsspec.core.url_to_fs(output_uri, **storage_options_from_env())
     with tempfile.TemporaryDirectory(prefix="flywheel-train-") as tmp:
         local = Path(tmp)
         model.save_pretrained(local / artifacts.ADAPTER)
         tokenizer.save_pretrained(local / artifacts.ADAPTER)
+        torch.save(optimizer.state_dict(), local / artifacts.ADAPTER / artifacts.OPTIMIZER_STATE)
         (local / artifacts.LOSS_CURVE).write_text(json.dumps(curve, indent=1))
         fs.makedirs(root, exist_ok=True)
         for path in sorted(local.rglob("*")):

@@ -265,6 +265,39 @@ def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(lora_tiny):
     _assert_same(_loss_and_grads(lora_tiny, batch, share=True), whole)
 
 
+def test_rows_longer_than_their_shared_prefix_attend_through_sdpa_with_the_same_loss(lora_tiny, monkeypatch):
+    # A BFCL batch: a short system message shared, then each request's own tools and question. Attention
+    # over the shared prefix would keep each row's own attention weights (own tokens squared) for the
+    # backward pass; SDPA's fused kernel keeps none, so these rows attend to an expanded prefix with it.
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from flywheel.shared_prefix import ATTENTION
+    from flywheel.train.memory import MemoryPlanner
+    from flywheel.train.trainer import _row_mb, shared_prefix_length
+
+    rng = random.Random(3)
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(40)], (60, 90, 120))
+    assert shared_prefix_length(batch) == 40
+    given_a_prefix = []
+    attention = ALL_ATTENTION_FUNCTIONS[ATTENTION]
+
+    def recorded(*args, shared_prefix=None, **kwargs):
+        given_a_prefix.append(shared_prefix is not None)
+        return attention(*args, shared_prefix=shared_prefix, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, ATTENTION, recorded)
+
+    shared = _loss_and_grads(lora_tiny, batch, share=True)
+
+    assert given_a_prefix and not any(given_a_prefix)
+    _assert_same(shared, _loss_and_grads(lora_tiny, batch, share=False))
+    # The memory planner counts no kept attention weights for them, and both for a router-shaped row.
+    planner = MemoryPlanner(budget_mb=1e6, token_mb=0.0, pair_mb=1.0, logit_mb=0.0)
+    assert _row_mb(planner, batch, 40) == 0
+    router = _random_batch(rng, [rng.randrange(1000) for _ in range(100)], (20, 30))
+    assert _row_mb(planner, router, 100) == 30 * (100 + 30)
+
+
 def test_a_prefix_without_gradient_gives_the_same_loss_and_the_suffixes_own_gradient(lora_tiny):
     # prefix_gradient: none. The reference runs each row on its own through transformers' KV cache,
     # after the prefix computed under no_grad: the gradient every row's suffix gives by itself.

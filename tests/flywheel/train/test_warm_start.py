@@ -187,3 +187,79 @@ def test_a_parent_version_without_an_adapter_is_a_config_error(chat_dataset: str
     error = json.loads((output / "error.json").read_text())
     assert error["error"] == "ConfigError"
     assert "--parent-version names the champion of an --init-adapter; none given" in error["message"]
+
+
+def optimizer_state(adapter: Path) -> dict:
+    import torch
+
+    return torch.load(adapter / "optimizer.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(("warm_start_optimizer", "steps_after"), [("resume", 3), ("fresh", 1)])
+def test_a_warm_start_resumes_the_champions_optimizer_moments_unless_told_to_start_fresh(
+    tiny_model: str, chat_dataset: str, tmp_path: Path, warm_start_optimizer: str, steps_after: int
+) -> None:
+    import torch
+
+    from flywheel.config import TrainingConfig
+    from flywheel.train.trainer import train
+
+    settings = {"batch_size": 4, "max_seq_length": 128, "lora": CHAMPION_LORA.model_dump()}
+    champion = train(
+        chat_dataset, tiny_model, TrainingConfig(max_steps=2, **settings), str(tmp_path / "champion")
+    )
+    adapter = tmp_path / "champion" / "adapter"
+    saved = optimizer_state(adapter)
+    assert not champion.optimizer_resumed
+    assert {int(s["step"]) for s in saved["state"].values()} == {2}
+
+    warm = TrainingConfig(
+        max_steps=1, warm_start_learning_rate=1e-4, warm_start_optimizer=warm_start_optimizer, **settings
+    )
+    result = train(chat_dataset, tiny_model, warm, str(tmp_path / "warm"), init_adapter=str(adapter))
+
+    assert result.optimizer_resumed is (warm_start_optimizer == "resume")
+    after = optimizer_state(tmp_path / "warm" / "adapter")
+    assert {int(s["step"]) for s in after["state"].values()} == {steps_after}
+    # The new run's own settings, not the champion's: its learning rate (before the schedule's decay).
+    assert {group["initial_lr"] for group in after["param_groups"]} == {1e-4}
+    if warm_start_optimizer == "resume":
+        # The second moments carry the champion's history: beta2 ** 1 of them is still there.
+        for index, state in saved["state"].items():
+            assert torch.all(after["state"][index]["exp_avg_sq"] >= 0.999 * state["exp_avg_sq"] - 1e-12)
+
+
+def test_an_adapter_saved_without_optimizer_state_warm_starts_with_fresh_moments(
+    tiny_model: str, champion_adapter: Path, chat_dataset: str, tmp_path: Path
+) -> None:
+    from flywheel.config import TrainingConfig
+    from flywheel.train.trainer import train
+
+    assert not (champion_adapter / "optimizer.pt").exists()
+    config = TrainingConfig(max_steps=1, batch_size=4, max_seq_length=128, lora=CHAMPION_LORA)
+
+    adapter = str(champion_adapter)
+    result = train(chat_dataset, tiny_model, config, str(tmp_path / "warm"), init_adapter=adapter)
+
+    assert not result.optimizer_resumed
+    after = optimizer_state(tmp_path / "warm" / "adapter")
+    assert {int(s["step"]) for s in after["state"].values()} == {1}
+
+
+def test_optimizer_moments_laid_out_for_other_parameter_groups_are_not_resumed(
+    tiny_model: str, chat_dataset: str, tmp_path: Path
+) -> None:
+    from flywheel.config import TrainingConfig
+    from flywheel.train.trainer import train
+
+    loraplus = CHAMPION_LORA.model_copy(update={"loraplus_lr_ratio": 16.0})
+    settings = {"max_steps": 1, "batch_size": 4, "max_seq_length": 128}
+    train(chat_dataset, tiny_model, TrainingConfig(lora=loraplus, **settings), str(tmp_path / "champion"))
+
+    warm = TrainingConfig(lora=CHAMPION_LORA, **settings)
+    adapter = str(tmp_path / "champion" / "adapter")
+    result = train(chat_dataset, tiny_model, warm, str(tmp_path / "warm"), init_adapter=adapter)
+
+    # LoRA+ orders the adapter's weights by matrix (all A, then all B): index by index they no longer fit.
+    assert not result.optimizer_resumed
+    assert {int(s["step"]) for s in optimizer_state(tmp_path / "warm" / "adapter")["state"].values()} == {1}
