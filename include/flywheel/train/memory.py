@@ -112,13 +112,26 @@ def peak_resident_mb() -> float:
     return _status_mb("VmHWM:")
 
 
+_peaks_before_resets_mb: list[float] = []
+"""The high-water marks :func:`reset_peak` cleared: the process's own peak is the highest of them and
+the current one."""
+
+
 def reset_peak() -> bool:
-    """Reset the high-water mark to the current resident set (Linux ``clear_refs``); False if unsupported."""
+    """Reset the high-water mark to the current resident set (Linux ``clear_refs``); False if unsupported.
+    The mark it clears still counts in :func:`process_peak_mb`."""
+    peak = peak_resident_mb()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
+    _peaks_before_resets_mb[:] = [max([peak, *_peaks_before_resets_mb])]
     return True
+
+
+def process_peak_mb() -> float:
+    """The resident set's high-water mark over the whole process, across :func:`reset_peak` calls."""
+    return max([peak_resident_mb(), *_peaks_before_resets_mb])
 
 
 def _status_mb(key: str) -> float:

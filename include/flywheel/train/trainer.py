@@ -830,14 +830,13 @@ def memory_planner(model: Any, config: TrainingConfig, device: str, dtype: Any) 
 
 
 def peak_memory_mb(device: str) -> float:
-    """Peak memory of this process in MiB: allocated CUDA memory, or the resident set on CPU."""
+    """Peak memory of this process in MiB: allocated CUDA memory, or the resident set on CPU (its
+    high-water mark over the whole job, though the memory planner resets it before each micro-batch)."""
     if device == "cuda":
         import torch
 
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    from flywheel.bench import peak_rss_mb
-
-    return peak_rss_mb()
+    return round(memory.process_peak_mb(), 1)
 
 
 def _publish(

@@ -67,9 +67,13 @@ def test_the_peak_resident_set_is_measured_from_the_last_reset():
     before = memory.peak_resident_mb()
     block = bytearray(200 * 2**20)  # touched: resident
     assert memory.peak_resident_mb() >= before + 150
+    peak = memory.peak_resident_mb()
     del block
     memory.reset_peak()
     assert memory.peak_resident_mb() < memory.resident_mb() + 50
+    # The job's own peak (what a training result reports) still counts the block (the kernel's resident
+    # set counters are per-CPU approximations, a few pages apart between reads).
+    assert memory.process_peak_mb() >= peak - 2
 
 
 def test_freed_memory_stays_in_the_heap_for_reuse():
