@@ -32,7 +32,8 @@ from transformers.cache_utils import DynamicLayer
 
 from flywheel.config import GenerationConfig
 from flywheel.evaluate.generation import TRUNCATED, AnswerLimits, Generation, Prompt
-from flywheel.shared_prefix import SharedPrefix, attention_pays, use_shared_prefix_attention
+from flywheel.shared_prefix import SharedPrefix, use_shared_prefix_attention
+from flywheel.train import memory
 from flywheel.train.formatting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class LocalGenerator:
                 # Merged once: evaluation then runs at the base model's speed.
                 model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         self.model = model.to(self.device).eval()
+        if self.device == "cpu":
+            # Each decoding step allocates and frees the same large blocks: keep them in the heap
+            # instead of faulting fresh pages in every step (flywheel.train.memory).
+            memory.keep_freed_memory()
         self.shared_prefix_attention = use_shared_prefix_attention(self.model)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
         self.tool_call_end = ToolCallEnd(self.tokenizer)
@@ -119,8 +124,7 @@ class LocalGenerator:
         prefix = self._prefix(rows[0][:shared]) if shared > 0 else []
         # With shared-prefix attention the cache holds only each row's own tokens; the prefix's keys and
         # values stay at batch size 1. Otherwise they are copied to every row of the cache.
-        own = max(len(r) for r in rows) - shared
-        separate = bool(prefix) and self.shared_prefix_attention and attention_pays(shared, own)
+        separate = bool(prefix) and self.shared_prefix_attention
         capacity = max(len(r) for r in rows) - (shared if separate else 0) + max_new_tokens
         cache = self._new_cache(capacity)
         forward: dict[str, Any] = {"shared_prefix": SharedPrefix(prefix)} if separate else {}

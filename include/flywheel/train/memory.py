@@ -1,14 +1,14 @@
 """Keeping a training job within its memory budget: batches split into micro-batches before they overflow.
 
-A CPU job that outgrows its machine is not told so: the kernel's OOM killer ends it with SIGKILL, and
-nothing of it survives to report why. So the trainer plans each batch before running it. A batch's
-memory is the part of the activations kept for the backward pass, which grows with the tokens that
-run with gradients, plus the attention weights of those tokens over a shared prefix.
-:class:`MemoryPlanner` estimates both from the model's shape, splits a batch into micro-batches of as
-many rows as fit the budget (gradients are accumulated over them, so the effective batch and the loss
-stay the same), and corrects its estimate with the peak resident set it observes after each
-micro-batch (``/proc/self/status`` VmHWM, reset before each one), so a model it estimates badly is
-split more finely from then on.
+A CPU job that outgrows its machine is not told so: the kernel's OOM killer ends it with SIGKILL, and nothing
+of it survives to report why. So the trainer plans each batch before running it. A batch's memory is the part
+of the activations kept for the backward pass, which grows with the tokens that run with gradients (attention
+runs in SDPA's fused kernel, which keeps no attention weights), plus the logits of the supervised positions.
+:class:`MemoryPlanner` estimates both from the model's shape, splits a batch into micro-batches of as many
+rows as fit the budget (gradients are accumulated over them, so the effective batch and the loss stay the
+same), and corrects its estimate with the peak resident set it observes after each micro-batch
+(``/proc/self/status`` VmHWM, reset before each one), so a model it estimates badly is split more finely from
+then on.
 """
 
 from __future__ import annotations
@@ -149,22 +149,19 @@ class MemoryPlanner:
     """Rows per micro-batch that keep a job within ``budget_mb`` (see the module docstring).
 
     Per row of a micro-batch: ``token_mb`` per token that runs with gradients (the activations kept for
-    the backward pass), ``pair_mb`` per pair of such a token and a key whose attention weight is kept
-    for the backward pass (shared-prefix attention keeps them, over the prefix and the row's own tokens;
-    SDPA's fused kernel keeps none), and ``logit_mb`` per supervised position
+    the backward pass) and ``logit_mb`` per supervised position
     (the vocabulary's logits and their gradient). ``correction`` scales the estimate; it only grows,
     from observed peaks.
     """
 
     budget_mb: float
     token_mb: float
-    pair_mb: float
     logit_mb: float
     correction: float = 1.0
 
     @classmethod
     def for_model(cls, model_config: Any, budget_mb: float, *, element_bytes: int) -> MemoryPlanner:
-        """Estimates from a transformers model config (hidden size, MLP width, layers, heads, vocabulary)."""
+        """Estimates from a transformers model config (hidden size, MLP width, layers, vocabulary)."""
         config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
         hidden = config.hidden_size
         width = getattr(config, "intermediate_size", None) or 4 * hidden
@@ -174,15 +171,12 @@ class MemoryPlanner:
         return cls(
             budget_mb=budget_mb,
             token_mb=layers * (per_hidden * hidden + per_width * width) * mb,
-            # Scores, softmax weights and their concatenation, in float32, per head and layer.
-            pair_mb=layers * config.num_attention_heads * 3 * 4 / 2**20,
             logit_mb=config.vocab_size * 4 * 3 / 2**20,
         )
 
-    def row_mb(self, tokens: int, attended: int, supervised: int) -> float:
-        """Estimated memory of one row of ``tokens`` tokens with gradients, each keeping its attention
-        weights over ``attended`` keys, and ``supervised`` positions with logits."""
-        raw = tokens * self.token_mb + tokens * attended * self.pair_mb + supervised * self.logit_mb
+    def row_mb(self, tokens: int, supervised: int) -> float:
+        """Estimated memory of one row of ``tokens`` tokens with gradients and ``supervised`` positions."""
+        raw = tokens * self.token_mb + supervised * self.logit_mb
         return raw * self.correction
 
     def rows_that_fit(self, rows: int, row_mb: float, free_mb: float) -> int:

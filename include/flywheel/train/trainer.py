@@ -703,21 +703,21 @@ def _suffix_loss_sum(
 ) -> Any:
     """Summed loss of ``chunk``'s suffixes after ``shared`` tokens whose keys and values are ``prefix``.
 
-    With :mod:`flywheel.shared_prefix` attention, where it pays (:func:`~flywheel.shared_prefix.
-    attention_pays`), the prefix stays at batch size 1; otherwise its keys and values are expanded to
-    the rows as a cache and SDPA's fused kernel attends.
+    With :mod:`flywheel.shared_prefix` attention the prefix is handed over at batch size 1 (its
+    attention expands it to the rows as a view); otherwise its keys and values are expanded to the
+    rows as a cache.
     """
     import torch
     from transformers import DynamicCache
 
-    from flywheel.shared_prefix import ATTENTION, SharedPrefix, attention_pays
+    from flywheel.shared_prefix import ATTENTION, SharedPrefix
 
     inputs = _collate(
         [(ids[shared:], labels[shared:]) for ids, labels in chunk], settings.pad_id, settings.device
     )
     rows, width = inputs["input_ids"].shape
     positions = torch.arange(shared, shared + width, device=settings.device).unsqueeze(0).expand(rows, -1)
-    if model.config._attn_implementation == ATTENTION and attention_pays(shared, width):
+    if model.config._attn_implementation == ATTENTION:
         forward: dict[str, Any] = {
             "shared_prefix": SharedPrefix(prefix),
             "attention_mask": inputs["attention_mask"],
@@ -736,15 +736,10 @@ def _suffix_loss_sum(
 
 
 def _row_mb(planner: MemoryPlanner, rows: Sequence[Example], shared: int) -> float:
-    """The planner's estimate for one row as long as the longest of ``rows``, after ``shared`` tokens:
-    with shared-prefix attention each token's weights over the prefix and its own row are kept; SDPA's
-    fused kernel keeps none."""
-    from flywheel.shared_prefix import attention_pays
-
+    """The planner's estimate for one row as long as the longest of ``rows``, after ``shared`` tokens."""
     longest = max(len(ids) for ids, _ in rows) - shared
     supervised = max(sum(1 for label in labels if label != -100) for _, labels in rows)
-    attended = shared + longest if attention_pays(shared, longest) else 0
-    return planner.row_mb(longest, attended, supervised)
+    return planner.row_mb(longest, supervised)
 
 
 def _rows_that_fit(batch: Sequence[Example], wanted: int, shared: int, planner: MemoryPlanner) -> int:

@@ -38,27 +38,26 @@ def test_estimates_follow_the_models_shape():
     planner = MemoryPlanner.for_model(config, 1000.0, element_bytes=4)
     per_hidden, per_width = memory.ACTIVATION_FLOATS_PER_LAYER
     assert planner.token_mb == pytest.approx(3 * (per_hidden * 64 + per_width * 256) * 4 / 2**20)
-    assert planner.pair_mb == pytest.approx(3 * 4 * 3 * 4 / 2**20)
-    # A row after a long shared prefix costs more than the same row alone: its attention weights.
-    assert planner.row_mb(100, 1000, 10) > planner.row_mb(100, 0, 10)
+    assert planner.logit_mb == pytest.approx(1000 * 4 * 3 / 2**20)
+    assert planner.row_mb(100, 10) == pytest.approx(100 * planner.token_mb + 10 * planner.logit_mb)
     assert MemoryPlanner.for_model(config, 1000.0, element_bytes=2).token_mb == planner.token_mb / 2
 
 
 def test_micro_batches_hold_as_many_rows_as_fit_and_at_least_one():
-    planner = MemoryPlanner(budget_mb=10_000, token_mb=1.0, pair_mb=0.0, logit_mb=0.0)
-    row = planner.row_mb(100, 0, 0)  # 100 MiB
+    planner = MemoryPlanner(budget_mb=10_000, token_mb=1.0, logit_mb=0.0)
+    row = planner.row_mb(100, 0)  # 100 MiB
     assert planner.rows_that_fit(32, row, free_mb=1_000) == 10
     assert planner.rows_that_fit(8, row, free_mb=1_000) == 8
     assert planner.rows_that_fit(32, row, free_mb=50) == 1  # a single row runs even if it may not fit
 
 
 def test_an_observed_peak_above_the_estimate_raises_every_later_estimate():
-    planner = MemoryPlanner(budget_mb=10_000, token_mb=1.0, pair_mb=0.0, logit_mb=0.0)
+    planner = MemoryPlanner(budget_mb=10_000, token_mb=1.0, logit_mb=0.0)
     planner.observe(estimated_mb=100, peak_mb=50)  # below: nothing to learn
     assert planner.correction == 1.0
     planner.observe(estimated_mb=100, peak_mb=250)
     assert planner.correction == pytest.approx(2.5)
-    assert planner.row_mb(100, 0, 0) == pytest.approx(250)
+    assert planner.row_mb(100, 0) == pytest.approx(250)
 
 
 def test_the_peak_resident_set_is_measured_from_the_last_reset():

@@ -265,37 +265,30 @@ def test_shared_prefix_loss_and_gradients_equal_the_whole_batch(lora_tiny):
     _assert_same(_loss_and_grads(lora_tiny, batch, share=True), whole)
 
 
-def test_rows_longer_than_their_shared_prefix_attend_through_sdpa_with_the_same_loss(lora_tiny, monkeypatch):
-    # A BFCL batch: a short system message shared, then each request's own tools and question. Attention
-    # over the shared prefix would keep each row's own attention weights (own tokens squared) for the
-    # backward pass; SDPA's fused kernel keeps none, so these rows attend to an expanded prefix with it.
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from flywheel.shared_prefix import ATTENTION
-    from flywheel.train.memory import MemoryPlanner
-    from flywheel.train.trainer import _row_mb, shared_prefix_length
+def test_a_training_pass_attends_over_the_shared_prefix_through_sdpas_fused_kernel(lora_tiny, monkeypatch):
+    # Shared-prefix attention keeps no attention weights in training: every pass of several tokens per
+    # row goes to SDPA over the prefix expanded to the rows (a BFCL batch: a short shared system
+    # message, then each request's own tools and question, longer than the prefix).
+    import flywheel.shared_prefix
 
     rng = random.Random(3)
     batch = _random_batch(rng, [rng.randrange(1000) for _ in range(40)], (60, 90, 120))
-    assert shared_prefix_length(batch) == 40
-    given_a_prefix = []
-    attention = ALL_ATTENTION_FUNCTIONS[ATTENTION]
+    keys_seen = []
+    sdpa = flywheel.shared_prefix.sdpa_attention_forward
 
-    def recorded(*args, shared_prefix=None, **kwargs):
-        given_a_prefix.append(shared_prefix is not None)
-        return attention(*args, shared_prefix=shared_prefix, **kwargs)
+    def recorded(module, query, key, *args, **kwargs):
+        keys_seen.append((query.shape[2], key.shape[2]))
+        return sdpa(module, query, key, *args, **kwargs)
 
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, ATTENTION, recorded)
+    monkeypatch.setattr(flywheel.shared_prefix, "sdpa_attention_forward", recorded)
 
     shared = _loss_and_grads(lora_tiny, batch, share=True)
 
-    assert given_a_prefix and not any(given_a_prefix)
+    layers = lora_tiny.config.num_hidden_layers
+    # The prefix alone (40 tokens), then the rows' 120 own tokens over prefix and own keys.
+    assert keys_seen[:layers] == [(40, 40)] * layers
+    assert keys_seen[layers:] == [(120, 160)] * layers
     _assert_same(shared, _loss_and_grads(lora_tiny, batch, share=False))
-    # The memory planner counts no kept attention weights for them, and both for a router-shaped row.
-    planner = MemoryPlanner(budget_mb=1e6, token_mb=0.0, pair_mb=1.0, logit_mb=0.0)
-    assert _row_mb(planner, batch, 40) == 0
-    router = _random_batch(rng, [rng.randrange(1000) for _ in range(100)], (20, 30))
-    assert _row_mb(planner, router, 100) == 30 * (100 + 30)
 
 
 def test_a_prefix_without_gradient_gives_the_same_loss_and_the_suffixes_own_gradient(lora_tiny):
@@ -372,7 +365,7 @@ def test_micro_batches_give_the_whole_batchs_loss_and_gradients(lora_tiny):
     rng = random.Random(2)
     batch = _random_batch(rng, [rng.randrange(1000) for _ in range(40)], (10, 20, 30, 40))
     # A budget below what the process already holds: every row becomes its own micro-batch.
-    planner = MemoryPlanner(budget_mb=1.0, token_mb=1.0, pair_mb=1.0, logit_mb=1.0)
+    planner = MemoryPlanner(budget_mb=1.0, token_mb=1.0, logit_mb=1.0)
 
     # The shared prefix runs once for all four micro-batches; its gradients are still the whole batch's.
     split = _loss_and_grads(lora_tiny, batch, share=True, planner=planner)
