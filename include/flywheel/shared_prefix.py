@@ -16,9 +16,9 @@ softmax over both: the same result as attending to the concatenation. That is fo
 decoding step). A pass of several tokens per row (a prefill, a training pass) goes to SDPA's fused
 kernel over the prefix expanded to the rows as a view: materialised weights of many queries over the
 prefix cost more than the per-row reads they save (a prefill of 16 few-shot router rows padded to 792
-own tokens: 123 s that way, 55 s through SDPA). Without a prefix it is transformers' SDPA attention, so the prefix itself, and any model call
-that shares nothing, run as before. Models
-whose layers are all full attention use it (:func:`use_shared_prefix_attention`); others keep theirs.
+own tokens: 123 s that way, 55 s through SDPA). Without a prefix it is transformers' SDPA attention,
+so the prefix itself, and any model call that shares nothing, run as before. Models whose layers are
+all full attention use it (:func:`use_shared_prefix_attention`); others keep theirs.
 """
 
 from __future__ import annotations
