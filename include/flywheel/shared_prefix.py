@@ -108,11 +108,11 @@ def _expanded_sdpa(
     **kwargs: Any,
 ) -> tuple[Any, None]:
     """Attention of several queries per row (a prefill, a training pass) through SDPA's fused kernel,
-    over the prefix's keys and values expanded to every row (a view, no copy) and the rows' own.
+    over the prefix's keys and values expanded to every row, joined with the rows' own.
 
-    For many queries the fused kernel wins: it keeps no attention weights (a batch of 8 router rows
-    trained in 5.9 instead of 9.0 GB, and about 20 % faster), and the prefix is read once per row
-    per pass, not per query."""
+    For many queries the fused kernel wins: it keeps no attention weights (12 training steps of 8
+    router rows: peak 5.9 instead of 9.2 GB, 0.59 instead of 0.55 examples/s), and the prefix's one
+    copy per row and pass is small next to the queries' work."""
     prefix_key, prefix_value = shared_prefix.layers[module.layer_idx]
     batch, _, queries, _ = query.shape
     own = key.shape[-2]

@@ -151,7 +151,7 @@ def train(
     if device == "cpu":
         memory.keep_freed_memory()
     if use_shared_prefix_attention(model):
-        log.info("attention: shared-prefix (flywheel.shared_prefix), a batch's prefix is read once")
+        log.info("attention: shared-prefix (flywheel.shared_prefix)")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

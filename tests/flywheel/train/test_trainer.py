@@ -212,7 +212,7 @@ def _lora_tiny(tiny_model, settings):
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert use_shared_prefix_attention(base)  # as train() runs it: a batch's prefix is read once
+    assert use_shared_prefix_attention(base)  # as train() runs it
     model = get_peft_model(base, lora_config(settings, base))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
