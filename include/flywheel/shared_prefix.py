@@ -66,8 +66,9 @@ def shared_prefix_attention(
     if shared_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if query.shape[2] > 1:
-        prefill = (attention_mask, dropout, scaling, shared_prefix)
-        return _expanded_sdpa(module, query, key, value, *prefill, **kwargs)
+        return _expanded_sdpa(
+            module, query, key, value, attention_mask, shared_prefix, dropout, scaling, **kwargs
+        )
     prefix_key, prefix_value = shared_prefix.layers[module.layer_idx]
     batch, heads, queries, dim = query.shape
     kv_heads, own = key.shape[1], key.shape[-2]
@@ -102,9 +103,9 @@ def _expanded_sdpa(
     key: Any,
     value: Any,
     attention_mask: Any,
+    shared_prefix: SharedPrefix,
     dropout: float,
     scaling: float | None,
-    shared_prefix: SharedPrefix,
     **kwargs: Any,
 ) -> tuple[Any, None]:
     """Attention of several queries per row (a prefill, a training pass) through SDPA's fused kernel,
@@ -118,10 +119,9 @@ def _expanded_sdpa(
     own = key.shape[-2]
     keys = torch.cat([prefix_key.expand(batch, -1, -1, -1), key], dim=2)
     values = torch.cat([prefix_value.expand(batch, -1, -1, -1), value], dim=2)
+    # Several queries: _own_mask is never None here (at least the causal mask).
     own_mask = _own_mask(attention_mask, queries, own, query.device)
     visible = torch.ones((batch, queries, shared_prefix.length), dtype=torch.bool, device=query.device)
-    if own_mask is None:
-        own_mask = torch.ones((batch, queries, own), dtype=torch.bool, device=query.device)
     mask = torch.cat([visible, own_mask.expand(batch, -1, -1)], dim=-1).unsqueeze(1)
     return sdpa_attention_forward(module, query, keys, values, mask, dropout, scaling, **kwargs)
 
