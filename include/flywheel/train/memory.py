@@ -1,14 +1,14 @@
 """Keeping a training job within its memory budget: batches split into micro-batches before they overflow.
 
-A CPU job that outgrows its machine is not told so: the kernel's OOM killer ends it with SIGKILL, and nothing
-of it survives to report why. So the trainer plans each batch before running it. A batch's memory is the part
-of the activations kept for the backward pass, which grows with the tokens that run with gradients (attention
-runs in SDPA's fused kernel, which keeps no attention weights), plus the logits of the supervised positions.
-:class:`MemoryPlanner` estimates both from the model's shape, splits a batch into micro-batches of as many
-rows as fit the budget (gradients are accumulated over them, so the effective batch and the loss stay the
-same), and corrects its estimate with the peak resident set it observes after each micro-batch
-(``/proc/self/status`` VmHWM, reset before each one), so a model it estimates badly is split more finely from
-then on.
+A CPU job that outgrows its machine is not told so: the kernel's OOM killer ends it with SIGKILL, and
+nothing of it survives to report why. So the trainer plans each batch before running it. A batch's
+memory is the part of the activations kept for the backward pass, which grows with the tokens that run
+with gradients (attention runs in SDPA's fused kernel, which keeps no attention weights), plus the
+logits of the supervised positions. :class:`MemoryPlanner` estimates both from the model's shape,
+splits a batch into micro-batches of as many rows as fit the budget (gradients are accumulated over
+them, so the effective batch and the loss stay the same), and corrects its estimate with the peak
+resident set it observes after each micro-batch (``/proc/self/status`` VmHWM, reset before each one),
+so a model it estimates badly is split more finely from then on.
 """
 
 from __future__ import annotations
