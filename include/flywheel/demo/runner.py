@@ -175,7 +175,8 @@ DEMO_DECISION = {
 floor of 0.25 instead of production's 0.5."""
 
 DEMO_DATA_QUALITY = {"splits": {"max_train_records": 2000}}
-"""The demo trains on 160 examples a night: keeping the newest 2,000 saves encoding 6,000 more."""
+"""The demo trains on at most 480 examples a night (60 steps of 8): keeping the newest 2,000 saves
+encoding 6,000 more."""
 
 
 def demo_settings(config: FlywheelConfig) -> FlywheelConfig:

@@ -10,6 +10,7 @@ instead, with an exit code that tells the orchestrator whether a retry can help.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from flywheel import artifacts
 from flywheel.config import LoraSettings, TrainingConfig
@@ -166,13 +167,14 @@ def train(
     if not train_set:
         raise TrainingInputError(f"{dataset_uri}: train.jsonl has no examples")
 
-    model = _lora_model(model, config.lora, init_adapter)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     warm = init_adapter is not None
     learning_rate = (warm and config.warm_start_learning_rate) or config.learning_rate
-    optimizer = _optimizer(model, config, learning_rate)
-    resume = init_adapter is not None and config.warm_start_optimizer == "resume"
-    optimizer_resumed = resume and _resume_optimizer(optimizer, init_adapter)
+    with _fetched_adapter(init_adapter) as champion:
+        model = _lora_model(model, config.lora, champion)
+        optimizer = _optimizer(model, config, learning_rate)
+        resume = champion is not None and config.warm_start_optimizer == "resume"
+        optimizer_resumed = resume and _resume_optimizer(optimizer, champion)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
@@ -410,33 +412,51 @@ def _optimizer(model: Any, config: TrainingConfig, learning_rate: float) -> Any:
     )
 
 
-def _resume_optimizer(optimizer: Any, adapter: str) -> bool:
+class FetchedAdapter(NamedTuple):
+    """An adapter to start from: where it was configured (for messages) and the local copy to read."""
+
+    uri: str
+    directory: Path
+
+
+@contextlib.contextmanager
+def _fetched_adapter(uri: str | None) -> Iterator[FetchedAdapter | None]:
+    """The adapter at ``uri`` fetched once for the warm start's weights and optimizer state (None: none)."""
+    if uri is None:
+        yield None
+        return
+    from flywheel.train.models import fetch_adapter
+
+    with fetch_adapter(uri, storage_options=storage_options_from_env()) as directory:
+        yield FetchedAdapter(uri, Path(directory))
+
+
+def _resume_optimizer(optimizer: Any, adapter: FetchedAdapter) -> bool:
     """Load the moments saved with ``adapter`` into ``optimizer``; False (and why, logged) when there are
     none or they do not fit its parameters. The learning rate and other settings stay the new run's."""
     import torch
 
-    from flywheel.train.models import fetch_adapter
-
-    with fetch_adapter(adapter, storage_options=storage_options_from_env()) as directory:
-        path = Path(directory) / artifacts.OPTIMIZER_STATE
-        if not path.is_file():
-            log.info("warm start: %s has no optimizer state, the optimizer starts fresh", adapter)
-            return False
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+    path = adapter.directory / artifacts.OPTIMIZER_STATE
+    if not path.is_file():
+        log.info("warm start: %s has no optimizer state, the optimizer starts fresh", adapter.uri)
+        return False
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     current = optimizer.state_dict()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     shapes = {index: tuple(p.shape) for index, p in enumerate(parameters)}
     saved_shapes = {index: tuple(state["exp_avg"].shape) for index, state in saved["state"].items()}
     if saved_shapes != shapes:
-        log.warning("warm start: the optimizer state of %s does not fit this adapter, starts fresh", adapter)
+        log.warning(
+            "warm start: the optimizer state of %s does not fit this adapter, starts fresh", adapter.uri
+        )
         return False
     optimizer.load_state_dict({**current, "state": saved["state"]})
-    log.info("warm start: resumed the optimizer's moments of %s", adapter)
+    log.info("warm start: resumed the optimizer's moments of %s", adapter.uri)
     return True
 
 
-def _lora_model(model: Any, settings: LoraSettings, init_adapter: str | None) -> Any:
-    """``model`` with the LoRA adapter to train: a fresh one of ``settings``, or the one at ``init_adapter``.
+def _lora_model(model: Any, settings: LoraSettings, init_adapter: FetchedAdapter | None) -> Any:
+    """``model`` with the LoRA adapter to train: a fresh one of ``settings``, or ``init_adapter``.
 
     A warm start trains on from the adapter's weights (the champion's), so its rank, alpha and adapted
     modules must be the configured ones: AdapterMismatchError names both otherwise. The configured
@@ -446,27 +466,23 @@ def _lora_model(model: Any, settings: LoraSettings, init_adapter: str | None) ->
 
     from peft import PeftConfig, PeftModel, get_peft_model
 
-    from flywheel.train.models import fetch_adapter
-
     configured = lora_config(settings, model)
     if init_adapter is None:
         return get_peft_model(model, configured)
-    with fetch_adapter(init_adapter, storage_options=storage_options_from_env()) as directory:
-        saved = PeftConfig.from_pretrained(str(directory))
-        if saved.peft_type != "LORA":
-            raise AdapterMismatchError(
-                f"--init-adapter {init_adapter} is a {saved.peft_type} adapter, not a LoRA adapter"
-            )
-        found, wanted = (_adapted_modules(model.config, copy.deepcopy(c)) for c in (saved, configured))
-        if (saved.r, saved.lora_alpha, found) != (settings.r, settings.alpha, wanted):
-            raise AdapterMismatchError(
-                f"--init-adapter {init_adapter} (r={saved.r}, alpha={saved.lora_alpha}, adapts "
-                f"{_describe_modules(found)}) does not match the configured lora settings (r={settings.r}, "
-                f"alpha={settings.alpha}, target_modules {settings.target_modules!r}: adapts "
-                f"{_describe_modules(wanted)}); configure the champion's lora settings, or init_from: base"
-            )
-        saved.lora_dropout = settings.dropout
-        return PeftModel.from_pretrained(model, directory, is_trainable=True, config=saved)
+    uri, directory = init_adapter
+    saved = PeftConfig.from_pretrained(str(directory))
+    if saved.peft_type != "LORA":
+        raise AdapterMismatchError(f"--init-adapter {uri} is a {saved.peft_type} adapter, not a LoRA adapter")
+    found, wanted = (_adapted_modules(model.config, copy.deepcopy(c)) for c in (saved, configured))
+    if (saved.r, saved.lora_alpha, found) != (settings.r, settings.alpha, wanted):
+        raise AdapterMismatchError(
+            f"--init-adapter {uri} (r={saved.r}, alpha={saved.lora_alpha}, adapts "
+            f"{_describe_modules(found)}) does not match the configured lora settings (r={settings.r}, "
+            f"alpha={settings.alpha}, target_modules {settings.target_modules!r}: adapts "
+            f"{_describe_modules(wanted)}); configure the champion's lora settings, or init_from: base"
+        )
+    saved.lora_dropout = settings.dropout
+    return PeftModel.from_pretrained(model, directory, is_trainable=True, config=saved)
 
 
 def _adapted_modules(model_config: Any, lora: Any) -> set[str]:

@@ -82,10 +82,11 @@ def test_a_warm_start_begins_with_the_champions_weights_and_trains_them(
 ) -> None:
     import torch
 
-    from flywheel.train.trainer import _lora_model
+    from flywheel.train.trainer import FetchedAdapter, _lora_model
 
     settings = CHAMPION_LORA.model_copy(update={"dropout": 0.1})
-    model = _lora_model(base_model(tiny_model), settings, str(champion_adapter))
+    champion_copy = FetchedAdapter(str(champion_adapter), champion_adapter)
+    model = _lora_model(base_model(tiny_model), settings, champion_copy)
 
     champion = saved_weights(champion_adapter)
     started = lora_weights(model)
@@ -119,10 +120,14 @@ def test_a_champion_adapter_of_another_shape_is_an_input_error_naming_both(
     tiny_model: str, champion_adapter: Path, change: dict, configured: str, adapter: str
 ) -> None:
     from flywheel.jobs import JobInputError
-    from flywheel.train.trainer import AdapterMismatchError, _lora_model
+    from flywheel.train.trainer import AdapterMismatchError, FetchedAdapter, _lora_model
 
     with pytest.raises(AdapterMismatchError) as error:
-        _lora_model(base_model(tiny_model), CHAMPION_LORA.model_copy(update=change), str(champion_adapter))
+        _lora_model(
+            base_model(tiny_model),
+            CHAMPION_LORA.model_copy(update=change),
+            FetchedAdapter(str(champion_adapter), champion_adapter),
+        )
 
     assert isinstance(error.value, JobInputError)
     message = str(error.value)
@@ -263,3 +268,34 @@ def test_optimizer_moments_laid_out_for_other_parameter_groups_are_not_resumed(
     # LoRA+ orders the adapter's weights by matrix (all A, then all B): index by index they no longer fit.
     assert not result.optimizer_resumed
     assert {int(s["step"]) for s in optimizer_state(tmp_path / "warm" / "adapter")["state"].values()} == {1}
+
+
+def test_a_warm_start_from_an_object_store_fetches_the_champions_adapter_once(
+    tiny_model: str, chat_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel.config import TrainingConfig
+    from flywheel.train import models
+    from flywheel.train.trainer import train
+
+    settings = {"max_steps": 1, "batch_size": 4, "max_seq_length": 128, "lora": CHAMPION_LORA.model_dump()}
+    # fsspec's in-memory filesystem stands for the object store the registry's adapters live in.
+    champion_uri = f"memory://{tmp_path.name}/champion"
+    train(chat_dataset, tiny_model, TrainingConfig(**settings), champion_uri)
+    fetched: list[str] = []
+    real_fetch = models.fetch_adapter
+
+    def counting_fetch(reference: str, **kwargs: object):
+        fetched.append(reference)
+        return real_fetch(reference, **kwargs)
+
+    monkeypatch.setattr(models, "fetch_adapter", counting_fetch)
+
+    adapter = f"{champion_uri}/adapter"
+    result = train(
+        chat_dataset, tiny_model, TrainingConfig(**settings), str(tmp_path / "warm"), init_adapter=adapter
+    )
+
+    # Weights and optimizer moments come from one copy of the adapter.
+    assert fetched == [adapter]
+    assert result.optimizer_resumed
+    assert {int(s["step"]) for s in optimizer_state(tmp_path / "warm" / "adapter")["state"].values()} == {2}
