@@ -49,6 +49,24 @@ def airflow_settings(home: Path) -> dict[str, str]:
     }
 
 
+def _session_members(session: int) -> list[int]:
+    """The processes of ``session`` still alive (Linux: read from ``/proc``; elsewhere none are found).
+
+    Airflow's supervisor puts each task process in a process group of its own, in the session that
+    standalone started. Stopping standalone's group leaves a running task orphaned: on SIGTERM a task
+    process only calls its operator's ``on_kill``, and the supervisor that would have escalated is gone.
+    Its local jobs end with it (``flywheel.compute.jobguard``).
+    """
+    proc = Path("/proc")
+    pids = [int(entry.name) for entry in proc.iterdir() if entry.name.isdigit()] if proc.is_dir() else []
+    members = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getsid(pid) == session:
+                members.append(pid)
+    return members
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -137,18 +155,22 @@ class LocalAirflow:
         return self
 
     def stop(self, grace_s: float = 20) -> None:
-        """Stop every process ``start`` began (the whole process group), SIGKILL after ``grace_s``."""
+        """Stop every process ``start`` began, SIGKILL after ``grace_s``: the components (the process
+        group ``start`` created) and the task processes that were running (see :func:`_session_members`)."""
         if self.process is None or self.process.poll() is not None:
             return
-        group = os.getpgid(self.process.pid)
-        os.killpg(group, signal.SIGTERM)
+        session = self.process.pid  # started with start_new_session: it leads its session and group
+        os.killpg(session, signal.SIGTERM)
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
+            os.killpg(session, signal.SIGKILL)
             self.process.wait()
         with contextlib.suppress(ProcessLookupError):  # components that outlived standalone itself
-            os.killpg(group, signal.SIGKILL)
+            os.killpg(session, signal.SIGKILL)
+        for pid in _session_members(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalAirflow:
         return self.start()
