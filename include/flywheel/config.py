@@ -1068,6 +1068,12 @@ class ComputeConfig(_Strict):
     evaluate_timeout_minutes: float = Field(
         120.0, gt=0, description="Time limit of one evaluation job, as train_timeout_minutes."
     )
+    local_parallel_jobs: int = Field(
+        1,
+        ge=1,
+        description="Local backend: jobs of a run's train or evaluate task that run at the same time. Each "
+        "job uses every core of the worker: two side by side take longer than one after the other.",
+    )
 
     def job_timeout(self, kind: str) -> timedelta | None:
         """The time limit of a ``train`` or ``evaluate`` job; None for any other kind of job."""

@@ -168,6 +168,8 @@ def test_training_then_evaluation_one_mapped_task_per_job(dagbag):
     assert train.is_mapped and evaluate.is_mapped
     assert train.map_index_template == "{{ candidate_id }}"
     assert evaluate.map_index_template == "{{ candidate_id }}/{{ eval_type }}"
+    # Local jobs use every core of the worker: a run's jobs go one at a time (compute.local_parallel_jobs).
+    assert train.max_active_tis_per_dagrun == evaluate.max_active_tis_per_dagrun == 1
     # Results are read whatever happened to each job, but not after an upstream failure; evaluation is
     # planned even when every candidate failed to train (base models and the champion still count).
     # Training results are also read when the retrain policy planned no job (`train` is skipped then).

@@ -68,7 +68,11 @@ class LocalBackend(ComputeBackend):
         label = "{{ candidate_id }}" + ("/{{ eval_type }}" if kind == "evaluate" else "")
 
         @task(
-            task_id=kind, doc_md=doc_md, map_index_template=label, execution_timeout=self.task_timeout(kind)
+            task_id=kind,
+            doc_md=doc_md,
+            map_index_template=label,
+            execution_timeout=self.task_timeout(kind),
+            max_active_tis_per_dagrun=self.config.compute.local_parallel_jobs,
         )
         def run_job(job: dict[str, Any]) -> None:
             context = get_current_context()
