@@ -77,7 +77,7 @@ chromium:
 demo: $(STAMP)
 	$(BIN)/flywheel demo run
 
-# Up to an hour on 2 cores; `flywheel demo scenario --model tiny --days 4 --drift-day 3` shows the mechanics in minutes.
+# More than 90 minutes on 2 cores (docs/operations.md, "The scenario"); `flywheel demo scenario --model tiny --days 4 --drift-day 3` shows the mechanics in minutes.
 scenario: $(STAMP)
 	$(BIN)/flywheel demo scenario
 
