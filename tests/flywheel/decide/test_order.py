@@ -137,5 +137,6 @@ def test_the_wait_reschedules_and_depends_on_the_previous_runs_wait() -> None:
     wait = PreviousNightWait(task_id="previous_night", workload_id=WORKLOAD, wait_minutes=30)
 
     assert (wait.mode, wait.depends_on_past, wait.poke_interval) == ("reschedule", True, 10)
-    assert wait.exponential_backoff and wait.max_wait.total_seconds() == 300
+    # A night starts at most a minute after the one before decided.
+    assert wait.exponential_backoff and wait.max_wait.total_seconds() == 60
     assert wait.timeout > 30 * 60  # its own deadline ends the wait before Airflow's sensor timeout
