@@ -172,7 +172,7 @@ def train(
     with _fetched_adapter(init_adapter) as champion:
         model = _lora_model(model, config.lora, champion)
         optimizer = _optimizer(model, config, learning_rate)
-        resume = champion is not None and config.warm_start_optimizer == "resume"
+        resume = warm and config.warm_start_optimizer == "resume"
         optimizer_resumed = resume and _resume_optimizer(optimizer, champion)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)

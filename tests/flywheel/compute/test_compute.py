@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from flywheel.jobs import (
     write_error,
     write_result,
 )
+from processes import alive, wait_for
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
@@ -423,22 +423,6 @@ def forever_job(tmp_path: Path) -> tuple[PythonJob, Path]:
         labels=job_labels("customer_support_router", "manual__x", "greedy", "train"),
     )
     return job, pids
-
-
-def wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"still not {what} after {seconds} s"
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie that nobody has reaped yet has ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def group_members(group: int) -> list[int]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from flywheel.demo.local_airflow import LocalAirflow
+from processes import alive, wait_for
 
 SLEEPER_DAG = """
 import os
@@ -31,14 +31,6 @@ sleeper()
 """
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its parent, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_stopping_airflow_ends_the_task_process_it_was_running(tmp_path: Path) -> None:
     dags = tmp_path / "dags"
     dags.mkdir()
@@ -56,7 +48,4 @@ def test_stopping_airflow_ends_the_task_process_it_was_running(tmp_path: Path) -
         assert os.getpgid(task) != airflow.process.pid
         assert os.getsid(task) == airflow.process.pid
 
-    deadline = time.monotonic() + 10
-    while alive(task) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(task)
+    wait_for(lambda: not alive(task), 10, "ended")
