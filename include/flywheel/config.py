@@ -209,6 +209,15 @@ class DataQualityConfig(_Strict):
     shift_baseline_days: int = Field(
         7, ge=1, le=90, description="Passed days before the day whose tool distribution is the baseline."
     )
+    retired_tools: Literal["keep", "exclude"] = Field(
+        "keep",
+        description="What a dataset does with records that offer a tool definition no record of the "
+        "window's newest day offers (a tool renamed or removed, or its schema changed). 'exclude': they "
+        "stay out of training, validation and evaluation, the golden set's included, and the manifest "
+        "counts them (retired_tools), so the champion is judged and challengers trained on the API as "
+        "it is now; for agents that offer one tool catalogue. 'keep': for workloads whose requests "
+        "bring their own tools.",
+    )
     pii: PiiConfig = Field(default_factory=PiiConfig)
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
 
@@ -289,6 +298,14 @@ class TrainingConfig(_Strict):
         lt=1,
         description="Peak learning rate of a run that starts from the champion's adapter; null: "
         "learning_rate. A trained adapter restarted at a fresh start's rate can lose what it learned "
+        "(docs/training.md, Warm start).",
+    )
+    warm_start_on_tool_change: bool = Field(
+        False,
+        description="Whether a run whose dataset offers tools the champion's dataset did not "
+        "(tool_set_changed: an API change) starts from the champion's adapter too. false: it trains a "
+        "fresh LoRA with a fresh start's steps and learning rate, because the champion's adapter learned "
+        "to call the tools that changed and a warm start's short run at its low rate keeps calling them "
         "(docs/training.md, Warm start).",
     )
     warm_start_optimizer: Literal["resume", "fresh"] = Field(

@@ -63,6 +63,8 @@ class DatasetResult:
     content_hash: str
     config_hash: str
     under_represented: list[str]
+    stale_records: int
+    """Records left out because they offer a retired tool (``data_quality.retired_tools: exclude``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,19 +95,32 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             f"no validated day for {workload.workload_id} in {window[0]}..{window[-1]}: {skipped}"
         )
 
-    newest: dict[str, tuple[datetime, str, str]] = {}
+    excluding = rules.retired_tools == "exclude"
+    offered = ToolSet()
+    catalogue: set[str] = set()  # tool definitions the newest day's records offer
+    newest: dict[str, tuple[datetime, str, str, frozenset[str]]] = {}
     seen = 0
-    for source in sources:
-        for row in _read_rows(store, source["files"], _DECIDING_COLUMNS):
+    for position, source in enumerate(sources, 1):
+        columns = [*_DECIDING_COLUMNS, "tools_json"] if excluding else _DECIDING_COLUMNS
+        for row in _read_rows(store, source["files"], columns):
             seen += 1
+            tools = offered.add(row["tools_json"]) if excluding else frozenset()
+            if position == len(sources):
+                catalogue |= tools
             current = newest.get(row["conversation_key"])
-            candidate = (row["timestamp"], row["record_id"], row["label"])
+            candidate = (row["timestamp"], row["record_id"], row["label"], tools)
             if current is None or candidate[:2] > current[:2]:
                 newest[row["conversation_key"]] = candidate
-    candidates = [Candidate(key=k, label=v[2], timestamp=v[0], record_id=v[1]) for k, v in newest.items()]
+    stale = {v[1] for v in newest.values() if not v[3] <= catalogue} if excluding else set()
+    candidates = [
+        Candidate(key=k, label=v[2], timestamp=v[0], record_id=v[1])
+        for k, v in newest.items()
+        if v[1] not in stale
+    ]
 
     splits = rules.splits
     golden_ids, golden_is_new = _golden(store, workload, candidates)
+    stale_golden = _stale_golden(store, workload, catalogue) if excluding and not golden_is_new else []
     golden_lines: list[bytes] = []
     plan = plan_splits(
         [c for c in candidates if c.record_id not in golden_ids],
@@ -156,13 +171,20 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             "sources": [{k: v for k, v in s.items() if k != "files"} for s in sources],
             "days_skipped": skipped,
             "records_seen": seen,
-            "duplicates_removed": seen - len(candidates),
+            "duplicates_removed": seen - len(newest),
             "counts": counts,
             "counts_per_label": {split: dict(sorted(c.items())) for split, c in per_label.items()},
             "tools": tools.definitions,
             "held_out": len(plan.held_out),
-            "golden": {"records": len(golden_ids), "uri": store.uri(_golden_path(store, workload))}
+            "golden": {
+                "records": len(golden_ids),
+                "uri": store.uri(_golden_path(store, workload)),
+                "stale": stale_golden,
+            }
             if golden_ids
+            else None,
+            "retired_tools": _retired(sources, offered, catalogue, stale, stale_golden)
+            if excluding
             else None,
             "under_represented": plan.under_represented,
             "pii": dict(sum((Counter(s["pii"]) for s in sources), Counter())),
@@ -199,6 +221,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
         content_hash=content_hash,
         config_hash=manifest["config_hash"],
         under_represented=plan.under_represented,
+        stale_records=len(stale),
     )
 
 
@@ -212,17 +235,56 @@ class ToolSet:
 
     def __init__(self) -> None:
         self.definitions: dict[str, str] = {}
-        self._seen: set[bytes] = set()
+        self._lists: dict[bytes, frozenset[str]] = {}
 
-    def add(self, tools_json: str) -> None:
-        """Count the tools of one record's ``tools_json`` (a JSON list of OpenAI tool entries)."""
+    def add(self, tools_json: str) -> frozenset[str]:
+        """Count the tools of one record's ``tools_json`` (a JSON list of OpenAI tool entries); returns
+        their digests."""
         key = hashlib.blake2b(tools_json.encode(), digest_size=16).digest()
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        # Validation let only lists of {"type": "function", "function": {"name": ...}} through.
-        for tool in _decode(tools_json):
-            self.definitions[hashlib.sha256(_encode(tool)).hexdigest()[:16]] = tool["function"]["name"]
+        digests = self._lists.get(key)
+        if digests is None:
+            # Validation let only lists of {"type": "function", "function": {"name": ...}} through.
+            named = {
+                hashlib.sha256(_encode(t)).hexdigest()[:16]: t["function"]["name"]
+                for t in _decode(tools_json)
+            }
+            self.definitions.update(named)
+            digests = self._lists[key] = frozenset(named)
+        return digests
+
+
+def _stale_golden(store: ArtifactStore, workload: WorkloadConfig, catalogue: set[str]) -> list[str]:
+    """Record ids of the frozen golden set's examples that offer a tool outside ``catalogue``."""
+    with store.fs.open(_golden_path(store, workload), "rb") as handle:
+        examples = [_decode(line) for line in handle if line.strip()]
+    tools = ToolSet()
+    return sorted(
+        e["record_id"] for e in examples if not tools.add(_encode(e["tools"]).decode()) <= catalogue
+    )
+
+
+def _retired(
+    sources: list[dict[str, Any]],
+    offered: ToolSet,
+    catalogue: set[str],
+    stale: set[str],
+    stale_golden: list[str],
+) -> dict[str, Any]:
+    """The manifest's ``retired_tools``: the tool definitions the window's records offer that its newest
+    day's do not (by name: ``changed`` when the newest day offers the name with another schema, else
+    ``gone``) and the records left out for them."""
+    current_names = {offered.definitions[d] for d in catalogue}
+    retired = {
+        name: "changed" if name in current_names else "gone"
+        for digest, name in offered.definitions.items()
+        if digest not in catalogue
+    }
+    return {
+        "catalogue_day": sources[-1]["day"],
+        "retired": dict(sorted(retired.items())),
+        "stale_records": len(stale),
+        "stale_golden": len(stale_golden),
+    }
 
 
 def _window_sources(

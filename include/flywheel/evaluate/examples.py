@@ -66,16 +66,21 @@ def load_examples(
 
     They are the dataset's evaluation split and, with ``include_golden``, the workload's frozen golden
     set that the dataset's manifest names (chosen once from held-out records, so it is never trained
-    on either). Each example says which of the two it comes from (``eval_set``).
+    on either), less the golden examples the manifest lists as ``stale`` (they offer a retired tool).
+    Each example says which of the two it comes from (``eval_set``).
     """
     sources = [("evaluation", _split_uri(dataset_uri, "evaluation"))]
-    golden = _golden_uri(dataset_uri) if include_golden else None
+    golden = _golden(dataset_uri) if include_golden else None
+    stale: set[str] = set()
     if golden:
-        sources.append(("golden", golden))
+        sources.append(("golden", golden["uri"]))
+        stale = set(golden.get("stale") or [])
     examples: dict[str, EvalExample] = {}
     for eval_set, uri in sources:
         for where, record in read_jsonl(uri):
             example = _example(where, record, eval_set)
+            if eval_set == "golden" and example.example_id in stale:
+                continue  # it offers a retired tool (data_quality.retired_tools: exclude)
             examples.setdefault(example.example_id, example)
     if not examples:
         names = " and ".join(uri for _, uri in sources)
@@ -102,8 +107,9 @@ def _example(where: str, record: dict[str, Any], eval_set: str) -> EvalExample:
         raise EvaluationInputError(f"{where}: not an evaluation example ({problem})") from None
 
 
-def _golden_uri(dataset_uri: str) -> str | None:
-    """The golden set's URI from the dataset's ``manifest.json`` (None without a manifest or golden set)."""
+def _golden(dataset_uri: str) -> dict[str, Any] | None:
+    """The dataset's ``manifest.json`` entry of the golden set: its ``uri`` and the ids of its ``stale``
+    examples (None without a manifest or golden set)."""
     import fsspec
 
     try:
@@ -112,7 +118,7 @@ def _golden_uri(dataset_uri: str) -> str | None:
     except FileNotFoundError:
         return None
     golden = manifest.get("golden") if isinstance(manifest, dict) else None
-    return golden.get("uri") if isinstance(golden, dict) else None
+    return golden if isinstance(golden, dict) and golden.get("uri") else None
 
 
 def load_train_examples(dataset_uri: str, *, limit: int | None = None) -> list[TrainExample]:

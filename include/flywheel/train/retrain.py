@@ -118,7 +118,7 @@ def _plan(ctx: RunContext, dataset: dict[str, Any], champion: VersionInfo | None
     checks = [
         _previous_alert(ctx),
         _champion_score(ctx, champion),
-        _tool_set(ctx, dataset, champion),
+        tool_set_change(ctx, dataset, champion),
         _tool_shift(ctx),
     ]
     fired = [reason for triggered, reason in checks if triggered]
@@ -188,8 +188,9 @@ def _score(side: dict[str, Any] | None, metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _tool_set(ctx: RunContext, dataset: dict[str, Any], champion: VersionInfo) -> tuple[bool, Reason]:
-    """Whether this run's dataset offers tools that the champion's dataset did not."""
+def tool_set_change(ctx: RunContext, dataset: dict[str, Any], champion: VersionInfo) -> tuple[bool, Reason]:
+    """Whether this run's dataset offers tools that the champion's dataset did not, and the reason that
+    says which (``tool_set_changed``) or why not."""
     name = f"champion v{champion.version}"
     with session_scope(ctx.config.metadata) as session:
         manifest_uri = (

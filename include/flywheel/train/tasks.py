@@ -15,6 +15,7 @@ from flywheel.config import CandidateConfig, WorkloadConfig
 from flywheel.context import RunContext
 
 if TYPE_CHECKING:
+    from flywheel.decide.policy import Reason
     from flywheel.deliver.registry import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
     from flywheel.compute import train_job
     from flywheel.deliver.registry import champion
     from flywheel.errors import RunParamError
-    from flywheel.train.retrain import plan_retrain
+    from flywheel.train.retrain import plan_retrain, tool_set_change
 
     current = champion(ctx.config.metadata, ctx.workload_id)
     if ctx.options.champion_only and current is None and ctx.workload.evaluation.champion is None:
@@ -57,9 +58,10 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
         )
     if not plan_retrain(ctx, dataset, current).train:
         return []
+    changed, tools = tool_set_change(ctx, dataset, current) if current is not None else (False, None)
     jobs = []
     for candidate in ctx.options.candidates_of(ctx.workload):
-        start = warm_start(ctx.workload, candidate, current)
+        start = warm_start(ctx.workload, candidate, current, tools_changed=tools if changed else None)
         job = train_job(
             ctx.config,
             ctx.workload,
@@ -80,16 +82,25 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
 
 
 def warm_start(
-    workload: WorkloadConfig, candidate: CandidateConfig, champion: VersionInfo | None
+    workload: WorkloadConfig,
+    candidate: CandidateConfig,
+    champion: VersionInfo | None,
+    *,
+    tools_changed: Reason | None = None,
 ) -> dict[str, Any]:
     """Where the candidate's adapter starts: the ``init_from`` of its job and of its train summary entry.
 
     ``{"parent_version": N, "adapter": URI}``, a warm start from the champion's adapter, when the
-    candidate's settings ask for it (``init_from: champion``) and ``champion`` (the registry's, version
-    N) is a fine-tuned adapter (``customized``) of the candidate's base model; else ``{"base": why}``.
+    candidate's settings ask for it (``init_from: champion``), ``champion`` (the registry's, version
+    N) is a fine-tuned adapter (``customized``) of the candidate's base model, and the run's tools did
+    not change since the champion's dataset (``tools_changed``: the ``tool_set_changed`` reason, when
+    they did) unless ``warm_start_on_tool_change`` says to start from it anyway; else ``{"base": why}``.
     """
-    if workload.training.settings_for(candidate).init_from == "base":
+    settings = workload.training.settings_for(candidate)
+    if settings.init_from == "base":
         return {"base": "init_from is base"}
+    if tools_changed is not None and not settings.warm_start_on_tool_change:
+        return {"base": f"{tools_changed.message} (warm_start_on_tool_change is false)"}
     if champion is None:
         configured = workload.evaluation.champion
         if configured is None:

@@ -11,6 +11,7 @@ import pytest
 from flywheel.config import load_config
 from flywheel.dataset.build import EmptyWindowError, build_dataset
 from flywheel.dataset.splits import split_of
+from flywheel.evaluate.examples import load_examples
 from flywheel.demo.seed import write_raw_partition
 from flywheel.demo.support_router import TOOLS
 from flywheel.intervals import latest_intervals
@@ -32,9 +33,11 @@ def router(tmp_path):
     return workload, ArtifactStore(str(tmp_path / "artifacts"))
 
 
-def add_day(store: ArtifactStore, workload, start: datetime, count: int = 600) -> None:
+def add_day(
+    store: ArtifactStore, workload, start: datetime, count: int = 600, *, api_changed: bool = False
+) -> None:
     end = start + timedelta(days=1)
-    write_raw_partition(store, workload, start=start, end=end, count=count, seed=11)
+    write_raw_partition(store, workload, start=start, end=end, count=count, seed=11, api_changed=api_changed)
     result = validate_day(
         store,
         workload_id=workload.workload_id,
@@ -179,3 +182,69 @@ def test_rebuilding_an_older_window_keeps_latest_on_the_newest(router):
     assert older.dataset_id != newest.dataset_id
     assert latest["dataset_id"] == newest.dataset_id
     assert latest["last_day"] == d2.date().isoformat()
+
+
+def _offered(example: dict) -> set[str]:
+    return {tool["function"]["name"] for tool in example["tools"]}
+
+
+def test_after_an_api_change_records_offering_retired_tools_are_counted_out_of_every_split(router):
+    workload, store = router  # the router's config says retired_tools: exclude
+    assert workload.data_quality.retired_tools == "exclude"
+    (d1, _), (d2, _), (d3, _) = latest_intervals(workload.schedule, 3, NOW)
+    add_day(store, workload, d1)
+    before = build_dataset(store, workload, d1.date())  # chooses the golden set, on the old API
+    add_day(store, workload, d2)
+    add_day(store, workload, d3, api_changed=True)  # track_shipment renamed, start_return changed
+
+    after = build_dataset(store, workload, d3.date())
+
+    manifest = json.loads(store.fs.cat(after.manifest_uri))
+    retired = manifest["retired_tools"]
+    assert retired["catalogue_day"] == d3.date().isoformat()
+    assert retired["retired"] == {"start_return": "changed", "track_shipment": "gone"}
+    # Every record offers the whole catalogue: all of the two old days' records are stale.
+    assert retired["stale_records"] == after.stale_records > 0
+    kept = {
+        example["record_id"]
+        for split in ("train", "validation", "evaluation")
+        for example in read_split(after.uri, split)
+    }
+    stale_days = {
+        example["record_id"]
+        for split in ("train", "validation", "evaluation")
+        for example in read_split(before.uri, split)
+    }
+    assert kept and not kept & stale_days
+    for split in ("train", "validation", "evaluation"):
+        for example in read_split(after.uri, split):
+            assert "track_package" in _offered(example) and "track_shipment" not in _offered(example)
+    assert "track_shipment" not in set(manifest["tools"].values())
+    # Nothing silently dropped: every de-duplicated record is used, held out or stale (the golden
+    # records among them are old API too, so stale).
+    candidates = manifest["records_seen"] - manifest["duplicates_removed"]
+    used = sum(manifest["counts"].values())
+    assert used + manifest["held_out"] + retired["stale_records"] == candidates
+    # The frozen golden set is all old API: each of its examples is listed stale and not evaluated.
+    assert len(manifest["golden"]["stale"]) == manifest["golden"]["records"] == retired["stale_golden"] > 0
+    examples = load_examples(after.uri)
+    assert examples and {e.eval_set for e in examples} == {"evaluation"}
+    assert all("track_shipment" not in {t["function"]["name"] for t in e.tools} for e in examples)
+
+
+def test_with_retired_tools_kept_an_api_change_leaves_the_window_whole(router):
+    workload, store = router
+    rules = workload.data_quality.model_copy(update={"retired_tools": "keep"})
+    workload = workload.model_copy(update={"data_quality": rules})
+    (d1, _), (d2, _) = latest_intervals(workload.schedule, 2, NOW)
+    add_day(store, workload, d1)
+    add_day(store, workload, d2, api_changed=True)
+
+    result = build_dataset(store, workload, d2.date())
+
+    manifest = json.loads(store.fs.cat(result.manifest_uri))
+    assert manifest["retired_tools"] is None and result.stale_records == 0
+    offered = [_offered(e) for split in ("train", "evaluation") for e in read_split(result.uri, split)]
+    assert any("track_shipment" in names for names in offered)
+    assert any("track_package" in names for names in offered)
+    assert {"track_shipment", "track_package"} <= set(manifest["tools"].values())

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import TEST_TRAINING
+from flywheel.compute import JobSpec
 from flywheel.config import FlywheelConfig
 from flywheel.context import RunContext
 from flywheel.dataset.build import build_dataset
@@ -35,11 +36,13 @@ NO_DATASET = {"dataset_id": "none", "uri": "file:///nowhere/datasets/none"}
 """A dataset summary for tests whose tool sets do not matter (no manifest: the tools are not compared)."""
 
 
-def configure(make_config, retrain: dict[str, Any], **overrides: Any) -> FlywheelConfig:
+def configure(
+    make_config, retrain: dict[str, Any], training: dict[str, Any] = TEST_TRAINING, **overrides: Any
+) -> FlywheelConfig:
     # Floor 0.5. The API change shifts the tool mix beyond the default max_tool_shift; under the
     # default tool_shift_action (alert) its day still passes validation and enters the dataset.
     return make_config(
-        training={**TEST_TRAINING, "retrain": retrain},
+        training={**training, "retrain": retrain},
         decision={"floor": 0.5, "min_examples": 4, "guardrails": {}},
         training_window_days=2,
         **overrides,
@@ -78,7 +81,7 @@ def dataset_of(ctx: RunContext, *, api_changed: bool = False) -> dict[str, Any]:
     return result.to_dict()
 
 
-def crown(ctx: RunContext, dataset_id: str, score: float) -> VersionInfo:
+def crown(ctx: RunContext, dataset_id: str, score: float, base_model: str = "/models/tiny") -> VersionInfo:
     """Register the night's challenger (scoring ``score`` on the primary metric) and promote it."""
     version = register_version(
         ctx.config.metadata,
@@ -86,7 +89,7 @@ def crown(ctx: RunContext, dataset_id: str, score: float) -> VersionInfo:
         run_id=ctx.run_id,
         candidate_id="tiny",
         eval_type="customized",
-        model={"base_model": "/models/tiny", "adapter": f"/artifacts/{ctx.day}/adapter"},
+        model={"base_model": base_model, "adapter": f"/artifacts/{ctx.day}/adapter"},
         dataset_id=dataset_id,
         metrics={PRIMARY: score},
     )
@@ -243,6 +246,34 @@ def test_an_api_change_in_the_data_triggers_training_as_a_tool_set_change_and_a_
     assert plan.reasons[0].message.endswith(
         ": cancel_order (new), start_return (changed), track_package (new)"
     )
+
+
+@pytest.mark.parametrize(
+    ("api_changed", "warm_start_on_tool_change", "warm"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["same-tools", "api-change", "api-change-warm-anyway"],
+)
+def test_after_an_api_change_a_candidate_trains_a_fresh_lora_unless_told_to_warm_start(
+    make_config, api_changed: bool, warm_start_on_tool_change: bool, warm: bool
+) -> None:
+    settings = {"init_from": "champion", "warm_start_on_tool_change": warm_start_on_tool_change}
+    training = TEST_TRAINING | {"settings": TEST_TRAINING["settings"] | settings}
+    config = configure(make_config, {"policy": "always"}, training=training)
+    first, second = night(config, 0), night(config, 1)
+    base_model = TEST_TRAINING["candidates"][0]["base_model"]
+    champion = crown(first, dataset_of(first)["dataset_id"], 0.8, base_model=base_model)
+
+    (job,) = map(JobSpec.from_dict, plan_training(second, dataset_of(second, api_changed=api_changed)))
+
+    if warm:
+        assert job.init_from == {"parent_version": champion.version, "adapter": champion.adapter_uri}
+    else:
+        assert job.init_from == {
+            "base": f"the dataset offers tools champion v{champion.version}'s dataset {champion.dataset_id} "
+            "did not: cancel_order (new), start_return (changed), track_package (new) "
+            "(warm_start_on_tool_change is false)"
+        }
+        assert "--init-adapter" not in job.arguments
 
 
 @pytest.mark.parametrize(("max_tool_shift", "train"), [(0.5, True), (100.0, False)])
