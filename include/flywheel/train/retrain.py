@@ -28,7 +28,8 @@ A manual run with the DAG's ``champion_only`` param does not train, whatever the
 (``champion_only``). A run that does not train still evaluates the champion on its fresh data, and
 ``decide`` alerts the same night when the champion is below its floor; the next night then trains
 (``previous_alert``). An API change, the usual cause of a sudden drop, shows as a tool-set change
-and triggers training the night it reaches the data, and usually as a tool shift as well.
+and triggers training the night it reaches the data, and usually as a tool shift as well; that
+night's candidates train a fresh LoRA (:func:`flywheel.train.tasks.warm_start`).
 """
 
 from __future__ import annotations
