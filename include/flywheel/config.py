@@ -211,12 +211,21 @@ class DataQualityConfig(_Strict):
     )
     retired_tools: Literal["keep", "exclude"] = Field(
         "keep",
-        description="What a dataset does with records that offer a tool definition no record of the "
-        "window's newest day offers (a tool renamed or removed, or its schema changed). 'exclude': they "
+        description="What a dataset does with records that offer a tool definition the window's newest "
+        "day hardly offers (retired_tool_share): a tool renamed or removed, or its schema changed. "
+        "'exclude': they "
         "stay out of training, validation and evaluation, the golden set's included, and the manifest "
         "counts them (retired_tools), so the champion is judged and challengers trained on the API as "
         "it is now; for agents that offer one tool catalogue. 'keep': for workloads whose requests "
         "bring their own tools.",
+    )
+    retired_tool_share: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="With retired_tools exclude: a tool definition offered by fewer than this share of "
+        "the newest day's records is retired too, so that records logged late from before a release, "
+        "or a client not yet updated, do not keep the old API current.",
     )
     pii: PiiConfig = Field(default_factory=PiiConfig)
     splits: SplitsConfig = Field(default_factory=SplitsConfig)

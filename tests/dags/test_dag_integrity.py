@@ -223,6 +223,17 @@ def test_kubernetes_backend_maps_job_pods(monkeypatch):
     assert "flywheel.io/eval-type" in evaluate.map_index_template
 
 
+def test_the_previous_night_wait_retries_even_where_tasks_do_not(make_config):
+    from conftest import workload_dag
+    from flywheel.decide.order import RETRIES
+
+    # Airflow can fail a reschedule-mode check on a late executor event (flywheel.decide.order.RETRIES).
+    dag = workload_dag(make_config(airflow={"retries": 0}), "customer_support_router")
+
+    assert dag.get_task("previous_night").retries == RETRIES > 0
+    assert dag.get_task("validate").retries == 0
+
+
 def test_extraction_waits_for_the_configured_settle_delay(make_config):
     from conftest import workload_dag
     from flywheel.extract.settle import SettleWait

@@ -97,7 +97,7 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
 
     excluding = rules.retired_tools == "exclude"
     offered = ToolSet()
-    catalogue: set[str] = set()  # tool definitions the newest day's records offer
+    newest_day_offers: Counter[str] = Counter()  # records of the newest day offering each definition
     newest: dict[str, tuple[datetime, str, str, frozenset[str]]] = {}
     seen = 0
     for position, source in enumerate(sources, 1):
@@ -106,11 +106,13 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
             seen += 1
             tools = offered.add(row["tools_json"]) if excluding else frozenset()
             if position == len(sources):
-                catalogue |= tools
+                newest_day_offers.update(tools)
             current = newest.get(row["conversation_key"])
             candidate = (row["timestamp"], row["record_id"], row["label"], tools)
             if current is None or candidate[:2] > current[:2]:
                 newest[row["conversation_key"]] = candidate
+    least = rules.retired_tool_share * sources[-1]["records"]
+    catalogue = {digest for digest, records in newest_day_offers.items() if records >= least}
     stale = {v[1] for v in newest.values() if not v[3] <= catalogue} if excluding else set()
     candidates = [
         Candidate(key=k, label=v[2], timestamp=v[0], record_id=v[1])
@@ -270,9 +272,9 @@ def _retired(
     stale: set[str],
     stale_golden: list[str],
 ) -> dict[str, Any]:
-    """The manifest's ``retired_tools``: the tool definitions the window's records offer that its newest
-    day's do not (by name: ``changed`` when the newest day offers the name with another schema, else
-    ``gone``) and the records left out for them."""
+    """The manifest's ``retired_tools``: the tool definitions the window's records offer outside the
+    current ``catalogue`` (by name: ``changed`` when the catalogue has the name with another schema,
+    else ``gone``) and the records left out for them."""
     current_names = {offered.definitions[d] for d in catalogue}
     retired = {
         name: "changed" if name in current_names else "gone"

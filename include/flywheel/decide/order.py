@@ -14,7 +14,8 @@ recorded itself. Then it waits, in reschedule mode (no worker slot held between 
 10 s apart and back off to a minute), until that night's decision is recorded and its promotion
 settled. After ``decision.previous_night_wait_minutes`` it goes on anyway with a warning: ``promote``
 still never replaces a champion chosen on newer data (:func:`flywheel.deliver.tasks.promote`). It
-never fails, so one broken night cannot hold all later nights.
+never fails, so one broken night cannot hold all later nights; Airflow's own failure of a
+reschedule-mode check is retried (:data:`RETRIES`).
 
 This module is imported by the DAG file: its database imports are made on first use.
 """
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRIES = 3
+"""Retries of ``previous_night`` whatever the DAG's ``airflow.retries``: Airflow can fail a reschedule-mode
+sensor when the executor reports its previous check's exit after the next check was queued
+(apache/airflow#71172; seen in the scenario on a loaded 2-core machine). A check only reads the
+metadata database, so retrying one is always safe."""
 POKE_SECONDS = 10
 MAX_POKE_SECONDS = 60
 """The longest wait between checks: a night starts at most this long after the one before decided
@@ -85,6 +91,8 @@ class PreviousNightWait(BaseSensorOperator):
             # Its own deadline ends the wait first; the sensor timeout only backs it up.
             timeout=(wait_minutes + 60) * 60,
             **kwargs,
+            retries=RETRIES,
+            retry_delay=timedelta(seconds=POKE_SECONDS),
         )
         self.workload_id = workload_id
         self.wait_minutes = wait_minutes

@@ -20,9 +20,14 @@ only when that buys something (docs/operations.md, "The scenario"):
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import yaml
@@ -122,21 +127,41 @@ def run_scenario(
     The defaults are ``flywheel demo scenario``'s.
 
     Whatever happens, the Airflow it started and the log store are stopped before it returns or
-    raises, and the process environment is restored; Ctrl-C returns 130 once they are.
+    raises, and the process environment is restored; Ctrl-C or SIGTERM (``kill``, a CI timeout) returns
+    130 once they are.
     """
     try:
-        return _run(
-            config_path,
-            days=days,
-            drift_day=drift_day,
-            records_per_day=records_per_day,
-            model=model,
-            timeout_minutes=timeout_minutes,
-            parallelism=parallelism,
-        )
+        with _sigterm_interrupts():
+            return _run(
+                config_path,
+                days=days,
+                drift_day=drift_day,
+                records_per_day=records_per_day,
+                model=model,
+                timeout_minutes=timeout_minutes,
+                parallelism=parallelism,
+            )
     except KeyboardInterrupt:
         print("\nInterrupted: the scenario's Airflow and log store are stopped.")
         return 130
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts the block as Ctrl-C does (its clean-up runs), then the old handler is back.
+    Outside the main thread, where Python cannot set handlers, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(

@@ -13,6 +13,7 @@ teacher calls the changed API (:mod:`flywheel.demo.support_router`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -306,13 +307,15 @@ def write_raw_partition(
     end: datetime,
     count: int,
     seed: int = 0,
-    api_changed: bool = False,
+    api_changed: bool | float = False,
 ) -> dict[str, Any]:
     """Commit a raw partition of demo traffic for one interval without a log store (tests, benchmarks).
 
     Documents go through the extractor's own conversion, as if read from the log source, so everything
     downstream sees exactly what an extraction would have written (outside-window records included).
-    ``api_changed``: the interval's teacher runs on the changed API (as from ``seed_logs``'s ``drift_day``).
+    ``api_changed``: the interval's teacher runs on the changed API (as from ``seed_logs``'s ``drift_day``);
+    a share between 0 and 1: that share of its records does, the rest still the old one (a release
+    rolling out, or the old API's logs arriving late).
     """
     import msgspec
 
@@ -322,15 +325,22 @@ def write_raw_partition(
 
     raw_source = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
     encode = msgspec.json.Encoder().encode
-    traffic = generate_traffic(
-        kind=DEMO_WORKLOADS[workload.workload_id].kind,
-        workload_id=workload.workload_id,
-        start=start,
-        end=end,
-        count=count,
-        seed=seed,
-        client_ids=workload.client_ids or list(DEFAULT_CLIENT_IDS),
-        api_changed=api_changed,
+    changed = round(count * float(api_changed))
+    # (records, on the changed API, seed): a whole day on one API keeps the seed it always had.
+    streams = [(count - changed, False, seed), (changed, True, seed if changed == count else seed + 1)]
+    traffic = itertools.chain.from_iterable(
+        generate_traffic(
+            kind=DEMO_WORKLOADS[workload.workload_id].kind,
+            workload_id=workload.workload_id,
+            start=start,
+            end=end,
+            count=records,
+            seed=stream_seed,
+            client_ids=workload.client_ids or list(DEFAULT_CLIENT_IDS),
+            api_changed=on_changed_api,
+        )
+        for records, on_changed_api, stream_seed in streams
+        if records
     )
     records = (
         RawRecord(f"demo/{start:%Y%m%d}-{number}", raw_source(encode(record.source)))

@@ -9,6 +9,9 @@ promoted after the change, and 90 minutes on 2 cores end it after 9 of the 14 ni
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -49,6 +52,25 @@ def test_the_scenario_runs_the_router_alone_under_on_trigger_in_its_own_director
     written = tmp_path / "flywheel.yaml"
     written.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     assert load_config(written) == config
+
+
+def test_sigterm_interrupts_the_scenario_as_ctrl_c_does() -> None:
+    # A process of its own: the handler is set in its main thread, and the signal goes to it alone.
+    script = """
+import os, signal
+from flywheel.demo.scenario import _sigterm_interrupts
+try:
+    with _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()  # not reached: the handler raised
+except KeyboardInterrupt as exc:
+    print("interrupted:", exc)
+print("restored:", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"interrupted: signal {signal.SIGTERM.value}", "restored: True"]
 
 
 def test_the_tiny_model_trains_briefly_and_its_floors_are_zero(tmp_path: Path) -> None:
