@@ -1,11 +1,12 @@
 """The timeline report: every recorded night of one workload on one page (docs/report.md, "The timeline").
 
 Where the run report shows one night in depth, the timeline shows how the nights follow each other:
-per night the day's record counts, whether the run trained and why (``training.retrain``), the
-champion's and the challenger's primary metric with their 95% intervals, and the decision with its
-reasons; above them the trend plot (:func:`flywheel.report.plots.trend_plot`) and the milestones of
-the story the nights tell: the first promotion, the night a change in the data was noticed and the
-night a challenger trained on the changed data took over.
+per night the day's record counts and its dataset's (with the records left out for retired tools),
+whether the run trained and why (``training.retrain``), the champion's and the challenger's primary
+metric with their 95% intervals, and the decision with its reasons; above them the trend plot
+(:func:`flywheel.report.plots.trend_plot`) and the milestones of the story the nights tell: the first
+promotion, the night a change in the data was noticed and the night a challenger trained on the
+changed data took over.
 
 :func:`timeline_data` reads it all back from the metadata database (one JSON-safe dict),
 :func:`render_timeline` renders the page (same style and text filters as the run report),
@@ -107,6 +108,7 @@ def _night(
 ) -> dict[str, Any]:
     """One run: its records, its training, both sides' scores and its decision."""
     validate = as_dict(stages["validate"].summary) if "validate" in stages else {}
+    dataset = as_dict(stages["build_dataset"].summary) if "build_dataset" in stages else {}
     train = stages.get("train")
     summary = as_dict(train.summary) if train is not None else {}
     retrain = as_dict(summary.get("retrain"))
@@ -120,6 +122,14 @@ def _night(
             for key in ("extracted", "clean", "quarantined", "tool_shift", "success", "failed_expectations")
         }
         if validate
+        else None,
+        # The dataset the night trained and evaluated on; stale_records: left out for retired tools.
+        "dataset": {
+            "train": as_dict(dataset.get("counts")).get("train"),
+            "evaluation": as_dict(dataset.get("counts")).get("evaluation"),
+            "stale_records": dataset.get("stale_records"),
+        }
+        if dataset.get("counts")
         else None,
         "training": None
         if train is None or train.status == "running"
@@ -272,6 +282,9 @@ def _table_row(night: dict[str, Any]) -> tuple[str, ...]:
     counts = "—"
     if records:
         counts = f"{records.get('extracted')} ({records.get('clean')}/{records.get('quarantined')})"
+    stale = as_dict(night.get("dataset")).get("stale_records")
+    if stale:
+        counts += f", {stale} stale"
     training = as_dict(night.get("training"))
     if not training:
         trained = "—"

@@ -62,7 +62,13 @@ def record_night(
     with record_stage(config.metadata, run_id, "validate") as stage:
         stage.summary = validate
     with record_stage(config.metadata, run_id, "build_dataset") as stage:
-        stage.summary = {"dataset_id": f"ds-{day}"}
+        # The change night's dataset leaves out the older days' records, which offer retired tools.
+        stale = 9000 if day == CHANGED_ON else 0
+        stage.summary = {
+            "dataset_id": f"ds-{day}",
+            "counts": {"train": 1400, "evaluation": 280},
+            "stale_records": stale,
+        }
     run_dir = Path(config.artifact_store.root, artifacts.run_dir(WORKLOAD, day))
     with record_stage(config.metadata, run_id, "train") as stage:
         trained = bool(retrain and retrain["train"])
@@ -273,6 +279,8 @@ def test_the_page_shows_every_night_escaped_with_the_trend_plot(nights: Flywheel
     below = 'title="below the champion\'s floor 0.500">0.333 [0.255, 0.422]</span> v1'
     assert html.count(below) == 2  # the change night and the night after
     assert "1,990<br>1,850 clean, 140 quarantined" in html and "tool shift 1.400" in html
+    assert html.count("dataset: 1,400 train, 280 evaluation") == 5  # not the night whose validation failed
+    assert html.count("; 9,000 stale (retired tools)") == 1
     assert html.count("the first day of the changed API") == 1
 
 
@@ -303,6 +311,7 @@ def test_the_table_has_one_line_per_night(nights: FlywheelConfig) -> None:
     assert "promote (first_champion) -> v1" in lines[1]
     assert "no (no_previous_alert, champion_above_floor, tool_set_unchanged)" in lines[2]
     assert "0.333 [" in lines[3] and "] v1" in lines[3] and "alert (champion_drift" in lines[3]
+    assert "1990 (1850/140), 9000 stale" in lines[3] and "stale" not in lines[2]
     assert lines[5].rstrip().endswith("no decision (validate failed)")
 
 
