@@ -174,6 +174,16 @@ DEMO_DECISION = {
 """The demo evaluates 64 examples, so as many suffice; and its CPU-trained 135M model is held to a
 floor of 0.25 instead of production's 0.5."""
 
+DEMO_GUARDRAIL_MARGINS = {"function_name_accuracy": 0.1, "no_call_accuracy": 0.25, "parse_error_rate": 0.1}
+"""Guardrail margins sized to the demo's 64 paired examples (of which a handful answer without a tool).
+A guardrail passes when the 95 % bound of the paired difference is within its margin, and at 64
+examples that bound lies about 0.1 from the observed difference (0.15 when a third of the pairs
+disagree), 0.25 and more on 4 to 8 no-call examples, and one more parse error already moves it past
+0.03. At production's 0.02 and 0.05, sized for hundreds of examples, no challenger could pass: in the
+scenario (2026-12-07) the change night's challenger beat the drifted champion 0.406 to 0.219 (exact
+McNemar p = 0.021) with function_name_accuracy +0.06 (bound -0.09) and one more parse error (bound
++0.06), and was not promoted. Only the margins of guardrails a workload has are set."""
+
 DEMO_DATA_QUALITY = {"splits": {"max_train_records": 2000}}
 """The demo trains on at most 480 examples a night (60 steps of 8): keeping the newest 2,000 saves
 encoding 6,000 more."""
@@ -191,6 +201,8 @@ def demo_settings(config: FlywheelConfig) -> FlywheelConfig:
             candidate["settings"] = deep_merge(candidate["settings"], training)
         raw["evaluation"] = deep_merge(raw["evaluation"], DEMO_EVALUATION)
         raw["decision"] = deep_merge(raw["decision"], DEMO_DECISION)
+        for metric, guardrail in raw["decision"]["guardrails"].items():
+            guardrail["margin"] = DEMO_GUARDRAIL_MARGINS.get(metric, guardrail["margin"])
         raw["data_quality"] = deep_merge(raw["data_quality"], DEMO_DATA_QUALITY)
         workloads.append(WorkloadConfig.model_validate(raw))
     return config.model_copy(update={"workloads": workloads})

@@ -13,7 +13,7 @@ from flywheel.db.engine import session_scope
 from flywheel.db.models import Decision, Evaluation, RawPartition
 from flywheel.decide.evidence import outcomes_of
 from flywheel.decide.paired import discordant_counts, mcnemar_exact
-from flywheel.demo.runner import DEMO_TRAINING, demo_settings, run_demo
+from flywheel.demo.runner import DEMO_GUARDRAIL_MARGINS, DEMO_TRAINING, demo_settings, run_demo
 
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
@@ -46,6 +46,19 @@ def test_demo_runs_two_nights_of_the_router(tmp_path, monkeypatch, capsys, tiny_
         ("customer_support_router", datetime(2026, 11, 20).date()),
     ]
     assert (tmp_path / "home" / "logs" / "flywheel_customer_support_router-2026-11-20.log").exists()
+
+
+def test_the_demo_sizes_guardrail_margins_to_its_64_examples() -> None:
+    project, demo = load_config(None), demo_settings(load_config(None))
+
+    for workload in demo.workloads:
+        configured = project.workload(workload.workload_id).decision.guardrails
+        guardrails = workload.decision.guardrails
+        assert set(guardrails) == set(configured)  # margins change; no guardrail is added or dropped
+        for metric, margin in DEMO_GUARDRAIL_MARGINS.items():
+            if metric in guardrails:
+                assert guardrails[metric].margin == margin > configured[metric].margin
+        assert guardrails["latency_p95_s"] == configured["latency_p95_s"]
 
 
 @pytest.mark.slow
