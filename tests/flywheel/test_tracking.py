@@ -32,6 +32,7 @@ def test_a_dataset_row_holds_the_results_fields_and_a_rebuild_refreshes_it(tmp_p
         content_hash="c0ffee",
         config_hash="b47da766c766b6ab",
         under_represented=[],
+        stale_records=0,
     )
 
     record_dataset(metadata, result, None)
