@@ -100,8 +100,8 @@ def build_dataset(store: ArtifactStore, workload: WorkloadConfig, end_day: date)
     newest_day_offers: Counter[str] = Counter()  # records of the newest day offering each definition
     newest: dict[str, tuple[datetime, str, str, frozenset[str]]] = {}
     seen = 0
+    columns = [*_DECIDING_COLUMNS, "tools_json"] if excluding else _DECIDING_COLUMNS
     for position, source in enumerate(sources, 1):
-        columns = [*_DECIDING_COLUMNS, "tools_json"] if excluding else _DECIDING_COLUMNS
         for row in _read_rows(store, source["files"], columns):
             seen += 1
             tools = offered.add(row["tools_json"]) if excluding else frozenset()

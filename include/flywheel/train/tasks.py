@@ -58,9 +58,14 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
         )
     if not plan_retrain(ctx, dataset, current).train:
         return []
-    changed, tools = tool_set_change(ctx, dataset, current) if current is not None else (False, None)
+    candidates = ctx.options.candidates_of(ctx.workload)
+    # Only a warm start depends on it: the manifests are read when a candidate asks for one.
+    wants_warm = any(ctx.workload.training.settings_for(c).init_from == "champion" for c in candidates)
+    changed, tools = (
+        tool_set_change(ctx, dataset, current) if current is not None and wants_warm else (False, None)
+    )
     jobs = []
-    for candidate in ctx.options.candidates_of(ctx.workload):
+    for candidate in candidates:
         start = warm_start(ctx.workload, candidate, current, tools_changed=tools if changed else None)
         job = train_job(
             ctx.config,

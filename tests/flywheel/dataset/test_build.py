@@ -184,8 +184,13 @@ def test_rebuilding_an_older_window_keeps_latest_on_the_newest(router):
     assert latest["last_day"] == d2.date().isoformat()
 
 
-def _offered(example: dict) -> set[str]:
-    return {tool["function"]["name"] for tool in example["tools"]}
+def _offered(tools: list[dict]) -> set[str]:
+    return {tool["function"]["name"] for tool in tools}
+
+
+def _examples(uri: str) -> list[dict]:
+    """Every example of the dataset's three split files."""
+    return [example for split in ("train", "validation", "evaluation") for example in read_split(uri, split)]
 
 
 @pytest.mark.parametrize("changed_share", [1.0, 0.98], ids=["whole-day", "old-api-stragglers"])
@@ -210,20 +215,13 @@ def test_after_an_api_change_records_offering_retired_tools_are_counted_out_of_e
     assert retired["retired"] == {"start_return": "changed", "track_shipment": "gone"}
     # Every record offers the whole catalogue: all of the two old days' records are stale.
     assert retired["stale_records"] == after.stale_records > 0
-    kept = {
-        example["record_id"]
-        for split in ("train", "validation", "evaluation")
-        for example in read_split(after.uri, split)
-    }
-    stale_days = {
-        example["record_id"]
-        for split in ("train", "validation", "evaluation")
-        for example in read_split(before.uri, split)
-    }
+    kept = {example["record_id"] for example in _examples(after.uri)}
+    stale_days = {example["record_id"] for example in _examples(before.uri)}
     assert kept and not kept & stale_days
-    for split in ("train", "validation", "evaluation"):
-        for example in read_split(after.uri, split):
-            assert "track_package" in _offered(example) and "track_shipment" not in _offered(example)
+    for example in _examples(after.uri):
+        assert "track_package" in _offered(example["tools"]) and "track_shipment" not in _offered(
+            example["tools"]
+        )
     assert "track_shipment" not in set(manifest["tools"].values())
     # Nothing silently dropped: every de-duplicated record is used, held out or stale (the golden
     # records among them are old API too, so stale).
@@ -234,7 +232,7 @@ def test_after_an_api_change_records_offering_retired_tools_are_counted_out_of_e
     assert len(manifest["golden"]["stale"]) == manifest["golden"]["records"] == retired["stale_golden"] > 0
     examples = load_examples(after.uri)
     assert examples and {e.eval_set for e in examples} == {"evaluation"}
-    assert all("track_shipment" not in {t["function"]["name"] for t in e.tools} for e in examples)
+    assert all("track_shipment" not in _offered(e.tools) for e in examples)
 
 
 def test_with_retired_tools_kept_an_api_change_leaves_the_window_whole(router):
@@ -249,7 +247,9 @@ def test_with_retired_tools_kept_an_api_change_leaves_the_window_whole(router):
 
     manifest = json.loads(store.fs.cat(result.manifest_uri))
     assert manifest["retired_tools"] is None and result.stale_records == 0
-    offered = [_offered(e) for split in ("train", "evaluation") for e in read_split(result.uri, split)]
+    offered = [
+        _offered(e["tools"]) for split in ("train", "evaluation") for e in read_split(result.uri, split)
+    ]
     assert any("track_shipment" in names for names in offered)
     assert any("track_package" in names for names in offered)
     assert {"track_shipment", "track_package"} <= set(manifest["tools"].values())
