@@ -187,6 +187,9 @@ def summarize(result: dict[str, Any]) -> str:
             f"{side['train_seconds']:.1f} s  validation loss {side['validation_loss']:.4f} "
             f"(x{result['validation_loss_ratio'][name]} of the baseline's){mfu}"
         )
+        if side.get("time_split"):
+            shares = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in side["time_split"].items())
+            lines.append(f"  {'':<12} time per phase: {shares}")
     speedups = ", ".join(f"{result['examples_speedup'][name]}x {name}" for name in SIDES if name != "ours")
     lines.append(f"  ours in examples/s: {speedups}")
     return "\n".join(lines)
@@ -230,6 +233,7 @@ def _run_trainer(settings: BenchSettings, config: TrainingConfig) -> dict[str, A
         n_params=n_params,
         extra={"torch_threads": torch.get_num_threads()},
         validation_loss=result.final_validation_loss,
+        time_split=result.time_split,
     )
 
 
@@ -396,8 +400,10 @@ def _figures(
     n_params: int,
     extra: dict[str, Any],
     validation_loss: float | None,
+    time_split: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """One side's figures, plus the ``environment`` it ran in (merged into the top level)."""
+    """One side's figures, plus the ``environment`` it ran in (merged into the top level); ``time_split``:
+    seconds per training phase where the side measures them (ours on a CPU)."""
     tokens_per_s = real_tokens / train_seconds
     mfu = None
     if device == "cuda":
@@ -417,6 +423,7 @@ def _figures(
         "n_params": n_params,
         "mfu": mfu,
         "validation_loss": validation_loss,
+        "time_split": time_split,
         "environment": {"device": device, "dtype": dtype, **extra},
     }
 

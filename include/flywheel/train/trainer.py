@@ -69,6 +69,8 @@ class TrainResult:
     """The registry version of the champion that ``init_adapter`` is the adapter of."""
     optimizer_resumed: bool = False
     """Whether the warm start resumed the optimizer's moments saved with ``init_adapter``."""
+    time_split: dict[str, float] | None = None
+    """Seconds the training steps spent in each phase (:class:`PhaseClock`); None on a GPU."""
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -196,6 +198,7 @@ def train(
         planner=memory_planner(model, config, device, dtype),
         micro_batch_size=config.micro_batch_size,
     )
+    clock = PhaseClock(enabled=device == "cpu")
     curve: list[dict[str, Any]] = []
     best_loss: float | None = None
     best_step: int | None = None
@@ -224,10 +227,11 @@ def train(
             padded_tokens += max(len(ids) for ids, _ in batch) * len(batch) - real
             samples_seen += len(batch)
             scale = 1.0 / (max(1, supervised_tokens(batch)) * config.gradient_accumulation)
-            step_loss += run_batch(model, batch, step_settings, backward_scale=scale) * scale
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        scheduler.step()
+            step_loss += run_batch(model, batch, step_settings, backward_scale=scale, clock=clock) * scale
+        with clock.phase("optimizer"):
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            scheduler.step()
         step += 1
         elapsed = time.perf_counter() - train_started - eval_seconds
         point: dict[str, Any] = {
@@ -276,6 +280,8 @@ def train(
     )
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
+    if clock.seconds is not None:
+        log.info("where the training time went: %s", clock.describe(step))
 
     result = TrainResult(
         base_model=base_model,
@@ -305,6 +311,7 @@ def train(
         init_adapter=init_adapter,
         parent_version=parent_version,
         optimizer_resumed=optimizer_resumed,
+        time_split=clock.rounded(),
         config=config.model_dump(mode="json"),
     )
     _publish(model, tokenizer, optimizer, result, curve, output_uri)
@@ -629,8 +636,50 @@ class StepSettings:
     """At most this many rows per forward/backward pass (``TrainingConfig.micro_batch_size``)."""
 
 
+class PhaseClock:
+    """Seconds the training steps spend in each phase: ``prefix`` (a batch's shared prefix, run once),
+    ``forward`` (the rows, or their suffixes, and the loss), ``backward`` (theirs), ``prefix_backward``
+    (the prefix's own backward pass, under ``prefix_gradient: exact``) and ``optimizer`` (clipping, the
+    AdamW step, the schedule). Measured on a CPU, where an operation has finished when its call returns;
+    a GPU runs kernels asynchronously, and timing its phases would need a synchronisation at each one,
+    so there ``seconds`` is None and nothing is timed."""
+
+    PHASES = ("prefix", "forward", "backward", "prefix_backward", "optimizer")
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.seconds: dict[str, float] | None = dict.fromkeys(self.PHASES, 0.0) if enabled else None
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time spent inside the block to phase ``name``."""
+        if self.seconds is None:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def rounded(self) -> dict[str, float] | None:
+        return None if self.seconds is None else {k: round(v, 4) for k, v in self.seconds.items()}
+
+    def describe(self, steps: int) -> str:
+        """Each phase's seconds per step and share of the timed total, e.g. ``prefix 2.10 s/step (27 %)``."""
+        seconds = self.seconds or {}
+        total, steps = sum(seconds.values()) or 1.0, max(steps, 1)
+        return ", ".join(
+            f"{name} {value / steps:.2f} s/step ({value / total:.0%})" for name, value in seconds.items()
+        )
+
+
 def run_batch(
-    model: Any, batch: Sequence[Example], settings: StepSettings, *, backward_scale: float | None
+    model: Any,
+    batch: Sequence[Example],
+    settings: StepSettings,
+    *,
+    backward_scale: float | None,
+    clock: PhaseClock | None = None,
 ) -> float:
     """The summed loss of ``batch``, computed one memory-planned micro-batch at a time.
 
@@ -647,16 +696,18 @@ def run_batch(
     prefix's own backward pass runs once with the sum. Loss and gradients equal the padded batch's.
     With ``settings.prefix_gradient`` off the prefix runs without gradients: the same loss, and the
     gradient only of the suffixes' own computation (``TrainingConfig.prefix_gradient: none``).
+    ``clock`` adds the seconds of each phase to its total.
     """
     import torch
 
+    clock = clock or PhaseClock(enabled=False)
     shared = shared_prefix_length(batch) if settings.share_prefix and len(batch) > 1 else 0
     if shared < MIN_SHARED_PREFIX:
         shared = 0
     prefix = leaves = []
     prefix_backward = backward_scale is not None and settings.prefix_gradient
     if shared:
-        with _autocast(settings), torch.set_grad_enabled(prefix_backward):
+        with clock.phase("prefix"), _autocast(settings), torch.set_grad_enabled(prefix_backward):
             prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
         leaves = prefix
         if prefix_backward:
@@ -676,14 +727,15 @@ def run_batch(
     for start in range(0, len(batch), rows):
         chunk = batch[start : start + rows]
         watch = _MicroBatchWatch(settings.planner, chunk, shared) if backward_scale is not None else None
-        with _autocast(settings):
+        with clock.phase("forward"), _autocast(settings):
             if shared:
                 loss = _suffix_loss_sum(model, chunk, leaves, shared, settings)
             else:
                 inputs = _collate(chunk, settings.pad_id, settings.device)
                 loss = _token_loss_sum(model, inputs, attention_mask=inputs["attention_mask"])
         if backward_scale is not None:
-            (loss * backward_scale).backward()
+            with clock.phase("backward"):
+                (loss * backward_scale).backward()
         total += float(loss.detach())
         if watch is not None:
             watch.done()
@@ -694,7 +746,8 @@ def run_batch(
             for out, leaf in zip(kv, leaf_kv, strict=True)
         ]
         used = [(out, grad) for out, grad in pairs if grad is not None]
-        torch.autograd.backward([out for out, _ in used], [grad for _, grad in used])
+        with clock.phase("prefix_backward"):
+            torch.autograd.backward([out for out, _ in used], [grad for _, grad in used])
     return total
 
 

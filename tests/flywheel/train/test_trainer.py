@@ -78,6 +78,30 @@ def test_training_reduces_validation_loss_and_writes_every_output(dataset_uri, t
     assert written["dtype"] == ("float32 (bf16 autocast)" if autocast else "float32")
 
 
+@pytest.mark.parametrize("prefix_gradient", ["exact", "none"])
+def test_a_cpu_job_reports_where_its_training_time_went(dataset_uri, tiny_model, tmp_path, prefix_gradient):
+    config = TrainingConfig(
+        max_steps=2,
+        batch_size=4,
+        max_seq_length=2048,  # whole prompts: every batch shares the router's system prompt and tools
+        eval_every_steps=1000,
+        max_validation_examples=2,
+        prefix_gradient=prefix_gradient,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
+    output = tmp_path / "out"
+
+    result = train(dataset_uri, tiny_model, config, str(output))
+
+    split = result.time_split
+    assert list(split) == ["prefix", "forward", "backward", "prefix_backward", "optimizer"]
+    assert all(split[phase] > 0 for phase in ("prefix", "forward", "backward", "optimizer"))
+    assert (split["prefix_backward"] > 0) == (prefix_gradient == "exact")
+    # Only the training steps are timed, and within them only these phases.
+    assert sum(split.values()) <= result.tokens_seen / (result.tokens_per_s - 0.05)  # tokens/s is rounded
+    assert json.loads((output / "result.json").read_text())["time_split"] == split
+
+
 def test_batched_loss_equals_token_weighted_per_example_loss(tiny_model, dataset_uri):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

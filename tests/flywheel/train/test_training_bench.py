@@ -18,6 +18,7 @@ from flywheel.train.bench import summarize
 FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
 STEPS, BATCH = 3, 4
 SIDE_KEYS = {
+    "time_split",
     "tokens_per_s",
     "samples_per_s",
     "padding_share",
@@ -113,6 +114,11 @@ def test_every_side_reports_its_figures(result):
         assert result["examples_speedup"][side] == pytest.approx(
             result["ours"]["samples_per_s"] / figures["samples_per_s"], rel=0.01
         )
+    # Where our steps spent their time, measured on a CPU; the plain Trainer is not instrumented.
+    split = result["ours"]["time_split"]
+    assert split["forward"] > 0 and split["backward"] > 0 and split["optimizer"] > 0
+    assert sum(split.values()) <= result["ours"]["train_seconds"]
+    assert result["baseline"]["time_split"] is None
 
 
 def test_every_side_sees_the_same_samples_per_step_and_ours_pads_less(result):
@@ -127,6 +133,7 @@ def test_the_summary_names_every_side_and_the_speedups(result):
 
     assert all(side in text for side in SIDES)
     assert f"{result['examples_speedup']['baseline']}x baseline" in text
+    assert "time per phase: prefix" in text
 
 
 def _killed_side(settings) -> dict:
