@@ -312,10 +312,22 @@ class TrainingConfig(_Strict):
     warm_start_on_tool_change: bool = Field(
         False,
         description="Whether a run whose dataset offers tools the champion's dataset did not "
-        "(tool_set_changed: an API change) starts from the champion's adapter too. false: it trains a "
-        "fresh LoRA with a fresh start's steps and learning rate, because the champion's adapter learned "
-        "to call the tools that changed and a warm start's short run at its low rate keeps calling them "
-        "(docs/training.md, Warm start).",
+        "(tool_set_changed: an API change) starts from the champion's adapter too, for tool_change_steps "
+        "at tool_change_learning_rate. false: it trains a fresh LoRA with a fresh start's steps and "
+        "learning rate (docs/training.md, Warm start).",
+    )
+    tool_change_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps of a warm start after a tool-set change (warm_start_on_tool_change): "
+        "the adapter relearns the changed tools, more than a night's refinement; null: warm_start_steps.",
+    )
+    tool_change_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Peak learning rate of a warm start after a tool-set change; null: "
+        "warm_start_learning_rate.",
     )
     warm_start_optimizer: Literal["resume", "fresh"] = Field(
         "resume",
@@ -368,6 +380,16 @@ class TrainingConfig(_Strict):
         "null: 85% of the machine's or the container's memory.",
     )
     log_every_steps: int = Field(10, ge=1, description="Training loss logged every N optimizer steps.")
+
+    def after_tool_change(self) -> TrainingConfig:
+        """These settings for a warm start after a tool-set change: its steps and learning rate are
+        ``tool_change_steps`` and ``tool_change_learning_rate`` where they are set."""
+        return self.model_copy(
+            update={
+                "warm_start_steps": self.tool_change_steps or self.warm_start_steps,
+                "warm_start_learning_rate": self.tool_change_learning_rate or self.warm_start_learning_rate,
+            }
+        )
 
 
 CANDIDATE_ID_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,38}[a-z0-9])?$"

@@ -72,7 +72,8 @@ class JobSpec:
     """The evaluated model as planned (an evaluation job's; recorded when the job writes no result)."""
     init_from: dict[str, Any] | None = None
     """Where a training job's adapter starts, as planned: ``{"parent_version": N, "adapter": URI}`` (a warm
-    start from the champion's) or ``{"base": why not}`` (:func:`flywheel.train.tasks.warm_start`)."""
+    start from the champion's; with ``tools_changed``, after a tool-set change) or ``{"base": why not}``
+    (:func:`flywheel.train.tasks.warm_start`)."""
     dataset_id: str | None = None
     """The dataset the job runs on; a ``result.json`` for another dataset is rejected (None: not checked)."""
 
@@ -107,9 +108,12 @@ def train_job(
     """The training job of one candidate on the run's dataset.
 
     ``init_from`` (see :attr:`JobSpec.init_from`) with an ``adapter``: the job starts from that adapter
-    (``--init-adapter``) and records its ``--parent-version``; otherwise it trains a fresh LoRA.
+    (``--init-adapter``) and records its ``--parent-version``, with the settings of a warm start after a
+    tool-set change when ``init_from`` says the tools changed; otherwise it trains a fresh LoRA.
     """
     settings = workload.training.settings_for(candidate)
+    if init_from and init_from.get("tools_changed"):
+        settings = settings.after_tool_change()
     output_uri = train_output_uri(config, workload.workload_id, day, candidate.candidate_id)
     warm_start = (
         ["--init-adapter", init_from["adapter"], "--parent-version", str(init_from["parent_version"])]

@@ -78,6 +78,7 @@ def plan_training(ctx: RunContext, dataset: dict[str, Any]) -> list[dict[str, An
         )
         origin = (
             f"the champion v{start['parent_version']}'s adapter {start['adapter']}"
+            + (f", to relearn changed tools ({start['tools_changed']})" if "tools_changed" in start else "")
             if "adapter" in start
             else f"a fresh LoRA ({start['base']})"
         )
@@ -99,7 +100,9 @@ def warm_start(
     candidate's settings ask for it (``init_from: champion``), ``champion`` (the registry's, version
     N) is a fine-tuned adapter (``customized``) of the candidate's base model, and the run's tools did
     not change since the champion's dataset (``tools_changed``: the ``tool_set_changed`` reason, when
-    they did) unless ``warm_start_on_tool_change`` says to start from it anyway; else ``{"base": why}``.
+    they did); when they did and ``warm_start_on_tool_change`` says to start from it anyway, the same
+    with ``"tools_changed": <the reason's message>`` (the job then trains ``tool_change_steps`` at
+    ``tool_change_learning_rate``); else ``{"base": why}``.
     """
     settings = workload.training.settings_for(candidate)
     if settings.init_from == "base":
@@ -117,7 +120,8 @@ def warm_start(
         return {"base": f"{name} has no adapter"}
     if champion.base_model != candidate.base_model:
         return {"base": f"{name} adapts {champion.base_model}, not {candidate.base_model}"}
-    return {"parent_version": champion.version, "adapter": champion.adapter_uri}
+    start = {"parent_version": champion.version, "adapter": champion.adapter_uri}
+    return start if tools_changed is None else start | {"tools_changed": tools_changed.message}
 
 
 def collect_training(ctx: RunContext, dataset: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:

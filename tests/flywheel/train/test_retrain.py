@@ -256,24 +256,41 @@ def test_an_api_change_in_the_data_triggers_training_as_a_tool_set_change_and_a_
 def test_after_an_api_change_a_candidate_trains_a_fresh_lora_unless_told_to_warm_start(
     make_config, api_changed: bool, warm_start_on_tool_change: bool, warm: bool
 ) -> None:
-    settings = {"init_from": "champion", "warm_start_on_tool_change": warm_start_on_tool_change}
+    settings = {
+        "init_from": "champion",
+        "warm_start_steps": 8,
+        "warm_start_learning_rate": 2e-4,
+        "warm_start_on_tool_change": warm_start_on_tool_change,
+        "tool_change_steps": 30,
+        "tool_change_learning_rate": 1e-3,
+    }
     training = TEST_TRAINING | {"settings": TEST_TRAINING["settings"] | settings}
     config = configure(make_config, {"policy": "always"}, training=training)
     first, second = night(config, 0), night(config, 1)
     base_model = TEST_TRAINING["candidates"][0]["base_model"]
     champion = crown(first, dataset_of(first)["dataset_id"], 0.8, base_model=base_model)
+    changed = (
+        f"the dataset offers tools champion v{champion.version}'s dataset {champion.dataset_id} did not: "
+        "cancel_order (new), start_return (changed), track_package (new)"
+    )
 
     (job,) = map(JobSpec.from_dict, plan_training(second, dataset_of(second, api_changed=api_changed)))
 
-    if warm:
-        assert job.init_from == {"parent_version": champion.version, "adapter": champion.adapter_uri}
-    else:
-        assert job.init_from == {
-            "base": f"the dataset offers tools champion v{champion.version}'s dataset {champion.dataset_id} "
-            "did not: cancel_order (new), start_return (changed), track_package (new) "
-            "(warm_start_on_tool_change is false)"
-        }
+    job_settings = json.loads(job.arguments[job.arguments.index("--training-config") + 1])
+    if not warm:
+        assert job.init_from == {"base": f"{changed} (warm_start_on_tool_change is false)"}
         assert "--init-adapter" not in job.arguments
+        return
+    start = {"parent_version": champion.version, "adapter": champion.adapter_uri}
+    warm_start = ["--init-adapter", champion.adapter_uri, "--parent-version", str(champion.version)]
+    assert job.arguments[-4:] == warm_start
+    if api_changed:
+        # The adapter relearns the changed tools: the tool-change steps and rate, not a night's refinement.
+        assert job.init_from == start | {"tools_changed": changed}
+        assert (job_settings["warm_start_steps"], job_settings["warm_start_learning_rate"]) == (30, 1e-3)
+    else:
+        assert job.init_from == start
+        assert (job_settings["warm_start_steps"], job_settings["warm_start_learning_rate"]) == (8, 2e-4)
 
 
 @pytest.mark.parametrize(("max_tool_shift", "train"), [(0.5, True), (100.0, False)])
