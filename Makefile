@@ -77,7 +77,7 @@ chromium:
 demo: $(STAMP)
 	$(BIN)/flywheel demo run
 
-# More than 90 minutes on 2 cores (docs/operations.md, "The scenario"); `flywheel demo scenario --model tiny --days 4 --drift-day 3` shows the mechanics in minutes.
+# About 50 minutes on 2 cores with bf16 instructions (docs/operations.md, "The scenario"); `flywheel demo scenario --model tiny --days 4 --drift-day 3` shows the mechanics in minutes.
 scenario: $(STAMP)
 	$(BIN)/flywheel demo scenario
 
