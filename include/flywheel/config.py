@@ -341,7 +341,8 @@ class TrainingConfig(_Strict):
         ge=0,
         le=1,
         description="Each epoch draws label L (the answer's first tool, or no_call) in proportion to "
-        "count(L) ** label_balance: 1 keeps the data's mix, 0 draws every label equally often.",
+        "count(L) ** label_balance: 1 keeps the data's mix, 0 draws every label equally often; no_call is "
+        "never drawn less often than the data has it.",
     )
     label_balance_by: Literal["tool", "call_shape"] = Field(
         "tool",
@@ -368,6 +369,14 @@ class TrainingConfig(_Strict):
         "but held without gradients: the same loss, a gradient without the prefix's share, and no "
         "backward pass over the prefix (an approximation; docs/training.md measures it).",
     )
+    prefix_refresh_steps: int = Field(
+        1,
+        ge=1,
+        description="Under prefix_gradient 'none': recompute the shared prefix's keys and values with the "
+        "current adapter every N optimizer steps and reuse them for the batches in between. 1: once per "
+        "step (exact: a step's batches share one adapter). Above 1 the later batches attend to a prefix "
+        "computed up to N-1 steps earlier (an approximation; docs/training.md measures it).",
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="auto: bf16 weights on a GPU; on a CPU, bf16 autocast where it has bf16 instructions "
@@ -380,6 +389,15 @@ class TrainingConfig(_Strict):
         "null: 85% of the machine's or the container's memory.",
     )
     log_every_steps: int = Field(10, ge=1, description="Training loss logged every N optimizer steps.")
+
+    @model_validator(mode="after")
+    def _prefix_refresh_without_prefix_gradient(self) -> TrainingConfig:
+        if self.prefix_refresh_steps > 1 and self.prefix_gradient == "exact":
+            raise ValueError(
+                "prefix_refresh_steps: above 1 needs prefix_gradient 'none' (an exact prefix gradient "
+                "recomputes the prefix for every batch)"
+            )
+        return self
 
     def after_tool_change(self) -> TrainingConfig:
         """These settings for a warm start after a tool-set change: its steps and learning rate are
@@ -542,6 +560,12 @@ class GenerationConfig(_Strict):
     batch_size: int = Field(8, ge=1, le=512, description="Local generation: sequences decoded together.")
     prefix_cache: bool = Field(
         True, description="Local generation: compute the shared system+tools prefix once per batch group."
+    )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Local generation: the weights' dtype. auto: bf16 on a GPU, and on a CPU with bf16 "
+        "instructions (avx512_bf16, AMX), as training's bf16 autocast there; else float32. An adapter is "
+        "merged in float32 first.",
     )
 
 

@@ -139,6 +139,7 @@ DEMO_TRAINING = {
     "log_every_steps": 4,
     "lora": {"dropout": 0.0, "top_layers": 20},
     "prefix_gradient": "none",
+    "prefix_refresh_steps": 4,
     "init_from": "champion",
     "warm_start_steps": 8,
     "warm_start_learning_rate": 2e-4,
@@ -147,11 +148,12 @@ DEMO_TRAINING = {
     "tool_change_learning_rate": 1e-3,
 }
 """Training settings the demo applies to every candidate: 60 steps of 8 router conversations at a
-high learning rate, decaying, on the top 20 of the model's 30 layers, each batch's shared system
-prompt and tool schemas run once without gradients (about 1 example/s on 2 cores); from night 2 a
-candidate starts from the champion's adapter and optimizer moments, when it is an adapter, and trains
-8 steps at a tenth of the rate, or after an API change (the scenario's) 30 steps at half the rate. What
-these choices are worth is measured in docs/training.md ("What 2 CPU cores can reach", "Warm start")."""
+high learning rate, decaying, on the top 20 of the model's 30 layers, the shared system prompt and
+tool schemas run without gradients once every 4 steps (about 1.4 examples/s on 2 cores with bf16
+instructions); from night 2 a candidate starts from the champion's adapter and optimizer moments, when
+it is an adapter, and trains 8 steps at a tenth of the rate, or after an API change (the scenario's) 30
+steps at half the rate. What these choices are worth is measured in docs/training.md ("How it trains",
+"What 2 CPU cores can reach", "Warm start")."""
 
 DEMO_TRAINING_BY_WORKLOAD = {
     "bfcl_live_assistant": {"max_steps": 12, "batch_size": 8, "micro_batch_size": None}

@@ -39,6 +39,22 @@ from flywheel.train.formatting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 log = logging.getLogger(__name__)
 
 
+def generation_dtype(precision: str, device: str) -> torch.dtype:
+    """The weights' dtype for local generation (``GenerationConfig.precision``).
+
+    bf16 on a GPU, and on a CPU under ``bfloat16`` or, under ``auto``, where it has bf16 instructions
+    (the precision training's autocast runs in there). On a CPU the weights themselves are cast: a
+    decoding step is too small a pass for autocast's per-call weight casts to pay.
+    """
+    from flywheel.train.trainer import cpu_has_bf16
+
+    if precision == "float32":
+        return torch.float32
+    if device == "cuda" or precision == "bfloat16" or cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
 class LocalGenerator:
     """Answers prompts with a local causal LM (a base model, with its LoRA adapter merged when given)."""
 
@@ -56,17 +72,21 @@ class LocalGenerator:
 
         self.generation = generation
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.dtype = generation_dtype(generation.precision, self.device)
         model_dir = resolve_base_model(base_model, default_cache_dir(), storage_options=storage_options)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        # A CPU merges the adapter in float32 and then casts; a GPU loads and merges in bf16 directly.
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=self.dtype if self.device == "cuda" else torch.float32
+        )
         if adapter is not None:
             from peft import PeftModel
 
             with fetch_adapter(adapter, storage_options=storage_options) as adapter_dir:
                 # Merged once: evaluation then runs at the base model's speed.
                 model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device, self.dtype).eval()
+        log.info("generating on %s in %s", self.device, str(self.dtype).removeprefix("torch."))
         if self.device == "cpu":
             # Each decoding step allocates and frees the same large blocks: keep them in the heap
             # instead of faulting fresh pages in every step (flywheel.train.memory).

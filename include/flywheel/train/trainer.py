@@ -199,6 +199,11 @@ def train(
         micro_batch_size=config.micro_batch_size,
     )
     clock = PhaseClock(enabled=device == "cpu")
+    kept_prefix = (
+        KeptPrefix(config.prefix_refresh_steps)
+        if step_settings.share_prefix and not step_settings.prefix_gradient
+        else None
+    )
     curve: list[dict[str, Any]] = []
     best_loss: float | None = None
     best_step: int | None = None
@@ -227,11 +232,18 @@ def train(
             padded_tokens += max(len(ids) for ids, _ in batch) * len(batch) - real
             samples_seen += len(batch)
             scale = 1.0 / (max(1, supervised_tokens(batch)) * config.gradient_accumulation)
-            step_loss += run_batch(model, batch, step_settings, backward_scale=scale, clock=clock) * scale
+            step_loss += (
+                run_batch(
+                    model, batch, step_settings, backward_scale=scale, clock=clock, kept_prefix=kept_prefix
+                )
+                * scale
+            )
         with clock.phase("optimizer"):
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             scheduler.step()
+        if kept_prefix is not None:
+            kept_prefix.age_one_step()
         step += 1
         elapsed = time.perf_counter() - train_started - eval_seconds
         point: dict[str, Any] = {
@@ -282,6 +294,13 @@ def train(
         model.load_state_dict(best_state, strict=False)
     if clock.seconds is not None:
         log.info("where the training time went: %s", clock.describe(step))
+    if kept_prefix is not None:
+        log.info(
+            "shared prefix computed %d times in %d steps (prefix_refresh_steps %d)",
+            kept_prefix.computed,
+            step,
+            config.prefix_refresh_steps,
+        )
 
     result = TrainResult(
         base_model=base_model,
@@ -673,6 +692,49 @@ class PhaseClock:
         )
 
 
+class KeptPrefix:
+    """A shared prefix's keys and values, computed without gradients, kept for the batches that follow.
+
+    Under ``prefix_gradient: none`` a prefix is an input computed with the adapter as it is: the
+    batches of one optimizer step (gradient accumulation) see the same adapter, so they can share one
+    computation exactly; with ``refresh_steps`` above 1 it is also kept across that many steps, so
+    later batches attend to a prefix computed with an adapter up to ``refresh_steps - 1`` steps older
+    (``TrainingConfig.prefix_refresh_steps``, an approximation that docs/training.md measures).
+    """
+
+    def __init__(self, refresh_steps: int) -> None:
+        self.refresh_steps = refresh_steps
+        self.ids: list[int] = []
+        self.keys_values: list[tuple[Any, Any]] = []
+        self.age = 0
+        self.computed = 0
+        """Times a prefix was computed (the rest of the batches reused one)."""
+
+    def age_one_step(self) -> None:
+        """The optimizer changed the adapter; a prefix ``refresh_steps`` steps old is recomputed."""
+        self.age += 1
+
+    def reusable(self, ids: list[int]) -> tuple[int, list[tuple[Any, Any]]] | None:
+        """``(length, keys and values)`` of the kept prefix that ``ids`` and it open with, when it is
+        young enough and that common opening has at least :data:`MIN_SHARED_PREFIX` tokens.
+
+        Either may be the longer: a batch whose rows share more tokens runs its extra shared tokens in
+        its rows' suffixes; a batch that shares fewer uses the kept keys and values cut to its length.
+        """
+        if not self.keys_values or self.age >= self.refresh_steps:
+            return None
+        length = min(len(ids), len(self.ids))
+        if length < MIN_SHARED_PREFIX or ids[:length] != self.ids[:length]:
+            return None
+        if length == len(self.ids):
+            return length, self.keys_values
+        return length, [(keys[:, :, :length], values[:, :, :length]) for keys, values in self.keys_values]
+
+    def keep(self, ids: list[int], keys_values: list[tuple[Any, Any]]) -> None:
+        self.ids, self.keys_values, self.age = list(ids), keys_values, 0
+        self.computed += 1
+
+
 def run_batch(
     model: Any,
     batch: Sequence[Example],
@@ -680,6 +742,7 @@ def run_batch(
     *,
     backward_scale: float | None,
     clock: PhaseClock | None = None,
+    kept_prefix: KeptPrefix | None = None,
 ) -> float:
     """The summed loss of ``batch``, computed one memory-planned micro-batch at a time.
 
@@ -696,7 +759,9 @@ def run_batch(
     prefix's own backward pass runs once with the sum. Loss and gradients equal the padded batch's.
     With ``settings.prefix_gradient`` off the prefix runs without gradients: the same loss, and the
     gradient only of the suffixes' own computation (``TrainingConfig.prefix_gradient: none``).
-    ``clock`` adds the seconds of each phase to its total.
+    ``clock`` adds the seconds of each phase to its total. ``kept_prefix`` (training under
+    ``prefix_gradient: none``) holds a prefix computed for an earlier batch, reused while it is young
+    enough (:class:`KeptPrefix`).
     """
     import torch
 
@@ -706,9 +771,17 @@ def run_batch(
         shared = 0
     prefix = leaves = []
     prefix_backward = backward_scale is not None and settings.prefix_gradient
-    if shared:
+    if prefix_backward:
+        kept_prefix = None
+    reused = kept_prefix.reusable(batch[0][0][:shared]) if shared and kept_prefix is not None else None
+    if reused is not None:
+        shared, prefix = reused
+        leaves = prefix
+    elif shared:
         with clock.phase("prefix"), _autocast(settings), torch.set_grad_enabled(prefix_backward):
-            prefix = _prefix_cache(model, batch[0][0][:shared], settings.device)
+            prefix = _prefix_keys_values(model, batch[0][0][:shared], settings.device)
+        if kept_prefix is not None:
+            kept_prefix.keep(batch[0][0][:shared], prefix)
         leaves = prefix
         if prefix_backward:
             # Layers below the adapted ones give the prefix keys and values without gradients: no
@@ -757,7 +830,7 @@ def _autocast(settings: StepSettings) -> Any:
     return torch.autocast(settings.device, dtype=torch.bfloat16, enabled=settings.autocast)
 
 
-def _prefix_cache(model: Any, ids: list[int], device: str) -> list[tuple[Any, Any]]:
+def _prefix_keys_values(model: Any, ids: list[int], device: str) -> list[tuple[Any, Any]]:
     """Keys and values (batch 1) of the prefix ``ids``, layer by layer."""
     import torch
 
@@ -877,7 +950,14 @@ def training_precision(precision: str, device: str) -> tuple[Any, bool]:
         return torch.bfloat16, False
     if precision == "bfloat16":
         return torch.float32, True
-    return torch.float32, bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.float32, cpu_has_bf16()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (avx512_bf16, AMX): without them bf16 is emulated."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def memory_planner(model: Any, config: TrainingConfig, device: str, dtype: Any) -> MemoryPlanner | None:

@@ -477,7 +477,8 @@ def test_batching_and_prefix_cache_match_plain_generate(tiny_model: str, dataset
 
     prompts = [Prompt(e.messages, e.tools) for e in load_examples(dataset)]
     prompts.append(Prompt(load_train_examples(dataset)[0].messages[:-1], TOOLS))
-    generator = LocalGenerator(tiny_model, GenerationConfig(max_new_tokens=12))
+    # float32: batched and single-row passes round alike only there (bf16 is measured, not asserted equal).
+    generator = LocalGenerator(tiny_model, GenerationConfig(max_new_tokens=12, precision="float32"))
     # The tiny model's initialisation answers every prompt with the same newlines; larger random weights
     # make each answer depend on its prompt, so that a row mixed up with another one would show.
     seeded = torch.Generator().manual_seed(0)
@@ -491,7 +492,7 @@ def test_batching_and_prefix_cache_match_plain_generate(tiny_model: str, dataset
 
     def run(batch_size: int, prefix_cache: bool) -> list[tuple[str, int]]:
         generator.generation = GenerationConfig(
-            max_new_tokens=12, batch_size=batch_size, prefix_cache=prefix_cache
+            max_new_tokens=12, batch_size=batch_size, prefix_cache=prefix_cache, precision="float32"
         )
         return [(g.text, g.tokens_out) for g in generator.generate(prompts)]
 
@@ -604,6 +605,28 @@ def evaluate(
     result = json.loads((output / "result.json").read_text()) if (output / "result.json").exists() else None
     lines = read_jsonl(output / "examples.jsonl") if (output / "examples.jsonl").exists() else []
     return code, result, lines
+
+
+@pytest.mark.parametrize("precision", ["auto", "float32", "bfloat16"])
+def test_local_generation_runs_in_the_precision_asked_for(tiny_model: str, precision: str) -> None:
+    # auto: bf16 where the CPU has bf16 instructions (as training's autocast there), else float32.
+    import torch
+
+    from flywheel.evaluate.generation import Prompt
+    from flywheel.evaluate.local import LocalGenerator
+    from flywheel.train.trainer import cpu_has_bf16
+
+    expected = {
+        "auto": torch.bfloat16 if cpu_has_bf16() else torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+    }[precision]
+
+    generator = LocalGenerator(tiny_model, GenerationConfig(max_new_tokens=4, precision=precision))
+
+    assert {p.dtype for p in generator.model.parameters()} == {expected}
+    (answer,) = generator.generate([Prompt([{"role": "user", "content": "Where is my order?"}], TOOLS)])
+    assert answer.tokens_out > 0
 
 
 def test_endpoint_metrics_are_the_expected_fractions(

@@ -111,6 +111,25 @@ def test_square_root_smoothing_lifts_the_rare_labels():
         assert min(natural[label], uniform[label]) < share < max(natural[label], uniform[label])
 
 
+def test_plain_answers_are_never_drawn_less_often_than_the_data_has_them():
+    # BFCL: every request brings its own tools, so each tool is a label of a few examples and no_call
+    # is one label among ~100. Smoothing alone would give it 6 % of the draws for 24 % of the data.
+    counts = {NO_CALL: 52, **{f"tool_{i}": 1 + i % 12 for i in range(90)}}
+    smoothed = {label: count**0.5 for label, count in counts.items()}
+    assert smoothed[NO_CALL] / sum(smoothed.values()) < 0.06
+
+    shares = label_shares(counts, 0.5)
+
+    natural = 52 / sum(counts.values())
+    assert shares[NO_CALL] == pytest.approx(natural)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # The tools keep their smoothed proportions to each other.
+    assert shares["tool_11"] / shares["tool_0"] == pytest.approx(12**0.5)
+    labels = [label for label, count in counts.items() for _ in range(count)]
+    drawn = Counter(labels[i] for _ in range(50) for i in balanced_epoch(labels, 0.5, random.Random(2)))
+    assert drawn[NO_CALL] / (50 * len(labels)) == pytest.approx(natural, abs=2e-3)
+
+
 def test_the_natural_mix_draws_every_example_once():
     rng = random.Random(3)
     for _ in range(20):

@@ -253,7 +253,9 @@ def lora_tiny(tiny_model):
     return _lora_tiny(tiny_model, LoraSettings(dropout=0.0))
 
 
-def _loss_and_grads(model, batch, *, share: bool, planner=None, prefix_gradient: bool = True):
+def _loss_and_grads(
+    model, batch, *, share: bool, planner=None, prefix_gradient: bool = True, kept_prefix=None
+):
     """run_batch's loss per supervised token and the LoRA gradients it back-propagates."""
     from flywheel.train.trainer import StepSettings, run_batch, supervised_tokens
 
@@ -267,7 +269,7 @@ def _loss_and_grads(model, batch, *, share: bool, planner=None, prefix_gradient:
     )
     model.zero_grad()
     scale = 1.0 / supervised_tokens(batch)
-    loss = run_batch(model, batch, settings, backward_scale=scale) * scale
+    loss = run_batch(model, batch, settings, backward_scale=scale, kept_prefix=kept_prefix) * scale
     return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -354,6 +356,62 @@ def test_a_prefix_without_gradient_gives_the_same_loss_and_the_suffixes_own_grad
     exact = _loss_and_grads(lora_tiny, batch, share=True)
     assert approximate[0] == pytest.approx(exact[0], rel=1e-5)
     assert any(not torch.allclose(approximate[1][n], exact[1][n], atol=1e-6) for n in exact[1])
+
+
+def test_a_kept_prefix_serves_the_batches_of_a_step_exactly_and_is_recomputed_when_too_old(lora_tiny):
+    # prefix_gradient: none. Batches of one optimizer step see one adapter, so they share one prefix
+    # computation exactly; prefix_refresh_steps N keeps it for N steps, then computes it again.
+    import torch
+
+    from flywheel.train.trainer import KeptPrefix
+
+    rng = random.Random(4)
+    prefix = [rng.randrange(1000) for _ in range(48)]
+    first = _random_batch(rng, prefix, (10, 25))
+    second = _random_batch(rng, [*prefix, 7, 8, 9], (12, 30))  # its rows share 3 more tokens
+    third = _random_batch(rng, prefix[:40], (20, 15))  # its rows share 8 fewer
+    kept = KeptPrefix(refresh_steps=2)
+
+    for batch in (first, third):
+        reused = _loss_and_grads(lora_tiny, batch, share=True, prefix_gradient=False, kept_prefix=kept)
+        _assert_same(reused, _loss_and_grads(lora_tiny, batch, share=True, prefix_gradient=False))
+    # The batch that shares 3 more tokens runs them in its rows' suffixes, with gradients: the same
+    # loss, and a gradient with those tokens' share.
+    reused = _loss_and_grads(lora_tiny, second, share=True, prefix_gradient=False, kept_prefix=kept)
+    assert reused[0] == pytest.approx(_loss_and_grads(lora_tiny, second, share=True)[0], rel=1e-5)
+    assert kept.computed == 1
+    assert kept.ids == prefix
+
+    # The adapter changes (an optimizer step): within refresh_steps the batches still attend to the
+    # prefix computed before it, and so differ from a fresh one; after refresh_steps it is recomputed.
+    with torch.no_grad():
+        for name, parameter in lora_tiny.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05)
+    kept.age_one_step()
+    stale = _loss_and_grads(lora_tiny, first, share=True, prefix_gradient=False, kept_prefix=kept)
+    fresh = _loss_and_grads(lora_tiny, first, share=True, prefix_gradient=False)
+    assert kept.computed == 1
+    assert stale[0] != pytest.approx(fresh[0], rel=1e-4)
+    kept.age_one_step()
+    _assert_same(
+        _loss_and_grads(lora_tiny, first, share=True, prefix_gradient=False, kept_prefix=kept), fresh
+    )
+    assert kept.computed == 2
+
+    # Another prefix (another workload's system message) is computed, never cut from the kept one.
+    other = _random_batch(rng, [rng.randrange(1000) for _ in range(48)], (10, 20))
+    _assert_same(
+        _loss_and_grads(lora_tiny, other, share=True, prefix_gradient=False, kept_prefix=kept),
+        _loss_and_grads(lora_tiny, other, share=True, prefix_gradient=False),
+    )
+    assert kept.computed == 3
+
+
+def test_a_prefix_kept_across_steps_needs_the_prefix_without_gradient():
+    with pytest.raises(ValueError, match="prefix_refresh_steps: above 1 needs prefix_gradient 'none'"):
+        TrainingConfig(prefix_refresh_steps=4)
+    assert TrainingConfig(prefix_refresh_steps=4, prefix_gradient="none").prefix_refresh_steps == 4
 
 
 def test_lora_on_the_top_layers_adapts_only_them_with_the_whole_batchs_gradients(tiny_model):
