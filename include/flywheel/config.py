@@ -350,6 +350,14 @@ class TrainingConfig(_Strict):
         "'call_shape', that tool with the names of its arguments (track_shipment(carrier, "
         "tracking_number)), so the rarer form of a call with optional arguments is drawn as its own label.",
     )
+    opening_tokens: int = Field(
+        0,
+        ge=0,
+        description="The first N tokens of every answer (whether it calls a tool, and which: "
+        '\'<tool_call>{"name": "track_shipment"\' is 14 SmolLM2 tokens) weigh opening_weight in the '
+        "training loss; 0: every token weighs 1. The validation loss stays unweighted.",
+    )
+    opening_weight: float = Field(1.0, ge=1.0, le=100.0, description="The weight of opening_tokens.")
     seed: int = Field(0, description="Seed of the adapter's initialisation and the data order.")
     eval_every_steps: int = Field(50, ge=1, description="Validation loss every N optimizer steps.")
     max_validation_examples: int | None = Field(

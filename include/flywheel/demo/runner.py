@@ -140,6 +140,8 @@ DEMO_TRAINING = {
     "lora": {"dropout": 0.0, "top_layers": 20},
     "prefix_gradient": "none",
     "prefix_refresh_steps": 4,
+    "opening_tokens": 14,
+    "opening_weight": 4.0,
     "init_from": "champion",
     "warm_start_steps": 8,
     "warm_start_learning_rate": 2e-4,
@@ -149,8 +151,9 @@ DEMO_TRAINING = {
 }
 """Training settings the demo applies to every candidate: 60 steps of 8 router conversations at a
 high learning rate, decaying, on the top 20 of the model's 30 layers, the shared system prompt and
-tool schemas run without gradients once every 4 steps (about 1.4 examples/s on 2 cores with bf16
-instructions); from night 2 a candidate starts from the champion's adapter and optimizer moments, when
+tool schemas run without gradients once every 4 steps (about 1.8 examples/s on 2 cores with bf16
+instructions), each answer's first 14 tokens (whether to call, and which tool) weighing 4 times in
+the loss; from night 2 a candidate starts from the champion's adapter and optimizer moments, when
 it is an adapter, and trains 8 steps at a tenth of the rate, or after an API change (the scenario's) 30
 steps at half the rate. What these choices are worth is measured in docs/training.md ("How it trains",
 "What 2 CPU cores can reach", "Warm start")."""

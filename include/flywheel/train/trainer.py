@@ -197,6 +197,7 @@ def train(
         prefix_gradient=config.prefix_gradient == "exact",
         planner=memory_planner(model, config, device, dtype),
         micro_batch_size=config.micro_batch_size,
+        opening=OpeningWeight(config.opening_tokens, config.opening_weight),
     )
     clock = PhaseClock(enabled=device == "cpu")
     kept_prefix = (
@@ -594,7 +595,9 @@ def supervised_tokens(batch: Sequence[Example]) -> int:
     return sum(sum(1 for label in labels[1:] if label != -100) for _, labels in batch)
 
 
-def _token_loss_sum(model: Any, inputs: dict[str, Any], **forward: Any) -> Any:
+def _token_loss_sum(
+    model: Any, inputs: dict[str, Any], weighting: OpeningWeight | None = None, **forward: Any
+) -> Any:
     """Summed cross-entropy of a collated micro-batch, with logits only where a label follows.
 
     transformers' causal-LM loss is the cross-entropy of the logits at position t against the label at
@@ -603,7 +606,8 @@ def _token_loss_sum(model: Any, inputs: dict[str, Any], **forward: Any) -> Any:
     over the vocabulary (for a small model a large share of the compute, and its logits the largest
     activation) run only on the hidden states of the positions that predict a label; the others add
     nothing to the loss. Summed, not averaged, so that micro-batches of one batch add up to the
-    batch's loss exactly.
+    batch's loss exactly. With ``weighting`` the first ``weighting.tokens`` labels of each row (the
+    opening of its answer) count ``weighting.weight`` times.
     """
     import torch
 
@@ -612,7 +616,11 @@ def _token_loss_sum(model: Any, inputs: dict[str, Any], **forward: Any) -> Any:
     targets = inputs["labels"][:, 1:]
     predicting = targets != -100
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][predicting])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[predicting], reduction="sum")
+    if weighting is None or weighting.weight == 1.0 or not weighting.tokens:
+        return torch.nn.functional.cross_entropy(logits.float(), targets[predicting], reduction="sum")
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[predicting], reduction="none")
+    opening = (predicting.cumsum(dim=1) <= weighting.tokens)[predicting]
+    return (losses * torch.where(opening, weighting.weight, 1.0)).sum()
 
 
 def shared_prefix_length(batch: Sequence[Example]) -> int:
@@ -634,6 +642,14 @@ def shared_prefix_length(batch: Sequence[Example]) -> int:
     return max(length, 0)
 
 
+@dataclass(frozen=True)
+class OpeningWeight:
+    """The first ``tokens`` supervised tokens of each answer weigh ``weight`` in the training loss."""
+
+    tokens: int
+    weight: float
+
+
 MIN_SHARED_PREFIX = 32
 """A batch shares its prefix's computation when at least this many tokens open every example."""
 
@@ -653,6 +669,8 @@ class StepSettings:
     planner: MemoryPlanner | None = None
     micro_batch_size: int | None = None
     """At most this many rows per forward/backward pass (``TrainingConfig.micro_batch_size``)."""
+    opening: OpeningWeight | None = None
+    """Weights of each answer's opening tokens in the training loss (not in the validation loss)."""
 
 
 class PhaseClock:
@@ -801,11 +819,12 @@ def run_batch(
         chunk = batch[start : start + rows]
         watch = _MicroBatchWatch(settings.planner, chunk, shared) if backward_scale is not None else None
         with clock.phase("forward"), _autocast(settings):
+            weighting = settings.opening if backward_scale is not None else None
             if shared:
-                loss = _suffix_loss_sum(model, chunk, leaves, shared, settings)
+                loss = _suffix_loss_sum(model, chunk, leaves, shared, settings, weighting)
             else:
                 inputs = _collate(chunk, settings.pad_id, settings.device)
-                loss = _token_loss_sum(model, inputs, attention_mask=inputs["attention_mask"])
+                loss = _token_loss_sum(model, inputs, weighting, attention_mask=inputs["attention_mask"])
         if backward_scale is not None:
             with clock.phase("backward"):
                 (loss * backward_scale).backward()
@@ -841,7 +860,12 @@ def _prefix_keys_values(model: Any, ids: list[int], device: str) -> list[tuple[A
 
 
 def _suffix_loss_sum(
-    model: Any, chunk: Sequence[Example], prefix: list[tuple[Any, Any]], shared: int, settings: StepSettings
+    model: Any,
+    chunk: Sequence[Example],
+    prefix: list[tuple[Any, Any]],
+    shared: int,
+    settings: StepSettings,
+    weighting: OpeningWeight | None = None,
 ) -> Any:
     """Summed loss of ``chunk``'s suffixes after ``shared`` tokens whose keys and values are ``prefix``.
 
@@ -874,7 +898,7 @@ def _suffix_loss_sum(
             "past_key_values": cache,
             "use_cache": True,
         }
-    return _token_loss_sum(model, inputs, position_ids=positions, **forward)
+    return _token_loss_sum(model, inputs, weighting, position_ids=positions, **forward)
 
 
 def _row_mb(planner: MemoryPlanner, rows: Sequence[Example], shared: int) -> float:

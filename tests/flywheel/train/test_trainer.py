@@ -408,6 +408,37 @@ def test_a_kept_prefix_serves_the_batches_of_a_step_exactly_and_is_recomputed_wh
     assert kept.computed == 3
 
 
+def test_the_opening_tokens_of_each_answer_weigh_more_in_the_training_loss_only(lora_tiny):
+    # opening_tokens / opening_weight: the call-or-not decision and the tool's name open an answer.
+    import torch
+
+    from flywheel.train.trainer import OpeningWeight, StepSettings, run_batch
+
+    rng = random.Random(5)
+    batch = _random_batch(rng, [rng.randrange(1000) for _ in range(40)], (10, 20, 30))
+    weighted = plain = 0.0
+    with torch.no_grad():
+        for ids, labels in batch:
+            logits = lora_tiny(input_ids=torch.tensor([ids])).logits[0, :-1]
+            targets = torch.tensor(labels[1:])
+            losses = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="none")
+            weights = torch.ones_like(losses)
+            weights[(targets != -100).nonzero().flatten()[:2]] = 3.0
+            weighted += float((losses * weights).sum())
+            plain += float(losses.sum())
+
+    for share in (True, False):
+        settings = StepSettings(
+            device="cpu", pad_id=0, autocast=False, share_prefix=share, opening=OpeningWeight(2, 3.0)
+        )
+        lora_tiny.zero_grad()
+        assert run_batch(lora_tiny, batch, settings, backward_scale=1.0) == pytest.approx(weighted, rel=1e-5)
+        with torch.no_grad():  # a validation pass: the plain loss
+            assert run_batch(lora_tiny, batch, settings, backward_scale=None) == pytest.approx(
+                plain, rel=1e-5
+            )
+
+
 def test_a_prefix_kept_across_steps_needs_the_prefix_without_gradient():
     with pytest.raises(ValueError, match="prefix_refresh_steps: above 1 needs prefix_gradient 'none'"):
         TrainingConfig(prefix_refresh_steps=4)
