@@ -286,6 +286,12 @@ def _parser() -> argparse.ArgumentParser:
     bench_eval.add_argument("--examples", type=int, default=32, help="evaluation examples (default: 32)")
     bench_eval.add_argument("--max-new-tokens", type=int, default=64, help="answer limit (default: 64)")
     bench_eval.add_argument("--batch-size", type=int, default=8, help="our batch size (default: 8)")
+    bench_eval.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="the weights' dtype, both sides (evaluation's generation.precision; default: auto)",
+    )
     bench_eval.add_argument("--json", action="store_true", help="print only the JSON result")
     bench_eval.set_defaults(handler=_bench_eval)
     return parser
@@ -718,6 +724,7 @@ def _bench_eval(args: argparse.Namespace) -> int:
         examples=args.examples,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        precision=args.precision,
         quiet=args.json,
     )
     print(json.dumps(result) if args.json else summarize(result))

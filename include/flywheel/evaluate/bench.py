@@ -39,16 +39,18 @@ def bench_eval(
     examples: int = DEFAULT_EXAMPLES,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Time both sides on the first ``examples`` evaluation examples of ``dataset``; return the figures."""
+    """Time both sides on the first ``examples`` evaluation examples of ``dataset``, with the model's
+    weights in ``precision`` (``GenerationConfig.precision``); return the figures."""
     import torch
 
     from flywheel.bench import peak_rss_mb
     from flywheel.evaluate.local import LocalGenerator
     from flywheel.evaluate.parsing import parse_text
 
-    generation = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision)
     generator = LocalGenerator(model, generation, adapter=adapter)
     chosen = load_examples(dataset, max_examples=examples, include_golden=False)
     prompts = [generator.encode(Prompt(e.messages, e.tools)) for e in chosen]
