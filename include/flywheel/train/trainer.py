@@ -197,7 +197,11 @@ def train(
         prefix_gradient=config.prefix_gradient == "exact",
         planner=memory_planner(model, config, device, dtype),
         micro_batch_size=config.micro_batch_size,
-        opening=OpeningWeight(config.opening_tokens, config.opening_weight),
+        opening=(
+            OpeningWeight(config.opening_tokens, config.opening_weight)
+            if config.opening_tokens and config.opening_weight != 1.0
+            else None
+        ),
     )
     clock = PhaseClock(enabled=device == "cpu")
     kept_prefix = (
@@ -616,7 +620,7 @@ def _token_loss_sum(
     targets = inputs["labels"][:, 1:]
     predicting = targets != -100
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][predicting])
-    if weighting is None or weighting.weight == 1.0 or not weighting.tokens:
+    if weighting is None:
         return torch.nn.functional.cross_entropy(logits.float(), targets[predicting], reduction="sum")
     losses = torch.nn.functional.cross_entropy(logits.float(), targets[predicting], reduction="none")
     opening = (predicting.cumsum(dim=1) <= weighting.tokens)[predicting]
@@ -670,7 +674,8 @@ class StepSettings:
     micro_batch_size: int | None = None
     """At most this many rows per forward/backward pass (``TrainingConfig.micro_batch_size``)."""
     opening: OpeningWeight | None = None
-    """Weights of each answer's opening tokens in the training loss (not in the validation loss)."""
+    """Weights of each answer's opening tokens in the training loss (not in the validation loss); None:
+    every token weighs 1."""
 
 
 class PhaseClock:
